@@ -1,0 +1,303 @@
+"""The store interface and the logic every store shares: buffering, flush order, dedup, schemas.
+
+A store holds named tables (relative POSIX paths such as ``results/<fn>/<hash>``). Writes are
+buffered per table and committed together by :meth:`BufferedStore.flush`; reads see committed
+data only. Keyed tables are append-only and deduplicated on read by a fixed rule, see
+:func:`live_rows`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import posixpath
+import threading
+import time
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import polars as pl
+import pyarrow as pa
+
+from orca.errors import StoreError
+
+INVALIDATED_AT = "__invalidated_at"
+RUN_ID = "__run_id"
+INVALIDATED_TYPE = pa.timestamp("us", tz="UTC")
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Where results, provenance, failures and runs live. See ``docs/stores.md``."""
+
+    location: str
+
+    def append(self, name: str, data: pa.Table, *, key: Sequence[str] | None = None) -> None: ...
+    def flush(self) -> None: ...
+    def scan(self, name: str, *, include_invalidated: bool = False) -> pl.LazyFrame | None: ...
+    def keys(self, name: str) -> pl.Series | None: ...
+    def lookup(self, name: str, keys: pl.Series | pa.Array) -> pl.DataFrame: ...
+    def invalidate(self, name: str, keys: pl.Series | pa.Array) -> int: ...
+    def exists(self, name: str) -> bool: ...
+    def tables(self, prefix: str = "") -> list[str]: ...
+    def uri(self, name: str) -> str: ...
+    def compact(self, name: str) -> None: ...
+    def with_options(self, **options: object) -> Store: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreOptions:
+    """When buffered rows are committed, and how often a conflicting commit is retried."""
+
+    max_rows: int = 200_000
+    max_seconds: float = 30.0
+    max_retries: int = 10
+
+    def __post_init__(self) -> None:
+        if self.max_rows < 1 or self.max_seconds < 0 or self.max_retries < 1:
+            raise ValueError(f"invalid store options: {self}")
+
+
+@dataclasses.dataclass
+class _Pending:
+    key: tuple[str, ...]
+    batches: list[pa.Table]
+    rows: int
+
+
+class BufferedStore:
+    """Shared half of every store: buffers appends, commits them in first-pending order.
+
+    Subclasses implement the I/O: ``_commit``, ``_read``, ``_known_key`` and the
+    table-level methods (``invalidate``, ``exists``, ``tables``, ``uri``, ``compact``).
+    """
+
+    location: str
+
+    def __init__(
+        self, *, max_rows: int = 200_000, max_seconds: float = 30.0, max_retries: int = 10
+    ) -> None:
+        self.options = StoreOptions(max_rows, max_seconds, max_retries)
+        self._reset_buffer()
+
+    def _reset_buffer(self) -> None:
+        self._pending: dict[str, _Pending] = {}  # insertion order = commit order
+        self._oldest: float | None = None
+        self._lock = threading.RLock()
+
+    def with_options(self, **options: object) -> BufferedStore:
+        """Return a new store over the same tables with other options and an empty buffer."""
+        new = copy.copy(self)
+        new.options = dataclasses.replace(self.options, **options)
+        new._reset_buffer()
+        return new
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.location!r}, {self.options})"
+
+    # ---- writes -------------------------------------------------------------------------
+    def append(self, name: str, data: pa.Table, *, key: Sequence[str] | None = None) -> None:
+        """Buffer ``data`` for table ``name``; commit everything pending when a threshold trips."""
+        check_name(name)
+        declared = tuple(key or ())
+        data = self._prepare(name, data, declared)
+        if data.num_rows == 0:
+            return
+        with self._lock:
+            pending = self._pending.get(name)
+            if pending is None:
+                self._pending[name] = _Pending(declared, [data], data.num_rows)
+            else:
+                check_key(self.uri(name), declared, pending.key)
+                pending.batches.append(conform(data, pending.batches[0].schema, self.uri(name)))
+                pending.rows += data.num_rows
+            if self._oldest is None:
+                self._oldest = time.monotonic()
+            buffered = sum(p.rows for p in self._pending.values())
+            if (
+                buffered >= self.options.max_rows
+                or time.monotonic() - self._oldest >= self.options.max_seconds
+            ):
+                self.flush()
+
+    def flush(self) -> None:
+        """Commit every pending table, one commit each, in the order they first got rows.
+
+        If a commit fails, that table and every later one stay pending and StoreError is raised.
+        """
+        with self._lock:
+            for name in list(self._pending):
+                pending = self._pending[name]
+                if len(pending.batches) > 1:
+                    pending.batches = [pa.concat_tables(pending.batches)]
+                self._commit(name, pending.batches[0], pending.key)
+                del self._pending[name]
+            self._oldest = None
+
+    def _prepare(self, name: str, data: pa.Table, key: tuple[str, ...]) -> pa.Table:
+        where = self.uri(name)
+        if isinstance(data, pl.DataFrame):
+            data = data.to_arrow()
+        if not isinstance(data, pa.Table):
+            raise StoreError(f"{where}: append expects a pyarrow.Table, got {type(data).__name__}")
+        known = self._known_key(name)
+        if known is not None:
+            check_key(where, key, known)
+        if not key:
+            return data
+        missing = [c for c in (*key, RUN_ID) if c not in data.column_names]
+        if missing:
+            raise StoreError(f"{where}: keyed table is missing columns {missing}")
+        nulls = [c for c in key if data.column(c).null_count]
+        if nulls:
+            raise StoreError(f"{where}: key columns {nulls} contain nulls")
+        if INVALIDATED_AT in data.column_names:
+            return data
+        return data.append_column(
+            pa.field(INVALIDATED_AT, INVALIDATED_TYPE), pa.nulls(data.num_rows, INVALIDATED_TYPE)
+        )
+
+    # ---- reads ----------------------------------------------------------------------------
+    def scan(self, name: str, *, include_invalidated: bool = False) -> pl.LazyFrame | None:
+        """Committed rows of ``name`` (pending rows are not visible), or None if it is absent.
+
+        Keyed tables give one live row per key unless ``include_invalidated`` asks for the raw
+        history (duplicates and invalidated rows included).
+        """
+        found = self._read(check_name(name))
+        if found is None:
+            return None
+        frame, key = found
+        return frame if include_invalidated or not key else live_rows(frame, key)
+
+    def keys(self, name: str) -> pl.Series | None:
+        """Distinct live key values of keyed table ``name``, or None if it is absent."""
+        found = self._read(check_name(name))
+        if found is None:
+            return None
+        frame, key = found
+        column = single_key(self.uri(name), key)
+        live = frame.filter(pl.col(INVALIDATED_AT).is_null()).select(column).unique()
+        return live.collect().to_series()
+
+    def lookup(self, name: str, keys: pl.Series | pa.Array) -> pl.DataFrame:
+        """The live, deduplicated rows whose key is in ``keys`` (one vectorised semi-join)."""
+        found = self._read(check_name(name))
+        if found is None:
+            return pl.DataFrame()
+        frame, key = found
+        column = single_key(self.uri(name), key)
+        wanted = key_frame(keys, column, frame.collect_schema()[column])
+        return live_rows(frame.join(wanted.lazy(), on=column, how="semi"), key).collect()
+
+    # ---- implemented by each store -------------------------------------------------------
+    def uri(self, name: str) -> str:
+        raise NotImplementedError
+
+    def _known_key(self, name: str) -> tuple[str, ...] | None:
+        """The committed table's key if known without I/O, else None."""
+        raise NotImplementedError
+
+    def _commit(self, name: str, data: pa.Table, key: tuple[str, ...]) -> None:
+        raise NotImplementedError
+
+    def _read(self, name: str) -> tuple[pl.LazyFrame, tuple[str, ...]] | None:
+        raise NotImplementedError
+
+
+def live_rows(frame: pl.LazyFrame, key: Sequence[str]) -> pl.LazyFrame:
+    """Apply the fixed dedup rule: one live row per key, the one with the smallest ``__run_id``.
+
+    Remaining ties (same key, same run) are broken by the smallest values of the other
+    non-nested columns in schema order, so the choice never depends on file or commit order.
+
+    >>> frame = pl.LazyFrame({"k": ["a", "a", "b"], "__run_id": ["r2", "r1", "r1"],
+    ...                       "v": [2, 1, 3], "__invalidated_at": [None, None, None]})
+    >>> live_rows(frame, ["k"]).sort("k").collect()["v"].to_list()
+    [1, 3]
+    """
+    schema = frame.collect_schema()
+    skip = {*key, RUN_ID, INVALIDATED_AT}
+    tiebreak = [c for c, dtype in schema.items() if c not in skip and not dtype.is_nested()]
+    first = pl.int_range(pl.len()).over(list(key), order_by=[RUN_ID, *tiebreak])
+    return frame.filter(pl.col(INVALIDATED_AT).is_null()).filter(first == 0)
+
+
+def check_name(name: str) -> str:
+    """A table name is a non-empty relative POSIX path without ``.``/``..`` parts."""
+    parts = name.split("/") if isinstance(name, str) else [""]
+    if not name or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise StoreError(f"invalid table name {name!r}: use a relative path like 'results/f/h'")
+    return posixpath.normpath(name)
+
+
+def check_key(where: str, declared: tuple[str, ...], actual: tuple[str, ...]) -> None:
+    if declared != actual:
+        raise StoreError(
+            f"{where}: appended with key {list(declared)} but the table's key is {list(actual)}"
+        )
+
+
+def single_key(where: str, key: tuple[str, ...]) -> str:
+    if len(key) != 1:
+        raise StoreError(f"{where}: needs a table keyed by one column, its key is {list(key)}")
+    return key[0]
+
+
+def key_frame(keys: pl.Series | pa.Array, column: str, dtype: pl.DataType) -> pl.DataFrame:
+    """Distinct ``keys`` as a one-column frame of the table's key type."""
+    series = keys if isinstance(keys, pl.Series) else pl.Series(column, keys)
+    return series.alias(column).cast(dtype).drop_nulls().unique().to_frame()
+
+
+def _family(dtype: pa.DataType) -> object:
+    """Types in one family convert losslessly or fail loudly (``safe=True`` casts)."""
+    if pa.types.is_dictionary(dtype):
+        return _family(dtype.value_type)
+    t = pa.types
+    families = {
+        "string": (t.is_string, t.is_large_string, t.is_string_view),
+        "binary": (t.is_binary, t.is_large_binary, t.is_binary_view),
+        "int": (t.is_integer,),
+        "float": (t.is_floating,),
+    }
+    for family, tests in families.items():
+        if any(test(dtype) for test in tests):
+            return family
+    if t.is_timestamp(dtype):
+        return ("timestamp", dtype.tz is not None)
+    if t.is_list(dtype) or t.is_large_list(dtype) or t.is_list_view(dtype):
+        return ("list", _family(dtype.value_type))
+    if t.is_struct(dtype):
+        return ("struct", tuple((f.name, _family(f.type)) for f in dtype))
+    return str(dtype)
+
+
+def conform(data: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
+    """Cast ``data`` to ``schema`` (same column names, compatible types) or raise StoreError.
+
+    ``string`` vs ``large_string``, ``int32`` vs ``int64`` and the like are normalised; missing,
+    extra or incompatible columns are errors naming ``where`` and the columns.
+    """
+    if data.schema.equals(schema):
+        return data
+    names = set(data.column_names)
+    missing = [n for n in schema.names if n not in names]
+    extra = [n for n in data.column_names if n not in set(schema.names)]
+    clash = [
+        f"{f.name} ({data.schema.field(f.name).type} vs {f.type})"
+        for f in schema
+        if f.name in names
+        and not pa.types.is_null(data.schema.field(f.name).type)
+        and _family(data.schema.field(f.name).type) != _family(f.type)
+    ]
+    if missing or extra or clash:
+        raise StoreError(
+            f"{where}: schema does not match the table: missing columns {missing}, "
+            f"extra columns {extra}, incompatible columns {clash}"
+        )
+    try:
+        columns = [data.column(f.name).cast(f.type, safe=True) for f in schema]
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise StoreError(f"{where}: cannot convert columns to the table's types: {exc}") from exc
+    return pa.Table.from_arrays(columns, schema=schema)

@@ -1,0 +1,105 @@
+"""MemoryStore: the same semantics as DeltaStore with in-memory Arrow tables (tests, notebooks)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from orca.stores.base import (
+    INVALIDATED_AT,
+    INVALIDATED_TYPE,
+    BufferedStore,
+    check_key,
+    check_name,
+    conform,
+    key_frame,
+    single_key,
+)
+
+
+@dataclasses.dataclass
+class _Table:
+    key: tuple[str, ...]
+    data: pa.Table
+
+
+class MemoryStore(BufferedStore):
+    """Tables held in this process; a commit moves buffered rows into the committed table.
+
+    >>> import pyarrow as pa
+    >>> store = MemoryStore()
+    >>> store.append("runs", pa.table({"run": ["r1"]}))
+    >>> store.scan("runs") is None  # not committed yet
+    True
+    >>> store.flush()
+    >>> store.scan("runs").collect()["run"].to_list()
+    ['r1']
+    """
+
+    location = "memory"
+
+    def __init__(
+        self, *, max_rows: int = 200_000, max_seconds: float = 30.0, max_retries: int = 10
+    ) -> None:
+        super().__init__(max_rows=max_rows, max_seconds=max_seconds, max_retries=max_retries)
+        self._tables: dict[str, _Table] = {}
+
+    def uri(self, name: str) -> str:
+        """A label for messages; memory tables cannot be read by ``pl.scan_delta``."""
+        return f"memory://{check_name(name)}"
+
+    def _known_key(self, name: str) -> tuple[str, ...] | None:
+        table = self._tables.get(name)
+        return None if table is None else table.key
+
+    def _commit(self, name: str, data: pa.Table, key: tuple[str, ...]) -> None:
+        table = self._tables.get(name)
+        if table is None:
+            self._tables[name] = _Table(key, data)
+            return
+        check_key(self.uri(name), key, table.key)
+        table.data = pa.concat_tables(
+            [table.data, conform(data, table.data.schema, self.uri(name))]
+        )
+
+    def _read(self, name: str) -> tuple[pl.LazyFrame, tuple[str, ...]] | None:
+        table = self._tables.get(name)
+        return None if table is None else (pl.from_arrow(table.data).lazy(), table.key)
+
+    def invalidate(self, name: str, keys: pl.Series | pa.Array) -> int:
+        """Mark live rows whose key is in ``keys`` invalidated; return the rows affected."""
+        table = self._tables.get(check_name(name))
+        if table is None:
+            return 0
+        column = single_key(self.uri(name), table.key)
+        dtype = pl.from_arrow(table.data.select([column]))[column].dtype
+        wanted = key_frame(keys, column, dtype).to_arrow().column(column)
+        current = table.data.column(INVALIDATED_AT)
+        hit = pc.and_(
+            pc.is_in(
+                table.data.column(column),
+                value_set=wanted.cast(table.data.schema.field(column).type),
+            ),
+            pc.is_null(current),
+        )
+        now = pa.scalar(datetime.datetime.now(datetime.UTC), INVALIDATED_TYPE)
+        updated = pc.if_else(hit, now, current)
+        index = table.data.schema.get_field_index(INVALIDATED_AT)
+        table.data = table.data.set_column(index, table.data.schema.field(index), updated)
+        return int(pc.sum(hit).as_py() or 0)
+
+    def exists(self, name: str) -> bool:
+        return check_name(name) in self._tables
+
+    def tables(self, prefix: str = "") -> list[str]:
+        return sorted(n for n in self._tables if n.startswith(prefix))
+
+    def compact(self, name: str) -> None:
+        """Merge the committed chunks of ``name``; every row is kept."""
+        table = self._tables.get(check_name(name))
+        if table is not None:
+            table.data = table.data.combine_chunks()

@@ -1,0 +1,338 @@
+"""Contract suite for every store: the same behaviour from MemoryStore and DeltaStore."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import polars as pl
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable, write_deltalake
+
+from orca.errors import StoreError
+from orca.stores import DeltaStore, MemoryStore, Store, default_store
+
+KEY = ["__packet_hash"]
+
+
+def rows(keys, run="run-1", value=0, **extra) -> pa.Table:
+    n = len(keys)
+    columns = {
+        "__packet_hash": pa.array(keys, pa.string()),
+        "value": pa.array([value] * n, pa.int64()),
+        "__run_id": pa.array([run] * n, pa.string()),
+    }
+    columns.update(extra)
+    return pa.table(columns)
+
+
+@pytest.fixture(params=["memory", "delta"])
+def store(request, tmp_path) -> Store:
+    if request.param == "memory":
+        return MemoryStore()
+    return DeltaStore(tmp_path / "store")
+
+
+def spy_commits(store, monkeypatch) -> list[str]:
+    order: list[str] = []
+    original = store._commit
+
+    def commit(name, data, key):
+        order.append(name)
+        original(name, data, key)
+
+    monkeypatch.setattr(store, "_commit", commit)
+    return order
+
+
+def test_store_protocol(store):
+    assert isinstance(store, Store)
+    assert store.with_options(max_rows=5).options.max_rows == 5
+    assert store.options.max_rows == 200_000
+
+
+def test_nothing_visible_before_flush(store):
+    store.append("results/f/h", rows(["a", "b"]), key=KEY)
+    assert store.scan("results/f/h") is None
+    assert store.keys("results/f/h") is None
+    assert not store.exists("results/f/h")
+    store.flush()
+    assert store.exists("results/f/h")
+    assert sorted(store.scan("results/f/h").collect()["__packet_hash"]) == ["a", "b"]
+    assert store.tables() == ["results/f/h"]
+    assert store.tables("pipelines") == []
+
+
+def test_row_threshold_commits_everything(store, monkeypatch):
+    store = store.with_options(max_rows=5)
+    order = spy_commits(store, monkeypatch)
+    store.append("runs", pa.table({"run": ["r1"]}))
+    store.append("results/f/h", rows(["a", "b", "c"]), key=KEY)
+    assert order == []
+    store.append("results/f/h", rows(["d"]), key=KEY)
+    assert order == ["runs", "results/f/h"]
+    assert store.scan("results/f/h").collect().height == 4
+
+
+def test_seconds_threshold_checked_on_append(store):
+    store = store.with_options(max_seconds=0.01)
+    store.append("runs", pa.table({"run": ["r1"]}))
+    time.sleep(0.05)
+    store.append("runs", pa.table({"run": ["r2"]}))
+    assert sorted(store.scan("runs").collect()["run"]) == ["r1", "r2"]
+
+
+def test_flush_commits_in_first_pending_order(store, monkeypatch):
+    order = spy_commits(store, monkeypatch)
+    store.append("results/f/h", rows(["a"]), key=KEY)
+    store.append(
+        "pipelines/p/n", pa.table({"__entry_id": ["e"], "__run_id": ["r"]}), key=["__entry_id"]
+    )
+    store.append("results/f/h", rows(["b"]), key=KEY)
+    store.append("failures", pa.table({"message": ["boom"]}))
+    store.flush()
+    assert order == ["results/f/h", "pipelines/p/n", "failures"]
+    store.append("failures", pa.table({"message": ["again"]}))
+    store.append("results/f/h", rows(["c"]), key=KEY)
+    store.flush()
+    assert order[3:] == ["failures", "results/f/h"]
+
+
+def test_one_commit_per_table_per_flush(tmp_path):
+    store = DeltaStore(tmp_path / "s")
+    for i in range(5):
+        store.append("results/f/h", rows([f"k{i}"]), key=KEY)
+    store.flush()
+    assert DeltaTable(store.uri("results/f/h")).version() == 1  # create + one append
+
+
+def test_delta_versions_follow_flush_order(tmp_path):
+    store = DeltaStore(tmp_path / "s")
+    store.append("results/f/h", rows(["a"]), key=KEY)
+    store.append("pipelines/p/n", rows(["a"]), key=KEY)
+    store.flush()
+    stamp = {n: DeltaTable(store.uri(n)).history(1)[0]["timestamp"] for n in store.tables()}
+    assert stamp["results/f/h"] <= stamp["pipelines/p/n"]
+
+
+def test_duplicates_dedup_to_min_run_id(store):
+    store.append("results/f/h", rows(["a", "b"], run="run-2", value=2), key=KEY)
+    store.flush()
+    store.append("results/f/h", rows(["a"], run="run-1", value=1), key=KEY)
+    store.append("results/f/h", rows(["a"], run="run-3", value=3), key=KEY)
+    store.flush()
+    live = store.scan("results/f/h").collect().sort("__packet_hash")
+    assert live["__packet_hash"].to_list() == ["a", "b"]
+    assert live["value"].to_list() == [1, 2]
+    assert store.scan("results/f/h", include_invalidated=True).collect().height == 4
+    assert sorted(store.keys("results/f/h")) == ["a", "b"]
+
+
+def test_same_run_tie_is_deterministic(store):
+    store.append("results/f/h", rows(["a"], value=9), key=KEY)
+    store.append("results/f/h", rows(["a"], value=4), key=KEY)
+    store.flush()
+    assert store.scan("results/f/h").collect()["value"].to_list() == [4]
+
+
+def test_invalidate_hides_but_keeps_history(store):
+    store.append("results/f/h", rows(["a", "b", "c"], run="run-1"), key=KEY)
+    store.append("results/f/h", rows(["a"], run="run-2"), key=KEY)
+    store.flush()
+    assert store.invalidate("results/f/h", pl.Series(["a", "zz"])) == 2
+    assert store.invalidate("results/f/h", pa.array(["a"])) == 0
+    assert sorted(store.scan("results/f/h").collect()["__packet_hash"]) == ["b", "c"]
+    assert sorted(store.keys("results/f/h")) == ["b", "c"]
+    assert store.lookup("results/f/h", pl.Series(["a"])).height == 0
+    history = store.scan("results/f/h", include_invalidated=True).collect()
+    assert history.height == 4
+    assert history.filter(pl.col("__invalidated_at").is_not_null()).height == 2
+    store.append("results/f/h", rows(["a"], run="run-3", value=7), key=KEY)
+    store.flush()
+    assert sorted(store.keys("results/f/h")) == ["a", "b", "c"]
+    assert store.lookup("results/f/h", pl.Series(["a"]))["value"].to_list() == [7]
+
+
+def test_lookup_returns_exactly_requested_existing_keys(store):
+    store.append("results/f/h", rows([f"k{i}" for i in range(100)]), key=KEY)
+    store.append("results/f/h", rows(["k1", "k2"], run="run-0", value=5), key=KEY)
+    store.flush()
+    found = store.lookup("results/f/h", pl.Series(["k1", "k2", "k50", "nope", "k1"]))
+    assert sorted(found["__packet_hash"]) == ["k1", "k2", "k50"]
+    assert found.sort("__packet_hash")["value"].to_list() == [5, 5, 0]
+    assert store.lookup("results/f/h", pa.array([], pa.string())).height == 0
+    assert store.lookup("missing", pl.Series(["k1"])).height == 0
+
+
+def test_keys_are_incremental(store):
+    store.append("results/f/h", rows(["a"]), key=KEY)
+    store.flush()
+    assert store.keys("results/f/h").to_list() == ["a"]
+    assert store.keys("results/f/h").to_list() == ["a"]
+    store.append("results/f/h", rows(["b", "a"]), key=KEY)
+    store.flush()
+    assert sorted(store.keys("results/f/h")) == ["a", "b"]
+    store.compact("results/f/h")
+    assert sorted(store.keys("results/f/h")) == ["a", "b"]
+    assert store.scan("results/f/h", include_invalidated=True).collect().height == 3
+
+
+def test_key_mismatch(store):
+    store.append("results/f/h", rows(["a"]), key=KEY)
+    with pytest.raises(StoreError, match="key"):
+        store.append("results/f/h", rows(["a"]), key=["value"])
+    store.flush()
+    with pytest.raises(StoreError, match="key"):
+        store.append("results/f/h", rows(["b"]), key=["value"])
+    with pytest.raises(StoreError, match="key"):
+        store.append("results/f/h", rows(["b"]))
+
+
+def test_key_mismatch_found_at_commit(tmp_path):
+    first = DeltaStore(tmp_path)
+    first.append("t", rows(["a"]), key=KEY)
+    first.flush()
+    other = DeltaStore(tmp_path)  # knows nothing yet: the check happens at commit
+    other.append("t", rows(["a"]), key=["value"])
+    with pytest.raises(StoreError, match="key"):
+        other.flush()
+
+
+def test_keyed_table_needs_run_id(store):
+    with pytest.raises(StoreError, match="__run_id"):
+        store.append("results/f/h", pa.table({"__packet_hash": ["a"]}), key=KEY)
+
+
+def test_types_are_normalised(store):
+    store.append("results/f/h", rows(["a"]), key=KEY)
+    store.flush()
+    narrow = pa.table(
+        {
+            "__packet_hash": pa.array(["b"], pa.large_string()),
+            "value": pa.array([1], pa.int32()),
+            "__run_id": pa.array(["r"], pa.large_string()),
+        }
+    )
+    store.append("results/f/h", narrow, key=KEY)
+    store.append("results/f/h", pl.DataFrame(rows(["c"])), key=KEY)
+    store.flush()
+    assert sorted(store.keys("results/f/h")) == ["a", "b", "c"]
+
+
+def test_schema_mismatch_names_path_and_columns(store):
+    store.append("results/f/h", rows(["a"]), key=KEY)
+    store.flush()
+    bad = rows(["b"], extra_col=pa.array([1.5]))
+    store.append("results/f/h", bad.drop(["value"]), key=KEY)
+    with pytest.raises(StoreError) as info:
+        store.flush()
+    message = str(info.value)
+    assert "results/f/h" in message and "value" in message and "extra_col" in message
+    assert store.scan("results/f/h").collect().height == 1
+    with pytest.raises(StoreError, match="value"):  # still pending: the batch is not dropped
+        store.flush()
+
+
+def test_incompatible_type_is_an_error(store):
+    store.append("t", rows(["a"]), key=KEY)
+    store.flush()
+    store.append("t", rows(["b"]).set_column(1, "value", pa.array(["1"])), key=KEY)
+    with pytest.raises(StoreError, match="value"):
+        store.flush()
+
+
+def test_failed_table_blocks_later_tables(store):
+    store.append("results/f/h", rows(["a"]), key=KEY)
+    store.flush()
+    store.append("results/f/h", rows(["b"]).drop(["value"]), key=KEY)
+    store.append("pipelines/p/n", rows(["b"]), key=KEY)
+    with pytest.raises(StoreError):
+        store.flush()
+    assert not store.exists("pipelines/p/n")  # provenance never lands before its results
+
+
+def test_scan_missing_table(store):
+    assert store.scan("nope") is None
+    assert store.keys("nope") is None
+    assert store.invalidate("nope", pl.Series(["a"])) == 0
+    assert not store.exists("nope")
+
+
+def test_unkeyed_tables_are_returned_as_is(store):
+    store.append("failures", pa.table({"message": ["x", "x"]}))
+    store.flush()
+    assert store.scan("failures").collect().height == 2
+    with pytest.raises(StoreError, match="one column"):
+        store.keys("failures")
+
+
+def test_invalid_names(store):
+    for name in ["", "/abs", "a/../b", "a//b"]:
+        with pytest.raises(StoreError, match="invalid table name"):
+            store.append(name, rows(["a"]), key=KEY)
+
+
+# ---- DeltaStore specifics -------------------------------------------------------------------
+def test_constructor_does_no_io(tmp_path):
+    path = tmp_path / "not" / "yet"
+    store = DeltaStore(path, max_rows=10).with_options(max_seconds=5)
+    store.append("results/f/h", rows(["a"]), key=KEY)
+    assert not path.exists()
+    store.flush()
+    assert (path / "results" / "f" / "h" / "_delta_log").is_dir()
+
+
+def test_default_store(monkeypatch, tmp_path):
+    monkeypatch.setenv("ORCA_STORE", str(tmp_path / "s"))
+    assert default_store().location == str(tmp_path / "s")
+    monkeypatch.delenv("ORCA_STORE")
+    assert default_store().location == ".orca"
+
+
+def test_foreign_delta_table_is_refused_and_untouched(tmp_path):
+    store = DeltaStore(tmp_path)
+    foreign = tmp_path / "results" / "f" / "h"
+    write_deltalake(str(foreign), rows(["x"]))
+    store.append("results/f/h", rows(["a"]), key=KEY)
+    with pytest.raises(StoreError, match="did not create") as info:
+        store.flush()
+    assert str(foreign) in str(info.value)
+    with pytest.raises(StoreError, match="did not create"):
+        store.scan("results/f/h")
+    table = DeltaTable(str(foreign))
+    assert table.version() == 0
+    assert pl.read_delta(str(foreign))["__packet_hash"].to_list() == ["x"]
+
+
+def test_junk_directory_is_refused(tmp_path):
+    junk = tmp_path / "results" / "f" / "h"
+    junk.mkdir(parents=True)
+    (junk / "notes.txt").write_text("mine")
+    store = DeltaStore(tmp_path)
+    store.append("results/f/h", rows(["a"]), key=KEY)
+    with pytest.raises(StoreError, match="not a Delta table") as info:
+        store.flush()
+    assert str(junk) in str(info.value)
+    assert os.listdir(junk) == ["notes.txt"]
+
+
+def test_scan_delta_reads_a_table_directly(tmp_path):
+    store = DeltaStore(tmp_path / "s")
+    store.append("results/f/h", rows(["a", "b"]), key=KEY)
+    store.flush()
+    direct = pl.scan_delta(store.uri("results/f/h")).collect()
+    assert sorted(direct["__packet_hash"]) == ["a", "b"]
+    assert direct.schema["__invalidated_at"] == pl.Datetime("us", "UTC")
+
+
+def test_key_persists_across_processes(tmp_path):
+    writer = DeltaStore(tmp_path)
+    writer.append("results/f/h", rows(["a"]), key=KEY)
+    writer.flush()
+    reader = DeltaStore(tmp_path)
+    assert reader.keys("results/f/h").to_list() == ["a"]
+    assert DeltaTable(reader.uri("results/f/h")).metadata().configuration["orca.key"] == (
+        '["__packet_hash"]'
+    )
+    assert reader.tables("results/") == ["results/f/h"]
