@@ -1,0 +1,49 @@
+"""orca: reproducible, incremental data pipelines on Arrow tables.
+
+Public API, grouped. Everything here is documented in ``docs/``.
+"""
+
+from orca.errors import (
+    ExecutorError,
+    HashingError,
+    OrcaError,
+    PodError,
+    SchemaError,
+    SourceError,
+    StoreError,
+)
+from orca.cache import CachedFunctionPod, Counts
+from orca.executors import InProcessExecutor, ProcessExecutor, RayExecutor, ThreadExecutor
+from orca.hashing import hash_file, hash_packet, hash_packets
+from orca.nodes import FunctionNode
+from orca.pods import FunctionIdentity, FunctionPod, function_pod
+from orca.sources import (
+    ArrowSource,
+    CSVSource,
+    DeltaSource,
+    DictSource,
+    GlobSource,
+    ParquetSource,
+    PolarsSource,
+    Source,
+)
+from orca.stores import DeltaStore, MemoryStore, Store, default_store
+from orca.streams import Stream
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # errors
+    "OrcaError", "HashingError", "SchemaError", "SourceError", "PodError", "StoreError", "ExecutorError",
+    # hashing
+    "hash_packet", "hash_packets", "hash_file",
+    # streams and sources
+    "Stream", "Source", "DictSource", "ArrowSource", "PolarsSource", "CSVSource", "ParquetSource",
+    "DeltaSource", "GlobSource",
+    # pods, caching, nodes
+    "function_pod", "FunctionPod", "FunctionIdentity", "CachedFunctionPod", "FunctionNode", "Counts",
+    # stores
+    "Store", "DeltaStore", "MemoryStore", "default_store",
+    # executors
+    "InProcessExecutor", "ThreadExecutor", "ProcessExecutor", "RayExecutor",
+]

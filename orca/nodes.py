@@ -1,0 +1,271 @@
+"""Function nodes: a cached pod bound to its input, recording provenance, iterating in two phases.
+
+A node's provenance table ``pipelines/<pipeline>/<label>`` holds one row per *entry* (a tag
+row of the input): its tags, system tags, ``__entry_id``, ``__packet_hash``, the
+``__record_id`` of the result it points to, ``__source__<column>`` for each input packet
+column the function reads, ``__run_id`` and ``__recorded_at``. No input data is copied.
+
+``__entry_id`` = hash(node identity, tags, system tags, input packet hash), so one packet under
+N tags is one result row and N provenance rows. Running a node:
+
+1. hashes its input in bulk;
+2. **phase 1** -- entries whose id is already in the provenance table are done;
+3. **phase 2** -- novel entries: a result-cache hit only adds a provenance row; misses are
+   computed by the executor. Results are committed before the provenance rows pointing at them.
+
+>>> import orca
+>>> @orca.function_pod(output_keys="y")
+... def inc(x: int) -> int:
+...     return x + 1
+>>> src = orca.DictSource([{"k": "a", "x": 1}, {"k": "b", "x": 1}], tags=["k"], source_id="s")
+>>> node = orca.FunctionNode(inc.pod, src, store=orca.MemoryStore(), pipeline="demo")
+>>> node.run()
+Counts(cached=0, computed=2, failed=0)
+>>> node.run()
+Counts(cached=2, computed=0, failed=0)
+>>> node.results().collect()["y"].to_list()
+[2, 2]
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import polars as pl
+
+from orca.cache import PACKET_HASH, RECORD_ID, CachedFunctionPod, Counts, RunContext, new_run_id, run_and_commit, utc_now
+from orca.errors import PodError
+from orca.executors import Executor
+from orca.hashing import hash_bytes, hash_packets
+from orca.pods import FunctionPod, result_record_ids
+from orca.streams import Stream, source_column
+from orca.stores import Store, default_store
+
+__all__ = ["FunctionNode", "ENTRY_ID", "shard_filter"]
+
+ENTRY_ID = "__entry_id"
+SYSTEM_TAGS = "__system_tags"
+_LABEL_OK = re.compile(r"^[A-Za-z0-9_\-.]+$")
+
+
+def shard_filter(shard: tuple[int, int] | None) -> pl.Expr:
+    """Entries of shard ``i`` of ``n``: the first 8 hex digits of the entry id, modulo ``n``."""
+    if shard is None:
+        return pl.lit(True)
+    i, n = shard
+    if not (isinstance(n, int) and isinstance(i, int) and n >= 1 and 0 <= i < n):
+        raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard!r}")
+    return pl.col(ENTRY_ID).str.slice(0, 8).str.to_integer(base=16) % n == i
+
+
+class FunctionNode:
+    """A function pod bound to its input stream inside a pipeline (see module docs).
+
+    Parameters
+    ----------
+    pod
+        A :class:`FunctionPod` (``f.pod``) or a :class:`CachedFunctionPod` (its store and
+        options are then the defaults of this node).
+    input_stream
+        The stream the node maps.
+    store
+        Where results and provenance go; default: the cached pod's store or :func:`default_store`.
+    pipeline, label
+        Name the provenance table ``pipelines/<pipeline>/<label>``; label defaults to the
+        function's name.
+
+    Constructing a node performs no I/O.
+    """
+
+    def __init__(self, pod: FunctionPod | CachedFunctionPod, input_stream: Stream, *, store: Store | None = None,
+                 pipeline: str = "default", label: str | None = None) -> None:
+        if isinstance(pod, CachedFunctionPod):
+            cached = pod if store is None else pod.with_options(store=store)
+        elif isinstance(pod, FunctionPod):
+            cached = CachedFunctionPod(pod, store=store if store is not None else default_store())
+        else:
+            raise PodError(f"FunctionNode needs a function pod (f.pod), got {type(pod).__name__}")
+        cached.pod.check_input(input_stream)
+        self.label = label or cached.pod.name
+        for name, value in (("pipeline", pipeline), ("label", self.label)):
+            if not _LABEL_OK.match(value):
+                raise ValueError(f"node {name} {value!r} may hold only letters, digits, '_', '-' and '.'")
+        self.cached = cached
+        self.pod = cached.pod
+        self.input = input_stream
+        self.pipeline = pipeline
+        self.identity = hash_bytes(f"node\x00{self.pod.identity.hash}\x00{input_stream.identity}".encode())
+        self.output = Stream(
+            self._current_output,
+            tag_columns=input_stream.tag_columns,
+            packet_columns=self.pod.output_keys,
+            path_columns=self.pod.path_outputs,
+            schema=self.pod.output_stream_schema(input_stream),
+            identity=self.pod.stream_identity(input_stream),
+            producer=self,
+        )
+
+    @property
+    def store(self) -> Store:
+        return self.cached.store
+
+    @property
+    def provenance_table(self) -> str:
+        return f"pipelines/{self.pipeline}/{self.label}"
+
+    def __repr__(self) -> str:
+        return f"FunctionNode({self.label!r}, pod={self.pod.name!r}, table={self.provenance_table!r})"
+
+    # -- entries ----------------------------------------------------------------------------
+    def entries(self) -> pl.DataFrame:
+        """The input rows with system columns, ``__packet_hash`` and ``__entry_id`` (hashed in bulk)."""
+        frame = self.input.to_polars(include_system=True)
+        frame = frame.with_columns(self.cached.hash_inputs(frame, self.input.path_columns))
+        system = sorted(self.input.system_tag_columns)
+        id_table = frame.select(*self.input.tag_columns, *system, PACKET_HASH).with_columns(
+            pl.lit(self.identity).alias("__node")).to_arrow()
+        return frame.with_columns(pl.Series(ENTRY_ID, hash_packets(id_table)))
+
+    def _known(self, entries: pl.DataFrame, missing: pl.Series | None = None) -> pl.Series:
+        """Boolean mask: entries with a live provenance row whose result is live too.
+
+        (An entry whose result was invalidated -- e.g. through another entry with the same
+        packet -- counts as novel again.)
+        """
+        known = self.store.keys(self.provenance_table)
+        if known is None or known.len() == 0:
+            return pl.Series([False] * entries.height)
+        if missing is None:
+            missing = self.cached.missing(entries[PACKET_HASH])
+        return entries[ENTRY_ID].is_in(known.cast(pl.String).implode()) & ~entries[PACKET_HASH].is_in(missing.implode())
+
+    # -- running ----------------------------------------------------------------------------
+    def run(self, *, executor: Executor | None = None, on_error: str | None = None, retries: int | None = None,
+            shard: tuple[int, int] | None = None, run_id: str | None = None,
+            progress: Callable[[Counts], None] | None = None, total: Callable[[int, int], None] | None = None) -> Counts:
+        """Bring this node up to date; returns what was served from the store, computed and failed.
+
+        ``progress`` is called with the running counts after each chunk; ``total`` once with
+        (entries in this run, entries already done).
+        """
+        cached = self.cached.with_options(**{k: v for k, v in dict(
+            executor=executor, on_error=on_error, retries=retries).items() if v is not None})
+        ctx = RunContext(run_id or new_run_id(), cached.executor, cached.on_error, cached.retries, node=self.label)
+        counts = Counts()
+        entries = self.entries()
+        missing = cached.missing(entries[PACKET_HASH])
+        known = self._known(entries, missing)
+        novel = entries.filter(~known).filter(shard_filter(shard))
+        counts.cached = int(known.sum())
+        if total is not None:
+            total(int(known.sum()) + novel.height, counts.cached)
+        missing = novel.join(missing.to_frame(PACKET_HASH), on=PACKET_HASH, how="semi")[PACKET_HASH].unique()
+        run_and_commit(self.store, self._phase2(cached, novel, missing, ctx, counts),
+                       on_step=(lambda _: progress(counts)) if progress else None)
+        return counts
+
+    def _phase2(self, cached: CachedFunctionPod, novel: pl.DataFrame, missing: pl.Series, ctx: RunContext,
+                counts: Counts) -> Iterator[None]:
+        if novel.height == 0:
+            return
+        hits = novel.join(missing.to_frame(PACKET_HASH), on=PACKET_HASH, how="anti")
+        if hits.height:
+            self._append_provenance(hits, ctx)
+            # Commit now so the provenance buffer is empty when results start to pend: every
+            # later flush then commits results before the provenance rows that point at them.
+            self.store.flush()
+            counts.cached += hits.height
+            yield
+        todo = novel.join(missing.to_frame(PACKET_HASH), on=PACKET_HASH, how="semi")
+        tags = self.input.tag_columns
+        for done, failed in cached.compute(todo, missing, ctx, self.input.path_columns):
+            finished = todo.join(done.to_frame(PACKET_HASH), on=PACKET_HASH, how="semi")
+            self._append_provenance(finished, ctx)
+            counts.computed += finished.height
+            if failed.height:
+                cached.record_failures(failed, todo, tags, ctx)
+                counts.failed += todo.join(failed.select(PACKET_HASH), on=PACKET_HASH, how="semi").height
+                if ctx.on_error == "raise":
+                    raise cached.fail(failed, todo, tags)
+            yield
+
+    def _append_provenance(self, rows: pl.DataFrame, ctx: RunContext) -> None:
+        if rows.height == 0:
+            return
+        system = sorted(self.input.system_tag_columns)
+        system_json = (pl.struct(system).struct.json_encode() if system else pl.lit("{}")).alias(SYSTEM_TAGS)
+        sources = [source_column(p) for p in self.pod.parameters if source_column(p) in rows.columns]
+        table = rows.select(
+            *self.input.tag_columns, system_json, ENTRY_ID, PACKET_HASH,
+            pl.Series(RECORD_ID, result_record_ids(self.pod.identity.hash, rows[PACKET_HASH])),
+            *sources,
+            pl.lit(ctx.run_id).alias("__run_id"),
+            pl.lit(utc_now()).dt.cast_time_unit("us").alias("__recorded_at"),
+        )
+        self.store.append(self.provenance_table, table.to_arrow(), key=[ENTRY_ID])
+
+    # -- reading ----------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[tuple[Mapping[str, Any], Mapping[str, Any]]]:
+        """Two-phase iteration: rows already computed for this input at once, then the novel ones."""
+        entries = self.entries()
+        known = self._known(entries)
+        yield from _rows(self._output_for(entries.filter(known)), self.input.tag_columns, self.pod)
+        self.run()
+        yield from _rows(self._output_for(entries.filter(~known)), self.input.tag_columns, self.pod)
+
+    def _output_for(self, entries: pl.DataFrame) -> pl.DataFrame:
+        """Tags + outputs + source info of ``entries`` that have a live provenance row."""
+        prov = self.store.keys(self.provenance_table)
+        if prov is None:
+            entries = entries.clear()
+        else:
+            entries = entries.join(prov.cast(pl.String).to_frame(ENTRY_ID), on=ENTRY_ID, how="semi")
+        return self.cached.output_frame(entries, self.input.tag_columns, self.input.system_tag_columns)
+
+    def _current_output(self) -> pl.DataFrame:
+        return self._output_for(self.entries())
+
+    def results(self) -> pl.LazyFrame:
+        """Tags + outputs for this node's current input, as stored (no computation)."""
+        return self._current_output().select(*self.input.tag_columns, *self.pod.output_keys).lazy()
+
+    def provenance(self) -> pl.LazyFrame:
+        """This input's provenance rows joined to their results' metadata."""
+        prov = self.store.scan(self.provenance_table)
+        if prov is None:
+            return pl.LazyFrame()
+        ids = self.entries().select(ENTRY_ID).lazy()
+        prov = prov.join(ids, on=ENTRY_ID, how="semi")
+        results = self.store.scan(self.cached.results_table)
+        if results is None:
+            return prov
+        meta = results.select(PACKET_HASH, "__function_hash", "__computed_at", "__duration_s",
+                              pl.col("__run_id").alias("__result_run_id"))
+        return prov.join(meta, on=PACKET_HASH, how="left")
+
+    def invalidate(self, where: pl.Expr | None = None) -> int:
+        """Mark entries matching ``where`` (a Polars expression on tags; all if None) for recomputation.
+
+        Their provenance and result rows stay as history, flagged by ``__invalidated_at``; the
+        next run computes them again. Returns the number of entries invalidated.
+        """
+        entries = self.entries()
+        if where is not None:
+            entries = entries.filter(where)
+        prov = self.store.lookup(self.provenance_table, entries[ENTRY_ID])
+        if prov.height == 0:
+            return 0
+        self.store.invalidate(self.cached.results_table, prov[PACKET_HASH].unique())
+        return self.store.invalidate(self.provenance_table, prov[ENTRY_ID])
+
+    def __len__(self) -> int:
+        return self._current_output().height
+
+
+def _rows(frame: pl.DataFrame, tags: tuple[str, ...], pod: FunctionPod) -> Iterator[tuple[Mapping, Mapping]]:
+    stream = Stream(frame.lazy(), tag_columns=tags, packet_columns=pod.output_keys,
+                    path_columns=pod.path_outputs, identity="rows")
+    yield from stream
+

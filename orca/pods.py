@@ -1,0 +1,427 @@
+"""Function pods: plain Python functions lifted to map packets to packets.
+
+>>> import orca
+>>> @orca.function_pod(output_keys="z")
+... def add(x: float, y: int) -> float:
+...     return x * 2 + y
+>>> add(1.5, 1)                      # still a plain function
+4.0
+>>> src = orca.DictSource([{"id": 1, "x": 1.5, "y": 1}], tags=["id"], source_id="demo")
+>>> add.pod(src).to_polars()
+shape: (1, 2)
+┌─────┬─────┐
+│ id  ┆ z   │
+│ --- ┆ --- │
+│ i64 ┆ f64 │
+╞═════╪═════╡
+│ 1   ┆ 4.0 │
+└─────┴─────┘
+
+The function's parameters name the packet columns it reads; its annotations give the Arrow
+schema of inputs and outputs. A pod's identity (``pod.identity``) is its name, version, a
+hash of its normalised source (AST without docstrings or comments) and its output schema.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import dataclasses
+import inspect
+import json
+import textwrap
+import time
+import traceback
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+
+from orca import _context
+from orca.errors import PodError, SchemaError
+from orca.hashing import hash_bytes, hash_packets
+from orca.streams import Stream, source_column
+from orca.types import arrow_field, is_optional, strip_optional, to_arrow_array, to_python
+
+__all__ = ["function_pod", "FunctionPod", "FunctionIdentity"]
+
+# Columns of the table a chunk of work returns (besides the outputs).
+ROW = "__row"
+OK = "__ok"
+DURATION = "__duration_s"
+ATTEMPTS = "__attempts"
+ERROR_COLUMNS = ("__error_type", "__error_message", "__traceback")
+ASYNC_CONCURRENCY = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class FunctionIdentity:
+    """Who a function is, for caching: results are keyed by ``hash`` + input packet hash."""
+
+    name: str
+    version: str
+    code_hash: str | None
+    output_schema: str
+    hash: str
+
+
+def _normalised_source(fn: Callable) -> str:
+    """Source with decorators, docstrings and comments removed, re-rendered by ``ast.unparse``."""
+    try:
+        source = textwrap.dedent(inspect.getsource(fn))
+    except (OSError, TypeError) as exc:
+        raise PodError(
+            f"cannot read the source of {fn.__qualname__!r} to hash it ({exc}); "
+            "pass code_hash=False to identify it by name and version only"
+        ) from exc
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node in tree.body:
+                node.decorator_list = []
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return ast.unparse(tree)
+
+
+def _output_annotations(fn: Callable, hints: dict, keys: tuple[str, ...], output_types: Mapping | None) -> dict:
+    if output_types is not None:
+        missing = [k for k in keys if k not in output_types]
+        if missing:
+            raise PodError(f"function {fn.__name__!r}: output_types lacks output key(s) {missing}")
+        return {k: output_types[k] for k in keys}
+    if "return" not in hints:
+        raise PodError(f"function {fn.__name__!r} has no return annotation; annotate it or pass output_types=")
+    ret = hints["return"]
+    if len(keys) == 1:
+        return {keys[0]: ret}
+    if typing.get_origin(ret) is tuple:
+        args = typing.get_args(ret)
+        if len(args) != len(keys) or Ellipsis in args:
+            raise PodError(f"function {fn.__name__!r}: return annotation {ret!r} does not match output keys {list(keys)}")
+        return dict(zip(keys, args, strict=True))
+    if isinstance(ret, type) and issubclass(ret, dict) and hasattr(ret, "__annotations__"):
+        fields = typing.get_type_hints(ret)
+        missing = [k for k in keys if k not in fields]
+        if missing:
+            raise PodError(f"function {fn.__name__!r}: return type {ret.__name__} lacks output key(s) {missing}")
+        return {k: fields[k] for k in keys}
+    raise PodError(
+        f"function {fn.__name__!r} has several output keys {list(keys)}: annotate the return as "
+        "tuple[...] or a TypedDict, or pass output_types="
+    )
+
+
+class FunctionPod:
+    """A function lifted to map each packet of a stream to an output packet.
+
+    Build one with :func:`function_pod`. ``pod(stream)`` returns a lazy stream with the input's
+    tags and the outputs as packet; ``pod.cached(store)`` adds a result cache.
+    """
+
+    def __init__(
+        self,
+        function: Callable,
+        *,
+        output_keys: str | Sequence[str],
+        version: str = "1",
+        name: str | None = None,
+        code_hash: bool = True,
+        input_types: Mapping[str, Any] | None = None,
+        output_types: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.function = function
+        self.name = name or function.__name__
+        self.version = str(version)
+        self.output_keys: tuple[str, ...] = (output_keys,) if isinstance(output_keys, str) else tuple(output_keys)
+        if not self.output_keys or len(set(self.output_keys)) != len(self.output_keys):
+            raise PodError(f"function {self.name!r}: output_keys must be distinct and non-empty, got {output_keys!r}")
+        bad = [k for k in self.output_keys if k.startswith("__")]
+        if bad:
+            raise PodError(f"function {self.name!r}: output keys may not start with '__': {bad}")
+        self.is_async = inspect.iscoroutinefunction(function)
+
+        signature = inspect.signature(function)
+        varargs = [p.name for p in signature.parameters.values() if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if varargs:
+            raise PodError(f"function {self.name!r}: *args/**kwargs ({varargs}) cannot name packet columns")
+        try:
+            hints = typing.get_type_hints(function)
+        except Exception as exc:  # unresolvable forward references
+            raise PodError(f"function {self.name!r}: cannot resolve annotations: {exc}") from exc
+        hints.update(input_types or {})
+        self.parameters: dict[str, Any] = {}
+        self.defaults: dict[str, Any] = {}
+        for p in signature.parameters.values():
+            if p.name not in hints:
+                raise PodError(f"function {self.name!r}: parameter {p.name!r} has no annotation; annotate it or pass input_types=")
+            self.parameters[p.name] = hints[p.name]
+            if p.default is not p.empty:
+                self.defaults[p.name] = p.default
+        try:
+            self.input_fields = {n: arrow_field(n, t) for n, t in self.parameters.items()}
+            self.output_fields = [arrow_field(k, t) for k, t in
+                                  _output_annotations(function, hints, self.output_keys, output_types).items()]
+        except SchemaError as exc:
+            raise PodError(f"function {self.name!r}: {exc}") from exc
+
+        schema_text = json.dumps([[f.name, str(f.type), f.nullable, _is_path(f)] for f in self.output_fields])
+        code = hash_bytes(_normalised_source(function).encode()) if code_hash else None
+        identity = json.dumps({"name": self.name, "version": self.version, "code": code, "outputs": schema_text},
+                              sort_keys=True)
+        self.identity = FunctionIdentity(self.name, self.version, code, schema_text, hash_bytes(identity.encode()))
+
+    @property
+    def output_schema(self) -> pa.Schema:
+        return pa.schema(self.output_fields)
+
+    @property
+    def results_table(self) -> str:
+        """Store table holding this function's results (see docs/store-layout.md)."""
+        return f"results/{self.name}/{self.identity.hash}"
+
+    def __repr__(self) -> str:
+        return (f"FunctionPod({self.name!r}, version={self.version!r}, inputs={list(self.parameters)}, "
+                f"outputs={list(self.output_keys)}, hash={self.identity.hash[:12]})")
+
+    # -- applying to streams --------------------------------------------------------------
+    def check_input(self, stream: Stream) -> None:
+        """Every parameter without a default must name a packet column of ``stream``."""
+        missing = [p for p in self.parameters if p not in stream.packet_columns and p not in self.defaults]
+        if missing:
+            raise PodError(f"function {self.name!r} reads packet column(s) {missing} that the input stream lacks; "
+                           f"its packet columns are {list(stream.packet_columns)}")
+
+    @property
+    def path_outputs(self) -> list[str]:
+        """Output keys declared as ``pathlib.Path``."""
+        return [f.name for f in self.output_fields if _is_path(f)]
+
+    def stream_identity(self, stream: Stream) -> str:
+        """Identity of this pod's output over ``stream`` (structural, like every stream identity)."""
+        return hash_bytes(f"pod\x00{self.identity.hash}\x00{stream.identity}".encode())
+
+    def output_stream_schema(self, stream: Stream) -> pa.Schema:
+        full = stream.full_schema
+        fields = [full.field(n) for n in (*stream.tag_columns, *stream.system_tag_columns)]
+        fields += self.output_fields
+        fields += [pa.field(source_column(k), pa.large_string()) for k in self.output_keys]
+        return pa.schema(fields)
+
+    def __call__(self, *streams: Stream) -> Stream:
+        """Apply the pod to a stream (several streams are joined on their shared tags first)."""
+        stream = streams[0].join(*streams[1:]) if len(streams) > 1 else streams[0]
+        if not isinstance(stream, Stream):
+            raise PodError(f"function {self.name!r} takes streams, got {type(stream).__name__}")
+        self.check_input(stream)
+        output = Stream(
+            lambda: _compute_uncached(self, stream),
+            tag_columns=stream.tag_columns,
+            packet_columns=self.output_keys,
+            path_columns=self.path_outputs,
+            schema=self.output_stream_schema(stream),
+            identity=self.stream_identity(stream),
+            producer=self,
+        )
+        return _context.recorded(self, (stream,), output)
+
+    def cached(self, store: Any = None, **options: Any):
+        """Shorthand for :class:`orca.CachedFunctionPod` ``(self, store=store, **options)``."""
+        from orca.cache import CachedFunctionPod  # cache sits above pods; avoid an import cycle
+
+        return CachedFunctionPod(self, store=store, **options)
+
+
+def _is_path(field: pa.Field) -> bool:
+    return bool(field.metadata) and field.metadata.get(b"orca.type") == b"path"
+
+
+def function_pod(
+    output_keys: str | Sequence[str],
+    *,
+    version: str = "1",
+    name: str | None = None,
+    code_hash: bool = True,
+    input_types: Mapping[str, Any] | None = None,
+    output_types: Mapping[str, Any] | None = None,
+) -> Callable[[Callable], Callable]:
+    """Decorate a function to make it a function pod, available as ``f.pod``.
+
+    Parameters
+    ----------
+    output_keys
+        Name(s) of the output packet columns. With several, the function returns a tuple (in
+        this order) or a dict with these keys.
+    version
+        Bump it to recompute results although the code did not change.
+    name
+        Defaults to the function's name; names the result table.
+    code_hash
+        ``False`` pins the identity to name + version (edits then reuse old results).
+    input_types, output_types
+        Annotations for parameters / outputs the function does not annotate itself.
+    """
+
+    def decorate(function: Callable) -> Callable:
+        function.pod = FunctionPod(function, output_keys=output_keys, version=version, name=name,
+                                   code_hash=code_hash, input_types=input_types, output_types=output_types)
+        return function
+
+    return decorate
+
+
+# -- running the function over a chunk of packets ------------------------------------------
+def _as_outputs(pod: FunctionPod, result: Any) -> tuple:
+    keys = pod.output_keys
+    if len(keys) == 1:
+        return (result,)
+    if isinstance(result, Mapping):
+        missing = [k for k in keys if k not in result]
+        if missing:
+            raise SchemaError(f"returned a dict without output key(s) {missing}")
+        return tuple(result[k] for k in keys)
+    if isinstance(result, tuple | list) and len(result) == len(keys):
+        return tuple(result)
+    raise SchemaError(f"should return a tuple or dict of {list(keys)}, got {type(result).__name__}")
+
+
+def _retry(pod: FunctionPod, kwargs: dict, retries: int, error: BaseException) -> tuple[Any, BaseException | None, int]:
+    """After a first failure, retry up to ``retries`` times with exponential backoff.
+
+    Returns (outputs or None, last error or None, attempts made in all).
+    """
+    for attempt in range(1, retries + 1):
+        time.sleep(min(0.05 * 2 ** (attempt - 1), 2.0))
+        try:
+            return _as_outputs(pod, pod.function(**kwargs)), None, attempt + 1
+        except Exception as exc:  # noqa: BLE001 - the user's function may raise anything
+            error = exc
+    return None, error, retries + 1
+
+
+def _call_async_rows(pod: FunctionPod, rows: list[dict], retries: int) -> list[tuple]:
+    async def one(kwargs: dict, gate: asyncio.Semaphore) -> tuple:
+        async with gate:
+            error = None
+            for attempt in range(retries + 1):
+                if attempt:
+                    await asyncio.sleep(min(0.05 * 2 ** (attempt - 1), 2.0))
+                try:
+                    return _as_outputs(pod, await pod.function(**kwargs)), None, attempt + 1
+                except Exception as exc:  # noqa: BLE001
+                    error = exc
+            return None, error, retries + 1
+
+    async def main() -> list[tuple]:
+        gate = asyncio.Semaphore(ASYNC_CONCURRENCY)
+        return await asyncio.gather(*(one(r, gate) for r in rows))
+
+    return asyncio.run(main())
+
+
+def run_chunk(pod: FunctionPod, retries: int, chunk: pa.Table) -> pa.Table:
+    """Run the function on every packet of ``chunk`` (parameter columns plus ``__row``).
+
+    Never raises for a failing row: returns one row per input with ``__ok``, the outputs
+    (null when failed), ``__duration_s``, ``__attempts`` and error details.
+    """
+    n = chunk.num_rows
+    columns: dict[str, list] = {}
+    errors: list[BaseException | None] = [None] * n
+    for name, annotation in pod.parameters.items():
+        if name not in chunk.column_names:
+            columns[name] = [pod.defaults[name]] * n
+            continue
+        column = chunk.column(name)
+        columns[name] = to_python(column, annotation, path=_is_path(pod.input_fields[name]))
+        if column.null_count and not is_optional(annotation):
+            for i in pl.Series(column).is_null().arg_true().to_list():
+                errors[i] = SchemaError(f"packet column {name!r} is null but parameter {name!r} is not Optional "
+                                        f"(annotate it as {getattr(strip_optional(annotation), '__name__', annotation)} | None)")
+    rows = [{k: v[i] for k, v in columns.items()} for i in range(n)]
+    outputs: list[tuple | None] = [None] * n
+    durations = [0.0] * n
+    attempts = [0] * n
+    pending = [i for i in range(n) if errors[i] is None]
+    if pod.is_async:
+        start = time.perf_counter()
+        done = _call_async_rows(pod, [rows[i] for i in pending], retries)
+        per_row = (time.perf_counter() - start) / max(len(pending), 1)
+        for i, (out, err, tries) in zip(pending, done, strict=True):
+            outputs[i], errors[i], attempts[i], durations[i] = out, err, tries, per_row
+    else:
+        fn = pod.function
+        single = len(pod.output_keys) == 1
+        clock = time.perf_counter
+        for i in pending:
+            start = clock()
+            try:
+                result = fn(**rows[i])
+                outputs[i] = (result,) if single else _as_outputs(pod, result)
+                attempts[i] = 1
+            except Exception as exc:  # noqa: BLE001 - retried, then recorded as a failure
+                outputs[i], errors[i], attempts[i] = _retry(pod, rows[i], retries, exc)
+            durations[i] = clock() - start
+    arrays = _output_arrays(pod, outputs, errors)
+    ok = [e is None for e in errors]
+    return pa.table({
+        ROW: chunk.column(ROW),
+        OK: pa.array(ok, pa.bool_()),
+        **arrays,
+        DURATION: pa.array(durations, pa.float64()),
+        ATTEMPTS: pa.array(attempts, pa.int64()),
+        ERROR_COLUMNS[0]: pa.array([None if e is None else type(e).__name__ for e in errors], pa.large_string()),
+        ERROR_COLUMNS[1]: pa.array([None if e is None else str(e) for e in errors], pa.large_string()),
+        ERROR_COLUMNS[2]: pa.array([None if e is None else "".join(traceback.format_exception(e)) for e in errors],
+                                   pa.large_string()),
+    })
+
+
+def _output_arrays(pod: FunctionPod, outputs: list[tuple | None], errors: list) -> dict[str, pa.Array]:
+    """Validate outputs against the declared schema; a bad value fails its row, not the chunk."""
+    arrays: dict[str, pa.Array] = {}
+    j = 0
+    while j < len(pod.output_fields):
+        field = pod.output_fields[j]
+        try:
+            arrays[field.name] = to_arrow_array([None if o is None else o[j] for o in outputs], field,
+                                                failed=[o is None for o in outputs])
+            j += 1
+        except SchemaError as exc:
+            errors[exc.row] = SchemaError(f"function {pod.name!r} returned a bad output: {exc}")
+            outputs[exc.row] = None
+            arrays.clear()
+            j = 0  # earlier columns must be rebuilt with this row nulled
+    return arrays
+
+
+def _compute_uncached(pod: FunctionPod, stream: Stream) -> pl.DataFrame:
+    """The uncached pod: compute every row in process; a failure raises, naming the tag."""
+    frame = stream.to_polars(include_system=True)
+    table = frame.select([c for c in pod.parameters if c in frame.columns]).to_arrow()
+    chunk = table.append_column(ROW, pa.array(range(table.num_rows), pa.int64()))
+    out = run_chunk(pod, 0, chunk)
+    failed = out.filter(pa.compute.invert(out.column(OK)))
+    if failed.num_rows:
+        row = failed.column(ROW)[0].as_py()
+        tag = {t: frame[t][row] for t in stream.tag_columns}
+        raise PodError(f"function {pod.name!r} failed for tag {tag}: "
+                       f"{failed.column(ERROR_COLUMNS[0])[0]}: {failed.column(ERROR_COLUMNS[1])[0]}")
+    packet_hash = hash_packets(table, list(pod.parameters)) if pod.parameters else hash_packets(table, [])
+    record_ids = result_record_ids(pod.identity.hash, packet_hash)
+    ref = pl.lit(pod.results_table + "#") + pl.Series(record_ids)
+    result = frame.select([*stream.tag_columns, *stream.system_tag_columns]).with_columns(
+        [pl.Series(k, out.column(k)) for k in pod.output_keys]
+    ).with_columns([ref.alias(source_column(k)) for k in pod.output_keys])
+    return result
+
+
+def result_record_ids(function_hash: str, packet_hashes: pa.Array | pl.Series) -> pa.Array:
+    """Record id of a result row: hash of (function hash, input packet hash)."""
+    table = pa.table({"__function_hash": pa.array([function_hash] * len(packet_hashes), pa.large_string()),
+                      "__packet_hash": pl.Series(packet_hashes).cast(pl.String).to_arrow()})
+    return hash_packets(table)
