@@ -219,8 +219,13 @@ def live_rows(frame: pl.LazyFrame, key: Sequence[str]) -> pl.LazyFrame:
     schema = frame.collect_schema()
     skip = {*key, RUN_ID, INVALIDATED_AT}
     tiebreak = [c for c, dtype in schema.items() if c not in skip and not dtype.is_nested()]
-    first = pl.int_range(pl.len()).over(list(key), order_by=[RUN_ID, *tiebreak])
-    return frame.filter(pl.col(INVALIDATED_AT).is_null()).filter(first == 0)
+    copies = "__orca_copies"
+    live = frame.filter(pl.col(INVALIDATED_AT).is_null())
+    live = live.with_columns(pl.len().over(list(key)).alias(copies))
+    single = live.filter(pl.col(copies) == 1)  # the common case skips the sort
+    several = live.filter(pl.col(copies) > 1).sort([*key, RUN_ID, *tiebreak])
+    several = several.unique(subset=list(key), keep="first", maintain_order=True)
+    return pl.concat([single, several]).drop(copies)
 
 
 def check_name(name: str) -> str:
