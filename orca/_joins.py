@@ -1,0 +1,185 @@
+"""Joins of streams on their shared tag columns (re-exported by :mod:`orca.operators`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import polars as pl
+
+from orca._operator import TMP, Operator, dtypes_of, fresh_name
+from orca.errors import SchemaError
+from orca.streams import Stream, source_column
+
+__all__ = ["Join", "MergeJoin", "SemiJoin"]
+
+
+@dataclass(frozen=True)
+class _Step:
+    """How one more stream joins the accumulated result."""
+
+    keys: tuple[str, ...]
+    rename: dict[str, str]  # right system columns renamed to keep them distinct
+    merge: tuple[str, ...]  # packet columns merged into lists
+    first_merge: tuple[str, ...]  # of those, the ones not merged before
+
+
+def _join_plan(what: str, streams: Sequence[Stream], merge: bool, allow_cross: bool):
+    first = streams[0]
+    tags, packets = list(first.tag_columns), list(first.packet_columns)
+    system = set(first.system_columns)
+    types, paths, merged = dtypes_of(first), set(first.path_columns), set()
+    steps = []
+    for index, right in enumerate(streams[1:], start=1):
+        rtypes = dtypes_of(right)
+        keys = tuple(t for t in tags if t in right.tag_columns)
+        if not keys and not allow_cross:
+            raise SchemaError(
+                f"{what}: stream {index} shares no tag column with the streams before it "
+                f"(tags {tags} vs {list(right.tag_columns)}); rename tags to match, or use "
+                f"{what}(allow_cross=True) for a cross join"
+            )
+        mixed = sorted({*right.tag_columns} & {*packets} | {*right.packet_columns} & {*tags})
+        if mixed:
+            raise SchemaError(f"{what}: column(s) {mixed} are tags on one side and packets on the other")
+        wrong = [f"{k}: {types[k]} vs {rtypes[k]}" for k in keys if types[k] != rtypes[k]]
+        if wrong:
+            raise SchemaError(f"{what}: shared tag columns have different types: {wrong}")
+        collide = tuple(p for p in right.packet_columns if p in packets)
+        if collide and not merge:
+            raise SchemaError(
+                f"{what}: packet column(s) {list(collide)} appear in more than one stream; rename "
+                "them first (stream.rename_packets({...})) or use MergeJoin to merge them into lists"
+            )
+        wrong = [f"{p}: {types[p]} vs {rtypes[p]}" for p in collide if types[p] != rtypes[p]]
+        if wrong:
+            raise SchemaError(f"{what}: merged packet columns have different types: {wrong}")
+        merged_sources = {source_column(p) for p in collide}
+        taken, rename = system | set(right.system_columns), {}
+        for c in right.system_columns:
+            if c in system and c not in merged_sources:
+                rename[c] = fresh_name(c, taken)
+                taken.add(rename[c])
+        steps.append(_Step(keys, rename, collide, tuple(p for p in collide if p not in merged)))
+        merged |= set(collide)
+        tags += [t for t in right.tag_columns if t not in tags]
+        packets += [p for p in right.packet_columns if p not in collide]
+        system |= {rename.get(c, c) for c in right.system_columns}
+        types.update({k: v for k, v in rtypes.items() if k not in types})
+        paths |= set(right.path_columns)
+    return steps, tags, packets, sorted(paths - merged), sorted(merged)
+
+
+def _join_frames(steps: list[_Step], merged: list[str], frames: Sequence[pl.LazyFrame]) -> pl.LazyFrame:
+    out = frames[0]
+    for step, right in zip(steps, frames[1:], strict=True):
+        right = right.rename(step.rename)
+        for p in step.merge:
+            right = right.rename({p: f"{TMP}v", source_column(p): f"{TMP}s"})
+            right = right.with_columns(pl.struct(v=f"{TMP}v", s=f"{TMP}s").alias(f"{TMP}m_{p}"))
+            right = right.drop(f"{TMP}v", f"{TMP}s")
+        if step.keys:
+            out = out.join(right, on=list(step.keys), how="inner", nulls_equal=True, maintain_order="left")
+        else:
+            out = out.join(right, how="cross", maintain_order="left")
+        for p in step.merge:
+            left = pl.struct(v=p, s=source_column(p)) if p in step.first_merge else pl.col(f"{TMP}l_{p}")
+            out = out.with_columns(pl.concat_list(left, f"{TMP}m_{p}").alias(f"{TMP}l_{p}"))
+            out = out.drop(f"{TMP}m_{p}")
+    for p in merged:  # sort each merged list by (value, source), nulls last; split it back
+        entries = pl.col(f"{TMP}l_{p}").list.eval(pl.element().sort_by(
+            pl.element().struct.field("v"), pl.element().struct.field("s"), nulls_last=True))
+        out = out.with_columns(entries.alias(f"{TMP}l_{p}")).with_columns(
+            pl.col(f"{TMP}l_{p}").list.eval(pl.element().struct.field("v")).alias(p),
+            pl.col(f"{TMP}l_{p}").list.eval(pl.element().struct.field("s")).alias(source_column(p)),
+        ).drop(f"{TMP}l_{p}")
+    return out
+
+
+@dataclass(frozen=True)
+class Join(Operator):
+    """Inner join of two or more streams on their shared tag columns.
+
+    Streams join left to right; each joins on the tags it shares with those before it. Tags
+    of the result: the first stream's, then new ones in order; packets likewise. A packet
+    column in two streams is an error (rename it, or use :class:`MergeJoin`). Null tags match
+    null tags. Rows keep the left order. Streams sharing no tag are an error unless
+    ``allow_cross=True`` (a cross join multiplies row counts, so it must be asked for).
+
+    >>> import orca
+    >>> a = orca.DictSource([{"id": 1, "x": 1.0}, {"id": 2, "x": 2.0}], tags=["id"], source_id="a")
+    >>> b = orca.DictSource([{"id": 2, "y": "b"}], tags=["id"], source_id="b")
+    >>> Join()(a, b).to_polars().rows()
+    [(2, 2.0, 'b')]
+    """
+
+    allow_cross: bool = False
+    arity = (2, None)
+
+    def _apply(self, *streams: Stream) -> Stream:
+        return _join(self, streams, merge=False)
+
+
+@dataclass(frozen=True)
+class MergeJoin(Operator):
+    """Like :class:`Join`, but a packet column found in several streams becomes a list.
+
+    The list holds the streams' values sorted (nulls last; ties broken by source), and the
+    column's ``__source__`` column becomes the list of their sources, aligned with the values.
+    Merged columns lose path marking (see ``docs/operators.md``).
+
+    >>> import orca
+    >>> a = orca.DictSource([{"id": 1, "x": 5.0}], tags=["id"], source_id="a")
+    >>> b = orca.DictSource([{"id": 1, "x": 2.0}], tags=["id"], source_id="b")
+    >>> MergeJoin()(a, b).to_polars().rows()
+    [(1, [2.0, 5.0])]
+    """
+
+    allow_cross: bool = False
+    arity = (2, None)
+
+    def _apply(self, *streams: Stream) -> Stream:
+        return _join(self, streams, merge=True)
+
+
+def _join(op: Join | MergeJoin, streams: Sequence[Stream], merge: bool) -> Stream:
+    what = type(op).__name__
+    steps, tags, packets, paths, merged = _join_plan(what, streams, merge, op.allow_cross)
+    return op._output(streams, lambda *frames: _join_frames(steps, merged, frames),
+                      tags=tags, packets=packets, paths=paths)
+
+
+@dataclass(frozen=True)
+class SemiJoin(Operator):
+    """Rows of the first stream whose shared tag values appear in the second.
+
+    The output has the first stream's columns and order. Null tags match null tags.
+
+    >>> import orca
+    >>> a = orca.DictSource([{"id": 1, "x": 1.0}, {"id": 2, "x": 2.0}], tags=["id"], source_id="a")
+    >>> b = orca.DictSource([{"id": 2, "y": "b"}], tags=["id"], source_id="b")
+    >>> SemiJoin()(a, b).to_polars().rows()
+    [(2, 2.0)]
+    """
+
+    arity = (2, 2)
+
+    def _apply(self, *streams: Stream) -> Stream:
+        a, b = streams
+        keys = [t for t in a.tag_columns if t in b.tag_columns]
+        if not keys:
+            raise SchemaError(f"SemiJoin: the streams share no tag column (tags {list(a.tag_columns)} "
+                              f"vs {list(b.tag_columns)})")
+        ta, tb = dtypes_of(a), dtypes_of(b)
+        wrong = [f"{k}: {ta[k]} vs {tb[k]}" for k in keys if ta[k] != tb[k]]
+        if wrong:
+            raise SchemaError(f"SemiJoin: shared tag columns have different types: {wrong}")
+
+        def build(left: pl.LazyFrame, right: pl.LazyFrame) -> pl.LazyFrame:
+            return left.join(right.select(keys), on=keys, how="semi", nulls_equal=True,
+                             maintain_order="left")
+
+        return self._output(streams, build, tags=a.tag_columns, packets=a.packet_columns,
+                            paths=a.path_columns)
+
+
