@@ -22,6 +22,25 @@ class _Step:
     rename: dict[str, str]  # right system columns renamed to keep them distinct
     merge: tuple[str, ...]  # packet columns merged into lists
     first_merge: tuple[str, ...]  # of those, the ones not merged before
+    cast_left: dict[str, pl.DataType]  # all-null columns cast to the other side's type
+    cast_right: dict[str, pl.DataType]
+
+
+def _unify(what: str, kind: str, columns: Sequence[str], left: dict, right: dict):
+    """Columns that must match: equal types, or one side all-null (cast to the other's type)."""
+    cast_left, cast_right, wrong = {}, {}, []
+    for c in columns:
+        if left[c] == right[c]:
+            continue
+        if left[c] == pl.Null:
+            cast_left[c] = right[c]
+        elif right[c] == pl.Null:
+            cast_right[c] = left[c]
+        else:
+            wrong.append(f"{c}: {left[c]} vs {right[c]}")
+    if wrong:
+        raise SchemaError(f"{what}: {kind} columns have different types: {wrong}")
+    return cast_left, cast_right
 
 
 def _join_plan(what: str, streams: Sequence[Stream], merge: bool, allow_cross: bool):
@@ -42,25 +61,25 @@ def _join_plan(what: str, streams: Sequence[Stream], merge: bool, allow_cross: b
         mixed = sorted({*right.tag_columns} & {*packets} | {*right.packet_columns} & {*tags})
         if mixed:
             raise SchemaError(f"{what}: column(s) {mixed} are tags on one side and packets on the other")
-        wrong = [f"{k}: {types[k]} vs {rtypes[k]}" for k in keys if types[k] != rtypes[k]]
-        if wrong:
-            raise SchemaError(f"{what}: shared tag columns have different types: {wrong}")
+        cast_left, cast_right = _unify(what, "shared tag", keys, types, rtypes)
         collide = tuple(p for p in right.packet_columns if p in packets)
         if collide and not merge:
             raise SchemaError(
                 f"{what}: packet column(s) {list(collide)} appear in more than one stream; rename "
                 "them first (stream.rename_packets({...})) or use MergeJoin to merge them into lists"
             )
-        wrong = [f"{p}: {types[p]} vs {rtypes[p]}" for p in collide if types[p] != rtypes[p]]
-        if wrong:
-            raise SchemaError(f"{what}: merged packet columns have different types: {wrong}")
+        more_left, more_right = _unify(what, "merged packet", collide, types, rtypes)
+        cast_left |= {p: t for p, t in more_left.items() if p not in merged}
+        cast_right |= more_right
         merged_sources = {source_column(p) for p in collide}
         taken, rename = system | set(right.system_columns), {}
         for c in right.system_columns:
             if c in system and c not in merged_sources:
                 rename[c] = fresh_name(c, taken)
                 taken.add(rename[c])
-        steps.append(_Step(keys, rename, collide, tuple(p for p in collide if p not in merged)))
+        first_merge = tuple(p for p in collide if p not in merged)
+        steps.append(_Step(keys, rename, collide, first_merge, cast_left, cast_right))
+        types |= cast_left
         merged |= set(collide)
         tags += [t for t in right.tag_columns if t not in tags]
         packets += [p for p in right.packet_columns if p not in collide]
@@ -73,6 +92,8 @@ def _join_plan(what: str, streams: Sequence[Stream], merge: bool, allow_cross: b
 def _join_frames(steps: list[_Step], merged: list[str], frames: Sequence[pl.LazyFrame]) -> pl.LazyFrame:
     out = frames[0]
     for step, right in zip(steps, frames[1:], strict=True):
+        out = out.with_columns(pl.col(c).cast(t) for c, t in step.cast_left.items())
+        right = right.with_columns(pl.col(c).cast(t) for c, t in step.cast_right.items())
         right = right.rename(step.rename)
         for p in step.merge:
             right = right.rename({p: f"{TMP}v", source_column(p): f"{TMP}s"})
@@ -170,14 +191,15 @@ class SemiJoin(Operator):
         if not keys:
             raise SchemaError(f"SemiJoin: the streams share no tag column (tags {list(a.tag_columns)} "
                               f"vs {list(b.tag_columns)})")
-        ta, tb = dtypes_of(a), dtypes_of(b)
-        wrong = [f"{k}: {ta[k]} vs {tb[k]}" for k in keys if ta[k] != tb[k]]
-        if wrong:
-            raise SchemaError(f"SemiJoin: shared tag columns have different types: {wrong}")
+        cast_left, cast_right = _unify("SemiJoin", "shared tag", keys, dtypes_of(a), dtypes_of(b))
 
         def build(left: pl.LazyFrame, right: pl.LazyFrame) -> pl.LazyFrame:
-            return left.join(right.select(keys), on=keys, how="semi", nulls_equal=True,
+            right = right.select(keys).with_columns(pl.col(c).cast(t) for c, t in cast_right.items())
+            keyed = left.with_columns(pl.col(c).cast(t).alias(f"{TMP}{c}") for c, t in cast_left.items())
+            on = [f"{TMP}{c}" if c in cast_left else c for c in keys]
+            out = keyed.join(right, left_on=on, right_on=keys, how="semi", nulls_equal=True,
                              maintain_order="left")
+            return out.drop(f"{TMP}{c}" for c in cast_left)
 
         return self._output(streams, build, tags=a.tag_columns, packets=a.packet_columns,
                             paths=a.path_columns)

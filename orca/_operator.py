@@ -58,6 +58,8 @@ def expr_json(expr: pl.Expr, what: str) -> str:
 
 def check_expr(expr: pl.Expr, valid: Sequence[str], what: str, kind: str) -> None:
     """The expression must name its columns explicitly, and only columns in ``valid``."""
+    if not isinstance(expr, pl.Expr):
+        raise SchemaError(f"{what}: expected a Polars expression, got {type(expr).__name__}")
     if expr.meta.has_multiple_outputs():
         raise SchemaError(f"{what}: name the columns explicitly (no pl.all(), regex or selectors); "
                           f"{kind} columns are {list(valid)}")
@@ -156,5 +158,5 @@ class Operator:
 
 
 def dtypes_of(stream: Stream) -> dict[str, Any]:
-    """Arrow type of every column of ``stream`` (system columns included)."""
-    return {f.name: f.type for f in stream.full_schema}
+    """Polars type of every column of ``stream`` (system columns included)."""
+    return dict(stream.lazy(include_system=True).collect_schema())
