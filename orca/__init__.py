@@ -16,6 +16,7 @@ from orca.cache import CachedFunctionPod, Counts
 from orca.executors import InProcessExecutor, ProcessExecutor, RayExecutor, ThreadExecutor
 from orca.hashing import hash_file, hash_packet, hash_packets
 from orca.nodes import FunctionNode
+from orca.pipeline import OperatorNode, Pipeline, RunHandle, RunResult
 from orca.pods import FunctionIdentity, FunctionPod, function_pod
 from orca.sources import (
     ArrowSource,
@@ -42,6 +43,8 @@ __all__ = [
     "DeltaSource", "GlobSource",
     # pods, caching, nodes
     "function_pod", "FunctionPod", "FunctionIdentity", "CachedFunctionPod", "FunctionNode", "Counts",
+    # pipelines
+    "Pipeline", "OperatorNode", "RunResult", "RunHandle",
     # stores
     "Store", "DeltaStore", "MemoryStore", "default_store",
     # executors

@@ -186,7 +186,7 @@ class CachedFunctionPod:
         chunk, ``(packet hashes computed, failed rows)`` *after* appending the chunk's results,
         so callers can append rows that point at them (provenance) in the right order.
         """
-        packets = entries.unique(PACKET_HASH, keep="first", maintain_order=True).join(
+        packets = entries.filter(pl.col(PACKET_HASH).is_first_distinct()).join(
             todo.to_frame(PACKET_HASH), on=PACKET_HASH, how="semi")
         fn = functools.partial(run_chunk, self.pod, ctx.retries)
         for start in range(0, packets.height, ctx.batch_rows):

@@ -156,6 +156,7 @@ class FunctionPod:
         hints.update(input_types or {})
         self.parameters: dict[str, Any] = {}
         self.defaults: dict[str, Any] = {}
+        self.positional = all(p.kind == p.POSITIONAL_OR_KEYWORD for p in signature.parameters.values())
         for p in signature.parameters.values():
             if p.name not in hints:
                 raise PodError(f"function {self.name!r}: parameter {p.name!r} has no annotation; annotate it or pass input_types=")
@@ -342,43 +343,54 @@ def run_chunk(pod: FunctionPod, retries: int, chunk: pa.Table) -> pa.Table:
             for i in pl.Series(column).is_null().arg_true().to_list():
                 errors[i] = SchemaError(f"packet column {name!r} is null but parameter {name!r} is not Optional "
                                         f"(annotate it as {getattr(strip_optional(annotation), '__name__', annotation)} | None)")
-    rows = [{k: v[i] for k, v in columns.items()} for i in range(n)]
+    names = list(columns)
+    args = list(zip(*columns.values(), strict=True)) if columns else [()] * n
     outputs: list[tuple | None] = [None] * n
     durations = [0.0] * n
     attempts = [0] * n
     pending = [i for i in range(n) if errors[i] is None]
     if pod.is_async:
         start = time.perf_counter()
-        done = _call_async_rows(pod, [rows[i] for i in pending], retries)
+        done = _call_async_rows(pod, [dict(zip(names, args[i], strict=True)) for i in pending], retries)
         per_row = (time.perf_counter() - start) / max(len(pending), 1)
         for i, (out, err, tries) in zip(pending, done, strict=True):
             outputs[i], errors[i], attempts[i], durations[i] = out, err, tries, per_row
     else:
-        fn = pod.function
+        # Hot loop: positional calls (parameters are positional-or-keyword, in signature order).
+        fn = pod.function if pod.positional else (lambda *a: pod.function(**dict(zip(names, a, strict=True))))
         single = len(pod.output_keys) == 1
         clock = time.perf_counter
         for i in pending:
             start = clock()
             try:
-                result = fn(**rows[i])
+                result = fn(*args[i])
                 outputs[i] = (result,) if single else _as_outputs(pod, result)
                 attempts[i] = 1
             except Exception as exc:  # noqa: BLE001 - retried, then recorded as a failure
-                outputs[i], errors[i], attempts[i] = _retry(pod, rows[i], retries, exc)
+                kwargs = dict(zip(names, args[i], strict=True))
+                outputs[i], errors[i], attempts[i] = _retry(pod, kwargs, retries, exc)
             durations[i] = clock() - start
     arrays = _output_arrays(pod, outputs, errors)
-    ok = [e is None for e in errors]
+    failed = [i for i, e in enumerate(errors) if e is not None]
     return pa.table({
         ROW: chunk.column(ROW),
-        OK: pa.array(ok, pa.bool_()),
+        OK: pa.array([e is None for e in errors], pa.bool_()),
         **arrays,
         DURATION: pa.array(durations, pa.float64()),
         ATTEMPTS: pa.array(attempts, pa.int64()),
+        **_error_columns(errors, failed, n),
+    })
+
+
+def _error_columns(errors: list, failed: list[int], n: int) -> dict[str, pa.Array]:
+    if not failed:
+        return {c: pa.nulls(n, pa.large_string()) for c in ERROR_COLUMNS}
+    return {
         ERROR_COLUMNS[0]: pa.array([None if e is None else type(e).__name__ for e in errors], pa.large_string()),
         ERROR_COLUMNS[1]: pa.array([None if e is None else str(e) for e in errors], pa.large_string()),
         ERROR_COLUMNS[2]: pa.array([None if e is None else "".join(traceback.format_exception(e)) for e in errors],
                                    pa.large_string()),
-    })
+    }
 
 
 def _output_arrays(pod: FunctionPod, outputs: list[tuple | None], errors: list) -> dict[str, pa.Array]:

@@ -25,6 +25,7 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pydantic
 
@@ -161,17 +162,25 @@ def _to_plain(value: Any) -> Any:
     return value
 
 
-def _checker(tp: pa.DataType) -> Callable[[Any], bool] | None:
-    """Strict per-value check refusing silent conversions pyarrow would allow (None = no check)."""
-    if pa.types.is_boolean(tp):
-        return lambda v: isinstance(v, bool)
-    if pa.types.is_integer(tp):
-        return lambda v: isinstance(v, int) and not isinstance(v, bool)
-    if pa.types.is_floating(tp):
-        return lambda v: isinstance(v, int | float) and not isinstance(v, bool)
-    if pa.types.is_string(tp) or pa.types.is_large_string(tp):
-        return lambda v: isinstance(v, str | pathlib.PurePath)
+_ALLOWED: list[tuple[Callable[[pa.DataType], bool], tuple[type, ...]]] = [
+    (pa.types.is_boolean, (bool, np.bool_)),
+    (pa.types.is_integer, (int, np.integer)),
+    (pa.types.is_floating, (float, int, np.floating, np.integer)),
+    (lambda t: pa.types.is_string(t) or pa.types.is_large_string(t), (str, pathlib.PurePath)),
+]
+
+
+def _allowed_types(tp: pa.DataType) -> tuple[type, ...] | None:
+    """Python types accepted for an Arrow type (None = let pyarrow decide)."""
+    for test, allowed in _ALLOWED:
+        if test(tp):
+            return allowed
     return None
+
+
+def _bad_value(v: Any, allowed: tuple[type, ...]) -> bool:
+    # bool is an int subclass: refuse True for int/float outputs
+    return not isinstance(v, allowed) or (isinstance(v, bool) and bool not in allowed)
 
 
 def _needs_plain(field: pa.Field) -> bool:
@@ -186,17 +195,22 @@ def to_arrow_array(values: list, field: pa.Field, failed: Sequence[bool] | None 
     value raises ``SchemaError`` with the index of the first bad row in ``.row`` (callers turn
     that into a message naming the input tag).
     """
-    check = _checker(field.type)
-    for i, v in enumerate(values):
-        if v is None:
-            if not field.nullable and not (failed and failed[i]):
-                err = SchemaError(f"output {field.name!r} is None but is not declared Optional")
+    allowed = _allowed_types(field.type)
+    seen = set(map(type, values))  # one C-level pass; the per-row search below runs only if needed
+    exact = allowed is None or seen <= {*allowed, type(None)}
+    if exact and bool in seen and allowed is not None and bool not in allowed:
+        exact = False
+    if not exact or (type(None) in seen and not field.nullable):
+        for i, v in enumerate(values):
+            if v is None:
+                if not field.nullable and not (failed and failed[i]):
+                    err = SchemaError(f"output {field.name!r} is None but is not declared Optional")
+                    err.row = i
+                    raise err
+            elif allowed is not None and _bad_value(v, allowed):
+                err = SchemaError(f"output {field.name!r} should be {field.type}, got {type(v).__name__} {v!r:.60}")
                 err.row = i
                 raise err
-        elif check is not None and not check(v):
-            err = SchemaError(f"output {field.name!r} should be {field.type}, got {type(v).__name__} {v!r:.60}")
-            err.row = i
-            raise err
     plain = [_to_plain(v) for v in values] if _needs_plain(field) else values
     try:
         return pa.array(plain, type=field.type)

@@ -1,0 +1,284 @@
+"""Pipelines: a named graph of nodes over one store; ``run()`` brings every node up to date.
+
+Inside ``with pipeline:`` every pod application and operator is recorded as a node, labelled
+by the function (or operator) name, made unique. The graph is data -- ``pipeline.nodes`` in
+the order they were recorded, which is a dependency order -- and :meth:`Pipeline.run` walks it.
+
+>>> import orca
+>>> @orca.function_pod(output_keys="y")
+... def square(x: int) -> int:
+...     return x * x
+>>> pipe = orca.Pipeline("demo", store=orca.MemoryStore())
+>>> with pipe:
+...     out = square.pod(orca.DictSource([{"i": 1, "x": 3}], tags=["i"], source_id="s"))
+>>> result = pipe.run(progress=False)
+>>> result.status, result.counts["square"]
+('succeeded', Counts(cached=0, computed=1, failed=0))
+>>> pipe["square"].results().collect()["y"].to_list()
+[9]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+import polars as pl
+import pyarrow as pa
+import pydantic
+from tqdm.auto import tqdm
+
+from orca import _context
+from orca.cache import FAILURES, CachedFunctionPod, Counts, check_on_error, new_run_id, utc_now
+from orca.errors import OrcaError
+from orca.executors import Executor
+from orca.nodes import FunctionNode, shard_filter
+from orca.pods import FunctionPod
+from orca.stores import DeltaStore, Store, default_store
+from orca.streams import Stream
+
+__all__ = ["Pipeline", "OperatorNode", "RunResult", "RunHandle", "RUNS"]
+
+RUNS = "runs"
+Status = Literal["running", "succeeded", "failed", "interrupted"]
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatorNode:
+    """An operator applied inside a pipeline: recomputed (cheaply, in Polars) whenever read."""
+
+    label: str
+    operator: Any
+    inputs: tuple[Stream, ...]
+    output: Stream
+
+    @property
+    def identity(self) -> str:
+        return self.output.identity
+
+
+class RunHandle(pydantic.BaseModel):
+    """Where to find a run: serialise it with ``to_json()``, poll it from any process.
+
+    >>> h = RunHandle(run_id="r1", pipeline="p", store="/tmp/s", nodes={"f": "pipelines/p/f"})
+    >>> RunHandle.from_json(h.to_json()) == h
+    True
+    """
+
+    run_id: str
+    pipeline: str
+    store: str
+    nodes: dict[str, str]  # label -> provenance table
+    _store: Any = pydantic.PrivateAttr(default=None)
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, text: str) -> RunHandle:
+        return cls.model_validate_json(text)
+
+    def _open(self) -> Store:
+        if self._store is None:
+            if self.store == "memory":
+                raise OrcaError("a run on a MemoryStore can only be polled from the process that ran it")
+            self._store = DeltaStore(self.store)
+        return self._store
+
+    def _events(self) -> pl.DataFrame:
+        runs = self._open().scan(RUNS)
+        if runs is None:
+            return pl.DataFrame()
+        return runs.filter(pl.col("run_id") == self.run_id).sort("seq").collect()
+
+    def status(self) -> Status | Literal["unknown"]:
+        """``running``, ``succeeded``, ``failed``, ``interrupted`` -- or ``unknown`` if nothing is committed yet."""
+        events = self._events()
+        if events.height == 0:
+            return "unknown"
+        return events["status"][-1]
+
+    def progress(self) -> dict[str, dict[str, Any]]:
+        """Per node: ``total`` input entries, ``completed``, ``failed``, ``fraction`` (as committed so far)."""
+        store = self._open()
+        events = self._events()
+        failures = store.scan(FAILURES)
+        report = {}
+        for label, table in self.nodes.items():
+            started = events.filter((pl.col("event") == "node_started") & (pl.col("node") == label)) \
+                if events.height else events
+            total = int(started["total"][-1]) if started.height else None
+            done_before = int(started["cached"][-1]) if started.height else 0
+            prov = store.scan(table)
+            done_now = 0 if prov is None else prov.filter(pl.col("__run_id") == self.run_id).select(pl.len()).collect().item()
+            failed = 0 if failures is None else failures.filter(
+                (pl.col("run_id") == self.run_id) & (pl.col("node") == label)).select(pl.len()).collect().item()
+            completed = done_before + done_now
+            report[label] = {"total": total, "completed": completed, "failed": failed,
+                             "fraction": (completed / total) if total else (1.0 if total == 0 else 0.0)}
+        return report
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What :meth:`Pipeline.run` returns."""
+
+    run_id: str
+    status: Status
+    counts: dict[str, Counts]
+    failures: pl.DataFrame
+    handle: RunHandle
+
+
+class Pipeline:
+    """A named graph of nodes over one store.
+
+    Parameters
+    ----------
+    name
+        Names the provenance tables ``pipelines/<name>/<label>``.
+    store
+        Default :func:`orca.default_store` (``$ORCA_STORE`` or ``./.orca``).
+
+    Constructing a pipeline performs no I/O.
+    """
+
+    def __init__(self, name: str, store: Store | None = None) -> None:
+        self.name = name
+        self.store = store if store is not None else default_store()
+        self.nodes: dict[str, FunctionNode | OperatorNode] = {}
+        self._tokens: list = []
+
+    def __repr__(self) -> str:
+        return f"Pipeline({self.name!r}, nodes={list(self.nodes)}, store={self.store.location!r})"
+
+    def __enter__(self) -> Pipeline:
+        self._tokens.append(_context._active.set(self))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _context._active.reset(self._tokens.pop())
+
+    def __getitem__(self, label: str) -> FunctionNode | OperatorNode:
+        try:
+            return self.nodes[label]
+        except KeyError:
+            raise KeyError(f"pipeline {self.name!r} has no node {label!r}; nodes: {list(self.nodes)}") from None
+
+    def _label(self, base: str) -> str:
+        label, n = base, 1
+        while label in self.nodes:
+            n += 1
+            label = f"{base}_{n}"
+        return label
+
+    def record(self, producer: Any, inputs: tuple[Stream, ...], output: Stream) -> Stream:
+        """Called by pods and operators applied inside ``with pipeline:``; returns the stream to use."""
+        if isinstance(producer, FunctionPod | CachedFunctionPod):
+            pod = producer if isinstance(producer, CachedFunctionPod) else producer.cached(self.store)
+            node = FunctionNode(pod, inputs[0], pipeline=self.name, label=self._label(pod.pod.name))
+            self.nodes[node.label] = node
+            return node.output
+        label = self._label(type(producer).__name__.lower())
+        self.nodes[label] = OperatorNode(label, producer, inputs, output)
+        return output
+
+    @property
+    def function_nodes(self) -> dict[str, FunctionNode]:
+        return {k: v for k, v in self.nodes.items() if isinstance(v, FunctionNode)}
+
+    def handle(self, run_id: str) -> RunHandle:
+        handle = RunHandle(run_id=run_id, pipeline=self.name, store=self.store.location,
+                           nodes={k: v.provenance_table for k, v in self.function_nodes.items()})
+        handle._store = self.store
+        return handle
+
+    # -- running -------------------------------------------------------------------------------
+    def run(self, executor: Executor | None = None, *, on_error: Literal["raise", "continue"] = "raise",
+            retries: int = 0, progress: bool = True, shard: tuple[int, int] | None = None) -> RunResult:
+        """Run every function node in dependency order, each in two phases.
+
+        ``shard=(i, n)`` computes only the novel entries in shard ``i`` of ``n`` (by entry id),
+        so ``n`` independent processes split one run. A run that fails with ``on_error="raise"``
+        commits what succeeded and raises; Ctrl-C commits what finished and re-raises.
+        """
+        check_on_error(on_error, retries)
+        shard_filter(shard)  # validate before any I/O
+        run_id = new_run_id()
+        log = _RunLog(self.store, run_id, self.name)
+        log.event("started", "running")
+        counts: dict[str, Counts] = {}
+        status: Status = "failed"
+        try:
+            for label, node in self.function_nodes.items():
+                counts[label] = self._run_node(node, log, executor, on_error, retries, shard, progress)
+            status = "failed" if any(c.failed for c in counts.values()) else "succeeded"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        finally:
+            log.event("finished", status)
+        return RunResult(run_id, status, counts, self._failures(run_id), self.handle(run_id))
+
+    def _run_node(self, node: FunctionNode, log: _RunLog, executor, on_error, retries, shard, progress) -> Counts:
+        bar = tqdm(desc=node.label, unit="entry", disable=None if progress else True, leave=True)
+
+        def total(n: int, done: int) -> None:
+            bar.reset(total=n)
+            bar.update(done)
+            log.event("node_started", "running", node=node.label, counts=Counts(cached=done), total=n)
+
+        def update(c: Counts) -> None:
+            bar.n = c.cached + c.computed + c.failed
+            bar.set_postfix(cached=c.cached, computed=c.computed, failed=c.failed, refresh=True)
+
+        try:
+            counts = node.run(executor=executor, on_error=on_error, retries=retries, shard=shard,
+                              run_id=log.run_id, progress=update, total=total)
+        finally:
+            bar.close()
+        log.event("node_finished", "failed" if counts.failed else "succeeded", node=node.label, counts=counts)
+        return counts
+
+    def _failures(self, run_id: str) -> pl.DataFrame:
+        failures = self.store.scan(FAILURES)
+        if failures is None:
+            return pl.DataFrame()
+        return failures.filter(pl.col("run_id") == run_id).collect()
+
+    def invalidate(self, label: str, where: pl.Expr | None = None) -> int:
+        """Mark entries of node ``label`` matching ``where`` for recomputation on the next run."""
+        node = self[label]
+        if not isinstance(node, FunctionNode):
+            raise OrcaError(f"node {label!r} is an operator node; only function nodes hold results")
+        return node.invalidate(where)
+
+
+class _RunLog:
+    """Appends run events to the ``runs`` table and commits them at once (pollers read them)."""
+
+    def __init__(self, store: Store, run_id: str, pipeline: str) -> None:
+        self.store, self.run_id, self.pipeline, self.seq = store, run_id, pipeline, 0
+        self.started_at = utc_now()
+
+    def event(self, event: str, status: str, *, node: str | None = None, counts: Counts | None = None,
+              total: int | None = None) -> None:
+        c = counts or Counts()
+        row = {
+            "run_id": self.run_id, "pipeline": self.pipeline, "seq": self.seq, "event": event, "status": status,
+            "node": node, "total": total,
+            "cached": c.cached if counts else None, "computed": c.computed if counts else None,
+            "failed": c.failed if counts else None,
+            "started_at": self.started_at, "at": utc_now(),
+        }
+        self.seq += 1
+        self.store.append(RUNS, pa.Table.from_pylist([row], schema=_RUNS_SCHEMA))
+        self.store.flush()
+
+
+_RUNS_SCHEMA = pa.schema([
+    ("run_id", pa.large_string()), ("pipeline", pa.large_string()), ("seq", pa.int64()),
+    ("event", pa.large_string()), ("status", pa.large_string()), ("node", pa.large_string()),
+    ("total", pa.int64()), ("cached", pa.int64()), ("computed", pa.int64()), ("failed", pa.int64()),
+    ("started_at", pa.timestamp("us", tz="UTC")), ("at", pa.timestamp("us", tz="UTC")),
+])
