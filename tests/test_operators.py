@@ -269,7 +269,7 @@ def test_filter_errors(rec):
     with pytest.raises(SchemaError, match="expression"):
         Filter("trace > 1")(rec)
     with pytest.raises(OrcaError, match="Python function"):
-        rec.filter(pl.col("trace").map_elements(lambda v: v > 1, return_dtype=pl.Boolean))
+        rec.filter(pl.col("trace").map_batches(lambda v: v > 1, return_dtype=pl.Boolean))
 
 
 # ------------------------------------------------------------------------ select, drop, rename
@@ -494,3 +494,49 @@ def test_map_tags_function_identity():
 
     assert MapTags(f).identity == MapTags(f).identity
     assert MapTags(f).identity != MapTags(g).identity
+
+
+# ------------------------------------------------------------------------ laziness, recording
+
+
+def test_operators_do_not_run_deferred_inputs(rec):
+    from orca.streams import Stream
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return rec.to_polars(include_system=True)
+
+    deferred = Stream(compute, tag_columns=rec.tag_columns, packet_columns=rec.packet_columns,
+                      identity="deferred", schema=rec.full_schema)
+    out = (deferred.filter(pl.col("trace") > 0.6).rename_packets({"trace": "t"})
+           .join(DictSource([{"subject": "m1", "age": 3}], tags=["subject"], source_id="m"))
+           .drop_packets("age").batch(by=["subject"])
+           .union(rec.rename_packets({"trace": "t"}).batch(by=["subject"]), distinct=True))
+    out2 = MapTags(lambda t: {"g": 1}, dtypes={"g": pl.Int64})(deferred)
+    assert calls == []
+    assert str(out.full_schema.field("t").type) == "large_list<item: double>"
+    assert out2.tag_columns == ("subject", "session", "g")
+    assert len(out) == 4 and calls
+
+
+def test_operators_are_recorded_by_the_active_pipeline(rec, meta):
+    from orca import _context
+
+    class Recorder:
+        def __init__(self):
+            self.nodes = []
+
+        def record(self, producer, inputs, output):
+            self.nodes.append((type(producer).__name__, [s.identity for s in inputs]))
+            return output
+
+    recorder = Recorder()
+    token = _context._active.set(recorder)
+    try:
+        rec.join(meta).filter(pl.col("age") > 1)
+    finally:
+        _context._active.reset(token)
+    assert [name for name, _ in recorder.nodes] == ["Join", "Filter"]
+    assert recorder.nodes[0][1] == [rec.identity, meta.identity]
