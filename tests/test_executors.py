@@ -376,9 +376,14 @@ def test_run_async_rows_runs_concurrently_in_input_order():
     assert [r for i, r in enumerate(results) if i != 13] == [i * i for i in range(50) if i != 13]
 
 
-def test_run_async_rows_refuses_a_running_loop():
-    async def inside():
-        return run_async_rows(asyncio.sleep, [0])
+def test_run_async_rows_works_inside_a_running_loop():  # e.g. a Jupyter cell
+    async def add_one(x: int) -> int:
+        await asyncio.sleep(0.01)
+        return x + 1
 
-    with pytest.raises(ExecutorError, match="running event loop"):
-        asyncio.run(inside())
+    async def inside() -> list[int]:
+        return run_async_rows(add_one, [1, 2, 3], max_concurrency=2)
+
+    assert asyncio.run(inside()) == [2, 3, 4]
+    with pytest.raises(ExecutorError, match="max_concurrency"):
+        run_async_rows(add_one, [1], max_concurrency=0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import multiprocessing
 import multiprocessing.forkserver
 import os
@@ -201,8 +202,8 @@ def run_async_rows(
 
     Returns one item per row, in input order: the coroutine's result, or the exception it
     raised (exceptions are returned, not raised, so one failing row does not lose the
-    others). Runs its own event loop, so call it from synchronous code (a chunk function),
-    not from inside a running loop.
+    others). Blocks until all are done. It runs its own event loop; when called where a
+    loop is already running (a Jupyter cell), that loop runs on a helper thread.
 
     Examples
     --------
@@ -211,16 +212,15 @@ def run_async_rows(
     >>> run_async_rows(double, [1, 2, 3])
     [2, 4, 6]
     """
-    if max_concurrency < 1:
-        raise ExecutorError(f"max_concurrency must be >= 1, got {max_concurrency!r}")
+    if not isinstance(max_concurrency, int) or max_concurrency < 1:
+        raise ExecutorError(f"max_concurrency must be an integer >= 1, got {max_concurrency!r}")
+    work = functools.partial(_gather_limited, coro_fn, list(rows), max_concurrency)
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(_gather_limited(coro_fn, list(rows), max_concurrency))
-    raise ExecutorError(
-        f"run_async_rows({describe(coro_fn)}) was called inside a running event loop; "
-        "call it from synchronous code (e.g. run the chunk function on a ThreadExecutor)"
-    )
+        return asyncio.run(work())
+    with ThreadPoolExecutor(1, thread_name_prefix="orca-async") as helper:
+        return helper.submit(lambda: asyncio.run(work())).result()
 
 
 # --- worker side ---------------------------------------------------------------------
