@@ -12,7 +12,7 @@ from orca.errors import (
     SourceError,
     StoreError,
 )
-from orca.cache import CachedFunctionPod, Counts
+from orca.cache import CachedFunctionPod, Counts, new_run_id
 from orca.executors import InProcessExecutor, ProcessExecutor, RayExecutor, ThreadExecutor
 from orca.hashing import hash_file, hash_packet, hash_packets
 from orca.nodes import FunctionNode
@@ -44,7 +44,7 @@ __all__ = [
     # pods, caching, nodes
     "function_pod", "FunctionPod", "FunctionIdentity", "CachedFunctionPod", "FunctionNode", "Counts",
     # pipelines
-    "Pipeline", "OperatorNode", "RunResult", "RunHandle",
+    "Pipeline", "OperatorNode", "RunResult", "RunHandle", "new_run_id",
     # stores
     "Store", "DeltaStore", "MemoryStore", "default_store",
     # executors

@@ -188,6 +188,7 @@ class Pipeline:
         return {k: v for k, v in self.nodes.items() if isinstance(v, FunctionNode)}
 
     def handle(self, run_id: str) -> RunHandle:
+        """The handle of run ``run_id`` of this pipeline (serialisable; poll it from anywhere)."""
         handle = RunHandle(run_id=run_id, pipeline=self.name, store=self.store.location,
                            nodes={k: v.provenance_table for k, v in self.function_nodes.items()})
         handle._store = self.store
@@ -195,16 +196,23 @@ class Pipeline:
 
     # -- running -------------------------------------------------------------------------------
     def run(self, executor: Executor | None = None, *, on_error: Literal["raise", "continue"] = "raise",
-            retries: int = 0, progress: bool = True, shard: tuple[int, int] | None = None) -> RunResult:
+            retries: int = 0, progress: bool = True, shard: tuple[int, int] | None = None,
+            run_id: str | None = None) -> RunResult:
         """Run every function node in dependency order, each in two phases.
 
         ``shard=(i, n)`` computes only the novel entries in shard ``i`` of ``n`` (by entry id),
         so ``n`` independent processes split one run. A run that fails with ``on_error="raise"``
         commits what succeeded and raises; Ctrl-C commits what finished and re-raises.
+
+        To poll a run from elsewhere before it ends, make its id first and hand out the handle::
+
+            run_id = orca.new_run_id()
+            pathlib.Path("run.json").write_text(pipeline.handle(run_id).to_json())
+            pipeline.run(run_id=run_id)
         """
         check_on_error(on_error, retries)
         shard_filter(shard)  # validate before any I/O
-        run_id = new_run_id()
+        run_id = run_id or new_run_id()
         log = _RunLog(self.store, run_id, self.name)
         log.event("started", "running")
         counts: dict[str, Counts] = {}

@@ -1,0 +1,1 @@
+"""Small pipelines that tests run in separate processes (importable by spawned children)."""

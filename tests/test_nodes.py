@@ -1,0 +1,189 @@
+"""Function nodes: provenance, entry ids, two-phase iteration, invalidation."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+import orca
+from orca.nodes import ENTRY_ID, shard_filter
+
+CALLS: list[int] = []
+
+
+@orca.function_pod(output_keys="y")
+def inc(x: int) -> int:
+    CALLS.append(x)
+    return x + 1
+
+
+@pytest.fixture(params=["memory", "delta"])
+def store(request, tmp_path):
+    CALLS.clear()
+    return orca.MemoryStore() if request.param == "memory" else orca.DeltaStore(tmp_path / "store")
+
+
+def source(rows, source_id="s"):
+    return orca.DictSource(rows, tags=["k"], source_id=source_id)
+
+
+def test_rerun_computes_nothing(store):
+    src = source([{"k": i, "x": i} for i in range(20)])
+    node = orca.FunctionNode(inc.pod, src, store=store, pipeline="p")
+    assert node.run() == orca.Counts(cached=0, computed=20, failed=0)
+    assert len(CALLS) == 20
+    assert node.run() == orca.Counts(cached=20, computed=0, failed=0)
+    assert len(CALLS) == 20
+    assert sorted(node.results().collect()["y"].to_list()) == list(range(1, 21))
+
+
+def test_adding_rows_computes_exactly_those(store):
+    rows = [{"k": i, "x": i} for i in range(100)]
+    orca.FunctionNode(inc.pod, source(rows), store=store, pipeline="p").run()
+    CALLS.clear()
+    more = rows + [{"k": 100, "x": 100}]
+    counts = orca.FunctionNode(inc.pod, source(more), store=store, pipeline="p").run()
+    assert counts == orca.Counts(cached=100, computed=1, failed=0)
+    assert CALLS == [100]
+
+
+def test_same_packet_under_new_tag_is_a_hit_adding_only_provenance(store):
+    node = orca.FunctionNode(inc.pod, source([{"k": 1, "x": 7}]), store=store, pipeline="p")
+    node.run()
+    node2 = orca.FunctionNode(inc.pod, source([{"k": 1, "x": 7}, {"k": 2, "x": 7}]), store=store, pipeline="p")
+    counts = node2.run()
+    assert counts == orca.Counts(cached=2, computed=0, failed=0)
+    assert CALLS == [7]
+    assert store.scan(inc.pod.results_table).collect().height == 1
+    prov = store.scan(node2.provenance_table).collect()
+    assert prov.height == 2
+    assert prov["__record_id"].n_unique() == 1
+
+
+def test_one_packet_under_n_tags_one_result_n_provenance_rows(store):
+    node = orca.FunctionNode(inc.pod, source([{"k": i, "x": 5} for i in range(3)]), store=store, pipeline="p")
+    node.run()
+    assert CALLS == [5]
+    results = store.scan(inc.pod.results_table).collect()
+    prov = node.provenance().collect()
+    assert results.height == 1 and prov.height == 3
+    assert set(prov["__record_id"]) == set(results["__record_id"])
+    assert prov["__entry_id"].n_unique() == 3
+
+
+def test_provenance_columns(store):
+    node = orca.FunctionNode(inc.pod, source([{"k": 1, "x": 2, "other": "a"}]), store=store, pipeline="p")
+    node.run()
+    prov = store.scan(node.provenance_table).collect()
+    assert node.provenance_table == "pipelines/p/inc"
+    for column in ["k", "__system_tags", "__entry_id", "__packet_hash", "__record_id", "__source__x",
+                   "__run_id", "__recorded_at"]:
+        assert column in prov.columns, column
+    assert "x" not in prov.columns and "other" not in prov.columns  # no input data copied
+    assert prov["__source__x"][0].startswith("s#")
+    # the full provenance view carries result metadata
+    full = node.provenance().collect()
+    assert {"__function_hash", "__computed_at", "__duration_s"} <= set(full.columns)
+
+
+def test_two_sources_sharing_a_node_table_never_leak(store):
+    a = source([{"k": 1, "x": 10}, {"k": 2, "x": 20}], source_id="a")
+    b = source([{"k": 1, "x": 10}, {"k": 3, "x": 30}], source_id="b")
+    node_a = orca.FunctionNode(inc.pod, a, store=store, pipeline="p", label="f")
+    node_b = orca.FunctionNode(inc.pod, b, store=store, pipeline="p", label="f")
+    node_a.run()
+    node_b.run()
+    out_a = node_a.output.to_polars().sort("k")
+    out_b = node_b.output.to_polars().sort("k")
+    assert out_a.to_dicts() == [{"k": 1, "y": 11}, {"k": 2, "y": 21}]
+    assert out_b.to_dicts() == [{"k": 1, "y": 11}, {"k": 3, "y": 31}]
+    assert [dict(t) for t, _ in node_b] == [{"k": 1}, {"k": 3}]
+
+
+def test_two_phase_iteration_yields_existing_then_novel(store):
+    node = orca.FunctionNode(inc.pod, source([{"k": 1, "x": 1}]), store=store, pipeline="p")
+    node.run()
+    node2 = orca.FunctionNode(inc.pod, source([{"k": 2, "x": 2}, {"k": 1, "x": 1}]), store=store, pipeline="p")
+    it = iter(node2)
+    first = next(it)
+    assert dict(first[0]) == {"k": 1} and CALLS == [1]  # yielded before anything is computed
+    rest = list(it)
+    assert [dict(t) for t, _ in rest] == [{"k": 2}]
+    assert CALLS == [1, 2]
+
+
+def test_results_committed_before_provenance(tmp_path):
+    order: list[str] = []
+
+    class Recording(orca.MemoryStore):
+        def _commit(self, name, data, key):
+            order.append(name)
+            return super()._commit(name, data, key)
+
+    store = Recording(max_rows=3)
+    node = orca.FunctionNode(inc.pod, source([{"k": i, "x": i} for i in range(10)]), store=store, pipeline="p")
+    node.run()
+    results_at = [i for i, n in enumerate(order) if n.startswith("results/")]
+    prov_at = [i for i, n in enumerate(order) if n.startswith("pipelines/")]
+    assert results_at and prov_at and results_at[0] < prov_at[0]
+    # every provenance row points at a committed result
+    prov = store.scan(node.provenance_table).collect()
+    results = store.scan(inc.pod.results_table).collect()
+    assert set(prov["__record_id"]) <= set(results["__record_id"])
+
+
+def test_failure_is_not_cached_and_has_no_provenance(store):
+    @orca.function_pod(output_keys="y")
+    def fragile(x: int) -> int:
+        if x == 3:
+            raise ValueError("bad x")
+        return x
+
+    node = orca.FunctionNode(fragile.pod, source([{"k": i, "x": i} for i in range(5)]), store=store, pipeline="p")
+    counts = node.run(on_error="continue")
+    assert counts == orca.Counts(cached=0, computed=4, failed=1)
+    prov = store.scan(node.provenance_table).collect()
+    assert sorted(prov["k"]) == [0, 1, 2, 4]
+    failures = store.scan("failures").collect()
+    assert failures.height == 1
+    row = failures.row(0, named=True)
+    assert row["node"] == "fragile" and row["error_type"] == "ValueError" and '"k":3' in row["tag"]
+    with pytest.raises(orca.PodError, match="'k': 3"):
+        node.run()  # on_error="raise" (the default) retries the failed entry and raises
+
+
+def test_invalidate_recomputes_and_keeps_history(store):
+    node = orca.FunctionNode(inc.pod, source([{"k": i, "x": i} for i in range(4)]), store=store, pipeline="p")
+    node.run()
+    assert node.invalidate(pl.col("k") >= 2) == 2
+    CALLS.clear()
+    counts = node.run()
+    assert counts == orca.Counts(cached=2, computed=2, failed=0)
+    assert sorted(CALLS) == [2, 3]
+    history = store.scan(node.provenance_table, include_invalidated=True).collect()
+    assert history.filter(pl.col("__invalidated_at").is_not_null()).height == 2
+    assert store.scan(node.provenance_table).collect().height == 4
+
+
+def test_shard_filter_partitions_entry_ids():
+    ids = pl.DataFrame({ENTRY_ID: [orca.hash_packet({"i": i}) for i in range(300)]})
+    parts = [ids.filter(shard_filter((i, 3))) for i in range(3)]
+    assert sum(p.height for p in parts) == 300
+    assert all(p.height > 50 for p in parts)
+    with pytest.raises(ValueError):
+        shard_filter((3, 3))
+
+
+def test_node_construction_does_no_io(tmp_path):
+    path = tmp_path / "never"
+    node = orca.FunctionNode(inc.pod, source([{"k": 1, "x": 1}]), store=orca.DeltaStore(path), pipeline="p")
+    assert not path.exists()
+    assert len(node) == 0  # reading an empty store creates nothing either
+    assert not path.exists()
+
+
+def test_len_and_iteration(store):
+    node = orca.FunctionNode(inc.pod, source([{"k": i, "x": i} for i in range(3)]), store=store, pipeline="p")
+    assert len(node) == 0
+    assert sorted(p["y"] for _, p in node) == [1, 2, 3]
+    assert len(node) == 3

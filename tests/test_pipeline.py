@@ -1,0 +1,210 @@
+"""Pipelines: recording, running in order, run log, results, invalidation, executors."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+
+import orca
+
+CALLS: dict[str, list] = {"a": [], "b": [], "c": []}
+
+
+@orca.function_pod(output_keys="a")
+def step_a(x: int) -> int:
+    CALLS["a"].append(x)
+    return x % 3  # many inputs map to few outputs
+
+
+@orca.function_pod(output_keys="b")
+def step_b(a: int) -> int:
+    CALLS["b"].append(a)
+    return a * 10
+
+
+@orca.function_pod(output_keys="c")
+def step_c(b: int) -> str:
+    CALLS["c"].append(b)
+    return f"c{b}"
+
+
+@pytest.fixture
+def store(tmp_path):
+    for calls in CALLS.values():
+        calls.clear()
+    return orca.DeltaStore(tmp_path / "store")
+
+
+def build(store, rows, name="p"):
+    pipeline = orca.Pipeline(name, store=store)
+    with pipeline:
+        src = orca.DictSource(rows, tags=["k"], source_id="src")
+        step_c.pod(step_b.pod(step_a.pod(src)))
+    return pipeline
+
+
+def test_nodes_recorded_with_unique_labels(store):
+    pipeline = orca.Pipeline("p", store=store)
+    with pipeline:
+        src = orca.DictSource([{"k": 1, "x": 1}], tags=["k"], source_id="src")
+        first = step_a.pod(src)
+        step_a.pod(src.filter(pl.col("k") > 0))
+        step_b.pod(first)
+    assert list(pipeline.nodes) == ["step_a", "filter", "step_a_2", "step_b"]
+    assert isinstance(pipeline["step_a_2"], orca.FunctionNode)
+    assert isinstance(pipeline["filter"], orca.OperatorNode)
+    with pytest.raises(KeyError, match="step_a_2"):
+        pipeline["nope"]
+
+
+def test_pod_outside_pipeline_records_nothing(store):
+    pipeline = orca.Pipeline("p", store=store)
+    src = orca.DictSource([{"k": 1, "x": 1}], tags=["k"], source_id="src")
+    out = step_a.pod(src)
+    assert pipeline.nodes == {}
+    assert out.to_polars()["a"].to_list() == [1]
+
+
+def test_run_in_dependency_order_then_everything_cached(store):
+    rows = [{"k": i, "x": i} for i in range(30)]
+    result = build(store, rows).run(progress=False)
+    assert result.status == "succeeded"
+    assert result.counts["step_a"] == orca.Counts(0, 30, 0)
+    # step_b sees 30 entries but only 3 distinct packets: 3 computations, 30 provenance rows
+    assert result.counts["step_b"] == orca.Counts(0, 30, 0)
+    assert len(CALLS["b"]) == 3
+    again = build(store, rows).run(progress=False)
+    assert {k: v.computed for k, v in again.counts.items()} == {"step_a": 0, "step_b": 0, "step_c": 0}
+    assert len(CALLS["a"]) == 30
+
+
+def test_upstream_change_recomputes_only_affected_rows(store):
+    rows = [{"k": i, "x": i} for i in range(9)]
+    build(store, rows).run(progress=False)
+    for calls in CALLS.values():
+        calls.clear()
+    changed = [dict(r, x=100) if r["k"] == 4 else r for r in rows]  # 100 % 3 == 1 == 4 % 3
+    changed = [dict(r, x=50) if r["k"] == 0 else r for r in changed]  # 50 % 3 == 2 != 0
+    result = build(store, changed).run(progress=False)
+    assert sorted(CALLS["a"]) == [50, 100]
+    assert result.counts["step_a"].computed == 2
+    # b: k=4's packet (a=1) is unchanged -> nothing new; k=0's a changed 0 -> 2: a cache hit (a=2 exists)
+    assert CALLS["b"] == [] and CALLS["c"] == []
+    assert result.counts["step_b"] == orca.Counts(cached=9, computed=0, failed=0)
+
+
+def test_runs_table_and_handle(store):
+    pipeline = build(store, [{"k": i, "x": i} for i in range(5)])
+    result = pipeline.run(progress=False)
+    runs = store.scan("runs").collect().filter(pl.col("run_id") == result.run_id).sort("seq")
+    assert runs["event"].to_list()[0] == "started" and runs["event"].to_list()[-1] == "finished"
+    assert runs["status"][-1] == "succeeded"
+    assert runs.filter(pl.col("event") == "node_finished")["computed"].to_list() == [5, 5, 5]
+    handle = orca.RunHandle.from_json(result.handle.to_json())
+    assert json.loads(result.handle.to_json())["run_id"] == result.run_id
+    assert handle.status() == "succeeded"
+    progress = handle.progress()
+    assert progress["step_c"] == {"total": 5, "completed": 5, "failed": 0, "fraction": 1.0}
+
+
+def test_on_error_continue_lists_failures_and_reports_failed(store):
+    @orca.function_pod(output_keys="y")
+    def picky(x: int) -> int:
+        if x % 4 == 0:
+            raise RuntimeError(f"no multiples of four: {x}")
+        return x
+
+    pipeline = orca.Pipeline("p", store=store)
+    with pipeline:
+        picky.pod(orca.DictSource([{"k": i, "x": i} for i in range(8)], tags=["k"], source_id="src"))
+    result = pipeline.run(on_error="continue", progress=False)
+    assert result.status == "failed"
+    assert result.counts["picky"] == orca.Counts(0, 6, 2)
+    assert sorted(result.failures["tag"].to_list()) == ['{"k":0}', '{"k":4}']
+    assert set(result.failures["error_type"]) == {"RuntimeError"}
+    assert result.handle.status() == "failed"
+    assert pipeline["picky"].results().collect().height == 6
+
+
+def test_on_error_raise_commits_successes_and_logs_failed_run(store):
+    @orca.function_pod(output_keys="y")
+    def breaks(x: int) -> int:
+        if x == 50:
+            raise ValueError("fifty")
+        return x
+
+    pipeline = orca.Pipeline("p", store=store)
+    with pipeline:
+        breaks.pod(orca.DictSource([{"k": i, "x": i} for i in range(100)], tags=["k"], source_id="src"))
+    with pytest.raises(orca.PodError, match="'k': 50"):
+        pipeline.run(progress=False)
+    runs = store.scan("runs").collect().sort("seq")
+    assert runs["status"][-1] == "failed"
+    committed = store.scan(pipeline["breaks"].provenance_table).collect()
+    assert committed.height >= 1 and 50 not in committed["k"].to_list()
+
+
+@pytest.mark.parametrize("executor", [orca.ThreadExecutor(max_workers=2), orca.ProcessExecutor(max_workers=2)],
+                         ids=["threads", "processes"])
+def test_executors_give_the_same_tables(tmp_path, executor):
+    rows = [{"k": i, "x": i} for i in range(200)]
+    local = build(orca.DeltaStore(tmp_path / "a"), rows).run(progress=False)
+    other_store = orca.DeltaStore(tmp_path / "b")
+    other = build(other_store, rows).run(executor=executor, progress=False)
+    assert {k: v.computed for k, v in other.counts.items()} == {k: v.computed for k, v in local.counts.items()}
+    a = build(orca.DeltaStore(tmp_path / "a"), rows)["step_c"].results().collect().sort("k")
+    b = build(other_store, rows)["step_c"].results().collect().sort("k")
+    assert a.equals(b)
+
+
+def test_pipeline_invalidate(store):
+    pipeline = build(store, [{"k": i, "x": i} for i in range(6)])
+    pipeline.run(progress=False)
+    assert pipeline.invalidate("step_a", where=pl.col("k") == 1) == 1
+    result = build(store, [{"k": i, "x": i} for i in range(6)]).run(progress=False)
+    assert result.counts["step_a"].computed == 1
+    with pytest.raises(orca.OrcaError, match="operator"):
+        p2 = orca.Pipeline("q", store=store)
+        with p2:
+            orca.DictSource([{"k": 1, "x": 1}], tags=["k"], source_id="s").filter(pl.col("k") == 1)
+        p2.invalidate("filter")
+
+
+def test_old_function_versions_listable_by_function_hash(store):
+    rows = [{"k": i, "x": i} for i in range(3)]
+
+    @orca.function_pod(output_keys="y", name="versioned", version="1")
+    def v1(x: int) -> int:
+        return x
+
+    @orca.function_pod(output_keys="y", name="versioned", version="2")
+    def v2(x: int) -> int:
+        return x
+
+    for pod in (v1.pod, v2.pod):
+        pipeline = orca.Pipeline("p", store=store)
+        with pipeline:
+            pod(orca.DictSource(rows, tags=["k"], source_id="src"))
+        pipeline.run(progress=False)
+    every = pl.concat([store.scan(t).collect() for t in store.tables("results/versioned")])
+    assert every.group_by("__function_hash").len()["len"].to_list() == [3, 3]
+    old = every.filter(pl.col("__function_hash") == v1.pod.identity.hash)
+    assert old.height == 3
+
+
+def test_construction_performs_no_io(tmp_path):
+    path = tmp_path / "store"
+    pipeline = build(orca.DeltaStore(path), [{"k": 1, "x": 1}])
+    assert pipeline.nodes and not path.exists()
+
+
+def test_bad_arguments_fail_before_any_io(tmp_path):
+    path = tmp_path / "store"
+    pipeline = build(orca.DeltaStore(path), [{"k": 1, "x": 1}])
+    with pytest.raises(ValueError, match="shard"):
+        pipeline.run(shard=(2, 2), progress=False)
+    with pytest.raises(ValueError, match="on_error"):
+        pipeline.run(on_error="ignore", progress=False)
+    assert not path.exists()
