@@ -225,7 +225,7 @@ def _rename(op: RenameTags | RenamePackets, s: Stream, kind: str) -> Stream:
 
 def _pairs(mapping: Mapping[str, str] | Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
     items = mapping.items() if isinstance(mapping, Mapping) else mapping
-    return tuple((old, new) for old, new in items)
+    return tuple(sorted((old, new) for old, new in items))
 
 
 @dataclass(frozen=True)
