@@ -96,6 +96,7 @@ class FunctionNode:
         self.pod = cached.pod
         self.input = input_stream
         self.pipeline = pipeline
+        self._entries: pl.DataFrame | None = None  # the input as hashed by the latest run
         self.identity = hash_bytes(f"node\x00{self.pod.identity.hash}\x00{input_stream.identity}".encode())
         self.output = Stream(
             self._current_output,
@@ -154,7 +155,7 @@ class FunctionNode:
             executor=executor, on_error=on_error, retries=retries).items() if v is not None})
         ctx = RunContext(run_id or new_run_id(), cached.executor, cached.on_error, cached.retries, node=self.label)
         counts = Counts()
-        entries = self.entries()
+        self._entries = entries = self.entries()
         missing = cached.missing(entries[PACKET_HASH])
         known = self._known(entries, missing)
         novel = entries.filter(~known).filter(shard_filter(shard))
@@ -225,7 +226,10 @@ class FunctionNode:
         return self.cached.output_frame(entries, self.input.tag_columns, self.input.system_tag_columns)
 
     def _current_output(self) -> pl.DataFrame:
-        return self._output_for(self.entries())
+        # Reuse the entries hashed by the latest run: within a pipeline run, downstream nodes
+        # read this output right after this node ran, and hashing 1M rows twice is not free.
+        entries = self._entries if self._entries is not None else self.entries()
+        return self._output_for(entries)
 
     def results(self) -> pl.LazyFrame:
         """Tags + outputs for this node's current input, as stored (no computation)."""
