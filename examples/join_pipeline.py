@@ -1,6 +1,8 @@
-"""Join recordings with subject metadata, keep the adult subjects, print the result.
+"""Join recordings with subject metadata, then run a function pod on the joined rows.
 
-Run: ``python examples/join_pipeline.py``
+Each output row traces back to the recording row *and* the subject row its inputs came from.
+
+Run: ``python examples/join_pipeline.py`` (store: ``$ORCA_STORE`` or ``./.orca``)
 """
 
 import polars as pl
@@ -27,12 +29,27 @@ subjects = orca.DictSource(
     source_id="subjects",
 )
 
-# Inner join on the shared tag "subject", then a Polars filter over tag and packet columns.
-adults = recordings.join(subjects).filter(pl.col("age_weeks") >= 8)
+
+@orca.function_pod(output_keys="trace_per_week")
+def per_week(trace_mean: float, age_weeks: int) -> float:
+    """Normalise a recording's mean trace by the subject's age."""
+    return trace_mean / age_weeks
+
+
+def main() -> None:
+    pipeline = orca.Pipeline("join_example")
+    with pipeline:
+        # Inner join on the shared tag "subject", then a Polars filter over tags and packets.
+        adults = recordings.join(subjects).filter(pl.col("age_weeks") >= 8)
+        per_week.pod(adults)
+    result = pipeline.run(progress=False)
+    print("nodes:", list(pipeline.nodes), "| counts:", result.counts["per_week"])
+    print(pipeline["per_week"].results().collect())
+    # Provenance: for each input column, the source row its value came from.
+    print(pipeline["per_week"].provenance().select(
+        "subject", "session", "__source__trace_mean", "__source__age_weeks", "__record_id"
+    ).sort("subject", "session").collect())
+
 
 if __name__ == "__main__":
-    print(adults)
-    print(adults.to_polars())
-    # Provenance: each packet column names the source row its value came from.
-    print(adults.to_polars(include_system=True).select("subject", "session", "__source__trace_mean",
-                                                      "__source__genotype"))
+    main()

@@ -208,3 +208,31 @@ def test_bad_arguments_fail_before_any_io(tmp_path):
     with pytest.raises(ValueError, match="on_error"):
         pipeline.run(on_error="ignore", progress=False)
     assert not path.exists()
+
+
+def test_node_after_join_records_sources_from_each_side(store):
+    @orca.function_pod(output_keys="ratio")
+    def ratio(signal: float, weight: int) -> float:
+        return signal / weight
+
+    pipeline = orca.Pipeline("p", store=store)
+    with pipeline:
+        recordings = orca.DictSource([{"subject": "a", "session": 1, "signal": 1.0},
+                                      {"subject": "a", "session": 2, "signal": 3.0},
+                                      {"subject": "b", "session": 1, "signal": 2.0}],
+                                     tags=["subject", "session"], source_id="recordings")
+        subjects = orca.DictSource([{"subject": "a", "weight": 2}, {"subject": "b", "weight": 4}],
+                                   tags=["subject"], source_id="subjects")
+        joined = recordings.join(subjects)
+        ratio.pod(joined)
+    pipeline.run(progress=False)
+    prov = pipeline["ratio"].provenance().collect().sort("subject", "session")
+    rec = recordings.to_polars(include_system=True).sort("subject", "session")
+    subj = subjects.to_polars(include_system=True).sort("subject")
+    assert prov["__source__signal"].to_list() == rec["__source__signal"].to_list()
+    expected_weight = {row["subject"]: row["__source__weight"] for row in subj.to_dicts()}
+    assert prov["__source__weight"].to_list() == [expected_weight[s] for s in prov["subject"]]
+    assert all(v.startswith("subjects#") for v in prov["__source__weight"])
+    # both sources' system tags are part of the provenance row
+    tags = [json.loads(t) for t in prov["__system_tags"]]
+    assert all(set(t) == {"__tag__recordings", "__tag__subjects"} for t in tags)
