@@ -217,14 +217,21 @@ def check_workers(max_workers: int | None) -> None:
 
 
 def describe(fn: Any) -> str:
-    """A readable name for ``fn``, looking through ``functools.partial``."""
+    """A readable, quoted name for ``fn``, looking through ``functools.partial``.
+
+    >>> import functools, math
+    >>> describe(functools.partial(map, math.sqrt))
+    "'builtins.map(math.sqrt)'"
+    """
+    return repr(_name(fn))
+
+
+def _name(fn: Any) -> str:
     inner = fn
-    while hasattr(inner, "func"):
+    while isinstance(getattr(inner, "func", None), Callable):
         inner = inner.func
-    name = getattr(inner, "__qualname__", None) or repr(inner)
-    module = getattr(inner, "__module__", None)
-    label = f"{module}.{name}" if module else name
-    if inner is not fn:
-        args = [describe(a) for a in getattr(fn, "args", ()) if callable(a)]
-        label += f"({', '.join(args)})" if args else ""
-    return repr(label)
+    label = getattr(inner, "__qualname__", None) or repr(inner)
+    if getattr(inner, "__module__", None):
+        label = f"{inner.__module__}.{label}"
+    callables = [_name(arg) for arg in getattr(fn, "args", ()) if callable(arg)]
+    return f"{label}({', '.join(callables)})" if callables and inner is not fn else label

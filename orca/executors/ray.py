@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+import weakref
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
 from types import MappingProxyType
@@ -74,7 +75,7 @@ class RayExecutor(ChunkingExecutor):
         if self.task_options:
             task = task.options(**self.task_options)
         token, fn_ref = uuid.uuid4().hex, ray.put(payload)
-        refs: dict[Future, Any] = {}
+        refs: weakref.WeakKeyDictionary[Future, Any] = weakref.WeakKeyDictionary()
 
         def submit(chunk: pa.Table) -> Future:
             ref = task.remote(token, [fn_ref], own_buffers(chunk))
@@ -120,7 +121,7 @@ _TASK = None
 def _remote_task(ray):
     global _TASK
     if _TASK is None:
-        _TASK = ray.remote(max_retries=0)(_run_chunk)
+        _TASK = ray.remote(_run_chunk)
     return _TASK
 
 
