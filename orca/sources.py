@@ -7,7 +7,8 @@ Every source is a :class:`~orca.streams.Stream` with a ``source_id``. Its rows c
 
 The record id is the hash of the row's tag values, so it survives adding, removing and
 reordering other rows. Duplicate tag values are an error unless ``keep_duplicates=True``
-(then the record id also covers the packet values and the occurrence number).
+(then every record id also covers the packet values and the occurrence number, so adding a
+duplicate does not change the ids of the other rows).
 
 Sources read their input when constructed, so a missing file or a bad tag column fails at
 once, with the path or column named; streams derived from a source are lazy.
@@ -63,7 +64,7 @@ def _record_ids(table: pa.Table, tags: list[str], packets: list[str], keep_dupli
     """Record id per row: hash of the tag values (plus packet and occurrence when duplicates are kept)."""
     tag_hash = pl.Series("t", hash_packets(table, tags))
     dup = tag_hash.is_duplicated()
-    if not dup.any():
+    if not dup.any() and not keep_duplicates:
         return tag_hash.to_arrow()
     if not keep_duplicates:
         first = tag_hash.filter(dup)[0]

@@ -106,12 +106,21 @@ class Stream:
         self.identity = identity
         self.producer = producer
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Immutable: each attribute is set once (in __init__); operators return new streams.
+        if hasattr(self, name):
+            raise AttributeError(f"{type(self).__name__} is immutable: cannot reassign {name!r}")
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable: cannot delete {name!r}")
+
     # -- schema ---------------------------------------------------------------------------
     @property
     def full_schema(self) -> pa.Schema:
         """Arrow schema of every column, system columns included (known without computing)."""
         if self._schema is None:
-            self._schema = arrow_schema_of(self._frame.collect_schema())
+            object.__setattr__(self, "_schema", arrow_schema_of(self._frame.collect_schema()))
         return self._schema
 
     @property

@@ -129,8 +129,10 @@ def _converter(annotation: Any):
         return pathlib.Path
     if _is_model(tp):
         return tp.model_validate
-    if dataclasses.is_dataclass(tp):
-        return lambda v: tp(**v)
+    if dataclasses.is_dataclass(tp) or _is_typeddict(tp):
+        # convert each field too (a Path inside a dataclass or TypedDict arrives as str)
+        fields = {n: _converter(t) for n, t in _struct_fields(tp).items()}
+        return lambda v: tp(**{k: x if x is None or fields.get(k) is None else fields[k](x) for k, x in v.items()})
     if typing.get_origin(tp) in (list, typing.List):  # noqa: UP006
         inner = _converter(typing.get_args(tp)[0])
         if inner is None:
@@ -152,9 +154,9 @@ def _to_plain(value: Any) -> Any:
     if isinstance(value, pathlib.PurePath):
         return str(value)
     if isinstance(value, pydantic.BaseModel):
-        return value.model_dump()
+        return _to_plain(value.model_dump())  # fields may hold Paths (or other models)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
+        return _to_plain(dataclasses.asdict(value))
     if isinstance(value, list | tuple):
         return [_to_plain(v) for v in value]
     if isinstance(value, Mapping):
