@@ -219,8 +219,12 @@ class Stream:
     def rename_packets(self, mapping: Mapping[str, str]) -> Stream:
         return _ops.RenamePackets(dict(mapping))(self)
 
-    def map_tags(self, fn_or_mapping: Any) -> Stream:
-        return _ops.MapTags(fn_or_mapping)(self)
+    def map_tags(self, fn_or_mapping: Any, **options: Any) -> Stream:
+        """New or changed tags from a ``{name: expr}`` mapping or a function of the tag dict.
+
+        ``options`` go to :class:`orca.operators.MapTags` (e.g. ``dtypes=`` to keep a function lazy).
+        """
+        return _ops.MapTags(fn_or_mapping, **options)(self)
 
     def batch(self, size: int | None = None, by: Sequence[str] | None = None) -> Stream:
         return _ops.Batch(size=size, by=tuple(by) if by else None)(self)
