@@ -26,6 +26,7 @@ import time
 
 import numpy as np
 import polars as pl
+from bench_executors import calibrate_1ms, spin  # same ~1 ms workload as the executor benchmark
 
 import orca
 
@@ -40,31 +41,10 @@ def bump(z: float) -> float:
     return z + 1
 
 
-def spin(loops: int) -> int:
-    total = 0
-    for i in range(loops):
-        total += i
-    return total
-
-
-LOOPS = 0  # set per process by calibrate(); read by burn() in workers via the packet
-
-
 @orca.function_pod(output_keys="out")
 def burn(x: int, loops: int) -> int:
     spin(loops)
     return x
-
-
-def calibrate_1ms() -> int:
-    loops = 10_000
-    while True:
-        start = time.process_time()
-        spin(loops)
-        elapsed = time.process_time() - start
-        if elapsed > 0.05:
-            return int(loops * 0.001 / elapsed)
-        loops *= 2
 
 
 def two_nodes(store: orca.Store, n: int) -> orca.Pipeline:
