@@ -3,6 +3,7 @@
 Public API, grouped. Everything here is documented in ``docs/``.
 """
 
+from orca.cache import CachedFunctionPod, Counts, new_run_id
 from orca.errors import (
     ExecutorError,
     HashingError,
@@ -12,7 +13,6 @@ from orca.errors import (
     SourceError,
     StoreError,
 )
-from orca.cache import CachedFunctionPod, Counts, new_run_id
 from orca.executors import InProcessExecutor, ProcessExecutor, RayExecutor, ThreadExecutor
 from orca.hashing import hash_file, hash_packet, hash_packets
 from orca.nodes import FunctionNode

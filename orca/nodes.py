@@ -35,13 +35,22 @@ from typing import Any
 
 import polars as pl
 
-from orca.cache import PACKET_HASH, RECORD_ID, CachedFunctionPod, Counts, RunContext, new_run_id, run_and_commit, utc_now
+from orca.cache import (
+    PACKET_HASH,
+    RECORD_ID,
+    CachedFunctionPod,
+    Counts,
+    RunContext,
+    new_run_id,
+    run_and_commit,
+    utc_now,
+)
 from orca.errors import PodError
 from orca.executors import Executor
 from orca.hashing import hash_bytes, hash_packets
 from orca.pods import FunctionPod, result_record_ids
-from orca.streams import Stream, source_column
 from orca.stores import Store, default_store
+from orca.streams import Stream, source_column
 
 __all__ = ["FunctionNode", "ENTRY_ID", "shard_filter"]
 
