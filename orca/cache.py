@@ -28,22 +28,42 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from orca import _context
 from orca.errors import PodError
 from orca.executors import Executor, InProcessExecutor
 from orca.hashing import PATH_METADATA, hash_packets
-from orca.pods import ATTEMPTS, DURATION, ERROR_COLUMNS, OK, ROW, FunctionPod, result_record_ids, run_chunk
-from orca.streams import Stream, source_column
+from orca.pods import (
+    ATTEMPTS,
+    DURATION,
+    ERROR_COLUMNS,
+    OK,
+    ROW,
+    FunctionPod,
+    hex_digests,
+    result_record_ids,
+    run_chunk,
+)
 from orca.stores import Store, default_store
+from orca.stores.base import INVALIDATED_AT
+from orca.streams import Stream, source_column
 
 __all__ = ["CachedFunctionPod", "RunContext", "Counts", "new_run_id", "FAILURES"]
 
 PACKET_HASH = "__packet_hash"
 RECORD_ID = "__record_id"
 FAILURES = "failures"
+RECHECK_SECONDS = 10.0  # how often a long run looks for results other processes committed
+# Working columns (never stored).
+HIT = "__hit"
+KEY64 = "__key64"
+INDEX = "__index"
+POSITION = "__position"
+RESULT_HASH = "__result_hash"
 OnError = Literal["raise", "continue"]
 
 
@@ -151,6 +171,8 @@ class CachedFunctionPod:
     def __call__(self, *streams: Stream) -> Stream:
         """Apply to a stream: a lazy stream of tags + outputs, computing only what is new."""
         stream = streams[0].join(*streams[1:]) if len(streams) > 1 else streams[0]
+        if not isinstance(stream, Stream):
+            raise PodError(f"function {self.pod.name!r} takes streams, got {type(stream).__name__}")
         self.pod.check_input(stream)
         output = Stream(
             lambda: self._run(stream),
@@ -169,32 +191,32 @@ class CachedFunctionPod:
         return pl.Series(PACKET_HASH, hash_packets(input_packets(self.pod, frame, path_columns)))
 
     def missing(self, packet_hashes: pl.Series) -> pl.Series:
-        """The distinct packet hashes among ``packet_hashes`` with no live result yet."""
-        wanted = packet_hashes.unique().to_frame(PACKET_HASH)
-        known = self.store.keys(self.results_table)
-        if known is None or known.len() == 0:
-            return wanted.to_series()
-        known = known.cast(pl.String).to_frame(PACKET_HASH)
-        return wanted.join(known, on=PACKET_HASH, how="anti").to_series()
+        """The distinct packet hashes among ``packet_hashes`` with no live result yet (first-seen order)."""
+        found = self._attach(packet_hashes.alias(PACKET_HASH).cast(pl.String).to_frame(), [])
+        return first_rows(found.filter(pl.col(HIT).is_null()))[PACKET_HASH]
 
     def compute(self, entries: pl.DataFrame, todo: pl.Series, ctx: RunContext,
                 path_columns: frozenset[str]) -> Iterator[tuple[pl.Series, pl.DataFrame]]:
         """Compute the packets ``todo`` (hashes) found in ``entries``; append their results.
 
-        Works in batches of ``ctx.batch_rows`` packets; before each batch, results other
-        processes committed meanwhile are dropped from the work. Yields, per completed
-        chunk, ``(packet hashes computed, failed rows)`` *after* appending the chunk's results,
-        so callers can append rows that point at them (provenance) in the right order.
+        Works in batches of ``ctx.batch_rows`` packets; before a batch, if ``RECHECK_SECONDS``
+        have passed since the last look, results other processes committed meanwhile are
+        dropped from the work. Yields, per completed chunk, ``(packet hashes computed, failed
+        rows)`` *after* appending the chunk's results, so callers can append rows that point at
+        them (provenance) in the right order.
         """
-        packets = entries.filter(pl.col(PACKET_HASH).is_first_distinct()).join(
-            todo.to_frame(PACKET_HASH), on=PACKET_HASH, how="semi")
+        packets = first_rows(entries)
+        # (A 64-bit collision can only add a packet to the work: computed twice, recorded once.)
+        packets = packets.filter(key64(packets[PACKET_HASH]).is_in(key64(todo).implode()))
         fn = functools.partial(run_chunk, self.pod, ctx.retries)
+        checked = time.monotonic()
         for start in range(0, packets.height, ctx.batch_rows):
             batch = packets.slice(start, ctx.batch_rows)
-            if start:  # others may have committed some of these meanwhile
-                batch = batch.join(self.missing(batch[PACKET_HASH]).to_frame(PACKET_HASH), on=PACKET_HASH, how="semi")
+            if start and time.monotonic() - checked >= RECHECK_SECONDS:
+                batch = batch.join(self.missing(batch[PACKET_HASH]).to_frame(), on=PACKET_HASH, how="semi")
+                checked = time.monotonic()
             table = input_packets(self.pod, batch, path_columns)
-            table = table.append_column(ROW, pa.array(range(batch.height), pa.int64()))
+            table = table.append_column(ROW, pa.array(np.arange(batch.height, dtype=np.int64)))
             hashes = batch[PACKET_HASH]
             chunks = ctx.executor.map_chunks(fn, table)
             try:
@@ -204,25 +226,30 @@ class CachedFunctionPod:
                 chunks.close()
 
     def _store_chunk(self, out: pa.Table, hashes: pl.Series, ctx: RunContext) -> tuple[pl.Series, pl.DataFrame]:
-        frame = pl.from_arrow(out)
-        frame = frame.with_columns(hashes.gather(frame[ROW]).alias(PACKET_HASH))
-        ok = frame.filter(pl.col(OK))
-        if ok.height:
-            record_ids = result_record_ids(self.identity.hash, ok[PACKET_HASH])
-            now = utc_now()
-            results = ok.select(list(self.pod.output_keys)).to_arrow().cast(self.pod.output_schema)
+        """Append the successful rows of one computed chunk; return (their hashes, failed rows)."""
+        chunk_hashes = hashes.gather(pl.Series(out.column(ROW)))
+        failed_mask = pc.invert(out.column(OK))
+        has_failures = pc.any(failed_mask).as_py()
+        ok = out.filter(out.column(OK)) if has_failures else out
+        ok_hashes = chunk_hashes.filter(pl.Series(out.column(OK))) if has_failures else chunk_hashes
+        n = ok.num_rows
+        if n:
             results = pa.table({
-                **{k: results.column(k) for k in self.pod.output_keys},
-                PACKET_HASH: ok[PACKET_HASH].to_arrow(),
-                RECORD_ID: record_ids,
-                "__function_hash": pa.array([self.identity.hash] * ok.height, pa.large_string()),
-                "__computed_at": pa.array([now] * ok.height, pa.timestamp("us", tz="UTC")),
-                DURATION: ok[DURATION].to_arrow(),
-                "__run_id": pa.array([ctx.run_id] * ok.height, pa.large_string()),
+                **{k: ok.column(k) for k in self.pod.output_keys},
+                PACKET_HASH: ok_hashes.to_arrow(),
+                RECORD_ID: result_record_ids(self.identity.hash, ok_hashes),
+                "__function_hash": pa.repeat(pa.scalar(self.identity.hash, pa.large_string()), n),
+                "__computed_at": pa.repeat(pa.scalar(utc_now(), pa.timestamp("us", tz="UTC")), n),
+                DURATION: ok.column(DURATION),
+                "__run_id": pa.repeat(pa.scalar(ctx.run_id, pa.large_string()), n),
             })
             self.store.append(self.results_table, results, key=[PACKET_HASH])
-        failed = frame.filter(~pl.col(OK)).select(PACKET_HASH, ATTEMPTS, *ERROR_COLUMNS)
-        return ok[PACKET_HASH], failed
+        columns = [ATTEMPTS, *ERROR_COLUMNS]
+        failed = pl.from_arrow(out.filter(failed_mask).select(columns)) if has_failures else \
+            pl.from_arrow(out.select(columns).slice(0, 0))
+        failed = failed.with_columns(chunk_hashes.filter(pl.Series(failed_mask)) if has_failures
+                                     else chunk_hashes.clear()).select(PACKET_HASH, *columns)
+        return ok_hashes, failed
 
     def record_failures(self, failed: pl.DataFrame, entries: pl.DataFrame, tags: tuple[str, ...],
                         ctx: RunContext) -> None:
@@ -255,33 +282,92 @@ class CachedFunctionPod:
                         f"{row[ERROR_COLUMNS[0]]}: {row[ERROR_COLUMNS[1]]}")
 
     def output_frame(self, entries: pl.DataFrame, tags: tuple[str, ...], system_tags: tuple[str, ...]) -> pl.DataFrame:
-        """Tags + outputs + source info for every entry whose packet has a live result."""
-        results = self.store.lookup(self.results_table, entries[PACKET_HASH].unique())
-        outputs = list(self.pod.output_keys)
-        if results.height == 0:
-            results = pl.DataFrame(schema={**pl.DataFrame(pa.table([], self.pod.output_schema)).schema,
-                                           PACKET_HASH: pl.String, RECORD_ID: pl.String})
+        """Tags + outputs + source info for every entry whose packet has a live result (input order)."""
+        found = self._attach(entries.select(*tags, *system_tags, PACKET_HASH), [*self.pod.output_keys, RECORD_ID])
+        return self._output(found.filter(pl.col(HIT)), tags, system_tags)
+
+    def _output(self, found: pl.DataFrame, tags: tuple[str, ...], system_tags: tuple[str, ...]) -> pl.DataFrame:
+        outputs = self.pod.output_keys
         ref = pl.lit(self.results_table + "#") + pl.col(RECORD_ID)
-        joined = entries.select(*tags, *system_tags, PACKET_HASH).join(
-            results.select(*outputs, PACKET_HASH, RECORD_ID).with_columns(pl.col(PACKET_HASH).cast(pl.String)),
-            on=PACKET_HASH, how="inner", maintain_order="left")
-        return joined.select(*tags, *system_tags, *outputs, *[ref.alias(source_column(k)) for k in outputs])
+        return found.select(*tags, *system_tags, *outputs, *[ref.alias(source_column(k)) for k in outputs])
+
+    def _attach(self, entries: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+        """``entries`` plus ``columns`` of each one's live result and ``__hit`` (null: none), in order.
+
+        One join on the first 64 bits of the packet hash (much cheaper than joining 32-character
+        strings), checked against the full hash. An entry whose packet has several live rows
+        (concurrent writers) takes the row the store's dedup rule keeps.
+        """
+        raw = self.store.scan(self.results_table, include_invalidated=True)
+        if raw is None:
+            return entries.with_columns(self._nulls(columns))
+        results = raw.filter(pl.col(INVALIDATED_AT).is_null()).select(
+            pl.col(PACKET_HASH).cast(pl.String).alias(RESULT_HASH), *columns, pl.lit(True).alias(HIT)).collect()
+        left = entries.with_row_index(POSITION).with_columns(key64(entries[PACKET_HASH]))
+        right = results.with_columns(key64(results[RESULT_HASH]))
+        joined = left.join(right, on=KEY64, how="left", maintain_order="left").drop(KEY64)
+        if joined.height != entries.height:  # some packet has several live rows: apply the dedup rule
+            several = joined[POSITION].is_duplicated()
+            which = entries.with_row_index(POSITION).join(joined.filter(several).select(POSITION).unique(), on=POSITION)
+            live = self.store.lookup(self.results_table, which[PACKET_HASH])
+            fixed = which.join(live.select(pl.col(PACKET_HASH).cast(pl.String), *columns).with_columns(
+                pl.col(PACKET_HASH).alias(RESULT_HASH), pl.lit(True).alias(HIT)), on=PACKET_HASH, how="left")
+            joined = pl.concat([joined.filter(~several), fixed.select(joined.columns)], how="vertical_relaxed")
+            joined = joined.sort(POSITION)
+        # A row whose full hash differs matched only on 64 bits: the entry has no result.
+        other = pl.col(RESULT_HASH).is_not_null() & (pl.col(RESULT_HASH) != pl.col(PACKET_HASH))
+        if joined.select(other.any()).item():
+            joined = joined.with_columns(pl.when(other).then(None).otherwise(pl.col(c)).alias(c)
+                                         for c in [*columns, HIT])
+        return joined.drop(POSITION, RESULT_HASH)
+
+    def _nulls(self, columns: list[str]) -> list[pl.Expr]:
+        """Typed null columns standing for "no result" (outputs, record id, hit flag)."""
+        types = {**pl.from_arrow(self.pod.output_schema.empty_table()).schema, RECORD_ID: pl.String}
+        return [*(pl.lit(None, types.get(c)).alias(c) for c in columns), pl.lit(None, pl.Boolean).alias(HIT)]
 
     def _run(self, stream: Stream) -> pl.DataFrame:
-        """Bring ``stream``'s results up to date, then return tags + outputs for it."""
-        frame = stream.to_polars(include_system=True)
+        """Bring ``stream``'s results up to date, then return tags + outputs for it (input order)."""
+        tags, system_tags = stream.tag_columns, stream.system_tag_columns
+        reads = [p for p in self.pod.parameters if p in stream.packet_columns]
+        frame = stream.lazy(include_system=True).select(*tags, *system_tags, *reads).collect()
         entries = frame.with_columns(self.hash_inputs(frame, stream.path_columns))
-        ctx = RunContext(new_run_id(), self.executor, self.on_error, self.retries)
-        run_and_commit(self.store, self._work(entries, stream.tag_columns, stream.path_columns, ctx))
-        return self.output_frame(entries, stream.tag_columns, stream.system_tag_columns)
+        columns = [*self.pod.output_keys, RECORD_ID]
+        found = self._attach(entries, columns)
+        todo = found.filter(pl.col(HIT).is_null())
+        if todo.height:  # compute the misses, then read back what the store now holds for them
+            ctx = RunContext(new_run_id(), self.executor, self.on_error, self.retries)
+            run_and_commit(self.store, self._work(todo.drop(*columns, HIT), tags, stream.path_columns, ctx))
+            found = found.with_row_index(INDEX)
+            fresh = self._attach(found.filter(pl.col(HIT).is_null()).drop(*columns, HIT), columns)
+            found = pl.concat([found.filter(pl.col(HIT)), fresh.select(found.columns)], how="vertical_relaxed")
+            found = found.filter(pl.col(HIT)).sort(INDEX)
+        return self._output(found.filter(pl.col(HIT)), tags, system_tags)
 
-    def _work(self, entries: pl.DataFrame, tags: tuple[str, ...], path_columns: frozenset[str],
+    def _work(self, todo: pl.DataFrame, tags: tuple[str, ...], path_columns: frozenset[str],
               ctx: RunContext) -> Iterator[None]:
-        for _, failed in self.compute(entries, self.missing(entries[PACKET_HASH]), ctx, path_columns):
-            self.record_failures(failed, entries, tags, ctx)
+        for _, failed in self.compute(todo, todo[PACKET_HASH], ctx, path_columns):
+            self.record_failures(failed, todo, tags, ctx)
             if failed.height and ctx.on_error == "raise":
-                raise self.fail(failed, entries, tags)
+                raise self.fail(failed, todo, tags)
             yield
+
+
+def key64(hashes: pl.Series) -> pl.Series:
+    """The first 64 bits of each 32-hex-digit hash, as ``UInt64`` (fast to join and group on)."""
+    digests = hex_digests(hashes)
+    return pl.Series(KEY64, np.ascontiguousarray(digests[:, :8]).view(">u8").ravel().astype(np.uint64))
+
+
+def first_rows(frame: pl.DataFrame) -> pl.DataFrame:
+    """The first row of ``frame`` for each distinct ``__packet_hash``, in order."""
+    hashes = frame[PACKET_HASH]
+    key = key64(hashes)
+    order = key.arg_sort()
+    k, h = key.gather(order), hashes.gather(order)
+    if ((k == k.shift(1)) & (h != h.shift(1))).any():  # two packets share 64 bits: compare strings
+        return frame.filter(hashes.is_first_distinct())
+    return frame.filter(key.is_first_distinct())
 
 
 def run_and_commit(store: Store, steps: Iterator[Any], on_step: Callable[[Any], None] | None = None) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import binascii
 import dataclasses
 import inspect
 import json
@@ -36,6 +37,7 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 
@@ -290,38 +292,94 @@ def _as_outputs(pod: FunctionPod, result: Any) -> tuple:
     raise SchemaError(f"should return a tuple or dict of {list(keys)}, got {type(result).__name__}")
 
 
-def _retry(pod: FunctionPod, kwargs: dict, retries: int, error: BaseException) -> tuple[Any, BaseException | None, int]:
-    """After a first failure, retry up to ``retries`` times with exponential backoff.
+def _backoff(attempt: int) -> float:
+    """Seconds to wait before retry number ``attempt`` (1, 2, ...): 0.05 s doubling, at most 2 s."""
+    return min(0.05 * 2 ** (attempt - 1), 2.0)
 
-    Returns (outputs or None, last error or None, attempts made in all).
+
+def _call_sync(pod: FunctionPod, calls: list[tuple], retries: int) -> tuple[list, dict, dict, np.ndarray]:
+    """Call the function on each argument tuple, retrying failures with backoff.
+
+    Returns (return values, ``{call: last error}``, ``{call: attempts}`` for calls that needed
+    more than one, seconds per call). A failed call's value is None.
     """
-    for attempt in range(1, retries + 1):
-        time.sleep(min(0.05 * 2 ** (attempt - 1), 2.0))
+    names = list(pod.parameters)
+    fn = pod.function if pod.positional else (lambda *a: pod.function(**dict(zip(names, a, strict=True))))
+    values: list = []
+    stamps: list[float] = []
+    errors: dict[int, BaseException] = {}
+    attempts: dict[int, int] = {}
+    keep, stamp, clock = values.append, stamps.append, time.perf_counter
+    remaining = iter(calls)
+    while len(values) < len(calls):
         try:
-            return _as_outputs(pod, pod.function(**kwargs)), None, attempt + 1
-        except Exception as exc:  # noqa: BLE001 - the user's function may raise anything
-            error = exc
-    return None, error, retries + 1
-
-
-def _call_async_rows(pod: FunctionPod, rows: list[dict], retries: int) -> list[tuple]:
-    async def one(kwargs: dict, gate: asyncio.Semaphore) -> tuple:
-        async with gate:
-            error = None
-            for attempt in range(retries + 1):
-                if attempt:
-                    await asyncio.sleep(min(0.05 * 2 ** (attempt - 1), 2.0))
+            for args in remaining:  # the hot loop: one clock reading and one call per row
+                stamp(clock())
+                keep(fn(*args))
+        except Exception as first:  # noqa: BLE001 - the user's function may raise anything
+            k = len(values)
+            value, error = None, first
+            for attempt in range(1, retries + 1):
+                time.sleep(_backoff(attempt))
                 try:
-                    return _as_outputs(pod, await pod.function(**kwargs)), None, attempt + 1
+                    value, error = fn(*calls[k]), None
+                    break
                 except Exception as exc:  # noqa: BLE001
                     error = exc
-            return None, error, retries + 1
+            keep(value)
+            attempts[k] = attempt + 1 if retries else 1
+            if error is not None:
+                errors[k] = error
+    stamp(clock())
+    return values, errors, attempts, np.diff(np.array(stamps, np.float64))
+
+
+def _call_async(pod: FunctionPod, calls: list[tuple], retries: int) -> tuple[list, dict, dict, np.ndarray]:
+    """Like :func:`_call_sync` for a coroutine function: up to ``ASYNC_CONCURRENCY`` at once."""
+    names = list(pod.parameters)
+
+    async def one(args: tuple, gate: asyncio.Semaphore) -> tuple[Any, BaseException | None, int, float]:
+        async with gate:
+            start, error = time.perf_counter(), None
+            for attempt in range(retries + 1):
+                if attempt:
+                    await asyncio.sleep(_backoff(attempt))
+                try:
+                    value = await pod.function(**dict(zip(names, args, strict=True)))
+                    return value, None, attempt + 1, time.perf_counter() - start
+                except Exception as exc:  # noqa: BLE001
+                    error = exc
+            return None, error, retries + 1, time.perf_counter() - start
 
     async def main() -> list[tuple]:
         gate = asyncio.Semaphore(ASYNC_CONCURRENCY)
-        return await asyncio.gather(*(one(r, gate) for r in rows))
+        return await asyncio.gather(*(one(a, gate) for a in calls))
 
-    return asyncio.run(main())
+    done = asyncio.run(main())
+    errors = {k: d[1] for k, d in enumerate(done) if d[1] is not None}
+    attempts = {k: d[2] for k, d in enumerate(done) if d[2] != 1}
+    return [d[0] for d in done], errors, attempts, np.array([d[3] for d in done], np.float64)
+
+
+def _arguments(pod: FunctionPod, chunk: pa.Table) -> tuple[list[tuple], dict[int, BaseException]]:
+    """Argument tuples (signature order) per row, and errors for nulls in non-Optional parameters."""
+    n = chunk.num_rows
+    columns: list[list] = []
+    errors: dict[int, BaseException] = {}
+    for name, annotation in pod.parameters.items():
+        if name not in chunk.column_names:
+            columns.append([pod.defaults[name]] * n)
+            continue
+        column = chunk.column(name)
+        columns.append(to_python(column, annotation, path=_is_path(pod.input_fields[name])))
+        if column.null_count and not is_optional(annotation):
+            hint = getattr(strip_optional(annotation), "__name__", annotation)
+            for i in pl.Series(column).is_null().arg_true().to_list():
+                errors.setdefault(i, SchemaError(
+                    f"packet column {name!r} is null but parameter {name!r} is not Optional "
+                    f"(annotate it as {hint} | None)"))
+    args = list(zip(*columns, strict=True)) if columns else [()] * n
+    return args, errors
 
 
 def run_chunk(pod: FunctionPod, retries: int, chunk: pa.Table) -> pa.Table:
@@ -331,59 +389,60 @@ def run_chunk(pod: FunctionPod, retries: int, chunk: pa.Table) -> pa.Table:
     (null when failed), ``__duration_s``, ``__attempts`` and error details.
     """
     n = chunk.num_rows
-    columns: dict[str, list] = {}
-    errors: list[BaseException | None] = [None] * n
-    for name, annotation in pod.parameters.items():
-        if name not in chunk.column_names:
-            columns[name] = [pod.defaults[name]] * n
-            continue
-        column = chunk.column(name)
-        columns[name] = to_python(column, annotation, path=_is_path(pod.input_fields[name]))
-        if column.null_count and not is_optional(annotation):
-            for i in pl.Series(column).is_null().arg_true().to_list():
-                errors[i] = SchemaError(f"packet column {name!r} is null but parameter {name!r} is not Optional "
-                                        f"(annotate it as {getattr(strip_optional(annotation), '__name__', annotation)} | None)")
-    names = list(columns)
-    args = list(zip(*columns.values(), strict=True)) if columns else [()] * n
-    outputs: list[tuple | None] = [None] * n
-    durations = [0.0] * n
-    attempts = [0] * n
-    pending = [i for i in range(n) if errors[i] is None]
-    if pod.is_async:
-        start = time.perf_counter()
-        done = _call_async_rows(pod, [dict(zip(names, args[i], strict=True)) for i in pending], retries)
-        per_row = (time.perf_counter() - start) / max(len(pending), 1)
-        for i, (out, err, tries) in zip(pending, done, strict=True):
-            outputs[i], errors[i], attempts[i], durations[i] = out, err, tries, per_row
-    else:
-        # Hot loop: positional calls (parameters are positional-or-keyword, in signature order).
-        fn = pod.function if pod.positional else (lambda *a: pod.function(**dict(zip(names, a, strict=True))))
-        single = len(pod.output_keys) == 1
-        clock = time.perf_counter
-        for i in pending:
-            start = clock()
-            try:
-                result = fn(*args[i])
-                outputs[i] = (result,) if single else _as_outputs(pod, result)
-                attempts[i] = 1
-            except Exception as exc:  # noqa: BLE001 - retried, then recorded as a failure
-                kwargs = dict(zip(names, args[i], strict=True))
-                outputs[i], errors[i], attempts[i] = _retry(pod, kwargs, retries, exc)
-            durations[i] = clock() - start
-    arrays = _output_arrays(pod, outputs, errors)
-    failed = [i for i, e in enumerate(errors) if e is not None]
+    args, errors = _arguments(pod, chunk)
+    called = [i for i in range(n) if i not in errors] if errors else range(n)
+    calls = [args[i] for i in called] if errors else args
+    values, failed, tries, seconds = (_call_async if pod.is_async else _call_sync)(pod, calls, retries)
+    durations = np.zeros(n)
+    attempts = np.zeros(n, np.int64)
+    durations[list(called)] = seconds
+    attempts[list(called)] = 1
+    for k, count in tries.items():
+        attempts[called[k]] = count
+    for k, error in failed.items():
+        errors[called[k]] = error
+    if errors:
+        values = [None] * n if not calls else _scatter(values, called, n)
+        for i in errors:
+            values[i] = None
+    arrays = _output_arrays(pod, _output_columns(pod, values, errors), errors)
+    error_list = [errors.get(i) for i in range(n)] if errors else None
     return pa.table({
         ROW: chunk.column(ROW),
-        OK: pa.array([e is None for e in errors], pa.bool_()),
+        OK: pa.array([e is None for e in error_list], pa.bool_()) if errors else pa.repeat(pa.scalar(True), n),
         **arrays,
         DURATION: pa.array(durations, pa.float64()),
         ATTEMPTS: pa.array(attempts, pa.int64()),
-        **_error_columns(errors, failed, n),
+        **_error_columns(error_list, n),
     })
 
 
-def _error_columns(errors: list, failed: list[int], n: int) -> dict[str, pa.Array]:
-    if not failed:
+def _scatter(values: list, called: list[int], n: int) -> list:
+    full = [None] * n
+    for k, i in enumerate(called):
+        full[i] = values[k]
+    return full
+
+
+def _output_columns(pod: FunctionPod, values: list, errors: dict[int, BaseException]) -> list[list]:
+    """Return values -> one list per output key; a malformed return fails its row."""
+    if len(pod.output_keys) == 1:
+        return [values]
+    rows: list[tuple | None] = []
+    for i, value in enumerate(values):
+        if i in errors:
+            rows.append(None)
+            continue
+        try:
+            rows.append(_as_outputs(pod, value))
+        except SchemaError as exc:
+            errors[i] = SchemaError(f"function {pod.name!r} returned a bad output: {exc}")
+            rows.append(None)
+    return [[None if r is None else r[j] for r in rows] for j in range(len(pod.output_keys))]
+
+
+def _error_columns(errors: list | None, n: int) -> dict[str, pa.Array]:
+    if errors is None:
         return {c: pa.nulls(n, pa.large_string()) for c in ERROR_COLUMNS}
     return {
         ERROR_COLUMNS[0]: pa.array([None if e is None else type(e).__name__ for e in errors], pa.large_string()),
@@ -393,22 +452,17 @@ def _error_columns(errors: list, failed: list[int], n: int) -> dict[str, pa.Arra
     }
 
 
-def _output_arrays(pod: FunctionPod, outputs: list[tuple | None], errors: list) -> dict[str, pa.Array]:
+def _output_arrays(pod: FunctionPod, columns: list[list], errors: dict[int, BaseException]) -> dict[str, pa.Array]:
     """Validate outputs against the declared schema; a bad value fails its row, not the chunk."""
-    arrays: dict[str, pa.Array] = {}
-    j = 0
-    while j < len(pod.output_fields):
-        field = pod.output_fields[j]
+    while True:
+        failed = [i in errors for i in range(len(columns[0]))] if errors else None
         try:
-            arrays[field.name] = to_arrow_array([None if o is None else o[j] for o in outputs], field,
-                                                failed=[o is None for o in outputs])
-            j += 1
+            return {f.name: to_arrow_array(values, f, failed=failed) for f, values in zip(pod.output_fields, columns,
+                                                                                      strict=True)}
         except SchemaError as exc:
             errors[exc.row] = SchemaError(f"function {pod.name!r} returned a bad output: {exc}")
-            outputs[exc.row] = None
-            arrays.clear()
-            j = 0  # earlier columns must be rebuilt with this row nulled
-    return arrays
+            for values in columns:
+                values[exc.row] = None
 
 
 def _compute_uncached(pod: FunctionPod, stream: Stream) -> pl.DataFrame:
@@ -433,7 +487,38 @@ def _compute_uncached(pod: FunctionPod, stream: Stream) -> pl.DataFrame:
 
 
 def result_record_ids(function_hash: str, packet_hashes: pa.Array | pl.Series) -> pa.Array:
-    """Record id of a result row: hash of (function hash, input packet hash)."""
-    table = pa.table({"__function_hash": pa.array([function_hash] * len(packet_hashes), pa.large_string()),
-                      "__packet_hash": pl.Series(packet_hashes).cast(pl.String).to_arrow()})
-    return hash_packets(table)
+    """Record id of each result row: the 128-bit XOR of function hash and input packet hash, in hex.
+
+    Unique within a result table (a fixed XOR is a bijection) and, like a hash, across tables;
+    computed in one vectorised pass.
+
+    >>> result_record_ids("0" * 31 + "1", pa.array(["f" * 32])).to_pylist()
+    ['fffffffffffffffffffffffffffffffe']
+    """
+    digests = hex_digests(packet_hashes) ^ hex_digests(pa.array([function_hash]))
+    return digests_hex(digests)
+
+
+def hex_digests(hashes: pa.Array | pa.ChunkedArray | pl.Series) -> np.ndarray:
+    """32-hex-digit hashes -> an ``(n, 16)`` uint8 array, in one C-level pass."""
+    array = hashes.to_arrow() if isinstance(hashes, pl.Series) else hashes
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if not pa.types.is_large_string(array.type):
+        array = array.cast(pa.large_string())
+    n = len(array)
+    if n == 0:
+        return np.zeros((0, 16), np.uint8)
+    offsets = np.frombuffer(array.buffers()[1], np.int64)[array.offset:array.offset + n + 1]
+    if array.null_count or np.any(np.diff(offsets) != 32):
+        raise ValueError("expected 32-hex-digit hashes without nulls")
+    raw = binascii.unhexlify(memoryview(array.buffers()[2])[offsets[0]:offsets[-1]])
+    return np.frombuffer(raw, np.uint8).reshape(n, 16)
+
+
+def digests_hex(digests: np.ndarray) -> pa.Array:
+    """``(n, 16)`` uint8 digests -> a ``large_string`` array of 32 hex digits each."""
+    n = len(digests)
+    data = binascii.hexlify(np.ascontiguousarray(digests).tobytes())
+    offsets = np.arange(0, 32 * (n + 1), 32, dtype=np.int64)
+    return pa.Array.from_buffers(pa.large_string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
