@@ -459,6 +459,10 @@ def test_empty_table_and_empty_packet():
     table = pa.table({"a": pa.array([], pa.int64())})
     result = hash_packets(table)
     assert result.type == pa.string() and len(result) == 0
+    empty = mixed_table().slice(0, 0)
+    assert len(hash_packets(empty)) == 0
+    with pytest.raises(HashingError, match="m"):
+        hash_packets(pa.table({"m": pa.array([], pa.map_(pa.int8(), pa.int8()))}))
     rows = hash_packets(pa.table({"a": [1, 2, 3]}), columns=[])
     assert rows.to_pylist() == [hash_packet({})] * 3
 
@@ -681,6 +685,22 @@ def test_missing_file_names_path_and_column(tmp_path):
         hash_packets(table)
     with pytest.raises(HashingError, match="empty path"):
         hash_file("")
+
+
+def test_nested_path_fields(tmp_path):
+    (tmp_path / "a").write_bytes(b"A")
+    (tmp_path / "b").write_bytes(b"A")
+    item = pa.field("item", pa.string(), metadata=PATH_METADATA)
+    lists = pa.table(
+        {"v": pa.array([[str(tmp_path / "a")], [str(tmp_path / "b")]], pa.list_(item))}
+    )
+    hashes = hash_packets(lists).to_pylist()
+    assert hashes[0] == hashes[1] == reference_hash(lists, 0)
+    assert hashes[0] != h([str(tmp_path / "a")], pa.list_(pa.string()))
+    struct = pa.struct([pa.field("f", pa.string(), metadata=PATH_METADATA)])
+    missing = pa.table({"s": pa.array([{"f": str(tmp_path / "nope")}], struct)})
+    with pytest.raises(HashingError, match=r"s\.f.*nope"):
+        hash_packets(missing)
 
 
 def test_path_field_must_be_strings():
