@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 from orca import _context
 from orca.errors import PodError
 from orca.executors import Executor, InProcessExecutor
-from orca.hashing import PATH_METADATA, hash_packets
+from orca.hashing import hash_packets
 from orca.pods import (
     ATTEMPTS,
     DURATION,
@@ -45,6 +45,7 @@ from orca.pods import (
     ROW,
     FunctionPod,
     hex_digests,
+    input_packets,
     result_record_ids,
     run_chunk,
 )
@@ -60,10 +61,10 @@ FAILURES = "failures"
 RECHECK_SECONDS = 10.0  # how often a long run looks for results other processes committed
 # Working columns (never stored).
 HIT = "__hit"
-KEY64 = "__key64"
+HI, LO = "__hash_hi", "__hash_lo"
+RESULT_LO = "__result_lo"
 INDEX = "__index"
 POSITION = "__position"
-RESULT_HASH = "__result_hash"
 OnError = Literal["raise", "continue"]
 
 
@@ -102,13 +103,6 @@ def check_on_error(on_error: str, retries: int) -> None:
         raise ValueError(f"on_error must be 'raise' or 'continue', got {on_error!r}")
     if not isinstance(retries, int) or retries < 0:
         raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
-
-
-def input_packets(pod: FunctionPod, frame: pl.DataFrame, path_columns: frozenset[str]) -> pa.Table:
-    """The packet columns ``pod`` reads, as Arrow, with path columns marked for hashing."""
-    table = frame.select([p for p in pod.parameters if p in frame.columns]).to_arrow()
-    fields = [f.with_metadata(PATH_METADATA) if f.name in path_columns else f for f in table.schema]
-    return table.cast(pa.schema(fields))
 
 
 def tag_json(frame: pl.DataFrame, tags: tuple[str, ...]) -> pl.Series:
@@ -195,9 +189,9 @@ class CachedFunctionPod:
         found = self._attach(packet_hashes.alias(PACKET_HASH).cast(pl.String).to_frame(), [])
         return first_rows(found.filter(pl.col(HIT).is_null()))[PACKET_HASH]
 
-    def compute(self, entries: pl.DataFrame, todo: pl.Series, ctx: RunContext,
+    def compute(self, entries: pl.DataFrame, todo: pl.Series | None, ctx: RunContext,
                 path_columns: frozenset[str]) -> Iterator[tuple[pl.Series, pl.DataFrame]]:
-        """Compute the packets ``todo`` (hashes) found in ``entries``; append their results.
+        """Compute the packets ``todo`` (hashes; None: all) found in ``entries``; append their results.
 
         Works in batches of ``ctx.batch_rows`` packets; before a batch, if ``RECHECK_SECONDS``
         have passed since the last look, results other processes committed meanwhile are
@@ -205,9 +199,9 @@ class CachedFunctionPod:
         rows)`` *after* appending the chunk's results, so callers can append rows that point at
         them (provenance) in the right order.
         """
-        packets = first_rows(entries)
-        # (A 64-bit collision can only add a packet to the work: computed twice, recorded once.)
-        packets = packets.filter(key64(packets[PACKET_HASH]).is_in(key64(todo).implode()))
+        packets = with_words(first_rows(entries))
+        if todo is not None:  # (a 64-bit collision can only add work: computed twice, recorded once)
+            packets = packets.filter(pl.col(HI).is_in(hash_words(todo)[0].implode()))
         fn = functools.partial(run_chunk, self.pod, ctx.retries)
         checked = time.monotonic()
         for start in range(0, packets.height, ctx.batch_rows):
@@ -283,91 +277,98 @@ class CachedFunctionPod:
 
     def output_frame(self, entries: pl.DataFrame, tags: tuple[str, ...], system_tags: tuple[str, ...]) -> pl.DataFrame:
         """Tags + outputs + source info for every entry whose packet has a live result (input order)."""
-        found = self._attach(entries.select(*tags, *system_tags, PACKET_HASH), [*self.pod.output_keys, RECORD_ID])
+        found = self._attach(entries.select(*tags, *system_tags, PACKET_HASH), list(self.pod.output_keys))
         return self._output(found.filter(pl.col(HIT)), tags, system_tags)
 
     def _output(self, found: pl.DataFrame, tags: tuple[str, ...], system_tags: tuple[str, ...]) -> pl.DataFrame:
         outputs = self.pod.output_keys
-        ref = pl.lit(self.results_table + "#") + pl.col(RECORD_ID)
+        ref = pl.lit(self.results_table + "#") + pl.Series(result_record_ids(self.identity.hash, found[PACKET_HASH]))
         return found.select(*tags, *system_tags, *outputs, *[ref.alias(source_column(k)) for k in outputs])
 
     def _attach(self, entries: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
         """``entries`` plus ``columns`` of each one's live result and ``__hit`` (null: none), in order.
 
         One join on the first 64 bits of the packet hash (much cheaper than joining 32-character
-        strings), checked against the full hash. An entry whose packet has several live rows
+        strings), checked against the other 64. An entry whose packet has several live rows
         (concurrent writers) takes the row the store's dedup rule keeps.
         """
         raw = self.store.scan(self.results_table, include_invalidated=True)
         if raw is None:
             return entries.with_columns(self._nulls(columns))
         results = raw.filter(pl.col(INVALIDATED_AT).is_null()).select(
-            pl.col(PACKET_HASH).cast(pl.String).alias(RESULT_HASH), *columns, pl.lit(True).alias(HIT)).collect()
-        left = entries.with_row_index(POSITION).with_columns(key64(entries[PACKET_HASH]))
-        right = results.with_columns(key64(results[RESULT_HASH]))
-        joined = left.join(right, on=KEY64, how="left", maintain_order="left").drop(KEY64)
+            PACKET_HASH, *columns, pl.lit(True).alias(HIT)).collect()
+        hi, lo = hash_words(results[PACKET_HASH].cast(pl.String))
+        results = results.drop(PACKET_HASH).with_columns(hi, lo.alias(RESULT_LO))
+        left = with_words(entries).with_row_index(POSITION)
+        joined = left.join(results, on=HI, how="left", maintain_order="left")
         if joined.height != entries.height:  # some packet has several live rows: apply the dedup rule
             several = joined[POSITION].is_duplicated()
-            which = entries.with_row_index(POSITION).join(joined.filter(several).select(POSITION).unique(), on=POSITION)
+            which = left.join(joined.filter(several).select(POSITION).unique(), on=POSITION)
             live = self.store.lookup(self.results_table, which[PACKET_HASH])
             fixed = which.join(live.select(pl.col(PACKET_HASH).cast(pl.String), *columns).with_columns(
-                pl.col(PACKET_HASH).alias(RESULT_HASH), pl.lit(True).alias(HIT)), on=PACKET_HASH, how="left")
+                pl.lit(True).alias(HIT)), on=PACKET_HASH, how="left").with_columns(pl.col(LO).alias(RESULT_LO))
             joined = pl.concat([joined.filter(~several), fixed.select(joined.columns)], how="vertical_relaxed")
             joined = joined.sort(POSITION)
-        # A row whose full hash differs matched only on 64 bits: the entry has no result.
-        other = pl.col(RESULT_HASH).is_not_null() & (pl.col(RESULT_HASH) != pl.col(PACKET_HASH))
+        # A row matching on 64 bits only belongs to another packet: the entry has no result.
+        other = pl.col(RESULT_LO).is_not_null() & (pl.col(RESULT_LO) != pl.col(LO))
         if joined.select(other.any()).item():
             joined = joined.with_columns(pl.when(other).then(None).otherwise(pl.col(c)).alias(c)
                                          for c in [*columns, HIT])
-        return joined.drop(POSITION, RESULT_HASH)
+        added = [HI, LO] if HI not in entries.columns else []
+        return joined.drop(POSITION, RESULT_LO, *added)
 
     def _nulls(self, columns: list[str]) -> list[pl.Expr]:
-        """Typed null columns standing for "no result" (outputs, record id, hit flag)."""
-        types = {**pl.from_arrow(self.pod.output_schema.empty_table()).schema, RECORD_ID: pl.String}
-        return [*(pl.lit(None, types.get(c)).alias(c) for c in columns), pl.lit(None, pl.Boolean).alias(HIT)]
+        """Typed null columns standing for "no result" (outputs and the hit flag)."""
+        types = pl.from_arrow(self.pod.output_schema.empty_table()).schema
+        return [*(pl.lit(None, types[c]).alias(c) for c in columns), pl.lit(None, pl.Boolean).alias(HIT)]
 
     def _run(self, stream: Stream) -> pl.DataFrame:
         """Bring ``stream``'s results up to date, then return tags + outputs for it (input order)."""
         tags, system_tags = stream.tag_columns, stream.system_tag_columns
         reads = [p for p in self.pod.parameters if p in stream.packet_columns]
         frame = stream.lazy(include_system=True).select(*tags, *system_tags, *reads).collect()
-        entries = frame.with_columns(self.hash_inputs(frame, stream.path_columns))
-        columns = [*self.pod.output_keys, RECORD_ID]
-        found = self._attach(entries, columns)
-        todo = found.filter(pl.col(HIT).is_null())
-        if todo.height:  # compute the misses, then read back what the store now holds for them
+        entries = with_words(frame.with_columns(self.hash_inputs(frame, stream.path_columns)))
+        outputs = list(self.pod.output_keys)
+        keys = [*tags, *system_tags, PACKET_HASH, HI, LO]  # (an output may share a parameter's name)
+        found = self._attach(entries.select(keys), outputs)
+        missed = found[HIT].is_null()
+        if missed.any():  # compute the misses, then read back what the store now holds for them
             ctx = RunContext(new_run_id(), self.executor, self.on_error, self.retries)
-            run_and_commit(self.store, self._work(todo.drop(*columns, HIT), tags, stream.path_columns, ctx))
+            run_and_commit(self.store, self._work(entries.filter(missed), tags, stream.path_columns, ctx))
             found = found.with_row_index(INDEX)
-            fresh = self._attach(found.filter(pl.col(HIT).is_null()).drop(*columns, HIT), columns)
-            found = pl.concat([found.filter(pl.col(HIT)), fresh.select(found.columns)], how="vertical_relaxed")
+            fresh = self._attach(found.filter(missed).select(INDEX, *keys), outputs)
+            found = pl.concat([found.filter(~missed), fresh.select(found.columns)], how="vertical_relaxed")
             found = found.filter(pl.col(HIT)).sort(INDEX)
         return self._output(found.filter(pl.col(HIT)), tags, system_tags)
 
     def _work(self, todo: pl.DataFrame, tags: tuple[str, ...], path_columns: frozenset[str],
               ctx: RunContext) -> Iterator[None]:
-        for _, failed in self.compute(todo, todo[PACKET_HASH], ctx, path_columns):
+        for _, failed in self.compute(todo, None, ctx, path_columns):
             self.record_failures(failed, todo, tags, ctx)
             if failed.height and ctx.on_error == "raise":
                 raise self.fail(failed, todo, tags)
             yield
 
 
-def key64(hashes: pl.Series) -> pl.Series:
-    """The first 64 bits of each 32-hex-digit hash, as ``UInt64`` (fast to join and group on)."""
-    digests = hex_digests(hashes)
-    return pl.Series(KEY64, np.ascontiguousarray(digests[:, :8]).view(">u8").ravel().astype(np.uint64))
+def hash_words(hashes: pl.Series) -> tuple[pl.Series, pl.Series]:
+    """Each 32-hex-digit hash as two ``UInt64`` words (equal iff the hashes are): fast to join on."""
+    words = hex_digests(hashes).view(">u8")
+    return pl.Series(HI, words[:, 0].astype(np.uint64)), pl.Series(LO, words[:, 1].astype(np.uint64))
+
+
+def with_words(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with the words of its ``__packet_hash`` (kept if already there)."""
+    return frame if HI in frame.columns else frame.with_columns(hash_words(frame[PACKET_HASH]))
 
 
 def first_rows(frame: pl.DataFrame) -> pl.DataFrame:
     """The first row of ``frame`` for each distinct ``__packet_hash``, in order."""
-    hashes = frame[PACKET_HASH]
-    key = key64(hashes)
-    order = key.arg_sort()
-    k, h = key.gather(order), hashes.gather(order)
-    if ((k == k.shift(1)) & (h != h.shift(1))).any():  # two packets share 64 bits: compare strings
-        return frame.filter(hashes.is_first_distinct())
-    return frame.filter(key.is_first_distinct())
+    hi, lo = (frame[HI], frame[LO]) if HI in frame.columns else hash_words(frame[PACKET_HASH])
+    order = hi.arg_sort()
+    h, low = hi.gather(order), lo.gather(order)
+    if ((h == h.shift(1)) & (low != low.shift(1))).any():  # two packets share 64 bits: use all 128
+        return frame.filter(frame[PACKET_HASH].is_first_distinct())
+    return frame.filter(hi.is_first_distinct())
 
 
 def run_and_commit(store: Store, steps: Iterator[Any], on_step: Callable[[Any], None] | None = None) -> None:

@@ -40,10 +40,11 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from orca import _context
 from orca.errors import PodError, SchemaError
-from orca.hashing import hash_bytes, hash_packets
+from orca.hashing import PATH_METADATA, hash_bytes, hash_packets
 from orca.streams import Stream, source_column
 from orca.types import arrow_field, is_optional, strip_optional, to_arrow_array, to_python
 
@@ -194,6 +195,9 @@ class FunctionPod:
     # -- applying to streams --------------------------------------------------------------
     def check_input(self, stream: Stream) -> None:
         """Every parameter without a default must name a packet column of ``stream``."""
+        clash = [k for k in self.output_keys if k in stream.tag_columns]
+        if clash:
+            raise PodError(f"function {self.name!r}: output key(s) {clash} are tag columns of the input stream")
         missing = [p for p in self.parameters if p not in stream.packet_columns and p not in self.defaults]
         if missing:
             raise PodError(f"function {self.name!r} reads packet column(s) {missing} that the input stream lacks; "
@@ -465,19 +469,26 @@ def _output_arrays(pod: FunctionPod, columns: list[list], errors: dict[int, Base
                 values[exc.row] = None
 
 
+def input_packets(pod: FunctionPod, frame: pl.DataFrame, path_columns: frozenset[str]) -> pa.Table:
+    """The packet columns ``pod`` reads, as Arrow, with path columns marked for hashing."""
+    table = frame.select([p for p in pod.parameters if p in frame.columns]).to_arrow()
+    fields = [f.with_metadata(PATH_METADATA) if f.name in path_columns else f for f in table.schema]
+    return table.cast(pa.schema(fields))
+
+
 def _compute_uncached(pod: FunctionPod, stream: Stream) -> pl.DataFrame:
     """The uncached pod: compute every row in process; a failure raises, naming the tag."""
     frame = stream.to_polars(include_system=True)
-    table = frame.select([c for c in pod.parameters if c in frame.columns]).to_arrow()
-    chunk = table.append_column(ROW, pa.array(range(table.num_rows), pa.int64()))
+    table = input_packets(pod, frame, stream.path_columns)
+    chunk = table.append_column(ROW, pa.array(np.arange(table.num_rows, dtype=np.int64)))
     out = run_chunk(pod, 0, chunk)
-    failed = out.filter(pa.compute.invert(out.column(OK)))
+    failed = out.filter(pc.invert(out.column(OK)))
     if failed.num_rows:
         row = failed.column(ROW)[0].as_py()
         tag = {t: frame[t][row] for t in stream.tag_columns}
         raise PodError(f"function {pod.name!r} failed for tag {tag}: "
                        f"{failed.column(ERROR_COLUMNS[0])[0]}: {failed.column(ERROR_COLUMNS[1])[0]}")
-    packet_hash = hash_packets(table, list(pod.parameters)) if pod.parameters else hash_packets(table, [])
+    packet_hash = hash_packets(table)  # the parameters the stream has (defaults fill the others)
     record_ids = result_record_ids(pod.identity.hash, packet_hash)
     ref = pl.lit(pod.results_table + "#") + pl.Series(record_ids)
     result = frame.select([*stream.tag_columns, *stream.system_tag_columns]).with_columns(
