@@ -60,12 +60,11 @@ def run_once(executor, fn, table: pa.Table) -> tuple[float, int]:
     return time.perf_counter() - start, chunks
 
 
-def measure(name, executor, fn, table, repeats: int, base: float | None) -> float:
-    runs = [run_once(executor, fn, table) for _ in range(repeats)]
+def report(name: str, runs: list[tuple[float, int]], rows: int, base: float | None) -> float:
     best = min(seconds for seconds, _ in runs)
     median = statistics.median(seconds for seconds, _ in runs)
-    rate = table.num_rows / best
-    speedup = f"{rate / base:5.2f}x" if base else "  1.00x"
+    rate = rows / best
+    speedup = f"{rate / base:5.2f}x" if base else " 1.00x"
     print(
         f"{name:<28} {rate:8.0f} rows/s  {speedup}  "
         f"(best {best:.2f} s, median {median:.2f} s, {runs[0][1]} chunks)"
@@ -86,24 +85,32 @@ def main() -> None:
         f"{args.rows} rows x ~1 ms ({loops} loop iterations), best of {args.repeats}, "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}"
     )
-
-    base = measure("in-process", InProcessExecutor(), fn, table, args.repeats, None)
-    measure("threads(2)", ThreadExecutor(max_workers=2), fn, table, args.repeats, base)
-    forkserver = ProcessExecutor(max_workers=2, start_method="forkserver")
-    measure("processes(2) forkserver 1st", forkserver, fn, table, 1, base)
-    measure("processes(2) forkserver", forkserver, fn, table, args.repeats, base)
-    spawn = ProcessExecutor(max_workers=2, start_method="spawn")
-    measure("processes(2) spawn", spawn, fn, table, args.repeats, base)
-
+    executors = {
+        "in-process": InProcessExecutor(),
+        "threads(2)": ThreadExecutor(max_workers=2),
+        "processes(2) forkserver": ProcessExecutor(max_workers=2, start_method="forkserver"),
+        "processes(2) spawn": ProcessExecutor(max_workers=2, start_method="spawn"),
+    }
+    first = {
+        "processes(2) forkserver 1st": [run_once(executors["processes(2) forkserver"], fn, table)]
+    }
     if not args.no_ray:
         import ray
 
         start = time.perf_counter()
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        print(f"(ray.init of a local 2-CPU cluster: {time.perf_counter() - start:.1f} s)")
-        ray_executor = RayExecutor(max_workers=2)
-        measure("ray(2) 1st", ray_executor, fn, table, 1, base)
-        measure("ray(2)", ray_executor, fn, table, args.repeats, base)
+        print(f"(ray.init of a local 2-CPU cluster: {time.perf_counter() - start:.1f} s, excluded)")
+        executors["ray(2)"] = RayExecutor(max_workers=2)
+        first["ray(2) 1st"] = [run_once(executors["ray(2)"], fn, table)]
+    # round-robin, so a change in machine load affects every executor alike
+    runs: dict[str, list[tuple[float, int]]] = {name: [] for name in executors}
+    for _ in range(args.repeats):
+        for name, executor in executors.items():
+            runs[name].append(run_once(executor, fn, table))
+    base = report("in-process", runs.pop("in-process"), args.rows, None)
+    for name, timings in {**runs, **first}.items():
+        report(name, timings, args.rows, base)
+    if not args.no_ray:
         ray.shutdown()
 
 

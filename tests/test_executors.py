@@ -33,7 +33,13 @@ from orca.executors._chunking import ChunkPlan, own_buffers
 # its functions travel by value, as a notebook's would.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-KINDS = ["inprocess", "threads", "processes", "spawn", "ray"]
+KINDS = [
+    "inprocess",
+    "threads",
+    pytest.param("processes", marks=pytest.mark.slow),
+    pytest.param("spawn", marks=pytest.mark.slow),
+    pytest.param("ray", marks=pytest.mark.slow),
+]
 
 
 @pytest.fixture(scope="module")
@@ -343,6 +349,7 @@ def raise_custom(chunk: pa.Table) -> pa.Table:
     raise CustomError(f"chunk of {chunk.num_rows}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["processes", "ray"])
 def test_exception_keeps_its_type(kind, request):
     if kind == "ray":
