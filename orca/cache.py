@@ -211,27 +211,31 @@ class CachedFunctionPod:
                 checked = time.monotonic()
             table = input_packets(self.pod, batch, path_columns)
             table = table.append_column(ROW, pa.array(np.arange(batch.height, dtype=np.int64)))
-            hashes = batch[PACKET_HASH]
+            hashes = batch[PACKET_HASH].to_arrow()
+            keys = pa.table({PACKET_HASH: hashes, RECORD_ID: result_record_ids(self.identity.hash, hashes)})
             chunks = ctx.executor.map_chunks(fn, table)
             try:
                 for out in chunks:
-                    yield self._store_chunk(out, hashes, ctx)
+                    yield self._store_chunk(out, keys, ctx)
             finally:
                 chunks.close()
 
-    def _store_chunk(self, out: pa.Table, hashes: pl.Series, ctx: RunContext) -> tuple[pl.Series, pl.DataFrame]:
-        """Append the successful rows of one computed chunk; return (their hashes, failed rows)."""
-        chunk_hashes = hashes.gather(pl.Series(out.column(ROW)))
-        failed_mask = pc.invert(out.column(OK))
+    def _store_chunk(self, out: pa.Table, keys: pa.Table, ctx: RunContext) -> tuple[pl.Series, pl.DataFrame]:
+        """Append the successful rows of one computed chunk; return (their hashes, failed rows).
+
+        ``keys`` holds the packet hash and record id of each row of the batch (``__row`` indexes it).
+        """
+        keys = keys.take(out.column(ROW))
+        ok_mask = out.column(OK)
+        failed_mask = pc.invert(ok_mask)
         has_failures = pc.any(failed_mask).as_py()
-        ok = out.filter(out.column(OK)) if has_failures else out
-        ok_hashes = chunk_hashes.filter(pl.Series(out.column(OK))) if has_failures else chunk_hashes
+        ok, ok_keys = (out.filter(ok_mask), keys.filter(ok_mask)) if has_failures else (out, keys)
         n = ok.num_rows
         if n:
             results = pa.table({
                 **{k: ok.column(k) for k in self.pod.output_keys},
-                PACKET_HASH: ok_hashes.to_arrow(),
-                RECORD_ID: result_record_ids(self.identity.hash, ok_hashes),
+                PACKET_HASH: ok_keys.column(PACKET_HASH),
+                RECORD_ID: ok_keys.column(RECORD_ID),
                 "__function_hash": pa.repeat(pa.scalar(self.identity.hash, pa.large_string()), n),
                 "__computed_at": pa.repeat(pa.scalar(utc_now(), pa.timestamp("us", tz="UTC")), n),
                 DURATION: ok.column(DURATION),
@@ -239,11 +243,10 @@ class CachedFunctionPod:
             })
             self.store.append(self.results_table, results, key=[PACKET_HASH])
         columns = [ATTEMPTS, *ERROR_COLUMNS]
-        failed = pl.from_arrow(out.filter(failed_mask).select(columns)) if has_failures else \
-            pl.from_arrow(out.select(columns).slice(0, 0))
-        failed = failed.with_columns(chunk_hashes.filter(pl.Series(failed_mask)) if has_failures
-                                     else chunk_hashes.clear()).select(PACKET_HASH, *columns)
-        return ok_hashes, failed
+        failed = out.filter(failed_mask) if has_failures else out.slice(0, 0)
+        failed_keys = keys.filter(failed_mask) if has_failures else keys.slice(0, 0)
+        failed = pl.from_arrow(failed.select(columns).add_column(0, PACKET_HASH, failed_keys.column(PACKET_HASH)))
+        return pl.Series(PACKET_HASH, ok_keys.column(PACKET_HASH)), failed
 
     def record_failures(self, failed: pl.DataFrame, entries: pl.DataFrame, tags: tuple[str, ...],
                         ctx: RunContext) -> None:

@@ -394,21 +394,22 @@ def run_chunk(pod: FunctionPod, retries: int, chunk: pa.Table) -> pa.Table:
     """
     n = chunk.num_rows
     args, errors = _arguments(pod, chunk)
-    called = [i for i in range(n) if i not in errors] if errors else range(n)
+    called = np.array([i for i in range(n) if i not in errors] if errors else range(n), np.int64)
     calls = [args[i] for i in called] if errors else args
     values, failed, tries, seconds = (_call_async if pod.is_async else _call_sync)(pod, calls, retries)
     durations = np.zeros(n)
+    durations[called] = seconds
     attempts = np.zeros(n, np.int64)
-    durations[list(called)] = seconds
-    attempts[list(called)] = 1
+    attempts[called] = 1
     for k, count in tries.items():
         attempts[called[k]] = count
     for k, error in failed.items():
-        errors[called[k]] = error
-    if errors:
-        values = [None] * n if not calls else _scatter(values, called, n)
-        for i in errors:
-            values[i] = None
+        errors[int(called[k])] = error
+    if errors:  # failed rows (null inputs, raised) get null outputs
+        full = [None] * n
+        for k, i in enumerate(called.tolist()):
+            full[i] = None if i in errors else values[k]
+        values = full
     arrays = _output_arrays(pod, _output_columns(pod, values, errors), errors)
     error_list = [errors.get(i) for i in range(n)] if errors else None
     return pa.table({
@@ -419,13 +420,6 @@ def run_chunk(pod: FunctionPod, retries: int, chunk: pa.Table) -> pa.Table:
         ATTEMPTS: pa.array(attempts, pa.int64()),
         **_error_columns(error_list, n),
     })
-
-
-def _scatter(values: list, called: list[int], n: int) -> list:
-    full = [None] * n
-    for k, i in enumerate(called):
-        full[i] = values[k]
-    return full
 
 
 def _output_columns(pod: FunctionPod, values: list, errors: dict[int, BaseException]) -> list[list]:
