@@ -1,10 +1,12 @@
 """The cached function pod: a result computed once is never computed again.
 
 Results live in the store table ``results/<function name>/<function hash>``, one row per
-input packet hash (the hash of the packet columns the function reads). Looking results up is
-one vectorised join per batch against the table's key column; only misses are computed. A
+input packet hash (the hash of the packet columns the function reads). A run hashes its input
+once, reads the table's live rows once and joins them in one pass on the hashes' 128 bits held
+as two ``UInt64`` words (joining 32-character strings is several times slower). Only misses
+are computed; they are then looked up again, so the output is what the store holds. A
 function that raises writes no result, only a row in the ``failures`` table, so the next run
-tries that packet again.
+tries that packet again. See ``docs/pods-and-caching.md``.
 
 >>> import orca
 >>> @orca.function_pod(output_keys="z")
@@ -285,7 +287,8 @@ class CachedFunctionPod:
 
     def _output(self, found: pl.DataFrame, tags: tuple[str, ...], system_tags: tuple[str, ...]) -> pl.DataFrame:
         outputs = self.pod.output_keys
-        ref = pl.lit(self.results_table + "#") + pl.Series(result_record_ids(self.identity.hash, found[PACKET_HASH]))
+        hashes = words_digests(found[HI], found[LO]) if HI in found.columns else found[PACKET_HASH]
+        ref = pl.lit(self.results_table + "#") + pl.Series(result_record_ids(self.identity.hash, hashes))
         return found.select(*tags, *system_tags, *outputs, *[ref.alias(source_column(k)) for k in outputs])
 
     def _attach(self, entries: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
@@ -359,6 +362,12 @@ def hash_words(hashes: pl.Series) -> tuple[pl.Series, pl.Series]:
     return pl.Series(HI, words[:, 0].astype(np.uint64)), pl.Series(LO, words[:, 1].astype(np.uint64))
 
 
+def words_digests(hi: pl.Series, lo: pl.Series) -> np.ndarray:
+    """The inverse of :func:`hash_words`: ``(n, 16)`` uint8 digests."""
+    words = np.column_stack([hi.to_numpy(), lo.to_numpy()]).astype(">u8")
+    return words.view(np.uint8).reshape(len(hi), 16)
+
+
 def with_words(frame: pl.DataFrame) -> pl.DataFrame:
     """``frame`` with the words of its ``__packet_hash`` (kept if already there)."""
     return frame if HI in frame.columns else frame.with_columns(hash_words(frame[PACKET_HASH]))
@@ -367,6 +376,8 @@ def with_words(frame: pl.DataFrame) -> pl.DataFrame:
 def first_rows(frame: pl.DataFrame) -> pl.DataFrame:
     """The first row of ``frame`` for each distinct ``__packet_hash``, in order."""
     hi, lo = (frame[HI], frame[LO]) if HI in frame.columns else hash_words(frame[PACKET_HASH])
+    if hi.n_unique() == frame.height:  # all distinct already (the usual first run): cheapest check
+        return frame
     order = hi.arg_sort()
     h, low = hi.gather(order), lo.gather(order)
     if ((h == h.shift(1)) & (low != low.shift(1))).any():  # two packets share 64 bits: use all 128

@@ -491,16 +491,18 @@ def _compute_uncached(pod: FunctionPod, stream: Stream) -> pl.DataFrame:
     return result
 
 
-def result_record_ids(function_hash: str, packet_hashes: pa.Array | pl.Series) -> pa.Array:
+def result_record_ids(function_hash: str, packet_hashes: pa.Array | pl.Series | np.ndarray) -> pa.Array:
     """Record id of each result row: the 128-bit XOR of function hash and input packet hash, in hex.
 
     Unique within a result table (a fixed XOR is a bijection) and, like a hash, across tables;
-    computed in one vectorised pass.
+    computed in one vectorised pass. ``packet_hashes`` may also be given as an ``(n, 16)``
+    uint8 array of digests (see :func:`hex_digests`).
 
     >>> result_record_ids("0" * 31 + "1", pa.array(["f" * 32])).to_pylist()
     ['fffffffffffffffffffffffffffffffe']
     """
-    digests = hex_digests(packet_hashes) ^ hex_digests(pa.array([function_hash]))
+    packets = packet_hashes if isinstance(packet_hashes, np.ndarray) else hex_digests(packet_hashes)
+    digests = packets ^ hex_digests(pa.array([function_hash]))
     return digests_hex(digests)
 
 

@@ -312,3 +312,32 @@ def test_paths_hash_by_content(tmp_path, store):
     rows = [{"id": i, "p": tmp_path / name} for i, name in enumerate(["a.txt", "b.txt", "c.txt"])]
     out = size.pod.cached(store)(orca.DictSource(rows, tags=["id"], source_id="files")).to_polars()
     assert out["n"].to_list() == [5, 5, 5] and sorted(calls) == ["a.txt", "c.txt"]
+
+
+def test_long_runs_skip_packets_other_processes_committed_meanwhile(tmp_path, monkeypatch):
+    """Between batches (every RECHECK_SECONDS) the work drops packets another writer committed."""
+    import orca.cache
+
+    monkeypatch.setattr(orca.cache, "RECHECK_SECONDS", 0.0)
+    path = tmp_path / "store"
+    other = orca.DeltaStore(path)  # another process's view of the same store
+    calls = []
+
+    @orca.function_pod(output_keys="z")
+    def double(x: int) -> int:
+        calls.append(x)
+        if x == 0:  # while we compute packet 0, someone else finishes packets 4 and 5
+            for y in (4, 5):
+                row = result_row(double, orca.hash_packet({"x": y}), 2 * y, "other")
+                other.append(double.pod.results_table, row, key=[PACKET_HASH])
+            other.flush()
+        return 2 * x
+
+    cached = double.pod.cached(orca.DeltaStore(path))
+    stream = src(6)
+    frame = stream.to_polars(include_system=True)
+    entries = frame.with_columns(cached.hash_inputs(frame, frozenset()))
+    ctx = orca.cache.RunContext("run-1", orca.InProcessExecutor(initial_chunk_rows=2), batch_rows=2)
+    orca.cache.run_and_commit(cached.store, cached.compute(entries, None, ctx, frozenset()))
+    assert calls == [0, 1, 2, 3]
+    assert cached(stream).to_polars()["z"].to_list() == [0, 2, 4, 6, 8, 10] and calls == [0, 1, 2, 3]
