@@ -341,3 +341,16 @@ def test_long_runs_skip_packets_other_processes_committed_meanwhile(tmp_path, mo
     orca.cache.run_and_commit(cached.store, cached.compute(entries, None, ctx, frozenset()))
     assert calls == [0, 1, 2, 3]
     assert cached(stream).to_polars()["z"].to_list() == [0, 2, 4, 6, 8, 10] and calls == [0, 1, 2, 3]
+
+
+def test_several_outputs_and_an_output_named_like_its_input(store):
+    @orca.function_pod(output_keys=["x", "label"])
+    def describe(x: int) -> tuple[float, str]:
+        return x / 2, f"#{x}"
+
+    stream = src(3)
+    out = describe.pod.cached(store)(stream).to_polars(include_system=True)
+    assert out.equals(describe.pod(stream).to_polars(include_system=True))
+    assert out.select("id", "x", "label").rows() == [(0, 0.0, "#0"), (1, 0.5, "#1"), (2, 1.0, "#2")]
+    assert out["__source__x"].equals(out["__source__label"], check_names=False)
+    assert describe.pod.cached(store)(stream).to_polars(include_system=True).equals(out)
