@@ -91,22 +91,25 @@ def slow(chunk: pa.Table) -> pa.Table:
 
 
 def child_pids() -> set[int]:
-    """Descendants of this process (forkserver workers are grandchildren), from /proc."""
+    """Live multiprocessing descendants of this process (spawn workers, the fork server and
+    the workers it forks), from /proc. Ray's processes are left out: Ray starts and stops
+    idle workers on its own."""
     parents = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
             fields = stat.rsplit(")", 1)[1].split()
             if fields[0] != "Z":
-                parents[int(entry.name)] = int(fields[1])
+                parents[int(entry.name)] = (int(fields[1]), b"multiprocessing" in cmdline)
     found, frontier = set(), {os.getpid()}
     while frontier:
-        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - found
+        frontier = {pid for pid, (ppid, _) in parents.items() if ppid in frontier} - found
         found |= frontier
-    return found
+    return {pid for pid in found if parents[pid][1]}
 
 
 def pool_threads() -> list[threading.Thread]:
