@@ -1,6 +1,6 @@
 """Two-node pipeline with provenance, and executors on a CPU-bound pure-Python function.
 
-Run: ``python benchmarks/bench_pipeline.py [--rows 1000000] [--cpu-rows 2000]``.
+Run: ``python benchmarks/bench_pipeline.py [--rows 1000000] [--cpu-rows 8000]``.
 
 Scenarios, each in a fresh process on a fresh (or the previous) Delta store:
 
@@ -93,7 +93,7 @@ def run_fresh(name: str, store_path: str, n: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--cpu-rows", type=int, default=2_000)
+    parser.add_argument("--cpu-rows", type=int, default=8_000)
     parser.add_argument("--child", nargs=3)
     args = parser.parse_args()
     if args.child:

@@ -30,12 +30,14 @@ Counts(cached=2, computed=0, failed=0)
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import polars as pl
 
 from orca.cache import (
+    HIT,
     PACKET_HASH,
     RECORD_ID,
     CachedFunctionPod,
@@ -56,6 +58,9 @@ __all__ = ["FunctionNode", "ENTRY_ID", "shard_filter"]
 
 ENTRY_ID = "__entry_id"
 SYSTEM_TAGS = "__system_tags"
+KNOWN = "__known"
+PROVENANCE_BATCH = 100_000  # computed entries per provenance append ...
+PROVENANCE_SECONDS = 1.0  # ... or seconds, whichever comes first (progress stays fresh)
 _LABEL_OK = re.compile(r"^[A-Za-z0-9_\-.]+$")
 
 
@@ -106,6 +111,7 @@ class FunctionNode:
         self.input = input_stream
         self.pipeline = pipeline
         self._entries: pl.DataFrame | None = None  # the input as hashed by the latest run
+        self._latest: pl.DataFrame | None = None  # its status, when that run changed nothing
         self.identity = hash_bytes(f"node\x00{self.pod.identity.hash}\x00{input_stream.identity}".encode())
         self.output = Stream(
             self._current_output,
@@ -138,18 +144,22 @@ class FunctionNode:
             pl.lit(self.identity).alias("__node")).to_arrow()
         return frame.with_columns(pl.Series(ENTRY_ID, hash_packets(id_table)))
 
-    def _known(self, entries: pl.DataFrame, missing: pl.Series | None = None) -> pl.Series:
-        """Boolean mask: entries with a live provenance row whose result is live too.
+    def _status(self, entries: pl.DataFrame) -> pl.DataFrame:
+        """Tags, system tags, ids and outputs of ``entries`` (in order), with ``__hit`` (the
+        packet has a live result) and ``__known`` (the entry is done).
 
-        (An entry whose result was invalidated -- e.g. through another entry with the same
-        packet -- counts as novel again.)
+        An entry is done when it has a live provenance row *and* a live result (an entry whose
+        result was invalidated -- e.g. through another entry with the same packet -- is novel
+        again). Both are joins, never ``is_in`` on a large list.
         """
-        known = self.store.keys(self.provenance_table)
-        if known is None or known.len() == 0:
-            return pl.Series([False] * entries.height)
-        if missing is None:
-            missing = self.cached.missing(entries[PACKET_HASH])
-        return entries[ENTRY_ID].is_in(known.cast(pl.String).implode()) & ~entries[PACKET_HASH].is_in(missing.implode())
+        keys = [*self.input.tag_columns, *self.input.system_tag_columns, ENTRY_ID, PACKET_HASH]
+        found = self.cached._attach(entries.select(keys), list(self.pod.output_keys))
+        recorded = self.store.keys(self.provenance_table)
+        if recorded is None or recorded.len() == 0:
+            return found.with_columns(pl.lit(False).alias(KNOWN))
+        recorded = recorded.cast(pl.String).alias(ENTRY_ID).to_frame().with_columns(pl.lit(True).alias(KNOWN))
+        found = found.join(recorded, on=ENTRY_ID, how="left", maintain_order="left")
+        return found.with_columns((pl.col(KNOWN).fill_null(False) & pl.col(HIT).is_not_null()).alias(KNOWN))
 
     # -- running ----------------------------------------------------------------------------
     def run(self, *, executor: Executor | None = None, on_error: str | None = None, retries: int | None = None,
@@ -157,30 +167,30 @@ class FunctionNode:
             progress: Callable[[Counts], None] | None = None, total: Callable[[int, int], None] | None = None) -> Counts:
         """Bring this node up to date; returns what was served from the store, computed and failed.
 
-        ``progress`` is called with the running counts after each chunk; ``total`` once with
+        ``progress`` is called with the running counts as work completes; ``total`` once with
         (entries in this run, entries already done).
         """
         cached = self.cached.with_options(**{k: v for k, v in dict(
             executor=executor, on_error=on_error, retries=retries).items() if v is not None})
         ctx = RunContext(run_id or new_run_id(), cached.executor, cached.on_error, cached.retries, node=self.label)
-        counts = Counts()
         self._entries = entries = self.entries()
-        missing = cached.missing(entries[PACKET_HASH])
-        known = self._known(entries, missing)
-        novel = entries.filter(~known).filter(shard_filter(shard))
-        counts.cached = int(known.sum())
+        status = self._status(entries)
+        self._latest = None
+        novel = entries.with_columns(status[HIT], status[KNOWN]).filter(~pl.col(KNOWN) & shard_filter(shard))
+        counts = Counts(cached=int(status[KNOWN].sum()))
         if total is not None:
-            total(int(known.sum()) + novel.height, counts.cached)
-        missing = novel.join(missing.to_frame(PACKET_HASH), on=PACKET_HASH, how="semi")[PACKET_HASH].unique()
-        run_and_commit(self.store, self._phase2(cached, novel, missing, ctx, counts),
+            total(counts.cached + novel.height, counts.cached)
+        run_and_commit(self.store, self._phase2(cached, novel, ctx, counts),
                        on_step=(lambda _: progress(counts)) if progress else None)
+        if novel.height == 0:  # nothing changed: the output is what the status already holds
+            self._latest = status
         return counts
 
-    def _phase2(self, cached: CachedFunctionPod, novel: pl.DataFrame, missing: pl.Series, ctx: RunContext,
+    def _phase2(self, cached: CachedFunctionPod, novel: pl.DataFrame, ctx: RunContext,
                 counts: Counts) -> Iterator[None]:
         if novel.height == 0:
             return
-        hits = novel.join(missing.to_frame(PACKET_HASH), on=PACKET_HASH, how="anti")
+        hits = novel.filter(pl.col(HIT).is_not_null())
         if hits.height:
             self._append_provenance(hits, ctx)
             # Commit now so the provenance buffer is empty when results start to pend: every
@@ -188,18 +198,35 @@ class FunctionNode:
             self.store.flush()
             counts.cached += hits.height
             yield
-        todo = novel.join(missing.to_frame(PACKET_HASH), on=PACKET_HASH, how="semi")
+        todo = novel.filter(pl.col(HIT).is_null())
         tags = self.input.tag_columns
-        for done, failed in cached.compute(todo, missing, ctx, self.input.path_columns):
-            finished = todo.join(done.to_frame(PACKET_HASH), on=PACKET_HASH, how="semi")
-            self._append_provenance(finished, ctx)
-            counts.computed += finished.height
+        done: list[pl.Series] = []
+        pending, last = 0, time.monotonic()
+        for computed, failed in cached.compute(todo, None, ctx, self.input.path_columns):
+            done.append(computed)
+            pending += computed.len()
+            # Provenance for computed packets is appended (after their results) in batches:
+            # matching packets back to entries is a join over all of `todo`, too dear per chunk.
+            if pending >= PROVENANCE_BATCH or time.monotonic() - last >= PROVENANCE_SECONDS:
+                counts.computed += self._record_computed(todo, done, ctx)
+                done, pending, last = [], 0, time.monotonic()
             if failed.height:
                 cached.record_failures(failed, todo, tags, ctx)
                 counts.failed += todo.join(failed.select(PACKET_HASH), on=PACKET_HASH, how="semi").height
                 if ctx.on_error == "raise":
+                    counts.computed += self._record_computed(todo, done, ctx)
                     raise cached.fail(failed, todo, tags)
             yield
+        counts.computed += self._record_computed(todo, done, ctx)
+
+    def _record_computed(self, todo: pl.DataFrame, done: list[pl.Series], ctx: RunContext) -> int:
+        """Append provenance for the entries of ``todo`` whose packets are in ``done``."""
+        if not done:
+            return 0
+        hashes = pl.concat(done).cast(pl.String).alias(PACKET_HASH).to_frame()
+        finished = todo.join(hashes, on=PACKET_HASH, how="semi")
+        self._append_provenance(finished, ctx)
+        return finished.height
 
     def _append_provenance(self, rows: pl.DataFrame, ctx: RunContext) -> None:
         if rows.height == 0:
@@ -220,7 +247,7 @@ class FunctionNode:
     def __iter__(self) -> Iterator[tuple[Mapping[str, Any], Mapping[str, Any]]]:
         """Two-phase iteration: rows already computed for this input at once, then the novel ones."""
         entries = self.entries()
-        known = self._known(entries)
+        known = self._status(entries)[KNOWN]
         yield from _rows(self._output_for(entries.filter(known)), self.input.tag_columns, self.pod)
         self.run()
         yield from _rows(self._output_for(entries.filter(~known)), self.input.tag_columns, self.pod)
@@ -235,8 +262,11 @@ class FunctionNode:
         return self.cached.output_frame(entries, self.input.tag_columns, self.input.system_tag_columns)
 
     def _current_output(self) -> pl.DataFrame:
-        # Reuse the entries hashed by the latest run: within a pipeline run, downstream nodes
-        # read this output right after this node ran, and hashing 1M rows twice is not free.
+        # Reuse what the latest run hashed and looked up: within a pipeline run, downstream
+        # nodes read this output right after this node ran, and redoing it is not free.
+        if self._latest is not None:
+            known = self._latest.filter(pl.col(KNOWN))
+            return self.cached._output(known, self.input.tag_columns, self.input.system_tag_columns)
         entries = self._entries if self._entries is not None else self.entries()
         return self._output_for(entries)
 
