@@ -202,22 +202,23 @@ class FunctionNode:
         tags = self.input.tag_columns
         done: list[pl.Series] = []
         pending, last = 0, time.monotonic()
-        for computed, failed in cached.compute(todo, None, ctx, self.input.path_columns):
-            done.append(computed)
-            pending += computed.len()
-            # Provenance for computed packets is appended (after their results) in batches:
-            # matching packets back to entries is a join over all of `todo`, too dear per chunk.
-            if pending >= PROVENANCE_BATCH or time.monotonic() - last >= PROVENANCE_SECONDS:
-                counts.computed += self._record_computed(todo, done, ctx)
-                done, pending, last = [], 0, time.monotonic()
-            if failed.height:
-                cached.record_failures(failed, todo, tags, ctx)
-                counts.failed += todo.join(failed.select(PACKET_HASH), on=PACKET_HASH, how="semi").height
-                if ctx.on_error == "raise":
+        try:
+            for computed, failed in cached.compute(todo, None, ctx, self.input.path_columns):
+                done.append(computed)
+                pending += computed.len()
+                # Provenance for computed packets is appended (after their results) in batches:
+                # matching packets back to entries is a join over all of `todo`, too dear per chunk.
+                if pending >= PROVENANCE_BATCH or time.monotonic() - last >= PROVENANCE_SECONDS:
                     counts.computed += self._record_computed(todo, done, ctx)
-                    raise cached.fail(failed, todo, tags)
-            yield
-        counts.computed += self._record_computed(todo, done, ctx)
+                    done, pending, last = [], 0, time.monotonic()
+                if failed.height:
+                    cached.record_failures(failed, todo, tags, ctx)
+                    counts.failed += todo.join(failed.select(PACKET_HASH), on=PACKET_HASH, how="semi").height
+                    if ctx.on_error == "raise":
+                        raise cached.fail(failed, todo, tags)
+                yield
+        finally:  # also on error and Ctrl-C: every appended result gets its provenance row
+            counts.computed += self._record_computed(todo, done, ctx)
 
     def _record_computed(self, todo: pl.DataFrame, done: list[pl.Series], ctx: RunContext) -> int:
         """Append provenance for the entries of ``todo`` whose packets are in ``done``."""
