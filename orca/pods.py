@@ -44,6 +44,7 @@ import pyarrow.compute as pc
 
 from orca import _context
 from orca.errors import PodError, SchemaError
+from orca.executors import run_async_rows
 from orca.hashing import PATH_METADATA, hash_bytes, hash_packets
 from orca.streams import Stream, source_column
 from orca.types import arrow_field, is_optional, strip_optional, to_arrow_array, to_python
@@ -339,27 +340,26 @@ def _call_sync(pod: FunctionPod, calls: list[tuple], retries: int) -> tuple[list
 
 
 def _call_async(pod: FunctionPod, calls: list[tuple], retries: int) -> tuple[list, dict, dict, np.ndarray]:
-    """Like :func:`_call_sync` for a coroutine function: up to ``ASYNC_CONCURRENCY`` at once."""
+    """Like :func:`_call_sync` for a coroutine function: up to ``ASYNC_CONCURRENCY`` at once.
+
+    Runs on :func:`orca.executors.run_async_rows`, which also works where an event loop is
+    already running (a Jupyter cell).
+    """
     names = list(pod.parameters)
 
-    async def one(args: tuple, gate: asyncio.Semaphore) -> tuple[Any, BaseException | None, int, float]:
-        async with gate:
-            start, error = time.perf_counter(), None
-            for attempt in range(retries + 1):
-                if attempt:
-                    await asyncio.sleep(_backoff(attempt))
-                try:
-                    value = await pod.function(**dict(zip(names, args, strict=True)))
-                    return value, None, attempt + 1, time.perf_counter() - start
-                except Exception as exc:  # noqa: BLE001
-                    error = exc
-            return None, error, retries + 1, time.perf_counter() - start
+    async def one(args: tuple) -> tuple[Any, BaseException | None, int, float]:
+        start, error = time.perf_counter(), None
+        for attempt in range(retries + 1):
+            if attempt:
+                await asyncio.sleep(_backoff(attempt))
+            try:
+                value = await pod.function(**dict(zip(names, args, strict=True)))
+                return value, None, attempt + 1, time.perf_counter() - start
+            except Exception as exc:  # noqa: BLE001 - the user's function may raise anything
+                error = exc
+        return None, error, retries + 1, time.perf_counter() - start
 
-    async def main() -> list[tuple]:
-        gate = asyncio.Semaphore(ASYNC_CONCURRENCY)
-        return await asyncio.gather(*(one(a, gate) for a in calls))
-
-    done = asyncio.run(main())
+    done = run_async_rows(one, calls, max_concurrency=ASYNC_CONCURRENCY)
     errors = {k: d[1] for k, d in enumerate(done) if d[1] is not None}
     attempts = {k: d[2] for k, d in enumerate(done) if d[2] != 1}
     return [d[0] for d in done], errors, attempts, np.array([d[3] for d in done], np.float64)

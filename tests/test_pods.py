@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import textwrap
+import time
 from typing import TypedDict
 
 import polars as pl
@@ -219,3 +220,22 @@ def test_name_names_the_results_table():
         return x
 
     assert f.pod.results_table == f"results/renamed/{f.pod.identity.hash}"
+
+
+def test_async_pod_runs_concurrently_inside_a_running_event_loop():
+    """As in a Jupyter cell: an event loop is already running in this thread."""
+    import asyncio
+
+    @orca.function_pod(output_keys="y")
+    async def slow_inc(x: int) -> int:
+        await asyncio.sleep(0.2)
+        return x + 1
+
+    src = orca.DictSource([{"k": i, "x": i} for i in range(40)], tags=["k"], source_id="a")
+
+    async def cell() -> list[int]:
+        return slow_inc.pod(src).to_polars()["y"].to_list()
+
+    start = time.perf_counter()
+    assert asyncio.run(cell()) == list(range(1, 41))
+    assert time.perf_counter() - start < 40 * 0.2 / 2  # concurrent, not one after another
