@@ -188,7 +188,7 @@ class CachedFunctionPod:
 
     def missing(self, packet_hashes: pl.Series) -> pl.Series:
         """The distinct packet hashes among ``packet_hashes`` with no live result yet (first-seen order)."""
-        found = self._attach(packet_hashes.alias(PACKET_HASH).cast(pl.String).to_frame(), [])
+        found = self.attach_results(packet_hashes.alias(PACKET_HASH).cast(pl.String).to_frame(), [])
         return first_rows(found.filter(pl.col(HIT).is_null()))[PACKET_HASH]
 
     def compute(self, entries: pl.DataFrame, todo: pl.Series | None, ctx: RunContext,
@@ -282,16 +282,17 @@ class CachedFunctionPod:
 
     def output_frame(self, entries: pl.DataFrame, tags: tuple[str, ...], system_tags: tuple[str, ...]) -> pl.DataFrame:
         """Tags + outputs + source info for every entry whose packet has a live result (input order)."""
-        found = self._attach(entries.select(*tags, *system_tags, PACKET_HASH), list(self.pod.output_keys))
-        return self._output(found.filter(pl.col(HIT)), tags, system_tags)
+        found = self.attach_results(entries.select(*tags, *system_tags, PACKET_HASH), list(self.pod.output_keys))
+        return self.output_rows(found.filter(pl.col(HIT)), tags, system_tags)
 
-    def _output(self, found: pl.DataFrame, tags: tuple[str, ...], system_tags: tuple[str, ...]) -> pl.DataFrame:
+    def output_rows(self, found: pl.DataFrame, tags: tuple[str, ...], system_tags: tuple[str, ...]) -> pl.DataFrame:
+        """Rows of :meth:`attach_results` that hit, as the output stream's columns (source refs added)."""
         outputs = self.pod.output_keys
         hashes = words_digests(found[HI], found[LO]) if HI in found.columns else found[PACKET_HASH]
         ref = pl.lit(self.results_table + "#") + pl.Series(result_record_ids(self.identity.hash, hashes))
         return found.select(*tags, *system_tags, *outputs, *[ref.alias(source_column(k)) for k in outputs])
 
-    def _attach(self, entries: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+    def attach_results(self, entries: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
         """``entries`` plus ``columns`` of each one's live result and ``__hit`` (null: none), in order.
 
         One join on the first 64 bits of the packet hash (much cheaper than joining 32-character
@@ -336,16 +337,16 @@ class CachedFunctionPod:
         entries = with_words(frame.with_columns(self.hash_inputs(frame, stream.path_columns)))
         outputs = list(self.pod.output_keys)
         keys = [*tags, *system_tags, PACKET_HASH, HI, LO]  # (an output may share a parameter's name)
-        found = self._attach(entries.select(keys), outputs)
+        found = self.attach_results(entries.select(keys), outputs)
         missed = found[HIT].is_null()
         if missed.any():  # compute the misses, then read back what the store now holds for them
             ctx = RunContext(new_run_id(), self.executor, self.on_error, self.retries)
             run_and_commit(self.store, self._work(entries.filter(missed), tags, stream.path_columns, ctx))
             found = found.with_row_index(INDEX)
-            fresh = self._attach(found.filter(missed).select(INDEX, *keys), outputs)
+            fresh = self.attach_results(found.filter(missed).select(INDEX, *keys), outputs)
             found = pl.concat([found.filter(~missed), fresh.select(found.columns)], how="vertical_relaxed")
             found = found.filter(pl.col(HIT)).sort(INDEX)
-        return self._output(found.filter(pl.col(HIT)), tags, system_tags)
+        return self.output_rows(found.filter(pl.col(HIT)), tags, system_tags)
 
     def _work(self, todo: pl.DataFrame, tags: tuple[str, ...], path_columns: frozenset[str],
               ctx: RunContext) -> Iterator[None]:

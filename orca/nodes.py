@@ -153,7 +153,7 @@ class FunctionNode:
         again). Both are joins, never ``is_in`` on a large list.
         """
         keys = [*self.input.tag_columns, *self.input.system_tag_columns, ENTRY_ID, PACKET_HASH]
-        found = self.cached._attach(entries.select(keys), list(self.pod.output_keys))
+        found = self.cached.attach_results(entries.select(keys), list(self.pod.output_keys))
         recorded = self.store.keys(self.provenance_table)
         if recorded is None or recorded.len() == 0:
             return found.with_columns(pl.lit(False).alias(KNOWN))
@@ -267,7 +267,7 @@ class FunctionNode:
         # nodes read this output right after this node ran, and redoing it is not free.
         if self._latest is not None:
             known = self._latest.filter(pl.col(KNOWN))
-            return self.cached._output(known, self.input.tag_columns, self.input.system_tag_columns)
+            return self.cached.output_rows(known, self.input.tag_columns, self.input.system_tag_columns)
         entries = self._entries if self._entries is not None else self.entries()
         return self._output_for(entries)
 
@@ -301,6 +301,7 @@ class FunctionNode:
         prov = self.store.lookup(self.provenance_table, entries[ENTRY_ID])
         if prov.height == 0:
             return 0
+        self._latest = None  # the output changes
         self.store.invalidate(self.cached.results_table, prov[PACKET_HASH].unique())
         return self.store.invalidate(self.provenance_table, prov[ENTRY_ID])
 

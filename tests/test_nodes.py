@@ -187,3 +187,13 @@ def test_len_and_iteration(store):
     assert len(node) == 0
     assert sorted(p["y"] for _, p in node) == [1, 2, 3]
     assert len(node) == 3
+
+
+def test_output_drops_invalidated_entries_until_rerun(store):
+    node = orca.FunctionNode(inc.pod, source([{"k": i, "x": i} for i in range(3)]), store=store, pipeline="p")
+    node.run()
+    node.run()  # an unchanged run: the node may serve its output from what it just looked up
+    node.invalidate(pl.col("k") == 0)
+    assert sorted(node.results().collect()["k"].to_list()) == [1, 2]
+    node.run()
+    assert sorted(node.results().collect()["k"].to_list()) == [0, 1, 2]
