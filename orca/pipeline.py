@@ -234,6 +234,7 @@ class Pipeline:
         def total(n: int, done: int) -> None:
             bar.reset(total=n)
             bar.update(done)
+            bar.set_postfix(cached=done, computed=0, failed=0)
             log.event("node_started", "running", node=node.label, counts=Counts(cached=done), total=n)
 
         def update(c: Counts) -> None:
