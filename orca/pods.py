@@ -45,7 +45,7 @@ import pyarrow.compute as pc
 from orca import _context
 from orca.errors import PodError, SchemaError
 from orca.executors import run_async_rows
-from orca.hashing import PATH_METADATA, hash_bytes, hash_packets
+from orca.hashing import PATH_METADATA, hash_bytes, hash_packets, is_path_field
 from orca.streams import Stream, source_column
 from orca.types import arrow_field, is_optional, strip_optional, to_arrow_array, to_python
 
@@ -174,7 +174,7 @@ class FunctionPod:
         except SchemaError as exc:
             raise PodError(f"function {self.name!r}: {exc}") from exc
 
-        schema_text = json.dumps([[f.name, str(f.type), f.nullable, _is_path(f)] for f in self.output_fields])
+        schema_text = json.dumps([[f.name, str(f.type), f.nullable, is_path_field(f)] for f in self.output_fields])
         code = hash_bytes(_normalised_source(function).encode()) if code_hash else None
         identity = json.dumps({"name": self.name, "version": self.version, "code": code, "outputs": schema_text},
                               sort_keys=True)
@@ -207,7 +207,7 @@ class FunctionPod:
     @property
     def path_outputs(self) -> list[str]:
         """Output keys declared as ``pathlib.Path``."""
-        return [f.name for f in self.output_fields if _is_path(f)]
+        return [f.name for f in self.output_fields if is_path_field(f)]
 
     def stream_identity(self, stream: Stream) -> str:
         """Identity of this pod's output over ``stream`` (structural, like every stream identity)."""
@@ -242,10 +242,6 @@ class FunctionPod:
         from orca.cache import CachedFunctionPod  # cache sits above pods; avoid an import cycle
 
         return CachedFunctionPod(self, store=store, **options)
-
-
-def _is_path(field: pa.Field) -> bool:
-    return bool(field.metadata) and field.metadata.get(b"orca.type") == b"path"
 
 
 def function_pod(
@@ -375,7 +371,7 @@ def _arguments(pod: FunctionPod, chunk: pa.Table) -> tuple[list[tuple], dict[int
             columns.append([pod.defaults[name]] * n)
             continue
         column = chunk.column(name)
-        columns.append(to_python(column, annotation, path=_is_path(pod.input_fields[name])))
+        columns.append(to_python(column, annotation, path=is_path_field(pod.input_fields[name])))
         if column.null_count and not is_optional(annotation):
             hint = getattr(strip_optional(annotation), "__name__", annotation)
             for i in pl.Series(column).is_null().arg_true().to_list():
