@@ -68,6 +68,7 @@ RESULT_LO = "__result_lo"
 INDEX = "__index"
 POSITION = "__position"
 OnError = Literal["raise", "continue"]
+_NO_FAILURES = pl.DataFrame(schema={PACKET_HASH: pl.String})
 
 
 def new_run_id() -> str:
@@ -192,14 +193,15 @@ class CachedFunctionPod:
         return first_rows(found.filter(pl.col(HIT).is_null()))[PACKET_HASH]
 
     def compute(self, entries: pl.DataFrame, todo: pl.Series | None, ctx: RunContext,
-                path_columns: frozenset[str]) -> Iterator[tuple[pl.Series, pl.DataFrame]]:
+                path_columns: frozenset[str]) -> Iterator[tuple[pl.Series, pl.DataFrame, bool]]:
         """Compute the packets ``todo`` (hashes; None: all) found in ``entries``; append their results.
 
-        Works in batches of ``ctx.batch_rows`` packets; before a batch, if ``RECHECK_SECONDS``
-        have passed since the last look, results other processes committed meanwhile are
-        dropped from the work. Yields, per completed chunk, ``(packet hashes computed, failed
-        rows)`` *after* appending the chunk's results, so callers can append rows that point at
-        them (provenance) in the right order.
+        Works in batches of ``ctx.batch_rows`` packets. Yields, per completed chunk,
+        ``(packet hashes done, failed rows, False)`` *after* appending the chunk's results, so
+        callers can append rows that point at them (provenance) in the right order. Before a
+        batch, if ``RECHECK_SECONDS`` have passed since the last look, packets whose results
+        other processes committed meanwhile are skipped and yielded as ``(hashes, no
+        failures, True)``: done, but served from the store.
         """
         packets = with_words(first_rows(entries))
         if todo is not None:  # (a 64-bit collision can only add work: computed twice, recorded once)
@@ -209,7 +211,11 @@ class CachedFunctionPod:
         for start in range(0, packets.height, ctx.batch_rows):
             batch = packets.slice(start, ctx.batch_rows)
             if start and time.monotonic() - checked >= RECHECK_SECONDS:
-                batch = batch.join(self.missing(batch[PACKET_HASH]).to_frame(), on=PACKET_HASH, how="semi")
+                still = self.missing(batch[PACKET_HASH]).to_frame()
+                served = batch.join(still, on=PACKET_HASH, how="anti")[PACKET_HASH]
+                if served.len():
+                    yield served, _NO_FAILURES, True
+                batch = batch.join(still, on=PACKET_HASH, how="semi")
                 checked = time.monotonic()
             table = input_packets(self.pod, batch, path_columns)
             table = table.append_column(ROW, pa.array(np.arange(batch.height, dtype=np.int64)))
@@ -218,7 +224,7 @@ class CachedFunctionPod:
             chunks = ctx.executor.map_chunks(fn, table)
             try:
                 for out in chunks:
-                    yield self._store_chunk(out, keys, ctx)
+                    yield *self._store_chunk(out, keys, ctx), False
             finally:
                 chunks.close()
 
@@ -350,7 +356,7 @@ class CachedFunctionPod:
 
     def _work(self, todo: pl.DataFrame, tags: tuple[str, ...], path_columns: frozenset[str],
               ctx: RunContext) -> Iterator[None]:
-        for _, failed in self.compute(todo, None, ctx, path_columns):
+        for _, failed, _ in self.compute(todo, None, ctx, path_columns):
             self.record_failures(failed, todo, tags, ctx)
             if failed.height and ctx.on_error == "raise":
                 raise self.fail(failed, todo, tags)

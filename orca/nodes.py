@@ -59,19 +59,20 @@ __all__ = ["FunctionNode", "ENTRY_ID", "shard_filter"]
 ENTRY_ID = "__entry_id"
 SYSTEM_TAGS = "__system_tags"
 KNOWN = "__known"
+SHARD_KEY = "__shard_key"
 PROVENANCE_BATCH = 100_000  # computed entries per provenance append ...
 PROVENANCE_SECONDS = 1.0  # ... or seconds, whichever comes first (progress stays fresh)
 _LABEL_OK = re.compile(r"^[A-Za-z0-9_\-.]+$")
 
 
-def shard_filter(shard: tuple[int, int] | None) -> pl.Expr:
-    """Entries of shard ``i`` of ``n``: the first 8 hex digits of the entry id, modulo ``n``."""
+def shard_filter(shard: tuple[int, int] | None, column: str = SHARD_KEY) -> pl.Expr:
+    """Rows of shard ``i`` of ``n``: the first 8 hex digits of ``column`` (a hash), modulo ``n``."""
     if shard is None:
         return pl.lit(True)
     i, n = shard
     if not (isinstance(n, int) and isinstance(i, int) and n >= 1 and 0 <= i < n):
         raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard!r}")
-    return pl.col(ENTRY_ID).str.slice(0, 8).str.to_integer(base=16) % n == i
+    return pl.col(column).str.slice(0, 8).str.to_integer(base=16) % n == i
 
 
 class FunctionNode:
@@ -176,7 +177,12 @@ class FunctionNode:
         self._entries = entries = self.entries()
         status = self._status(entries)
         self._latest = None
-        novel = entries.with_columns(status[HIT], status[KNOWN]).filter(~pl.col(KNOWN) & shard_filter(shard))
+        novel = entries.with_columns(status[HIT], status[KNOWN]).filter(~pl.col(KNOWN))
+        if shard is not None:
+            # Shard by tags + system tags, which pods pass through unchanged: a row falls in the
+            # same shard in every node of a chain, so each shard finds its upstream rows done.
+            key = hash_packets(novel.select(*self.input.tag_columns, *self.input.system_tag_columns).to_arrow())
+            novel = novel.with_columns(pl.Series(SHARD_KEY, key)).filter(shard_filter(shard)).drop(SHARD_KEY)
         counts = Counts(cached=int(status[KNOWN].sum()))
         if total is not None:
             total(counts.cached + novel.height, counts.cached)
@@ -203,7 +209,11 @@ class FunctionNode:
         done: list[pl.Series] = []
         pending, last = 0, time.monotonic()
         try:
-            for computed, failed in cached.compute(todo, None, ctx, self.input.path_columns):
+            for computed, failed, served in cached.compute(todo, None, ctx, self.input.path_columns):
+                if served:  # another process committed these results meanwhile: only provenance
+                    counts.cached += self._record_computed(todo, [computed], ctx)
+                    yield
+                    continue
                 done.append(computed)
                 pending += computed.len()
                 # Provenance for computed packets is appended (after their results) in batches:

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from orca import _context
 from orca.cache import FAILURES, CachedFunctionPod, Counts, check_on_error, new_run_id, utc_now
-from orca.errors import OrcaError
+from orca.errors import ExecutorError, OrcaError
 from orca.executors import Executor
 from orca.nodes import FunctionNode, shard_filter
 from orca.pods import FunctionPod
@@ -175,7 +175,9 @@ class Pipeline:
     def record(self, producer: Any, inputs: tuple[Stream, ...], output: Stream) -> Stream:
         """Called by pods and operators applied inside ``with pipeline:``; returns the stream to use."""
         if isinstance(producer, FunctionPod | CachedFunctionPod):
-            pod = producer if isinstance(producer, CachedFunctionPod) else producer.cached(self.store)
+            # Everything a pipeline records lives in its store; a cached pod keeps its other options.
+            pod = (producer.with_options(store=self.store) if isinstance(producer, CachedFunctionPod)
+                   else producer.cached(self.store))
             node = FunctionNode(pod, inputs[0], pipeline=self.name, label=self._label(pod.pod.name))
             self.nodes[node.label] = node
             return node.output
@@ -195,13 +197,16 @@ class Pipeline:
         return handle
 
     # -- running -------------------------------------------------------------------------------
-    def run(self, executor: Executor | None = None, *, on_error: Literal["raise", "continue"] = "raise",
-            retries: int = 0, progress: bool = True, shard: tuple[int, int] | None = None,
+    def run(self, executor: Executor | None = None, *, on_error: Literal["raise", "continue"] | None = None,
+            retries: int | None = None, progress: bool = True, shard: tuple[int, int] | None = None,
             run_id: str | None = None) -> RunResult:
         """Run every function node in dependency order, each in two phases.
 
-        ``shard=(i, n)`` computes only the novel entries in shard ``i`` of ``n`` (by entry id),
-        so ``n`` independent processes split one run. A run that fails with ``on_error="raise"``
+        ``on_error`` (``"raise"`` or ``"continue"``) and ``retries`` override, for this run, what
+        each node's pod was given (default ``"raise"`` and 0).
+
+        ``shard=(i, n)`` computes only the novel entries in shard ``i`` of ``n`` (by a hash of
+        tags and system tags), so ``n`` independent processes split one run. A run that fails with ``on_error="raise"``
         commits what succeeded and raises; Ctrl-C commits what finished and re-raises.
 
         To poll a run from elsewhere before it ends, make its id first and hand out the handle::
@@ -210,7 +215,9 @@ class Pipeline:
             pathlib.Path("run.json").write_text(pipeline.handle(run_id).to_json())
             pipeline.run(run_id=run_id)
         """
-        check_on_error(on_error, retries)
+        check_on_error(on_error or "raise", retries or 0)
+        if executor is not None and not callable(getattr(executor, "map_chunks", None)):
+            raise ExecutorError(f"executor must be an orca executor (e.g. orca.ThreadExecutor()), got {executor!r}")
         shard_filter(shard)  # validate before any I/O
         run_id = run_id or new_run_id()
         log = _RunLog(self.store, run_id, self.name)

@@ -167,7 +167,7 @@ def test_invalidate_recomputes_and_keeps_history(store):
 
 def test_shard_filter_partitions_entry_ids():
     ids = pl.DataFrame({ENTRY_ID: [orca.hash_packet({"i": i}) for i in range(300)]})
-    parts = [ids.filter(shard_filter((i, 3))) for i in range(3)]
+    parts = [ids.filter(shard_filter((i, 3), ENTRY_ID)) for i in range(3)]
     assert sum(p.height for p in parts) == 300
     assert all(p.height > 50 for p in parts)
     with pytest.raises(ValueError):

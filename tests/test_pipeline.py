@@ -236,3 +236,55 @@ def test_node_after_join_records_sources_from_each_side(store):
     # both sources' system tags are part of the provenance row
     tags = [json.loads(t) for t in prov["__system_tags"]]
     assert all(set(t) == {"__tag__recordings", "__tag__subjects"} for t in tags)
+
+
+def test_shards_of_a_chain_add_up_to_one_run(store):
+    rows = [{"k": i, "x": i} for i in range(60)]
+    for i in range(3):  # each shard finds its upstream rows done: shards follow tags, not nodes
+        build(store, rows).run(shard=(i, 3), progress=False)
+    pipeline = build(store, rows)
+    assert {k: len(n.results().collect()) for k, n in pipeline.function_nodes.items()} == \
+        {"step_a": 60, "step_b": 60, "step_c": 60}
+    final = pipeline.run(progress=False)
+    assert all(c.computed == 0 for c in final.counts.values())
+
+
+def test_results_other_writers_commit_during_a_run_get_provenance(store, monkeypatch):
+    import functools
+
+    import orca.cache
+    import orca.nodes
+
+    monkeypatch.setattr(orca.cache, "RECHECK_SECONDS", 0)
+    monkeypatch.setattr(orca.nodes, "RunContext", functools.partial(orca.cache.RunContext, batch_rows=10))
+    other_store = orca.DeltaStore(store.location)
+
+    @orca.function_pod(output_keys="y")
+    def racy(x: int) -> int:
+        if x == 0:  # stands for another process committing results meanwhile
+            other = orca.DictSource([{"k": i, "x": i} for i in range(10, 20)], tags=["k"], source_id="o")
+            racy.pod.cached(other_store)(other).to_polars()
+        return x + 1
+
+    pipeline = orca.Pipeline("p", store=store)
+    with pipeline:
+        racy.pod(orca.DictSource([{"k": i, "x": i} for i in range(30)], tags=["k"], source_id="s"))
+    result = pipeline.run(progress=False)
+    assert result.counts["racy"] == orca.Counts(cached=10, computed=20, failed=0)
+    assert pipeline["racy"].results().collect().height == 30
+
+
+def test_cached_pods_recorded_in_a_pipeline_use_its_store(tmp_path):
+    store = orca.MemoryStore()
+    pipeline = orca.Pipeline("p", store=store)
+    with pipeline:
+        step_a.pod.cached(orca.DeltaStore(tmp_path / "elsewhere"), retries=2)(
+            orca.DictSource([{"k": 1, "x": 1}], tags=["k"], source_id="s"))
+    pipeline.run(progress=False)
+    assert pipeline["step_a"].cached.retries == 2
+    assert store.tables("results") and not (tmp_path / "elsewhere").exists()
+
+
+def test_run_rejects_a_non_executor(store):
+    with pytest.raises(orca.ExecutorError, match="executor"):
+        build(store, [{"k": 1, "x": 1}]).run("threads", progress=False)
