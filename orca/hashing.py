@@ -119,6 +119,11 @@ def hash_packets(
     >>> hash_packets(t, ["x"])[0].as_py() == hash_packet({"x": 1})
     True
     """
+    if isinstance(table, pl.DataFrame):
+        table = table.to_arrow()
+    if not isinstance(table, pa.Table | pa.RecordBatch):
+        raise HashingError(f"hash_packets takes a pyarrow Table/RecordBatch or a polars DataFrame, "
+                           f"got {type(table).__name__}")
     n = table.num_rows
     if n > _MAX_ROWS:
         raise HashingError(f"cannot hash {n} rows at once (at most {_MAX_ROWS}); pass batches")

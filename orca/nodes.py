@@ -36,6 +36,7 @@ from typing import Any
 
 import polars as pl
 
+from orca._operator import check_expr
 from orca.cache import (
     HIT,
     PACKET_HASH,
@@ -102,6 +103,9 @@ class FunctionNode:
             cached = CachedFunctionPod(pod, store=store if store is not None else default_store())
         else:
             raise PodError(f"FunctionNode needs a function pod (f.pod), got {type(pod).__name__}")
+        if not isinstance(input_stream, Stream):
+            raise PodError(f"FunctionNode {label or cached.pod.name!r} needs a Stream as input (e.g. a source), "
+                           f"got {type(input_stream).__name__}")
         cached.pod.check_input(input_stream)
         self.label = label or cached.pod.name
         for name, value in (("pipeline", pipeline), ("label", self.label)):
@@ -305,6 +309,8 @@ class FunctionNode:
         Their provenance and result rows stay as history, flagged by ``__invalidated_at``; the
         next run computes them again. Returns the number of entries invalidated.
         """
+        if where is not None:
+            check_expr(where, self.input.tag_columns, f"invalidate node {self.label!r}", "tag")
         entries = self.entries()
         if where is not None:
             entries = entries.filter(where)

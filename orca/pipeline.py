@@ -21,6 +21,8 @@ the order they were recorded, which is a dependency order -- and :meth:`Pipeline
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 from typing import Any, Literal
 
 import polars as pl
@@ -40,6 +42,7 @@ from orca.streams import Stream
 __all__ = ["Pipeline", "OperatorNode", "RunResult", "RunHandle", "RUNS"]
 
 RUNS = "runs"
+_NAME_OK = re.compile(r"^[A-Za-z0-9_\-.]+$")
 Status = Literal["running", "succeeded", "failed", "interrupted"]
 
 
@@ -144,6 +147,8 @@ class Pipeline:
     """
 
     def __init__(self, name: str, store: Store | None = None) -> None:
+        if not isinstance(name, str) or not _NAME_OK.match(name):
+            raise OrcaError(f"pipeline name {name!r} may hold only letters, digits, '_', '-' and '.'")
         self.name = name
         self.store = store if store is not None else default_store()
         self.nodes: dict[str, FunctionNode | OperatorNode] = {}
@@ -191,7 +196,8 @@ class Pipeline:
 
     def handle(self, run_id: str) -> RunHandle:
         """The handle of run ``run_id`` of this pipeline (serialisable; poll it from anywhere)."""
-        handle = RunHandle(run_id=run_id, pipeline=self.name, store=self.store.location,
+        location = self.store.location if self.store.location == "memory" else os.path.abspath(self.store.location)
+        handle = RunHandle(run_id=run_id, pipeline=self.name, store=location,
                            nodes={k: v.provenance_table for k, v in self.function_nodes.items()})
         handle._store = self.store
         return handle

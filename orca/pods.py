@@ -186,7 +186,7 @@ class FunctionPod:
 
     @property
     def results_table(self) -> str:
-        """Store table holding this function's results (see docs/store-layout.md)."""
+        """Store table holding this function's results (see docs/stores.md)."""
         return f"results/{self.name}/{self.identity.hash}"
 
     def __repr__(self) -> str:
@@ -454,9 +454,11 @@ def _output_arrays(pod: FunctionPod, columns: list[list], errors: dict[int, Base
             return {f.name: to_arrow_array(values, f, failed=failed) for f, values in zip(pod.output_fields, columns,
                                                                                       strict=True)}
         except SchemaError as exc:
-            errors[exc.row] = SchemaError(f"function {pod.name!r} returned a bad output: {exc}")
-            for values in columns:
-                values[exc.row] = None
+            bad = [exc.row] if exc.row is not None else [i for i in range(len(columns[0])) if i not in errors]
+            for row in bad:
+                errors[row] = SchemaError(f"function {pod.name!r} returned a bad output: {exc}")
+                for values in columns:
+                    values[row] = None
 
 
 def input_packets(pod: FunctionPod, frame: pl.DataFrame, path_columns: frozenset[str]) -> pa.Table:

@@ -194,8 +194,8 @@ def to_arrow_array(values: list, field: pa.Field, failed: Sequence[bool] | None 
     """Python values -> Arrow array of ``field``'s type, strictly.
 
     Rows flagged in ``failed`` must be ``None`` and are exempt from the nullability rule. A bad
-    value raises ``SchemaError`` with the index of the first bad row in ``.row`` (callers turn
-    that into a message naming the input tag).
+    value raises ``SchemaError`` with the index of the first bad row in ``.row`` (``None`` when
+    no single value is at fault); callers turn that into a message naming the input tag.
     """
     allowed = _allowed_types(field.type)
     seen = set(map(type, values))  # one C-level pass; the per-row search below runs only if needed
@@ -224,4 +224,6 @@ def to_arrow_array(values: list, field: pa.Field, failed: Sequence[bool] | None 
                 err = SchemaError(f"output {field.name!r} should be {field.type}, got {v!r:.60}: {exc}")
                 err.row = i
                 raise err from exc
-        raise SchemaError(f"output {field.name!r}: {exc}") from exc
+        err = SchemaError(f"output {field.name!r}: {exc}")
+        err.row = None  # no single value is at fault: the whole column is
+        raise err from exc

@@ -755,3 +755,12 @@ if __name__ == "__main__" and sys.argv[1:] == ["--write-golden"]:
             json.dumps(compute_golden(Path(tmp)), indent=1, ensure_ascii=False) + "\n"
         )
     print(f"wrote {GOLDEN}")
+
+
+def test_hash_packets_takes_polars_frames_and_refuses_other_things():
+    import polars as pl
+
+    frame = pl.DataFrame({"x": [1, 2], "y": ["a", "b"]})
+    assert hash_packets(frame).to_pylist() == hash_packets(frame.to_arrow()).to_pylist()
+    with pytest.raises(HashingError, match="hash_packets takes"):
+        hash_packets({"x": [1]})

@@ -197,3 +197,20 @@ def test_output_drops_invalidated_entries_until_rerun(store):
     assert sorted(node.results().collect()["k"].to_list()) == [1, 2]
     node.run()
     assert sorted(node.results().collect()["k"].to_list()) == [0, 1, 2]
+
+
+def test_clear_errors_for_bad_node_arguments(store):
+    with pytest.raises(orca.PodError, match="needs a Stream"):
+        orca.FunctionNode(inc.pod, pl.DataFrame({"k": [1], "x": [1]}), store=store, pipeline="p")
+    node = orca.FunctionNode(inc.pod, source([{"k": 1, "x": 1}]), store=store, pipeline="p")
+    with pytest.raises(orca.SchemaError, match="unknown tag column"):
+        node.invalidate(pl.col("nope") == 1)
+
+
+def test_store_root_that_is_a_file_fails_at_once(tmp_path):
+    (tmp_path / "store").write_text("not a directory")
+    node = orca.FunctionNode(inc.pod, source([{"k": 1, "x": 1}]), store=orca.DeltaStore(tmp_path / "store"),
+                             pipeline="p")
+    with pytest.raises(orca.StoreError, match="is a file"):
+        node.run()
+    assert (tmp_path / "store").read_text() == "not a directory"

@@ -288,3 +288,10 @@ def test_cached_pods_recorded_in_a_pipeline_use_its_store(tmp_path):
 def test_run_rejects_a_non_executor(store):
     with pytest.raises(orca.ExecutorError, match="executor"):
         build(store, [{"k": 1, "x": 1}]).run("threads", progress=False)
+
+
+def test_pipeline_name_and_store_options_are_checked():
+    with pytest.raises(orca.OrcaError, match="pipeline name"):
+        orca.Pipeline("bad name!", store=orca.MemoryStore())
+    with pytest.raises(orca.StoreError, match="max_rows"):
+        orca.MemoryStore().with_options(rows=3)

@@ -87,6 +87,10 @@ class BufferedStore:
 
     def with_options(self, **options: object) -> BufferedStore:
         """Return a new store over the same tables with other options and an empty buffer."""
+        valid = [f.name for f in dataclasses.fields(StoreOptions)]
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise StoreError(f"unknown store option(s) {unknown}; valid: {valid}")
         new = copy.copy(self)
         new.options = dataclasses.replace(self.options, **options)
         new._reset_buffer()

@@ -89,6 +89,9 @@ class DeltaStore(BufferedStore):
     def _state(self, name: str) -> str:
         """'absent', 'delta', 'namespace' (a folder of tables) or 'junk' (anything else)."""
         path = self.uri(name)
+        blocker = self._file_in_the_way(name)
+        if blocker is not None:
+            raise StoreError(f"{path}: {blocker} is a file, not a directory of orca tables")
         if not os.path.exists(path):
             return "absent"
         if not os.path.isdir(path):
@@ -99,6 +102,15 @@ class DeltaStore(BufferedStore):
         if any(not e.is_dir() for e in entries):
             return "junk"
         return "namespace" if entries else "absent"
+
+    def _file_in_the_way(self, name: str) -> str | None:
+        """The store root or a folder on the way to ``name`` that exists as a file, if any."""
+        path = self.location
+        for part in ["", *check_name(name).split("/")[:-1]]:
+            path = os.path.join(path, part) if part else path
+            if os.path.exists(path) and not os.path.isdir(path):
+                return path
+        return None
 
     def _open(self, name: str) -> DeltaTable | None:
         """The table at ``name`` brought up to date, None if there is none; foreign -> error."""
