@@ -3,7 +3,7 @@ async tasks each see their own)."""
 
 from __future__ import annotations
 
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any
 
 _active: ContextVar[Any] = ContextVar("orca_active_pipeline", default=None)
@@ -12,6 +12,16 @@ _active: ContextVar[Any] = ContextVar("orca_active_pipeline", default=None)
 def active_pipeline() -> Any:
     """The pipeline inside whose ``with`` block we are, or ``None``."""
     return _active.get()
+
+
+def enter(pipeline: Any) -> Token:
+    """Make ``pipeline`` the active one; returns the token :func:`leave` needs."""
+    return _active.set(pipeline)
+
+
+def leave(token: Token) -> None:
+    """Restore the pipeline that was active before :func:`enter`."""
+    _active.reset(token)
 
 
 def recorded(producer: Any, inputs: tuple, output: Any) -> Any:

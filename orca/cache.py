@@ -171,15 +171,7 @@ class CachedFunctionPod:
         if not isinstance(stream, Stream):
             raise PodError(f"function {self.pod.name!r} takes streams, got {type(stream).__name__}")
         self.pod.check_input(stream)
-        output = Stream(
-            lambda: self._run(stream),
-            tag_columns=stream.tag_columns,
-            packet_columns=self.pod.output_keys,
-            path_columns=self.pod.path_outputs,
-            schema=self.pod.output_stream_schema(stream),
-            identity=self.pod.stream_identity(stream),
-            producer=self,
-        )
+        output = self.pod.output_stream(stream, lambda: self._run(stream), producer=self)
         return _context.recorded(self, (stream,), output)
 
     # -- the machinery shared with function nodes --------------------------------------------

@@ -118,15 +118,7 @@ class FunctionNode:
         self._entries: pl.DataFrame | None = None  # the input as hashed by the latest run
         self._latest: pl.DataFrame | None = None  # its status, when that run changed nothing
         self.identity = hash_bytes(f"node\x00{self.pod.identity.hash}\x00{input_stream.identity}".encode())
-        self.output = Stream(
-            self._current_output,
-            tag_columns=input_stream.tag_columns,
-            packet_columns=self.pod.output_keys,
-            path_columns=self.pod.path_outputs,
-            schema=self.pod.output_stream_schema(input_stream),
-            identity=self.pod.stream_identity(input_stream),
-            producer=self,
-        )
+        self.output = self.pod.output_stream(input_stream, self._current_output, producer=self)
 
     @property
     def store(self) -> Store:

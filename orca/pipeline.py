@@ -158,11 +158,11 @@ class Pipeline:
         return f"Pipeline({self.name!r}, nodes={list(self.nodes)}, store={self.store.location!r})"
 
     def __enter__(self) -> Pipeline:
-        self._tokens.append(_context._active.set(self))
+        self._tokens.append(_context.enter(self))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _context._active.reset(self._tokens.pop())
+        _context.leave(self._tokens.pop())
 
     def __getitem__(self, label: str) -> FunctionNode | OperatorNode:
         try:

@@ -213,6 +213,12 @@ class FunctionPod:
         """Identity of this pod's output over ``stream`` (structural, like every stream identity)."""
         return hash_bytes(f"pod\x00{self.identity.hash}\x00{stream.identity}".encode())
 
+    def output_stream(self, stream: Stream, frame: Callable[[], pl.DataFrame], producer: Any) -> Stream:
+        """The (lazy) stream of this pod's outputs over ``stream``; ``frame`` computes its rows."""
+        return Stream(frame, tag_columns=stream.tag_columns, packet_columns=self.output_keys,
+                      path_columns=self.path_outputs, schema=self.output_stream_schema(stream),
+                      identity=self.stream_identity(stream), producer=producer)
+
     def output_stream_schema(self, stream: Stream) -> pa.Schema:
         full = stream.full_schema
         fields = [full.field(n) for n in (*stream.tag_columns, *stream.system_tag_columns)]
@@ -226,15 +232,7 @@ class FunctionPod:
         if not isinstance(stream, Stream):
             raise PodError(f"function {self.name!r} takes streams, got {type(stream).__name__}")
         self.check_input(stream)
-        output = Stream(
-            lambda: _compute_uncached(self, stream),
-            tag_columns=stream.tag_columns,
-            packet_columns=self.output_keys,
-            path_columns=self.path_outputs,
-            schema=self.output_stream_schema(stream),
-            identity=self.stream_identity(stream),
-            producer=self,
-        )
+        output = self.output_stream(stream, lambda: _compute_uncached(self, stream), producer=self)
         return _context.recorded(self, (stream,), output)
 
     def cached(self, store: Any = None, **options: Any):
