@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import inspect
 import json
@@ -93,7 +94,7 @@ def fresh_name(name: str, taken: set[str]) -> str:
     return f"{base}__{n}"
 
 
-class Operator:
+class Operator(abc.ABC):
     """Base of every operator: a frozen dataclass of parameters, applied by calling it.
 
     Subclasses implement ``_apply(*streams) -> Stream``; ``_params()`` gives the canonical
@@ -121,8 +122,9 @@ class Operator:
             raise TypeError(f"{name} takes Streams, got {bad}")
         return self._apply(*streams)
 
+    @abc.abstractmethod
     def _apply(self, *streams: Stream) -> Stream:
-        raise NotImplementedError
+        """Build the output stream (each operator's own logic)."""
 
     def _output(
         self,

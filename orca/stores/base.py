@@ -8,6 +8,7 @@ data only. Keyed tables are append-only and deduplicated on read by a fixed rule
 
 from __future__ import annotations
 
+import abc
 import copy
 import dataclasses
 import posixpath
@@ -65,7 +66,7 @@ class _Pending:
     rows: int
 
 
-class BufferedStore:
+class BufferedStore(abc.ABC):
     """Shared half of every store: buffers appends, commits them in first-pending order.
 
     Subclasses implement the I/O: ``_commit``, ``_read``, ``_known_key`` and the
@@ -195,18 +196,21 @@ class BufferedStore:
         return live_rows(frame.join(wanted.lazy(), on=column, how="semi"), key).collect()
 
     # ---- implemented by each store -------------------------------------------------------
+    @abc.abstractmethod
     def uri(self, name: str) -> str:
-        raise NotImplementedError
+        """Where table ``name`` lives (a path ``pl.scan_delta`` reads, or a label)."""
 
+    @abc.abstractmethod
     def _known_key(self, name: str) -> tuple[str, ...] | None:
         """The committed table's key if known without I/O, else None."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _commit(self, name: str, data: pa.Table, key: tuple[str, ...]) -> None:
-        raise NotImplementedError
+        """Commit ``data`` to table ``name`` (created with ``key`` if absent), or raise."""
 
+    @abc.abstractmethod
     def _read(self, name: str) -> tuple[pl.LazyFrame, tuple[str, ...]] | None:
-        raise NotImplementedError
+        """The committed rows of ``name`` (raw) and its key, or None if there is no table."""
 
 
 def live_rows(frame: pl.LazyFrame, key: Sequence[str]) -> pl.LazyFrame:
