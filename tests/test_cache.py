@@ -354,3 +354,33 @@ def test_several_outputs_and_an_output_named_like_its_input(store):
     assert out.select("id", "x", "label").rows() == [(0, 0.0, "#0"), (1, 0.5, "#1"), (2, 1.0, "#2")]
     assert out["__source__x"].equals(out["__source__label"], check_names=False)
     assert describe.pod.cached(store)(stream).to_polars(include_system=True).equals(out)
+
+
+# -- property: the cache round-trips ------------------------------------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+ROUND_TRIP_CALLS: list[tuple] = []
+
+
+@orca.function_pod(output_keys=["n", "label"])
+def describe_row(x: int | None, s: str) -> tuple[int, str]:
+    ROUND_TRIP_CALLS.append((x, s))
+    return (0 if x is None else x * 3), s.upper() + "!"
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.one_of(st.none(), st.integers(-5, 5)), st.sampled_from(["a", "b", "é", ""])),
+                min_size=1, max_size=25))
+def test_cached_output_equals_uncached_and_reruns_compute_nothing(packets):
+    rows = [{"k": i, "x": x, "s": s} for i, (x, s) in enumerate(packets)]
+    src = orca.DictSource(rows, tags=["k"], source_id="prop")
+    store = orca.MemoryStore()
+    ROUND_TRIP_CALLS.clear()
+    first = describe_row.pod.cached(store)(src).to_polars(include_system=True)
+    assert len(ROUND_TRIP_CALLS) == len(set(packets))  # one call per distinct packet
+    assert first.equals(describe_row.pod(src).to_polars(include_system=True))
+    ROUND_TRIP_CALLS.clear()
+    again = describe_row.pod.cached(store)(src).to_polars(include_system=True)
+    assert ROUND_TRIP_CALLS == [] and again.equals(first)
+    assert store.scan(describe_row.pod.results_table).collect().height == len(set(packets))
