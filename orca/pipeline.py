@@ -259,7 +259,9 @@ class Pipeline:
                               run_id=log.run_id, progress=update, total=total)
         finally:
             bar.close()
-        log.event("node_finished", "failed" if counts.failed else "succeeded", node=node.label, counts=counts)
+        # Committed with the next event (the next node's start or the run's end): one commit fewer.
+        log.event("node_finished", "failed" if counts.failed else "succeeded", node=node.label, counts=counts,
+                  commit=False)
         return counts
 
     def _failures(self, run_id: str) -> pl.DataFrame:
@@ -284,7 +286,7 @@ class _RunLog:
         self.started_at = utc_now()
 
     def event(self, event: str, status: str, *, node: str | None = None, counts: Counts | None = None,
-              total: int | None = None) -> None:
+              total: int | None = None, commit: bool = True) -> None:
         c = counts or Counts()
         row = {
             "run_id": self.run_id, "pipeline": self.pipeline, "seq": self.seq, "event": event, "status": status,
@@ -295,7 +297,8 @@ class _RunLog:
         }
         self.seq += 1
         self.store.append(RUNS, pa.Table.from_pylist([row], schema=_RUNS_SCHEMA))
-        self.store.flush()
+        if commit:
+            self.store.flush()
 
 
 _RUNS_SCHEMA = pa.schema([
