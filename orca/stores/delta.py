@@ -34,9 +34,10 @@ from orca.stores.base import (
 )
 
 FORMAT = "1"
-# Hash columns never repeat a value: dictionary-encoding them only costs time (half of a
-# results table's write time) and makes reads slower.
-_UNIQUE_COLUMNS = ("__packet_hash", "__record_id", "__entry_id")
+# Hash and per-row reference columns never repeat a value: dictionary-encoding them only costs
+# time (half of a results or provenance table's write time) and makes reads slower.
+_UNIQUE_COLUMNS = ("__packet_hash", "__record_id", "__entry_id", "__system_tags", "__duration_s")
+_UNIQUE_PREFIXES = ("__source__", "__tag__")
 _BACKOFF_BASE = 0.05  # seconds; attempt n sleeps about base * 2**n, at most _BACKOFF_CAP
 _BACKOFF_CAP = 2.0
 T = TypeVar("T")
@@ -261,9 +262,9 @@ class DeltaStore(BufferedStore):
 
 
 def _writer_properties(schema: pa.Schema, key: tuple[str, ...]) -> WriterProperties:
-    """Parquet options: no dictionary for key and hash columns (all distinct values)."""
+    """Parquet options: no dictionary for key, hash and reference columns (all distinct values)."""
     plain = ColumnProperties(dictionary_enabled=False)
-    unique = [c for c in schema.names if c in key or c in _UNIQUE_COLUMNS]
+    unique = [c for c in schema.names if c in key or c in _UNIQUE_COLUMNS or c.startswith(_UNIQUE_PREFIXES)]
     return WriterProperties(column_properties=dict.fromkeys(unique, plain))
 
 
