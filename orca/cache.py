@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 from orca import _context
 from orca.errors import PodError
 from orca.executors import Executor, InProcessExecutor
-from orca.hashing import hash_packets
+from orca.hashing import hash_packets, hex_digests
 from orca.pods import (
     ATTEMPTS,
     DURATION,
@@ -46,7 +46,6 @@ from orca.pods import (
     OK,
     ROW,
     FunctionPod,
-    hex_digests,
     input_packets,
     result_record_ids,
     run_chunk,

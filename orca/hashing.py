@@ -11,6 +11,7 @@ final digest loop (and one ``hash_file`` call per distinct path in a path column
 
 from __future__ import annotations
 
+import binascii
 import os
 import stat
 from collections.abc import Mapping, Sequence
@@ -501,3 +502,31 @@ def _directory_digest(root: Path) -> bytes:
     for rel, full, st in sorted(entries, key=lambda e: e[0]):
         hasher.update(len(rel).to_bytes(4, "little") + rel + _file_digest(full, st))
     return hasher.digest()
+
+
+# ------------------------------------------------------------------ hex <-> digest bytes
+
+
+def hex_digests(hashes: pa.Array | pa.ChunkedArray | pl.Series) -> np.ndarray:
+    """32-hex-digit hashes -> an ``(n, 16)`` uint8 array, in one C-level pass."""
+    array = hashes.to_arrow() if isinstance(hashes, pl.Series) else hashes
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if not pa.types.is_large_string(array.type):
+        array = array.cast(pa.large_string())
+    n = len(array)
+    if n == 0:
+        return np.zeros((0, 16), np.uint8)
+    offsets = np.frombuffer(array.buffers()[1], np.int64)[array.offset:array.offset + n + 1]
+    if array.null_count or np.any(np.diff(offsets) != 32):
+        raise ValueError("expected 32-hex-digit hashes without nulls")
+    raw = binascii.unhexlify(memoryview(array.buffers()[2])[offsets[0]:offsets[-1]])
+    return np.frombuffer(raw, np.uint8).reshape(n, 16)
+
+
+def digests_hex(digests: np.ndarray) -> pa.Array:
+    """``(n, 16)`` uint8 digests -> a ``large_string`` array of 32 hex digits each."""
+    n = len(digests)
+    data = binascii.hexlify(np.ascontiguousarray(digests).tobytes())
+    offsets = np.arange(0, 32 * (n + 1), 32, dtype=np.int64)
+    return pa.Array.from_buffers(pa.large_string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import binascii
 import dataclasses
 import inspect
 import json
@@ -45,7 +44,14 @@ import pyarrow.compute as pc
 from orca import _context
 from orca.errors import PodError, SchemaError
 from orca.executors import run_async_rows
-from orca.hashing import PATH_METADATA, hash_bytes, hash_packets, is_path_field
+from orca.hashing import (
+    PATH_METADATA,
+    digests_hex,
+    hash_bytes,
+    hash_packets,
+    hex_digests,
+    is_path_field,
+)
 from orca.streams import Stream, source_column
 from orca.types import arrow_field, is_optional, strip_optional, to_arrow_array, to_python
 
@@ -500,28 +506,3 @@ def result_record_ids(function_hash: str, packet_hashes: pa.Array | pl.Series | 
     packets = packet_hashes if isinstance(packet_hashes, np.ndarray) else hex_digests(packet_hashes)
     digests = packets ^ hex_digests(pa.array([function_hash]))
     return digests_hex(digests)
-
-
-def hex_digests(hashes: pa.Array | pa.ChunkedArray | pl.Series) -> np.ndarray:
-    """32-hex-digit hashes -> an ``(n, 16)`` uint8 array, in one C-level pass."""
-    array = hashes.to_arrow() if isinstance(hashes, pl.Series) else hashes
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks()
-    if not pa.types.is_large_string(array.type):
-        array = array.cast(pa.large_string())
-    n = len(array)
-    if n == 0:
-        return np.zeros((0, 16), np.uint8)
-    offsets = np.frombuffer(array.buffers()[1], np.int64)[array.offset:array.offset + n + 1]
-    if array.null_count or np.any(np.diff(offsets) != 32):
-        raise ValueError("expected 32-hex-digit hashes without nulls")
-    raw = binascii.unhexlify(memoryview(array.buffers()[2])[offsets[0]:offsets[-1]])
-    return np.frombuffer(raw, np.uint8).reshape(n, 16)
-
-
-def digests_hex(digests: np.ndarray) -> pa.Array:
-    """``(n, 16)`` uint8 digests -> a ``large_string`` array of 32 hex digits each."""
-    n = len(digests)
-    data = binascii.hexlify(np.ascontiguousarray(digests).tobytes())
-    offsets = np.arange(0, 32 * (n + 1), 32, dtype=np.int64)
-    return pa.Array.from_buffers(pa.large_string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
