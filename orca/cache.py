@@ -342,7 +342,7 @@ class CachedFunctionPod:
             found = found.with_row_index(INDEX)
             fresh = self.attach_results(found.filter(missed).select(INDEX, *keys), outputs)
             found = pl.concat([found.filter(~missed), fresh.select(found.columns)], how="vertical_relaxed")
-            found = found.filter(pl.col(HIT)).sort(INDEX)
+            found = found.sort(INDEX)
         return self.output_rows(found.filter(pl.col(HIT)), tags, system_tags)
 
     def _work(self, todo: pl.DataFrame, tags: tuple[str, ...], path_columns: frozenset[str],

@@ -167,11 +167,19 @@ class FunctionNode:
         ``progress`` is called with the running counts as work completes; ``total`` once with
         (entries in this run, entries already done).
         """
+        entries = self.entries()
+        return self._update(entries, self._status(entries), executor=executor, on_error=on_error, retries=retries,
+                            shard=shard, run_id=run_id, progress=progress, total=total)
+
+    def _update(self, entries: pl.DataFrame, status: pl.DataFrame, *, executor: Executor | None = None,
+                on_error: str | None = None, retries: int | None = None, shard: tuple[int, int] | None = None,
+                run_id: str | None = None, progress: Callable[[Counts], None] | None = None,
+                total: Callable[[int, int], None] | None = None) -> Counts:
+        """:meth:`run` for entries already hashed and looked up (see :meth:`_status`)."""
         cached = self.cached.with_options(**{k: v for k, v in dict(
             executor=executor, on_error=on_error, retries=retries).items() if v is not None})
         ctx = RunContext(run_id or new_run_id(), cached.executor, cached.on_error, cached.retries, node=self.label)
-        self._entries = entries = self.entries()
-        status = self._status(entries)
+        self._entries = entries
         self._latest = None
         novel = entries.with_columns(status[HIT], status[KNOWN]).filter(~pl.col(KNOWN))
         if shard is not None:
@@ -254,10 +262,11 @@ class FunctionNode:
     def __iter__(self) -> Iterator[tuple[Mapping[str, Any], Mapping[str, Any]]]:
         """Two-phase iteration: rows already computed for this input at once, then the novel ones."""
         entries = self.entries()
-        known = self._status(entries)[KNOWN]
-        yield from _rows(self._output_for(entries.filter(known)), self.input.tag_columns, self.pod)
-        self.run()
-        yield from _rows(self._output_for(entries.filter(~known)), self.input.tag_columns, self.pod)
+        status = self._status(entries)  # holds the outputs of the entries already done
+        tags, system_tags = self.input.tag_columns, self.input.system_tag_columns
+        yield from _rows(self.cached.output_rows(status.filter(pl.col(KNOWN)), tags, system_tags), tags, self.pod)
+        self._update(entries, status)
+        yield from _rows(self._output_for(entries.filter(~status[KNOWN])), tags, self.pod)
 
     def _output_for(self, entries: pl.DataFrame) -> pl.DataFrame:
         """Tags + outputs + source info of ``entries`` that have a live provenance row."""
