@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import polars as pl
@@ -65,7 +66,7 @@ def test_nothing_visible_before_flush(store):
 
 
 def test_row_threshold_commits_everything(store, monkeypatch):
-    store = store.with_options(max_rows=5)
+    store = store.with_options(max_rows=5, background=False)
     order = spy_commits(store, monkeypatch)
     store.append("runs", pa.table({"run": ["r1"]}))
     store.append("results/f/h", rows(["a", "b", "c"]), key=KEY)
@@ -76,7 +77,7 @@ def test_row_threshold_commits_everything(store, monkeypatch):
 
 
 def test_seconds_threshold_checked_on_append(store):
-    store = store.with_options(max_seconds=0.01)
+    store = store.with_options(max_seconds=0.01, background=False)
     store.append("runs", pa.table({"run": ["r1"]}))
     time.sleep(0.05)
     store.append("runs", pa.table({"run": ["r2"]}))
@@ -97,6 +98,63 @@ def test_flush_commits_in_first_pending_order(store, monkeypatch):
     store.append("results/f/h", rows(["c"]), key=KEY)
     store.flush()
     assert order[3:] == ["failures", "results/f/h"]
+
+
+def test_background_commit_lets_the_caller_go_on(tmp_path, monkeypatch):
+    store = DeltaStore(tmp_path / "s", max_rows=3)
+    started, release, threads = threading.Event(), threading.Event(), []
+    original = store._commit
+
+    def slow_commit(name, data, key):
+        threads.append(threading.current_thread().name)
+        started.set()
+        assert release.wait(10)
+        original(name, data, key)
+
+    monkeypatch.setattr(store, "_commit", slow_commit)
+    store.append("results/f/h", rows(["a", "b", "c"]), key=KEY)  # full: sealed, committed behind
+    assert started.wait(10)
+    store.append("results/f/h", rows(["d"]), key=KEY)  # the caller is not blocked by the commit
+    assert store.scan("results/f/h") is None
+    release.set()
+    store.flush()  # waits for the background commit, then commits the rest
+    assert sorted(store.scan("results/f/h").collect()["__packet_hash"]) == ["a", "b", "c", "d"]
+    assert threads[0].startswith("orca-commit")
+
+
+def test_background_commits_keep_seal_order(tmp_path, monkeypatch):
+    store = DeltaStore(tmp_path / "s", max_rows=2)
+    order = spy_commits(store, monkeypatch)
+    expected = []
+    for i in range(6):  # each pair of appends fills a buffer: results first, then provenance
+        store.append("results/f/h", rows([f"k{i}"]), key=KEY)
+        store.append("pipelines/p/n", pa.table({"__entry_id": [f"e{i}"], "__run_id": ["r"]}),
+                     key=["__entry_id"])
+        expected += ["results/f/h", "pipelines/p/n"]
+    store.flush()
+    assert order == expected
+    assert store.scan("pipelines/p/n").collect().height == 6
+
+
+def test_failed_background_commit_keeps_its_rows(tmp_path, monkeypatch):
+    store = DeltaStore(tmp_path / "s", max_rows=2)
+    original, failing = store._commit, {"on": True}
+
+    def flaky(name, data, key):
+        if failing["on"]:
+            raise StoreError(f"{name}: disk on fire")
+        original(name, data, key)
+
+    monkeypatch.setattr(store, "_commit", flaky)
+    store.append("results/f/h", rows(["a", "b"]), key=KEY)  # the background commit fails ...
+    with pytest.raises(StoreError, match="disk on fire"):  # ... and is retried in the caller
+        store.append("results/f/h", rows(["c", "d"]), key=KEY)
+    with pytest.raises(StoreError, match="disk on fire"):
+        store.flush()
+    assert store.scan("results/f/h") is None
+    failing["on"] = False
+    store.flush()  # nothing was dropped
+    assert sorted(store.scan("results/f/h").collect()["__packet_hash"]) == ["a", "b", "c", "d"]
 
 
 def test_one_commit_per_table_per_flush(tmp_path):

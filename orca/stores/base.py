@@ -4,11 +4,19 @@ A store holds named tables (relative POSIX paths such as ``results/<fn>/<hash>``
 buffered per table and committed together by :meth:`BufferedStore.flush`; reads see committed
 data only. Keyed tables are append-only and deduplicated on read by a fixed rule, see
 :func:`live_rows`.
+
+When a buffer threshold trips, a store whose commits are slow I/O (``DeltaStore``) commits
+the sealed buffer on one background thread while the caller goes on computing: a Delta write
+spends its time in native code without the GIL, so on two cores it nearly disappears behind
+the Python work. One thread commits sealed buffers strictly in the order they were sealed, so
+results still land before the provenance rows that point at them; ``flush()`` waits for it.
 """
 
 from __future__ import annotations
 
 import abc
+import collections
+import concurrent.futures
 import copy
 import dataclasses
 import posixpath
@@ -53,6 +61,7 @@ class StoreOptions:
     max_rows: int = 200_000
     max_seconds: float = 30.0
     max_retries: int = 10
+    background: bool = True  # commit a full buffer on a background thread (stores with slow I/O)
 
     def __post_init__(self) -> None:
         if self.max_rows < 1 or self.max_seconds < 0 or self.max_retries < 1:
@@ -71,20 +80,29 @@ class BufferedStore(abc.ABC):
 
     Subclasses implement the I/O: ``_commit``, ``_read``, ``_known_key`` and the
     table-level methods (``invalidate``, ``exists``, ``tables``, ``uri``, ``compact``).
+    A subclass sets ``_slow_commits = True`` when committing is I/O worth overlapping with
+    computation; its ``_commit`` must then be safe to run on another thread than its reads.
     """
 
     location: str
+    _slow_commits = False
 
     def __init__(
-        self, *, max_rows: int = 200_000, max_seconds: float = 30.0, max_retries: int = 10
+        self, *, max_rows: int = 200_000, max_seconds: float = 30.0, max_retries: int = 10,
+        background: bool = True,
     ) -> None:
-        self.options = StoreOptions(max_rows, max_seconds, max_retries)
+        self.options = StoreOptions(max_rows, max_seconds, max_retries, background)
         self._reset_buffer()
 
     def _reset_buffer(self) -> None:
         self._pending: dict[str, _Pending] = {}  # insertion order = commit order
         self._oldest: float | None = None
         self._lock = threading.RLock()
+        # Buffers sealed for commit, oldest first; each is committed table by table in order.
+        self._sealed: collections.deque[dict[str, _Pending]] = collections.deque()
+        self._commit_lock = threading.Lock()  # one committer at a time (background or caller)
+        self._committer: concurrent.futures.ThreadPoolExecutor | None = None
+        self._background: concurrent.futures.Future | None = None  # the latest background commit
 
     def with_options(self, **options: object) -> BufferedStore:
         """Return a new store over the same tables with other options and an empty buffer."""
@@ -119,25 +137,72 @@ class BufferedStore(abc.ABC):
             if self._oldest is None:
                 self._oldest = time.monotonic()
             buffered = sum(p.rows for p in self._pending.values())
-            if (
-                buffered >= self.options.max_rows
-                or time.monotonic() - self._oldest >= self.options.max_seconds
-            ):
-                self.flush()
+            full = (buffered >= self.options.max_rows
+                    or time.monotonic() - self._oldest >= self.options.max_seconds)
+            if full:
+                self._seal()
+        if full:
+            self._commit_sealed()
 
     def flush(self) -> None:
         """Commit every pending table, one commit each, in the order they first got rows.
 
-        If a commit fails, that table and every later one stay pending and StoreError is raised.
+        Waits for a background commit in progress first. If a commit fails, that table and
+        every later one stay pending (a later ``flush`` tries them again) and StoreError is raised.
         """
         with self._lock:
-            for name in list(self._pending):
-                pending = self._pending[name]
-                if len(pending.batches) > 1:
-                    pending.batches = [pa.concat_tables(pending.batches)]
-                self._commit(name, pending.batches[0], pending.key)
-                del self._pending[name]
-            self._oldest = None
+            self._seal()
+        self._wait_background()
+        self._drain()
+
+    def _seal(self) -> None:
+        """Move the open buffer to the commit queue (caller holds ``_lock``)."""
+        if self._pending:
+            self._sealed.append(self._pending)
+            self._pending = {}
+        self._oldest = None
+
+    def _commit_sealed(self) -> None:
+        """Commit what is sealed: on the background thread if enabled, else here."""
+        if not (self._slow_commits and self.options.background):
+            self._drain()
+            return
+        # At most one buffer commits while the next fills: memory stays near 2 x max_rows, and
+        # a failing background commit surfaces here, where the caller's thread retries it.
+        if self._wait_background():
+            if self._committer is None:
+                self._committer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="orca-commit")
+            self._background = self._committer.submit(self._drain)
+        else:
+            self._drain()
+
+    def _wait_background(self) -> bool:
+        """Wait for the background commit in progress, if any; False if it failed."""
+        future, self._background = self._background, None
+        if future is None:
+            return True
+        try:
+            future.result()
+        except Exception:  # noqa: BLE001 - its rows stay sealed; the caller's drain retries them
+            return False
+        return True
+
+    def _drain(self) -> None:
+        """Commit sealed buffers, oldest first; on failure the rest stay sealed and it raises."""
+        with self._commit_lock:
+            while True:
+                with self._lock:
+                    if not self._sealed:
+                        return
+                    batch = self._sealed[0]
+                for name in list(batch):
+                    pending = batch[name]
+                    if len(pending.batches) > 1:
+                        pending.batches = [pa.concat_tables(pending.batches)]
+                    self._commit(name, pending.batches[0], pending.key)
+                    del batch[name]
+                with self._lock:
+                    self._sealed.popleft()
 
     def _prepare(self, name: str, data: pa.Table, key: tuple[str, ...]) -> pa.Table:
         where = self.uri(name)

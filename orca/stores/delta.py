@@ -60,6 +60,8 @@ class _KeyCache:
 class DeltaStore(BufferedStore):
     """Tables under ``path``: table ``name`` lives at ``<path>/<name>``. No I/O until a commit.
 
+    A full buffer is committed on a background thread (``background=False``: in the caller).
+
     >>> import tempfile, pyarrow as pa
     >>> store = DeltaStore(tempfile.mkdtemp() + "/store", max_rows=10)
     >>> store.append("runs", pa.table({"run": ["r1"]}))
@@ -75,12 +77,22 @@ class DeltaStore(BufferedStore):
         max_rows: int = 200_000,
         max_seconds: float = 30.0,
         max_retries: int = 10,
+        background: bool = True,
     ) -> None:
-        super().__init__(max_rows=max_rows, max_seconds=max_seconds, max_retries=max_retries)
+        super().__init__(max_rows=max_rows, max_seconds=max_seconds, max_retries=max_retries,
+                         background=background)
         self.location = os.fspath(path)
+        # Reads and (background) commits keep separate handles: a DeltaTable must not be used
+        # by two threads at once.
         self._open_tables: dict[str, DeltaTable] = {}
+        self._write_tables: dict[str, DeltaTable] = {}
         self._keys_of: dict[str, tuple[str, ...]] = {}
         self._key_caches: dict[str, _KeyCache] = {}
+
+    def with_options(self, **options: object) -> DeltaStore:
+        new = super().with_options(**options)
+        new._open_tables, new._write_tables, new._key_caches = {}, {}, {}  # handles are per store
+        return new
 
     def uri(self, name: str) -> str:
         """The table's path, readable directly with ``pl.scan_delta`` or DuckDB."""
@@ -113,9 +125,12 @@ class DeltaStore(BufferedStore):
                 return path
         return None
 
-    def _open(self, name: str) -> DeltaTable | None:
+    _slow_commits = True
+
+    def _open(self, name: str, *, writing: bool = False) -> DeltaTable | None:
         """The table at ``name`` brought up to date, None if there is none; foreign -> error."""
-        table = self._open_tables.get(name)
+        handles = self._write_tables if writing else self._open_tables
+        table = handles.get(name)
         if table is not None:
             table.update_incremental()
             return table
@@ -129,7 +144,7 @@ class DeltaStore(BufferedStore):
         if config.get("orca.format") != FORMAT or "orca.key" not in config:
             raise StoreError(f"{self.uri(name)}: holds a Delta table that orca did not create")
         self._keys_of[name] = tuple(json.loads(config["orca.key"]))
-        self._open_tables[name] = table
+        handles[name] = table
         return table
 
     def _create(self, name: str, schema: pa.Schema, key: tuple[str, ...]) -> DeltaTable:
@@ -147,7 +162,7 @@ class DeltaStore(BufferedStore):
         except DeltaError as exc:  # most likely another process created it first
             if self._state(name) != "delta":
                 raise _CreateRace(str(exc)) from exc
-        table = self._open(name)
+        table = self._open(name, writing=True)
         if table is None:
             raise _CreateRace("table vanished after creation")
         return table
@@ -155,7 +170,7 @@ class DeltaStore(BufferedStore):
     def _known_key(self, name: str) -> tuple[str, ...] | None:
         return self._keys_of.get(name)
 
-    def _retry(self, name: str, action: Callable[[], T]) -> T:
+    def _retry(self, name: str, action: Callable[[], T], handles: dict[str, DeltaTable] | None = None) -> T:
         """Run ``action`` until it commits, reloading the table after each conflict."""
         last: Exception | None = None
         for attempt in range(self.options.max_retries):
@@ -166,7 +181,7 @@ class DeltaStore(BufferedStore):
                 return action()
             except _RETRYABLE as exc:
                 last = exc
-                self._open_tables.pop(name, None)
+                (self._open_tables if handles is None else handles).pop(name, None)
         raise StoreError(
             f"{self.uri(name)}: commit failed after {self.options.max_retries} tries "
             f"(the rows stay pending; flush again later): {last}"
@@ -175,13 +190,13 @@ class DeltaStore(BufferedStore):
     # ---- writes ------------------------------------------------------------------------------
     def _commit(self, name: str, data: pa.Table, key: tuple[str, ...]) -> None:
         def attempt() -> None:
-            table = self._open(name) or self._create(name, data.schema, key)
+            table = self._open(name, writing=True) or self._create(name, data.schema, key)
             check_key(self.uri(name), key, self._keys_of[name])
             rows = conform(data, pa.schema(table.schema().to_arrow()), self.uri(name))
             write_deltalake(table, rows, mode="append", writer_properties=_writer_properties(rows.schema, key))
 
         try:
-            self._retry(name, attempt)
+            self._retry(name, attempt, self._write_tables)
         except (DeltaError, OSError) as exc:
             raise StoreError(f"{self.uri(name)}: write failed: {exc}") from exc
 
@@ -262,10 +277,15 @@ class DeltaStore(BufferedStore):
 
 
 def _writer_properties(schema: pa.Schema, key: tuple[str, ...]) -> WriterProperties:
-    """Parquet options: no dictionary for key, hash and reference columns (all distinct values)."""
-    plain = ColumnProperties(dictionary_enabled=False)
+    """Parquet options for orca's tables, chosen by measurement (see ``docs/stores.md``).
+
+    Key, hash and reference columns never repeat a value and are random hex: dictionaries and
+    min/max statistics on them cost write time and never prune a file, and general-purpose
+    compression (Snappy) does not shrink them, so files are written uncompressed.
+    """
+    plain = ColumnProperties(dictionary_enabled=False, statistics_enabled="NONE")
     unique = [c for c in schema.names if c in key or c in _UNIQUE_COLUMNS or c.startswith(_UNIQUE_PREFIXES)]
-    return WriterProperties(column_properties=dict.fromkeys(unique, plain))
+    return WriterProperties(compression="UNCOMPRESSED", column_properties=dict.fromkeys(unique, plain))
 
 
 def _dtype(table: DeltaTable, column: str) -> pl.DataType:

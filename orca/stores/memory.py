@@ -43,9 +43,13 @@ class MemoryStore(BufferedStore):
     location = "memory"
 
     def __init__(
-        self, *, max_rows: int = 200_000, max_seconds: float = 30.0, max_retries: int = 10
+        self, *, max_rows: int = 200_000, max_seconds: float = 30.0, max_retries: int = 10,
+        background: bool = True,
     ) -> None:
-        super().__init__(max_rows=max_rows, max_seconds=max_seconds, max_retries=max_retries)
+        # (Commits here are quick, in-memory and always in the caller; ``background`` is
+        # accepted so that code can configure either store the same way.)
+        super().__init__(max_rows=max_rows, max_seconds=max_seconds, max_retries=max_retries,
+                         background=background)
         self._tables: dict[str, _Table] = {}
 
     def uri(self, name: str) -> str:
