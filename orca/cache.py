@@ -65,6 +65,7 @@ HIT = "__hit"
 HI, LO = "__hash_hi", "__hash_lo"
 RESULT_LO = "__result_lo"
 INDEX = "__index"
+ENTRY_ROW = "__entry_row"
 POSITION = "__position"
 OnError = Literal["raise", "continue"]
 _NO_FAILURES = pl.DataFrame(schema={PACKET_HASH: pl.String})
@@ -183,35 +184,35 @@ class CachedFunctionPod:
         found = self.attach_results(packet_hashes.alias(PACKET_HASH).cast(pl.String).to_frame(), [])
         return first_rows(found.filter(pl.col(HIT).is_null()))[PACKET_HASH]
 
-    def compute(self, entries: pl.DataFrame, todo: pl.Series | None, ctx: RunContext,
-                path_columns: frozenset[str]) -> Iterator[tuple[pl.Series, pl.DataFrame, bool]]:
-        """Compute the packets ``todo`` (hashes; None: all) found in ``entries``; append their results.
+    def compute(self, entries: pl.DataFrame, ctx: RunContext,
+                path_columns: frozenset[str]) -> Iterator[tuple[np.ndarray, pl.DataFrame, bool]]:
+        """Compute every distinct packet of ``entries``; append their results.
 
         Works in batches of ``ctx.batch_rows`` packets. Yields, per completed chunk,
-        ``(packet hashes done, failed rows, False)`` *after* appending the chunk's results, so
-        callers can append rows that point at them (provenance) in the right order. Before a
+        ``(rows done, failed rows, False)`` *after* appending the chunk's results, so callers
+        can append rows that point at them (provenance) in the right order. ``rows done`` are
+        the positions in ``entries`` of the first entry of each packet computed. Before a
         batch, if ``RECHECK_SECONDS`` have passed since the last look, packets whose results
-        other processes committed meanwhile are skipped and yielded as ``(hashes, no
-        failures, True)``: done, but served from the store.
+        other processes committed meanwhile are skipped and yielded as ``(rows, no failures,
+        True)``: done, but served from the store.
         """
-        packets = with_words(first_rows(entries))
-        if todo is not None:  # (a 64-bit collision can only add work: computed twice, recorded once)
-            packets = packets.filter(pl.col(HI).is_in(hash_words(todo)[0].implode()))
+        packets = first_rows(with_words(entries).with_row_index(ENTRY_ROW))
         fn = functools.partial(run_chunk, self.pod, ctx.retries)
         checked = time.monotonic()
         for start in range(0, packets.height, ctx.batch_rows):
             batch = packets.slice(start, ctx.batch_rows)
             if start and time.monotonic() - checked >= RECHECK_SECONDS:
                 still = self.missing(batch[PACKET_HASH]).to_frame()
-                served = batch.join(still, on=PACKET_HASH, how="anti")[PACKET_HASH]
+                served = batch.join(still, on=PACKET_HASH, how="anti")[ENTRY_ROW]
                 if served.len():
-                    yield served, _NO_FAILURES, True
+                    yield served.to_numpy(), _NO_FAILURES, True
                 batch = batch.join(still, on=PACKET_HASH, how="semi")
                 checked = time.monotonic()
             table = input_packets(self.pod, batch, path_columns)
             table = table.append_column(ROW, pa.array(np.arange(batch.height, dtype=np.int64)))
             hashes = batch[PACKET_HASH].to_arrow()
-            keys = pa.table({PACKET_HASH: hashes, RECORD_ID: result_record_ids(self.identity.hash, hashes)})
+            keys = pa.table({PACKET_HASH: hashes, RECORD_ID: result_record_ids(self.identity.hash, hashes),
+                             ENTRY_ROW: batch[ENTRY_ROW].to_arrow()})
             chunks = ctx.executor.map_chunks(fn, table)
             try:
                 for out in chunks:
@@ -219,10 +220,11 @@ class CachedFunctionPod:
             finally:
                 chunks.close()
 
-    def _store_chunk(self, out: pa.Table, keys: pa.Table, ctx: RunContext) -> tuple[pl.Series, pl.DataFrame]:
-        """Append the successful rows of one computed chunk; return (their hashes, failed rows).
+    def _store_chunk(self, out: pa.Table, keys: pa.Table, ctx: RunContext) -> tuple[np.ndarray, pl.DataFrame]:
+        """Append the successful rows of one computed chunk; return (their entry rows, failed rows).
 
-        ``keys`` holds the packet hash and record id of each row of the batch (``__row`` indexes it).
+        ``keys`` holds the packet hash, record id and entry row of each row of the batch
+        (``__row`` indexes it).
         """
         keys = keys.take(out.column(ROW))
         ok_mask = out.column(OK)
@@ -245,7 +247,7 @@ class CachedFunctionPod:
         failed = out.filter(failed_mask) if has_failures else out.slice(0, 0)
         failed_keys = keys.filter(failed_mask) if has_failures else keys.slice(0, 0)
         failed = pl.from_arrow(failed.select(columns).add_column(0, PACKET_HASH, failed_keys.column(PACKET_HASH)))
-        return pl.Series(PACKET_HASH, ok_keys.column(PACKET_HASH)), failed
+        return ok_keys.column(ENTRY_ROW).to_numpy(), failed
 
     def record_failures(self, failed: pl.DataFrame, entries: pl.DataFrame, tags: tuple[str, ...],
                         ctx: RunContext) -> None:
@@ -347,7 +349,7 @@ class CachedFunctionPod:
 
     def _work(self, todo: pl.DataFrame, tags: tuple[str, ...], path_columns: frozenset[str],
               ctx: RunContext) -> Iterator[None]:
-        for _, failed, _ in self.compute(todo, None, ctx, path_columns):
+        for _, failed, _ in self.compute(todo, ctx, path_columns):
             self.record_failures(failed, todo, tags, ctx)
             if failed.height and ctx.on_error == "raise":
                 raise self.fail(failed, todo, tags)

@@ -34,10 +34,12 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from orca._operator import check_expr
 from orca.cache import (
+    HI,
     HIT,
     PACKET_HASH,
     RECORD_ID,
@@ -47,6 +49,7 @@ from orca.cache import (
     new_run_id,
     run_and_commit,
     utc_now,
+    with_words,
 )
 from orca.errors import PodError
 from orca.executors import Executor
@@ -61,6 +64,7 @@ ENTRY_ID = "__entry_id"
 SYSTEM_TAGS = "__system_tags"
 KNOWN = "__known"
 SHARD_KEY = "__shard_key"
+FIRST = "__first_entry"
 PROVENANCE_BATCH = 100_000  # computed entries per provenance append ...
 PROVENANCE_SECONDS = 1.0  # ... or seconds, whichever comes first (progress stays fresh)
 _LABEL_OK = re.compile(r"^[A-Za-z0-9_\-.]+$")
@@ -208,22 +212,23 @@ class FunctionNode:
             self.store.flush()
             counts.cached += hits.height
             yield
-        todo = novel.filter(pl.col(HIT).is_null())
+        todo = with_words(novel.filter(pl.col(HIT).is_null()))
+        entries_of = _EntriesOf(todo)
         tags = self.input.tag_columns
-        done: list[pl.Series] = []
+        done: list[np.ndarray] = []
         pending, last = 0, time.monotonic()
         try:
-            for computed, failed, served in cached.compute(todo, None, ctx, self.input.path_columns):
+            for rows, failed, served in cached.compute(todo, ctx, self.input.path_columns):
                 if served:  # another process committed these results meanwhile: only provenance
-                    counts.cached += self._record_computed(todo, [computed], ctx)
+                    counts.cached += self._record_computed(entries_of, [rows], ctx)
                     yield
                     continue
-                done.append(computed)
-                pending += computed.len()
-                # Provenance for computed packets is appended (after their results) in batches:
-                # matching packets back to entries is a join over all of `todo`, too dear per chunk.
+                done.append(rows)
+                pending += len(rows)
+                # Provenance for computed packets is appended (after their results) in batches,
+                # so that each append and commit is large.
                 if pending >= PROVENANCE_BATCH or time.monotonic() - last >= PROVENANCE_SECONDS:
-                    counts.computed += self._record_computed(todo, done, ctx)
+                    counts.computed += self._record_computed(entries_of, done, ctx)
                     done, pending, last = [], 0, time.monotonic()
                 if failed.height:
                     cached.record_failures(failed, todo, tags, ctx)
@@ -232,14 +237,13 @@ class FunctionNode:
                         raise cached.fail(failed, todo, tags)
                 yield
         finally:  # also on error and Ctrl-C: every appended result gets its provenance row
-            counts.computed += self._record_computed(todo, done, ctx)
+            counts.computed += self._record_computed(entries_of, done, ctx)
 
-    def _record_computed(self, todo: pl.DataFrame, done: list[pl.Series], ctx: RunContext) -> int:
-        """Append provenance for the entries of ``todo`` whose packets are in ``done``."""
+    def _record_computed(self, entries_of: _EntriesOf, done: list[np.ndarray], ctx: RunContext) -> int:
+        """Append provenance for the entries whose packets were computed (first entry rows ``done``)."""
         if not done:
             return 0
-        hashes = pl.concat(done).cast(pl.String).alias(PACKET_HASH).to_frame()
-        finished = todo.join(hashes, on=PACKET_HASH, how="semi")
+        finished = entries_of(np.concatenate(done))
         self._append_provenance(finished, ctx)
         return finished.height
 
@@ -324,6 +328,26 @@ class FunctionNode:
 
     def __len__(self) -> int:
         return self._current_output().height
+
+
+class _EntriesOf:
+    """Maps the first entry row of computed packets to every entry with those packets.
+
+    Usually each entry has its own packet and this is a gather; when packets repeat, each row
+    carries the row of its packet's first entry and the lookup is one ``is_in`` on integers.
+    """
+
+    def __init__(self, todo: pl.DataFrame) -> None:
+        self.todo = todo
+        self.first: pl.Series | None = None
+        if todo.height and todo[HI].n_unique() != todo.height:
+            self.first = todo.with_row_index(FIRST).select(
+                pl.col(FIRST).min().over(PACKET_HASH)).to_series()
+
+    def __call__(self, rows: np.ndarray) -> pl.DataFrame:
+        if self.first is None:
+            return self.todo[rows]
+        return self.todo.filter(self.first.is_in(pl.Series(rows, dtype=self.first.dtype).implode()))
 
 
 def _rows(frame: pl.DataFrame, tags: tuple[str, ...], pod: FunctionPod) -> Iterator[tuple[Mapping, Mapping]]:

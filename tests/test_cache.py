@@ -338,7 +338,7 @@ def test_long_runs_skip_packets_other_processes_committed_meanwhile(tmp_path, mo
     frame = stream.to_polars(include_system=True)
     entries = frame.with_columns(cached.hash_inputs(frame, frozenset()))
     ctx = orca.cache.RunContext("run-1", orca.InProcessExecutor(initial_chunk_rows=2), batch_rows=2)
-    orca.cache.run_and_commit(cached.store, cached.compute(entries, None, ctx, frozenset()))
+    orca.cache.run_and_commit(cached.store, cached.compute(entries, ctx, frozenset()))
     assert calls == [0, 1, 2, 3]
     assert cached(stream).to_polars()["z"].to_list() == [0, 2, 4, 6, 8, 10] and calls == [0, 1, 2, 3]
 
