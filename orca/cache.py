@@ -62,13 +62,13 @@ FAILURES = "failures"
 RECHECK_SECONDS = 10.0  # how often a long run looks for results other processes committed
 # Working columns (never stored).
 HIT = "__hit"
-HI, LO = "__hash_hi", "__hash_lo"
-RESULT_LO = "__result_lo"
+KEY = "__hash_key"  # the packet hash as one UInt128: joins on it are exact and ~2x cheaper than on hex
 INDEX = "__index"
 ENTRY_ROW = "__entry_row"
 POSITION = "__position"
 OnError = Literal["raise", "continue"]
 _NO_FAILURES = pl.DataFrame(schema={PACKET_HASH: pl.String})
+_TWO_64 = pl.lit(2**64, dtype=pl.UInt128)
 
 
 def new_run_id() -> str:
@@ -196,7 +196,7 @@ class CachedFunctionPod:
         other processes committed meanwhile are skipped and yielded as ``(rows, no failures,
         True)``: done, but served from the store.
         """
-        packets = first_rows(with_words(entries).with_row_index(ENTRY_ROW))
+        packets = first_rows(with_key(entries).with_row_index(ENTRY_ROW))
         fn = functools.partial(run_chunk, self.pod, ctx.retries)
         checked = time.monotonic()
         for start in range(0, packets.height, ctx.batch_rows):
@@ -287,41 +287,34 @@ class CachedFunctionPod:
     def output_rows(self, found: pl.DataFrame, tags: tuple[str, ...], system_tags: tuple[str, ...]) -> pl.DataFrame:
         """Rows of :meth:`attach_results` that hit, as the output stream's columns (source refs added)."""
         outputs = self.pod.output_keys
-        hashes = words_digests(found[HI], found[LO]) if HI in found.columns else found[PACKET_HASH]
+        hashes = key_digests(found[KEY]) if KEY in found.columns else found[PACKET_HASH]
         ref = pl.lit(self.results_table + "#") + pl.Series(result_record_ids(self.identity.hash, hashes))
         return found.select(*tags, *system_tags, *outputs, *[ref.alias(source_column(k)) for k in outputs])
 
     def attach_results(self, entries: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
         """``entries`` plus ``columns`` of each one's live result and ``__hit`` (null: none), in order.
 
-        One join on the first 64 bits of the packet hash (much cheaper than joining 32-character
-        strings), checked against the other 64. An entry whose packet has several live rows
-        (concurrent writers) takes the row the store's dedup rule keeps.
+        One join on the packet hash as a ``UInt128`` (exact, and about twice as fast as joining
+        32-character strings). An entry whose packet has several live rows (concurrent writers)
+        takes the row the store's dedup rule keeps.
         """
         raw = self.store.scan(self.results_table, include_invalidated=True)
         if raw is None:
             return entries.with_columns(self._nulls(columns))
         results = raw.filter(pl.col(INVALIDATED_AT).is_null()).select(
             PACKET_HASH, *columns, pl.lit(True).alias(HIT)).collect()
-        hi, lo = hash_words(results[PACKET_HASH].cast(pl.String))
-        results = results.drop(PACKET_HASH).with_columns(hi, lo.alias(RESULT_LO))
-        left = with_words(entries).with_row_index(POSITION)
-        joined = left.join(results, on=HI, how="left", maintain_order="left")
+        results = results.with_columns(hash_key(results[PACKET_HASH])).drop(PACKET_HASH)
+        left = with_key(entries).with_row_index(POSITION)
+        joined = left.join(results, on=KEY, how="left", maintain_order="left")
         if joined.height != entries.height:  # some packet has several live rows: apply the dedup rule
             several = joined[POSITION].is_duplicated()
             which = left.join(joined.filter(several).select(POSITION).unique(), on=POSITION)
             live = self.store.lookup(self.results_table, which[PACKET_HASH])
             fixed = which.join(live.select(pl.col(PACKET_HASH).cast(pl.String), *columns).with_columns(
-                pl.lit(True).alias(HIT)), on=PACKET_HASH, how="left").with_columns(pl.col(LO).alias(RESULT_LO))
+                pl.lit(True).alias(HIT)), on=PACKET_HASH, how="left")
             joined = pl.concat([joined.filter(~several), fixed.select(joined.columns)], how="vertical_relaxed")
             joined = joined.sort(POSITION)
-        # A row matching on 64 bits only belongs to another packet: the entry has no result.
-        other = pl.col(RESULT_LO).is_not_null() & (pl.col(RESULT_LO) != pl.col(LO))
-        if joined.select(other.any()).item():
-            joined = joined.with_columns(pl.when(other).then(None).otherwise(pl.col(c)).alias(c)
-                                         for c in [*columns, HIT])
-        added = [HI, LO] if HI not in entries.columns else []
-        return joined.drop(POSITION, RESULT_LO, *added)
+        return joined.drop(POSITION, *([KEY] if KEY not in entries.columns else []))
 
     def _nulls(self, columns: list[str]) -> list[pl.Expr]:
         """Typed null columns standing for "no result" (outputs and the hit flag)."""
@@ -333,9 +326,9 @@ class CachedFunctionPod:
         tags, system_tags = stream.tag_columns, stream.system_tag_columns
         reads = [p for p in self.pod.parameters if p in stream.packet_columns]
         frame = stream.lazy(include_system=True).select(*tags, *system_tags, *reads).collect()
-        entries = with_words(frame.with_columns(self.hash_inputs(frame, stream.path_columns)))
+        entries = with_key(frame.with_columns(self.hash_inputs(frame, stream.path_columns)))
         outputs = list(self.pod.output_keys)
-        keys = [*tags, *system_tags, PACKET_HASH, HI, LO]  # (an output may share a parameter's name)
+        keys = [*tags, *system_tags, PACKET_HASH, KEY]  # (an output may share a parameter's name)
         found = self.attach_results(entries.select(keys), outputs)
         missed = found[HIT].is_null()
         if missed.any():  # compute the misses, then read back what the store now holds for them
@@ -356,33 +349,33 @@ class CachedFunctionPod:
             yield
 
 
-def hash_words(hashes: pl.Series) -> tuple[pl.Series, pl.Series]:
-    """Each 32-hex-digit hash as two ``UInt64`` words (equal iff the hashes are): fast to join on."""
-    words = hex_digests(hashes).view(">u8")
-    return pl.Series(HI, words[:, 0].astype(np.uint64)), pl.Series(LO, words[:, 1].astype(np.uint64))
+def hash_key(hashes: pl.Series) -> pl.Series:
+    """Each 32-hex-digit hash as one ``UInt128`` (equal iff the hashes are): fast to join on."""
+    words = hex_digests(hashes).view(">u8").astype(np.uint64)
+    frame = pl.DataFrame({"hi": words[:, 0], "lo": words[:, 1]})
+    return frame.select(pl.col("hi").cast(pl.UInt128) * _TWO_64 + pl.col("lo").cast(pl.UInt128)).to_series().alias(KEY)
 
 
-def words_digests(hi: pl.Series, lo: pl.Series) -> np.ndarray:
-    """The inverse of :func:`hash_words`: ``(n, 16)`` uint8 digests."""
-    words = np.column_stack([hi.to_numpy(), lo.to_numpy()]).astype(">u8")
-    return words.view(np.uint8).reshape(len(hi), 16)
+def key_digests(keys: pl.Series) -> np.ndarray:
+    """The inverse of :func:`hash_key`: ``(n, 16)`` uint8 digests."""
+    parts = keys.to_frame("k").select((pl.col("k") // _TWO_64).cast(pl.UInt64).alias("hi"),
+                                      (pl.col("k") % _TWO_64).cast(pl.UInt64).alias("lo"))
+    words = np.empty((len(keys), 2), ">u8")
+    words[:, 0], words[:, 1] = parts["hi"].to_numpy(), parts["lo"].to_numpy()
+    return words.view(np.uint8).reshape(len(keys), 16)
 
 
-def with_words(frame: pl.DataFrame) -> pl.DataFrame:
-    """``frame`` with the words of its ``__packet_hash`` (kept if already there)."""
-    return frame if HI in frame.columns else frame.with_columns(hash_words(frame[PACKET_HASH]))
+def with_key(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with the ``UInt128`` key of its ``__packet_hash`` (kept if already there)."""
+    return frame if KEY in frame.columns else frame.with_columns(hash_key(frame[PACKET_HASH]))
 
 
 def first_rows(frame: pl.DataFrame) -> pl.DataFrame:
     """The first row of ``frame`` for each distinct ``__packet_hash``, in order."""
-    hi, lo = (frame[HI], frame[LO]) if HI in frame.columns else hash_words(frame[PACKET_HASH])
-    if hi.n_unique() == frame.height:  # all distinct already (the usual first run): cheapest check
+    key = frame[KEY] if KEY in frame.columns else hash_key(frame[PACKET_HASH])
+    if key.n_unique() == frame.height:  # all distinct already (the usual first run): cheapest check
         return frame
-    order = hi.arg_sort()
-    h, low = hi.gather(order), lo.gather(order)
-    if ((h == h.shift(1)) & (low != low.shift(1))).any():  # two packets share 64 bits: use all 128
-        return frame.filter(frame[PACKET_HASH].is_first_distinct())
-    return frame.filter(hi.is_first_distinct())
+    return frame.filter(key.is_first_distinct())
 
 
 def run_and_commit(store: Store, steps: Iterator[Any], on_step: Callable[[Any], None] | None = None) -> None:

@@ -39,8 +39,8 @@ import polars as pl
 
 from orca._operator import check_expr
 from orca.cache import (
-    HI,
     HIT,
+    KEY,
     PACKET_HASH,
     RECORD_ID,
     CachedFunctionPod,
@@ -49,7 +49,7 @@ from orca.cache import (
     new_run_id,
     run_and_commit,
     utc_now,
-    with_words,
+    with_key,
 )
 from orca.errors import PodError
 from orca.executors import Executor
@@ -64,7 +64,7 @@ ENTRY_ID = "__entry_id"
 SYSTEM_TAGS = "__system_tags"
 KNOWN = "__known"
 SHARD_KEY = "__shard_key"
-FIRST = "__first_entry"
+FIRST = "__first_entry"  # (working column: a row number)
 PROVENANCE_BATCH = 100_000  # computed entries per provenance append ...
 PROVENANCE_SECONDS = 1.0  # ... or seconds, whichever comes first (progress stays fresh)
 _LABEL_OK = re.compile(r"^[A-Za-z0-9_\-.]+$")
@@ -158,9 +158,12 @@ class FunctionNode:
         recorded = self.store.keys(self.provenance_table)
         if recorded is None or recorded.len() == 0:
             return found.with_columns(pl.lit(False).alias(KNOWN))
-        recorded = recorded.cast(pl.String).alias(ENTRY_ID).to_frame().with_columns(pl.lit(True).alias(KNOWN))
-        found = found.join(recorded, on=ENTRY_ID, how="left", maintain_order="left")
-        return found.with_columns((pl.col(KNOWN).fill_null(False) & pl.col(HIT).is_not_null()).alias(KNOWN))
+        # A semi-join for the positions of recorded entries: about half the cost of a left join.
+        rows = found.select(ENTRY_ID).with_row_index(FIRST).join(
+            recorded.cast(pl.String).alias(ENTRY_ID).to_frame(), on=ENTRY_ID, how="semi")[FIRST]
+        recorded_mask = np.zeros(found.height, bool)
+        recorded_mask[rows.to_numpy()] = True
+        return found.with_columns((pl.Series(recorded_mask) & pl.col(HIT).is_not_null()).alias(KNOWN))
 
     # -- running ----------------------------------------------------------------------------
     def run(self, *, executor: Executor | None = None, on_error: str | None = None, retries: int | None = None,
@@ -212,7 +215,7 @@ class FunctionNode:
             self.store.flush()
             counts.cached += hits.height
             yield
-        todo = with_words(novel.filter(pl.col(HIT).is_null()))
+        todo = with_key(novel.filter(pl.col(HIT).is_null()))
         entries_of = _EntriesOf(todo)
         tags = self.input.tag_columns
         done: list[np.ndarray] = []
@@ -340,7 +343,7 @@ class _EntriesOf:
     def __init__(self, todo: pl.DataFrame) -> None:
         self.todo = todo
         self.first: pl.Series | None = None
-        if todo.height and todo[HI].n_unique() != todo.height:
+        if todo.height and todo[KEY].n_unique() != todo.height:
             self.first = todo.with_row_index(FIRST).select(
                 pl.col(FIRST).min().over(PACKET_HASH)).to_series()
 
