@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 from orca import _context
 from orca.errors import PodError
 from orca.executors import Executor, InProcessExecutor
-from orca.hashing import hash_packets, hex_digests
+from orca.hashing import HASH_KEY, hash_keys, hash_packets
 from orca.pods import (
     ATTEMPTS,
     DURATION,
@@ -62,13 +62,12 @@ FAILURES = "failures"
 RECHECK_SECONDS = 10.0  # how often a long run looks for results other processes committed
 # Working columns (never stored).
 HIT = "__hit"
-KEY = "__hash_key"  # the packet hash as one UInt128: joins on it are exact and ~2x cheaper than on hex
+KEY = HASH_KEY  # the packet hash as one UInt128 (see hashing.hash_keys)
 INDEX = "__index"
 ENTRY_ROW = "__entry_row"
 POSITION = "__position"
 OnError = Literal["raise", "continue"]
 _NO_FAILURES = pl.DataFrame(schema={PACKET_HASH: pl.String})
-_TWO_64 = pl.lit(2**64, dtype=pl.UInt128)
 
 
 def new_run_id() -> str:
@@ -285,11 +284,10 @@ class CachedFunctionPod:
         return self.output_rows(found.filter(pl.col(HIT)), tags, system_tags)
 
     def output_rows(self, found: pl.DataFrame, tags: tuple[str, ...], system_tags: tuple[str, ...]) -> pl.DataFrame:
-        """Rows of :meth:`attach_results` that hit, as the output stream's columns (source refs added)."""
-        outputs = self.pod.output_keys
-        hashes = key_digests(found[KEY]) if KEY in found.columns else found[PACKET_HASH]
-        ref = pl.lit(self.results_table + "#") + pl.Series(result_record_ids(self.identity.hash, hashes))
-        return found.select(*tags, *system_tags, *outputs, *[ref.alias(source_column(k)) for k in outputs])
+        """Rows of :meth:`attach_results` that hit, as the output stream's frame (see
+        :meth:`FunctionPod.output_stream`: the source references are derived from ``__hash_key``)."""
+        key = found[KEY] if KEY in found.columns else hash_keys(found[PACKET_HASH])
+        return found.select(*tags, *system_tags, *self.pod.output_keys).with_columns(key)
 
     def attach_results(self, entries: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
         """``entries`` plus ``columns`` of each one's live result and ``__hit`` (null: none), in order.
@@ -303,7 +301,7 @@ class CachedFunctionPod:
             return entries.with_columns(self._nulls(columns))
         results = raw.filter(pl.col(INVALIDATED_AT).is_null()).select(
             PACKET_HASH, *columns, pl.lit(True).alias(HIT)).collect()
-        results = results.with_columns(hash_key(results[PACKET_HASH])).drop(PACKET_HASH)
+        results = results.with_columns(hash_keys(results[PACKET_HASH])).drop(PACKET_HASH)
         left = with_key(entries).with_row_index(POSITION)
         joined = left.join(results, on=KEY, how="left", maintain_order="left")
         if joined.height != entries.height:  # some packet has several live rows: apply the dedup rule
@@ -349,30 +347,14 @@ class CachedFunctionPod:
             yield
 
 
-def hash_key(hashes: pl.Series) -> pl.Series:
-    """Each 32-hex-digit hash as one ``UInt128`` (equal iff the hashes are): fast to join on."""
-    words = hex_digests(hashes).view(">u8").astype(np.uint64)
-    frame = pl.DataFrame({"hi": words[:, 0], "lo": words[:, 1]})
-    return frame.select(pl.col("hi").cast(pl.UInt128) * _TWO_64 + pl.col("lo").cast(pl.UInt128)).to_series().alias(KEY)
-
-
-def key_digests(keys: pl.Series) -> np.ndarray:
-    """The inverse of :func:`hash_key`: ``(n, 16)`` uint8 digests."""
-    parts = keys.to_frame("k").select((pl.col("k") // _TWO_64).cast(pl.UInt64).alias("hi"),
-                                      (pl.col("k") % _TWO_64).cast(pl.UInt64).alias("lo"))
-    words = np.empty((len(keys), 2), ">u8")
-    words[:, 0], words[:, 1] = parts["hi"].to_numpy(), parts["lo"].to_numpy()
-    return words.view(np.uint8).reshape(len(keys), 16)
-
-
 def with_key(frame: pl.DataFrame) -> pl.DataFrame:
     """``frame`` with the ``UInt128`` key of its ``__packet_hash`` (kept if already there)."""
-    return frame if KEY in frame.columns else frame.with_columns(hash_key(frame[PACKET_HASH]))
+    return frame if KEY in frame.columns else frame.with_columns(hash_keys(frame[PACKET_HASH]))
 
 
 def first_rows(frame: pl.DataFrame) -> pl.DataFrame:
     """The first row of ``frame`` for each distinct ``__packet_hash``, in order."""
-    key = frame[KEY] if KEY in frame.columns else hash_key(frame[PACKET_HASH])
+    key = frame[KEY] if KEY in frame.columns else hash_keys(frame[PACKET_HASH])
     if key.n_unique() == frame.height:  # all distinct already (the usual first run): cheapest check
         return frame
     return frame.filter(key.is_first_distinct())

@@ -543,6 +543,33 @@ def hex_digests(hashes: pa.Array | pa.ChunkedArray | pl.Series) -> np.ndarray:
     return np.frombuffer(raw, np.uint8).reshape(n, 16)
 
 
+HASH_KEY = "__hash_key"
+_TWO_64 = pl.lit(2**64, dtype=pl.UInt128)
+
+
+def hash_keys(hashes: pa.Array | pa.ChunkedArray | pl.Series) -> pl.Series:
+    """32-hex-digit hashes as one ``UInt128`` each (equal iff the hashes are).
+
+    Joins and ``is_in`` on these are exact and about twice as fast as on the hex strings.
+
+    >>> hash_keys(pl.Series(["0" * 31 + "f"])).to_list()
+    [15]
+    """
+    words = hex_digests(hashes).view(">u8").astype(np.uint64)
+    frame = pl.DataFrame({"hi": words[:, 0], "lo": words[:, 1]}, schema={"hi": pl.UInt64, "lo": pl.UInt64})
+    key = pl.col("hi").cast(pl.UInt128) * _TWO_64 + pl.col("lo").cast(pl.UInt128)
+    return frame.select(key.alias(HASH_KEY)).to_series()
+
+
+def key_digests(keys: pl.Series) -> np.ndarray:
+    """The inverse of :func:`hash_keys`, as ``(n, 16)`` uint8 digests (see :func:`digests_hex`)."""
+    parts = keys.to_frame("k").select((pl.col("k") // _TWO_64).cast(pl.UInt64).alias("hi"),
+                                      (pl.col("k") % _TWO_64).cast(pl.UInt64).alias("lo"))
+    words = np.empty((len(keys), 2), ">u8")
+    words[:, 0], words[:, 1] = parts["hi"].to_numpy(), parts["lo"].to_numpy()
+    return words.view(np.uint8).reshape(len(keys), 16)
+
+
 def digests_hex(digests: np.ndarray) -> pa.Array:
     """``(n, 16)`` uint8 digests -> a ``large_string`` array of 32 hex digits each."""
     n = len(digests)

@@ -120,7 +120,7 @@ class FunctionNode:
         self.input = input_stream
         self.pipeline = pipeline
         self._entries: pl.DataFrame | None = None  # the input as hashed by the latest run
-        self._latest: pl.DataFrame | None = None  # its status, when that run changed nothing
+        self._latest: pl.DataFrame | None = None  # its status as of the end of that run
         self.identity = hash_bytes(f"node\x00{self.pod.identity.hash}\x00{input_stream.identity}".encode())
         self.output = self.pod.output_stream(input_stream, self._current_output, producer=self)
 
@@ -201,7 +201,27 @@ class FunctionNode:
                        on_step=(lambda _: progress(counts)) if progress else None)
         if novel.height == 0:  # nothing changed: the output is what the status already holds
             self._latest = status
+        elif shard is None:  # every novel entry was handled: only their results need reading
+            self._latest = self._refreshed(status)
         return counts
+
+    def _refreshed(self, status: pl.DataFrame) -> pl.DataFrame:
+        """``status`` after a run: the entries that were novel take their results as now stored.
+
+        A novel entry is done when its packet now has a live result: the run recorded
+        provenance for every such entry (computed, served from the cache, or committed by
+        another process). Failed entries stay not done.
+        """
+        outputs = list(self.pod.output_keys)
+        novel = ~status[KNOWN]
+        keys = [c for c in status.columns if c not in (*outputs, HIT, KNOWN)]
+        if novel.all():
+            fresh = self.cached.attach_results(status.select(keys), outputs)
+            return fresh.with_columns(pl.col(HIT).is_not_null().alias(KNOWN)).select(status.columns)
+        indexed = status.with_row_index(FIRST)
+        fresh = self.cached.attach_results(indexed.filter(novel).select(FIRST, *keys), outputs)
+        fresh = fresh.with_columns(pl.col(HIT).is_not_null().alias(KNOWN)).select(indexed.columns)
+        return pl.concat([indexed.filter(~novel), fresh]).sort(FIRST).drop(FIRST)
 
     def _phase2(self, cached: CachedFunctionPod, novel: pl.DataFrame, ctx: RunContext,
                 counts: Counts) -> Iterator[None]:

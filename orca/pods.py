@@ -45,12 +45,15 @@ from orca import _context
 from orca.errors import PodError, SchemaError
 from orca.executors import run_async_rows
 from orca.hashing import (
+    HASH_KEY,
     PATH_METADATA,
     digests_hex,
     hash_bytes,
+    hash_keys,
     hash_packets,
     hex_digests,
     is_path_field,
+    key_digests,
 )
 from orca.streams import Stream, source_column
 from orca.types import arrow_field, is_optional, strip_optional, to_arrow_array, to_python
@@ -220,9 +223,21 @@ class FunctionPod:
         return hash_bytes(f"pod\x00{self.identity.hash}\x00{stream.identity}".encode())
 
     def output_stream(self, stream: Stream, frame: Callable[[], pl.DataFrame], producer: Any) -> Stream:
-        """The (lazy) stream of this pod's outputs over ``stream``; ``frame`` computes its rows."""
-        return Stream(frame, tag_columns=stream.tag_columns, packet_columns=self.output_keys,
-                      path_columns=self.path_outputs, schema=self.output_stream_schema(stream),
+        """The (lazy) stream of this pod's outputs over ``stream``.
+
+        ``frame`` computes the tags, system tags and outputs, plus ``__hash_key`` (each row's
+        input packet hash, see :func:`orca.hashing.hash_keys`). The ``__source__<output>``
+        references are derived from it lazily: only when a collect asks for system columns.
+        """
+        schema = self.output_stream_schema(stream)
+        sources = [source_column(k) for k in self.output_keys]
+        base = {n: t for n, t in pl.from_arrow(schema.empty_table()).schema.items() if n not in sources}
+        refs = pl.col(HASH_KEY).map_batches(
+            lambda keys: pl.Series(result_references(self, keys)), return_dtype=pl.String)
+        lazy = pl.defer(frame, schema={**base, HASH_KEY: pl.UInt128})
+        lazy = lazy.with_columns(refs.alias(s) for s in sources).drop(HASH_KEY)
+        return Stream(lazy, tag_columns=stream.tag_columns, packet_columns=self.output_keys,
+                      path_columns=self.path_outputs, schema=schema,
                       identity=self.stream_identity(stream), producer=producer)
 
     def output_stream_schema(self, stream: Stream) -> pa.Schema:
@@ -485,12 +500,15 @@ def _compute_uncached(pod: FunctionPod, stream: Stream) -> pl.DataFrame:
         raise PodError(f"function {pod.name!r} failed for tag {tag}: "
                        f"{failed.column(ERROR_COLUMNS[0])[0]}: {failed.column(ERROR_COLUMNS[1])[0]}")
     packet_hash = hash_packets(table)  # the parameters the stream has (defaults fill the others)
-    record_ids = result_record_ids(pod.identity.hash, packet_hash)
-    ref = pl.lit(pod.results_table + "#") + pl.Series(record_ids)
-    result = frame.select([*stream.tag_columns, *stream.system_tag_columns]).with_columns(
-        [pl.Series(k, out.column(k)) for k in pod.output_keys]
-    ).with_columns([ref.alias(source_column(k)) for k in pod.output_keys])
-    return result
+    return frame.select([*stream.tag_columns, *stream.system_tag_columns]).with_columns(
+        [pl.Series(k, out.column(k)) for k in pod.output_keys]).with_columns(hash_keys(packet_hash))
+
+
+def result_references(pod: FunctionPod, keys: pl.Series) -> pa.Array:
+    """``"<results table>#<record id>"`` for each input packet hash key (see :func:`hash_keys`)."""
+    ids = result_record_ids(pod.identity.hash, key_digests(keys))
+    return pc.binary_join_element_wise(pa.scalar(pod.results_table + "#", pa.large_string()), ids,
+                                       pa.scalar("", pa.large_string()))
 
 
 def result_record_ids(function_hash: str, packet_hashes: pa.Array | pl.Series | np.ndarray) -> pa.Array:

@@ -18,6 +18,7 @@ from typing import TypeVar
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 from deltalake import ColumnProperties, DeltaTable, WriterProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError
 
@@ -193,7 +194,7 @@ class DeltaStore(BufferedStore):
             table = self._open(name, writing=True) or self._create(name, data.schema, key)
             check_key(self.uri(name), key, self._keys_of[name])
             rows = conform(data, pa.schema(table.schema().to_arrow()), self.uri(name))
-            write_deltalake(table, rows, mode="append", writer_properties=_writer_properties(rows.schema, key))
+            write_deltalake(table, rows, mode="append", writer_properties=_writer_properties(rows, key))
 
         try:
             self._retry(name, attempt, self._write_tables)
@@ -276,16 +277,33 @@ class DeltaStore(BufferedStore):
         return sorted(n for n in found if n.startswith(prefix) and n != ".")
 
 
-def _writer_properties(schema: pa.Schema, key: tuple[str, ...]) -> WriterProperties:
-    """Parquet options for orca's tables, chosen by measurement (see ``docs/stores.md``).
+def _writer_properties(data: pa.Table, key: tuple[str, ...]) -> WriterProperties:
+    """Parquet options for one commit, chosen by measurement (see ``docs/stores.md``).
 
     Key, hash and reference columns never repeat a value and are random hex: dictionaries and
     min/max statistics on them cost write time and never prune a file, and general-purpose
-    compression (Snappy) does not shrink them, so files are written uncompressed.
+    compression (Snappy) does not shrink them, so files are written uncompressed. Any other
+    column whose values look mostly distinct (a sample of rows) is written without a
+    dictionary too: trying one and falling back costs more than the rest of the column's write.
     """
-    plain = ColumnProperties(dictionary_enabled=False, statistics_enabled="NONE")
-    unique = [c for c in schema.names if c in key or c in _UNIQUE_COLUMNS or c.startswith(_UNIQUE_PREFIXES)]
-    return WriterProperties(compression="UNCOMPRESSED", column_properties=dict.fromkeys(unique, plain))
+    hashes = ColumnProperties(dictionary_enabled=False, statistics_enabled="NONE")
+    plain = ColumnProperties(dictionary_enabled=False)
+    options = {}
+    for name in data.column_names:
+        if name in key or name in _UNIQUE_COLUMNS or name.startswith(_UNIQUE_PREFIXES):
+            options[name] = hashes
+        elif _mostly_distinct(data.column(name)):
+            options[name] = plain
+    return WriterProperties(compression="UNCOMPRESSED", column_properties=options)
+
+
+def _mostly_distinct(column: pa.ChunkedArray, sample: int = 1024) -> bool:
+    """Whether evenly spaced rows of ``column`` are mostly distinct (cheap: ~1k rows looked at)."""
+    n = len(column)
+    if n < 2 or pa.types.is_nested(column.type):
+        return False
+    rows = column.take(pa.array(range(0, n, max(1, n // sample))))
+    return pc.count_distinct(rows).as_py() > len(rows) // 2
 
 
 def _dtype(table: DeltaTable, column: str) -> pl.DataType:
