@@ -289,19 +289,31 @@ class CachedFunctionPod:
         key = found[KEY] if KEY in found.columns else hash_keys(found[PACKET_HASH])
         return found.select(*tags, *system_tags, *self.pod.output_keys).with_columns(key)
 
-    def attach_results(self, entries: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
-        """``entries`` plus ``columns`` of each one's live result and ``__hit`` (null: none), in order.
+    def results_index(self, columns: list[str]) -> pl.DataFrame | None:
+        """The live result rows' ``columns``, ``__hit`` and ``__hash_key`` (None: no table yet).
 
-        One join on the packet hash as a ``UInt128`` (exact, and about twice as fast as joining
-        32-character strings). An entry whose packet has several live rows (concurrent writers)
-        takes the row the store's dedup rule keeps.
+        What :meth:`attach_results` joins with; reading it is independent of the input, so a
+        node reads it while it hashes its input.
         """
         raw = self.store.scan(self.results_table, include_invalidated=True)
         if raw is None:
-            return entries.with_columns(self._nulls(columns))
+            return None
         results = raw.filter(pl.col(INVALIDATED_AT).is_null()).select(
             PACKET_HASH, *columns, pl.lit(True).alias(HIT)).collect()
-        results = results.with_columns(hash_keys(results[PACKET_HASH])).drop(PACKET_HASH)
+        return results.with_columns(hash_keys(results[PACKET_HASH])).drop(PACKET_HASH)
+
+    def attach_results(self, entries: pl.DataFrame, columns: list[str],
+                       index: pl.DataFrame | None | Literal["read"] = "read") -> pl.DataFrame:
+        """``entries`` plus ``columns`` of each one's live result and ``__hit`` (null: none), in order.
+
+        One join on the packet hash as a ``UInt128`` (exact, and about twice as fast as joining
+        32-character strings) with ``index`` (:meth:`results_index`, read now by default). An
+        entry whose packet has several live rows (concurrent writers) takes the row the store's
+        dedup rule keeps.
+        """
+        results = self.results_index(columns) if isinstance(index, str) else index
+        if results is None:
+            return entries.with_columns(self._nulls(columns))
         left = with_key(entries).with_row_index(POSITION)
         joined = left.join(results, on=KEY, how="left", maintain_order="left")
         if joined.height != entries.height:  # some packet has several live rows: apply the dedup rule

@@ -29,6 +29,7 @@ Counts(cached=2, computed=0, failed=0)
 
 from __future__ import annotations
 
+import concurrent.futures
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -145,17 +146,30 @@ class FunctionNode:
             pl.lit(self.identity).alias("__node")).to_arrow()
         return frame.with_columns(pl.Series(ENTRY_ID, hash_packets(id_table)))
 
-    def _status(self, entries: pl.DataFrame) -> pl.DataFrame:
+    def _read_tables(self) -> tuple[pl.Series | None, pl.DataFrame | None]:
+        """What :meth:`_status` reads from the store: recorded entry ids and the results index."""
+        return self.store.keys(self.provenance_table), self.cached.results_index(list(self.pod.output_keys))
+
+    def _entries_and_status(self) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """Hash the input while another thread reads this node's tables (both take a while)."""
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="orca-read") as pool:
+            tables = pool.submit(self._read_tables)
+            entries = self.entries()
+            return entries, self._status(entries, tables.result())
+
+    def _status(self, entries: pl.DataFrame,
+                tables: tuple[pl.Series | None, pl.DataFrame | None] | None = None) -> pl.DataFrame:
         """Tags, system tags, ids and outputs of ``entries`` (in order), with ``__hit`` (the
         packet has a live result) and ``__known`` (the entry is done).
 
         An entry is done when it has a live provenance row *and* a live result (an entry whose
         result was invalidated -- e.g. through another entry with the same packet -- is novel
-        again). Both are joins, never ``is_in`` on a large list.
+        again). Both are joins, never ``is_in`` on a large list. ``tables``: what
+        :meth:`_read_tables` returns (read now if not given).
         """
+        recorded, index = tables if tables is not None else self._read_tables()
         keys = [*self.input.tag_columns, *self.input.system_tag_columns, ENTRY_ID, PACKET_HASH]
-        found = self.cached.attach_results(entries.select(keys), list(self.pod.output_keys))
-        recorded = self.store.keys(self.provenance_table)
+        found = self.cached.attach_results(entries.select(keys), list(self.pod.output_keys), index)
         if recorded is None or recorded.len() == 0:
             return found.with_columns(pl.lit(False).alias(KNOWN))
         # A semi-join for the positions of recorded entries: about half the cost of a left join.
@@ -174,8 +188,8 @@ class FunctionNode:
         ``progress`` is called with the running counts as work completes; ``total`` once with
         (entries in this run, entries already done).
         """
-        entries = self.entries()
-        return self._update(entries, self._status(entries), executor=executor, on_error=on_error, retries=retries,
+        entries, status = self._entries_and_status()
+        return self._update(entries, status, executor=executor, on_error=on_error, retries=retries,
                             shard=shard, run_id=run_id, progress=progress, total=total)
 
     def _update(self, entries: pl.DataFrame, status: pl.DataFrame, *, executor: Executor | None = None,
@@ -288,8 +302,7 @@ class FunctionNode:
     # -- reading ----------------------------------------------------------------------------
     def __iter__(self) -> Iterator[tuple[Mapping[str, Any], Mapping[str, Any]]]:
         """Two-phase iteration: rows already computed for this input at once, then the novel ones."""
-        entries = self.entries()
-        status = self._status(entries)  # holds the outputs of the entries already done
+        entries, status = self._entries_and_status()  # status holds the outputs of entries done
         tags, system_tags = self.input.tag_columns, self.input.system_tag_columns
         yield from _rows(self.cached.output_rows(status.filter(pl.col(KNOWN)), tags, system_tags), tags, self.pod)
         self._update(entries, status)
