@@ -317,28 +317,41 @@ def _backoff(attempt: int) -> float:
     return min(0.05 * 2 ** (attempt - 1), 2.0)
 
 
+_FAST_CALL = 20e-6  # seconds: calls faster than this on average are timed in blocks
+_BLOCK = 64
+
+
 def _call_sync(pod: FunctionPod, calls: list[tuple], retries: int) -> tuple[list, dict, dict, np.ndarray]:
     """Call the function on each argument tuple, retrying failures with backoff.
 
     Returns (return values, ``{call: last error}``, ``{call: attempts}`` for calls that needed
     more than one, seconds per call). A failed call's value is None.
+
+    Calls are timed one by one until a function proves fast (under ``_FAST_CALL`` on average
+    over ``4 * _BLOCK`` calls); then they are timed in blocks of ``_BLOCK`` and each call gets
+    its block's mean: reading the clock costs about as much as such a call, and halves the
+    rate of a cheap function. A block slower than that on average switches back.
     """
     names = list(pod.parameters)
     fn = pod.function if pod.positional else (lambda *a: pod.function(**dict(zip(names, a, strict=True))))
+    n = len(calls)
     values: list = []
-    stamps: list[float] = []
+    seconds = np.zeros(n)
     errors: dict[int, BaseException] = {}
     attempts: dict[int, int] = {}
-    keep, stamp, clock = values.append, stamps.append, time.perf_counter
-    remaining = iter(calls)
-    while len(values) < len(calls):
+    keep, clock = values.append, time.perf_counter
+    block, timed, count = 1, 0.0, 0  # calls per clock reading; calls timed one by one: time, number
+    while len(values) < n:
+        i = len(values)
+        end = min(n, i + block)
+        start = clock()
         try:
-            for args in remaining:  # the hot loop: one clock reading and one call per row
-                stamp(clock())
+            for args in calls[i:end] if block > 1 else (calls[i],):  # the hot loop
                 keep(fn(*args))
         except Exception as first:  # noqa: BLE001 - the user's function may raise anything
             k = len(values)
-            value, error = None, first
+            seconds[i:k + 1] = (clock() - start) / (k + 1 - i)
+            value, error, started = None, first, clock()
             for attempt in range(1, retries + 1):
                 time.sleep(_backoff(attempt))
                 try:
@@ -346,12 +359,22 @@ def _call_sync(pod: FunctionPod, calls: list[tuple], retries: int) -> tuple[list
                     break
                 except Exception as exc:  # noqa: BLE001
                     error = exc
+            seconds[k] += clock() - started
             keep(value)
             attempts[k] = attempt + 1 if retries else 1
             if error is not None:
                 errors[k] = error
-    stamp(clock())
-    return values, errors, attempts, np.diff(np.array(stamps, np.float64))
+            continue
+        elapsed = clock() - start
+        seconds[i:end] = elapsed / (end - i)
+        if block == 1:
+            timed, count = timed + elapsed, count + 1
+            if count == 4 * _BLOCK:  # fast enough on average to be timed in blocks?
+                block = _BLOCK if timed < count * _FAST_CALL else 1
+                timed, count = 0.0, 0
+        elif elapsed > block * _FAST_CALL:
+            block = 1
+    return values, errors, attempts, seconds
 
 
 def _call_async(pod: FunctionPod, calls: list[tuple], retries: int) -> tuple[list, dict, dict, np.ndarray]:

@@ -143,7 +143,11 @@ def _converter(annotation: Any):
 
 def to_python(column: pa.Array | pa.ChunkedArray, annotation: Any = None, *, path: bool = False) -> list:
     """Arrow column -> list of Python values of ``annotation`` (nulls stay ``None``)."""
-    values = column.to_pylist()
+    t = column.type
+    if column.null_count == 0 and (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
+        values = column.to_numpy(zero_copy_only=False).tolist()  # same values, ~10x faster than to_pylist
+    else:
+        values = column.to_pylist()
     convert = pathlib.Path if path and annotation is None else _converter(annotation)
     if convert is None:
         return values
