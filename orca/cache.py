@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 from orca import _context
 from orca.errors import PodError
 from orca.executors import Executor, InProcessExecutor
-from orca.hashing import HASH_KEY, hash_keys, hash_packets
+from orca.hashing import HASH_KEY, hash_keys, hash_packet_keys, keys_hex
 from orca.pods import (
     ATTEMPTS,
     DURATION,
@@ -63,6 +63,7 @@ RECHECK_SECONDS = 10.0  # how often a long run looks for results other processes
 # Working columns (never stored).
 HIT = "__hit"
 KEY = HASH_KEY  # the packet hash as one UInt128 (see hashing.hash_keys)
+ENTRY_KEY = "__entry_key"  # a node's entry id as one UInt128
 INDEX = "__index"
 ENTRY_ROW = "__entry_row"
 POSITION = "__position"
@@ -174,9 +175,11 @@ class CachedFunctionPod:
         return _context.recorded(self, (stream,), output)
 
     # -- the machinery shared with function nodes --------------------------------------------
-    def hash_inputs(self, frame: pl.DataFrame, path_columns: frozenset[str]) -> pl.Series:
-        """Input packet hash per row (only the columns the function reads)."""
-        return pl.Series(PACKET_HASH, hash_packets(input_packets(self.pod, frame, path_columns)))
+    def hash_inputs(self, frame: pl.DataFrame, path_columns: frozenset[str]) -> list[pl.Series]:
+        """Input packet hash per row (only the columns the function reads), as ``__packet_hash``
+        and as ``__hash_key``."""
+        keys = hash_packet_keys(input_packets(self.pod, frame, path_columns))
+        return [pl.Series(PACKET_HASH, keys_hex(keys)), keys.alias(KEY)]
 
     def missing(self, packet_hashes: pl.Series) -> pl.Series:
         """The distinct packet hashes among ``packet_hashes`` with no live result yet (first-seen order)."""
@@ -254,7 +257,8 @@ class CachedFunctionPod:
         if failed.height == 0:
             return
         rows = entries.join(failed, on=PACKET_HASH, how="inner", maintain_order="left")
-        entry_ids = rows["__entry_id"] if "__entry_id" in rows.columns else pl.Series([None] * rows.height, dtype=pl.String)
+        entry_ids = (pl.Series(keys_hex(rows[ENTRY_KEY])) if ENTRY_KEY in rows.columns
+                     else pl.Series([None] * rows.height, dtype=pl.String))
         table = pl.DataFrame({
             "node": pl.Series([ctx.node] * rows.height, dtype=pl.String),
             "entry_id": entry_ids.cast(pl.String),
@@ -336,7 +340,7 @@ class CachedFunctionPod:
         tags, system_tags = stream.tag_columns, stream.system_tag_columns
         reads = [p for p in self.pod.parameters if p in stream.packet_columns]
         frame = stream.lazy(include_system=True).select(*tags, *system_tags, *reads).collect()
-        entries = with_key(frame.with_columns(self.hash_inputs(frame, stream.path_columns)))
+        entries = frame.with_columns(self.hash_inputs(frame, stream.path_columns))
         outputs = list(self.pod.output_keys)
         keys = [*tags, *system_tags, PACKET_HASH, KEY]  # (an output may share a parameter's name)
         found = self.attach_results(entries.select(keys), outputs)

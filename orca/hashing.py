@@ -39,7 +39,8 @@ _MAX_ROWS = (2**31 - 1) // 32  # the hex output is a pa.string() array (int32 of
 _BLOCK = 1 << 20
 _CHUNK_ROWS = 1 << 17  # rows encoded and hashed at a time (bounds the memory of the bytes)
 _HASH_THREADS = min(4, os.cpu_count() or 1)
-_TWO_64 = 1 << 64
+_TWO_64 = pl.lit(2**64, dtype=pl.UInt128)
+HASH_KEY = "__hash_key"
 _UNIT_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 _CANONICAL_NAN = np.uint64(0x7FF8000000000000)
 
@@ -123,6 +124,18 @@ def hash_packets(
     >>> hash_packets(t, ["x"])[0].as_py() == hash_packet({"x": 1})
     True
     """
+    return keys_hex(hash_packet_keys(table, columns))
+
+
+def hash_packet_keys(
+    table: pa.Table | pa.RecordBatch | pl.DataFrame, columns: Sequence[str] | None = None
+) -> pl.Series:
+    """:func:`hash_packets` as ``UInt128`` keys (see :func:`hash_keys`), skipping the hex text.
+
+    >>> t = pa.table({"x": [1, 2]})
+    >>> keys_hex(hash_packet_keys(t)).equals(hash_packets(t))
+    True
+    """
     if isinstance(table, pl.DataFrame):
         table = table.to_arrow()
     if not isinstance(table, pa.Table | pa.RecordBatch):
@@ -138,19 +151,17 @@ def hash_packets(
     if n == 0:
         for name, field, array in packet:  # an unsupported type raises even with no rows
             _enc_values(array, field, name)
-        return pa.array([], pa.string())
+        return pl.Series(HASH_KEY, [], pl.UInt128)
 
     # Encode in chunks (bounded memory); each chunk's rows are digested in one call. Chunks run
     # on a few threads: the encoding (pyarrow compute, numpy) and the digests (native code)
     # release the GIL, so 1M rows hash ~1.6x faster on two cores.
-    def chunk(start: int) -> bytes:
-        return _digest_rows(_encode_rows(packet, start, min(_CHUNK_ROWS, n - start))).tobytes()
+    def chunk(start: int) -> pl.Series:
+        return _digest_rows(_encode_rows(packet, start, min(_CHUNK_ROWS, n - start)))
 
     starts = range(0, n, _CHUNK_ROWS)
-    digests = b"".join(_hash_pool().map(chunk, starts) if len(starts) > 1 else map(chunk, starts))
-    hexed = digests.hex().encode()  # (hi, lo) big-endian = xxhash's canonical hex digest
-    offsets = np.arange(0, 32 * (n + 1), 32, dtype=np.int32)
-    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(hexed))
+    keys = list(_hash_pool().map(chunk, starts) if len(starts) > 1 else map(chunk, starts))
+    return (keys[0] if len(keys) == 1 else pl.concat(keys, rechunk=True)).alias(HASH_KEY)
 
 
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -242,20 +253,14 @@ def _encode_rows(packet: list[tuple[str, pa.Field, pa.Array]], start: int, lengt
     return _join(parts, length)
 
 
-def _digest_rows(rows: pa.Array) -> np.ndarray:
-    """xxh3-128 of every value of ``rows``, as an (n, 2) array of big-endian uint64 (hi, lo).
+def _digest_rows(rows: pa.Array) -> pl.Series:
+    """xxh3-128 of every value of ``rows``, as ``UInt128`` (see :func:`hash_keys`).
 
     The digests are computed by the polars-hash plugin (xxh3-128, seed 0, checked against the
     ``xxhash`` package in the tests) in native code: a Python loop calling xxhash per row
     spends most of its time in the interpreter, not in the hash.
     """
-    h = pl.from_arrow(pa.table({"b": rows})).lazy().select(plh.col("b").nchash.xxh3_128().alias("h"))
-    parts = h.select((pl.col("h") // _TWO_64).cast(pl.UInt64).alias("hi"),
-                     (pl.col("h") % _TWO_64).cast(pl.UInt64).alias("lo")).collect()
-    out = np.empty((parts.height, 2), dtype=">u8")
-    out[:, 0] = parts["hi"].to_numpy()
-    out[:, 1] = parts["lo"].to_numpy()
-    return out
+    return pl.from_arrow(pa.table({"b": rows})).select(plh.col("b").nchash.xxh3_128()).to_series()
 
 
 # ------------------------------------------------------------------------ assembling the bytes
@@ -543,8 +548,6 @@ def hex_digests(hashes: pa.Array | pa.ChunkedArray | pl.Series) -> np.ndarray:
     return np.frombuffer(raw, np.uint8).reshape(n, 16)
 
 
-HASH_KEY = "__hash_key"
-_TWO_64 = pl.lit(2**64, dtype=pl.UInt128)
 
 
 def hash_keys(hashes: pa.Array | pa.ChunkedArray | pl.Series) -> pl.Series:
@@ -568,6 +571,14 @@ def key_digests(keys: pl.Series) -> np.ndarray:
     words = np.empty((len(keys), 2), ">u8")
     words[:, 0], words[:, 1] = parts["hi"].to_numpy(), parts["lo"].to_numpy()
     return words.view(np.uint8).reshape(len(keys), 16)
+
+
+def keys_hex(keys: pl.Series) -> pa.Array:
+    """``UInt128`` keys -> a ``pa.string()`` array of 32 hex digits each (the packet hash text)."""
+    n = len(keys)
+    data = binascii.hexlify(key_digests(keys).tobytes())
+    offsets = np.arange(0, 32 * (n + 1), 32, dtype=np.int32)
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data))
 
 
 def digests_hex(digests: np.ndarray) -> pa.Array:

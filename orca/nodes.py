@@ -44,6 +44,7 @@ from orca.cache import (
     KEY,
     PACKET_HASH,
     RECORD_ID,
+    ENTRY_KEY,
     CachedFunctionPod,
     Counts,
     RunContext,
@@ -54,7 +55,7 @@ from orca.cache import (
 )
 from orca.errors import PodError
 from orca.executors import Executor
-from orca.hashing import hash_bytes, hash_packets
+from orca.hashing import hash_bytes, hash_keys, hash_packet_keys, hash_packets, keys_hex
 from orca.pods import FunctionPod, result_record_ids
 from orca.stores import Store, default_store
 from orca.streams import Stream, source_column
@@ -138,17 +139,24 @@ class FunctionNode:
 
     # -- entries ----------------------------------------------------------------------------
     def entries(self) -> pl.DataFrame:
-        """The input rows with system columns, ``__packet_hash`` and ``__entry_id`` (hashed in bulk)."""
+        """The input rows with system columns, ``__packet_hash`` and the entry ids (hashed in bulk).
+
+        Hashes are kept as ``UInt128`` keys (``__hash_key``, ``__entry_key``) for lookups; the
+        entry ids' hex text is made only for the rows written (:func:`entry_ids`).
+        """
         frame = self.input.to_polars(include_system=True)
         frame = frame.with_columns(self.cached.hash_inputs(frame, self.input.path_columns))
         system = sorted(self.input.system_tag_columns)
         id_table = frame.select(*self.input.tag_columns, *system, PACKET_HASH).with_columns(
             pl.lit(self.identity).alias("__node")).to_arrow()
-        return frame.with_columns(pl.Series(ENTRY_ID, hash_packets(id_table)))
+        return frame.with_columns(hash_packet_keys(id_table).alias(ENTRY_KEY))
 
     def _read_tables(self) -> tuple[pl.Series | None, pl.DataFrame | None]:
-        """What :meth:`_status` reads from the store: recorded entry ids and the results index."""
-        return self.store.keys(self.provenance_table), self.cached.results_index(list(self.pod.output_keys))
+        """What :meth:`_status` reads from the store: recorded entry keys and the results index."""
+        recorded = self.store.keys(self.provenance_table)
+        if recorded is not None:
+            recorded = hash_keys(recorded.cast(pl.String)).alias(ENTRY_KEY)
+        return recorded, self.cached.results_index(list(self.pod.output_keys))
 
     def _entries_and_status(self) -> tuple[pl.DataFrame, pl.DataFrame]:
         """Hash the input while another thread reads this node's tables (both take a while)."""
@@ -168,13 +176,12 @@ class FunctionNode:
         :meth:`_read_tables` returns (read now if not given).
         """
         recorded, index = tables if tables is not None else self._read_tables()
-        keys = [*self.input.tag_columns, *self.input.system_tag_columns, ENTRY_ID, PACKET_HASH]
+        keys = [*self.input.tag_columns, *self.input.system_tag_columns, ENTRY_KEY, PACKET_HASH, KEY]
         found = self.cached.attach_results(entries.select(keys), list(self.pod.output_keys), index)
         if recorded is None or recorded.len() == 0:
             return found.with_columns(pl.lit(False).alias(KNOWN))
         # A semi-join for the positions of recorded entries: about half the cost of a left join.
-        rows = found.select(ENTRY_ID).with_row_index(FIRST).join(
-            recorded.cast(pl.String).alias(ENTRY_ID).to_frame(), on=ENTRY_ID, how="semi")[FIRST]
+        rows = found.select(ENTRY_KEY).with_row_index(FIRST).join(recorded.to_frame(), on=ENTRY_KEY, how="semi")[FIRST]
         recorded_mask = np.zeros(found.height, bool)
         recorded_mask[rows.to_numpy()] = True
         return found.with_columns((pl.Series(recorded_mask) & pl.col(HIT).is_not_null()).alias(KNOWN))
@@ -291,7 +298,7 @@ class FunctionNode:
         system_json = (pl.struct(system).struct.json_encode() if system else pl.lit("{}")).alias(SYSTEM_TAGS)
         sources = [source_column(p) for p in self.pod.parameters if source_column(p) in rows.columns]
         table = rows.select(
-            *self.input.tag_columns, system_json, ENTRY_ID, PACKET_HASH,
+            *self.input.tag_columns, system_json, entry_ids(rows), PACKET_HASH,
             pl.Series(RECORD_ID, result_record_ids(self.pod.identity.hash, rows[PACKET_HASH])),
             *sources,
             pl.lit(ctx.run_id).alias("__run_id"),
@@ -314,7 +321,7 @@ class FunctionNode:
         if prov is None:
             entries = entries.clear()
         else:
-            entries = entries.join(prov.cast(pl.String).to_frame(ENTRY_ID), on=ENTRY_ID, how="semi")
+            entries = entries.join(hash_keys(prov.cast(pl.String)).to_frame(ENTRY_KEY), on=ENTRY_KEY, how="semi")
         return self.cached.output_frame(entries, self.input.tag_columns, self.input.system_tag_columns)
 
     def _current_output(self) -> pl.DataFrame:
@@ -335,7 +342,7 @@ class FunctionNode:
         prov = self.store.scan(self.provenance_table)
         if prov is None:
             return pl.LazyFrame()
-        ids = self.entries().select(ENTRY_ID).lazy()
+        ids = entry_ids(self.entries()).to_frame().lazy()
         prov = prov.join(ids, on=ENTRY_ID, how="semi")
         results = self.store.scan(self.cached.results_table)
         if results is None:
@@ -355,7 +362,7 @@ class FunctionNode:
         entries = self.entries()
         if where is not None:
             entries = entries.filter(where)
-        prov = self.store.lookup(self.provenance_table, entries[ENTRY_ID])
+        prov = self.store.lookup(self.provenance_table, entry_ids(entries))
         if prov.height == 0:
             return 0
         self._latest = None  # the output changes
@@ -364,6 +371,11 @@ class FunctionNode:
 
     def __len__(self) -> int:
         return self._current_output().height
+
+
+def entry_ids(frame: pl.DataFrame) -> pl.Series:
+    """The ``__entry_id`` text of each row of a frame holding ``__entry_key``."""
+    return pl.Series(ENTRY_ID, keys_hex(frame[ENTRY_KEY]))
 
 
 class _EntriesOf:
@@ -378,7 +390,7 @@ class _EntriesOf:
         self.first: pl.Series | None = None
         if todo.height and todo[KEY].n_unique() != todo.height:
             self.first = todo.with_row_index(FIRST).select(
-                pl.col(FIRST).min().over(PACKET_HASH)).to_series()
+                pl.col(FIRST).min().over(KEY)).to_series()
 
     def __call__(self, rows: np.ndarray) -> pl.DataFrame:
         if self.first is None:
