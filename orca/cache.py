@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 from orca import _context
 from orca.errors import PodError
 from orca.executors import Executor, InProcessExecutor
-from orca.hashing import HASH_KEY, hash_keys, hash_packet_keys, keys_hex
+from orca.hashing import HASH_KEY, digests_hex, hash_keys, hash_packet_keys, key_digests, keys_hex
 from orca.pods import (
     ATTEMPTS,
     DURATION,
@@ -68,7 +68,7 @@ INDEX = "__index"
 ENTRY_ROW = "__entry_row"
 POSITION = "__position"
 OnError = Literal["raise", "continue"]
-_NO_FAILURES = pl.DataFrame(schema={PACKET_HASH: pl.String})
+_NO_FAILURES = pl.DataFrame(schema={KEY: pl.UInt128})
 
 
 def new_run_id() -> str:
@@ -175,16 +175,18 @@ class CachedFunctionPod:
         return _context.recorded(self, (stream,), output)
 
     # -- the machinery shared with function nodes --------------------------------------------
-    def hash_inputs(self, frame: pl.DataFrame, path_columns: frozenset[str]) -> list[pl.Series]:
-        """Input packet hash per row (only the columns the function reads), as ``__packet_hash``
-        and as ``__hash_key``."""
-        keys = hash_packet_keys(input_packets(self.pod, frame, path_columns))
-        return [pl.Series(PACKET_HASH, keys_hex(keys)), keys.alias(KEY)]
+    def hash_inputs(self, frame: pl.DataFrame, path_columns: frozenset[str]) -> pl.Series:
+        """Input packet hash per row (only the columns the function reads) as ``__hash_key``.
 
-    def missing(self, packet_hashes: pl.Series) -> pl.Series:
-        """The distinct packet hashes among ``packet_hashes`` with no live result yet (first-seen order)."""
-        found = self.attach_results(packet_hashes.alias(PACKET_HASH).cast(pl.String).to_frame(), [])
-        return first_rows(found.filter(pl.col(HIT).is_null()))[PACKET_HASH]
+        In memory a packet hash is a ``UInt128`` key; its hex text (``__packet_hash``) is made
+        only for rows written to the store (:func:`orca.hashing.keys_hex`).
+        """
+        return hash_packet_keys(input_packets(self.pod, frame, path_columns)).alias(KEY)
+
+    def missing(self, keys: pl.Series) -> pl.Series:
+        """The distinct packet keys among ``keys`` with no live result yet (first-seen order)."""
+        found = self.attach_results(keys.alias(KEY).to_frame(), [])
+        return first_rows(found.filter(pl.col(HIT).is_null()))[KEY]
 
     def compute(self, entries: pl.DataFrame, ctx: RunContext,
                 path_columns: frozenset[str]) -> Iterator[tuple[np.ndarray, pl.DataFrame, bool]]:
@@ -198,32 +200,36 @@ class CachedFunctionPod:
         other processes committed meanwhile are skipped and yielded as ``(rows, no failures,
         True)``: done, but served from the store.
         """
-        packets = first_rows(with_key(entries).with_row_index(ENTRY_ROW))
+        keyed = with_key(entries)
+        packets = first_rows(keyed.with_row_index(ENTRY_ROW))
         fn = functools.partial(run_chunk, self.pod, ctx.retries)
         checked = time.monotonic()
         for start in range(0, packets.height, ctx.batch_rows):
             batch = packets.slice(start, ctx.batch_rows)
             if start and time.monotonic() - checked >= RECHECK_SECONDS:
-                still = self.missing(batch[PACKET_HASH]).to_frame()
-                served = batch.join(still, on=PACKET_HASH, how="anti")[ENTRY_ROW]
+                still = self.missing(batch[KEY]).to_frame()
+                served = batch.join(still, on=KEY, how="anti")[ENTRY_ROW]
                 if served.len():
                     yield served.to_numpy(), _NO_FAILURES, True
-                batch = batch.join(still, on=PACKET_HASH, how="semi")
+                batch = batch.join(still, on=KEY, how="semi")
                 checked = time.monotonic()
             table = input_packets(self.pod, batch, path_columns)
             table = table.append_column(ROW, pa.array(np.arange(batch.height, dtype=np.int64)))
-            hashes = batch[PACKET_HASH].to_arrow()
-            keys = pa.table({PACKET_HASH: hashes, RECORD_ID: result_record_ids(self.identity.hash, hashes),
+            digests = key_digests(batch[KEY])
+            keys = pa.table({PACKET_HASH: digests_hex(digests),
+                             RECORD_ID: result_record_ids(self.identity.hash, digests),
                              ENTRY_ROW: batch[ENTRY_ROW].to_arrow()})
             chunks = ctx.executor.map_chunks(fn, table)
             try:
                 for out in chunks:
-                    yield *self._store_chunk(out, keys, ctx), False
+                    done, failed = self._store_chunk(out, keys, ctx)
+                    yield done, failed.with_columns(keyed[KEY].gather(failed[ENTRY_ROW])), False
             finally:
                 chunks.close()
 
     def _store_chunk(self, out: pa.Table, keys: pa.Table, ctx: RunContext) -> tuple[np.ndarray, pl.DataFrame]:
-        """Append the successful rows of one computed chunk; return (their entry rows, failed rows).
+        """Append the successful rows of one computed chunk; return (their entry rows, failed rows
+        with their entry rows).
 
         ``keys`` holds the packet hash, record id and entry row of each row of the batch
         (``__row`` indexes it).
@@ -248,7 +254,7 @@ class CachedFunctionPod:
         columns = [ATTEMPTS, *ERROR_COLUMNS]
         failed = out.filter(failed_mask) if has_failures else out.slice(0, 0)
         failed_keys = keys.filter(failed_mask) if has_failures else keys.slice(0, 0)
-        failed = pl.from_arrow(failed.select(columns).add_column(0, PACKET_HASH, failed_keys.column(PACKET_HASH)))
+        failed = pl.from_arrow(failed.select(columns).add_column(0, ENTRY_ROW, failed_keys.column(ENTRY_ROW)))
         return ok_keys.column(ENTRY_ROW).to_numpy(), failed
 
     def record_failures(self, failed: pl.DataFrame, entries: pl.DataFrame, tags: tuple[str, ...],
@@ -256,13 +262,13 @@ class CachedFunctionPod:
         """Append one ``failures`` row per input entry whose packet failed."""
         if failed.height == 0:
             return
-        rows = entries.join(failed, on=PACKET_HASH, how="inner", maintain_order="left")
+        rows = entries.join(failed.drop(ENTRY_ROW, strict=False), on=KEY, how="inner", maintain_order="left")
         entry_ids = (pl.Series(keys_hex(rows[ENTRY_KEY])) if ENTRY_KEY in rows.columns
                      else pl.Series([None] * rows.height, dtype=pl.String))
         table = pl.DataFrame({
             "node": pl.Series([ctx.node] * rows.height, dtype=pl.String),
             "entry_id": entry_ids.cast(pl.String),
-            "packet_hash": rows[PACKET_HASH],
+            "packet_hash": pl.Series(keys_hex(rows[KEY])),
             "function": pl.Series([self.pod.name] * rows.height, dtype=pl.String),
             "function_hash": pl.Series([self.identity.hash] * rows.height, dtype=pl.String),
             "tag": tag_json(rows, tags),
@@ -277,21 +283,20 @@ class CachedFunctionPod:
 
     def fail(self, failed: pl.DataFrame, entries: pl.DataFrame, tags: tuple[str, ...]) -> PodError:
         """The error ``on_error="raise"`` raises: it names the first failing tag."""
-        row = entries.join(failed.head(1), on=PACKET_HASH, how="inner").row(0, named=True)
+        row = entries.join(failed.head(1).drop(ENTRY_ROW, strict=False), on=KEY, how="inner").row(0, named=True)
         tag = {t: row[t] for t in tags}
         return PodError(f"function {self.pod.name!r} failed for tag {tag}: "
                         f"{row[ERROR_COLUMNS[0]]}: {row[ERROR_COLUMNS[1]]}")
 
     def output_frame(self, entries: pl.DataFrame, tags: tuple[str, ...], system_tags: tuple[str, ...]) -> pl.DataFrame:
         """Tags + outputs + source info for every entry whose packet has a live result (input order)."""
-        found = self.attach_results(entries.select(*tags, *system_tags, PACKET_HASH), list(self.pod.output_keys))
+        found = self.attach_results(entries.select(*tags, *system_tags, KEY), list(self.pod.output_keys))
         return self.output_rows(found.filter(pl.col(HIT)), tags, system_tags)
 
     def output_rows(self, found: pl.DataFrame, tags: tuple[str, ...], system_tags: tuple[str, ...]) -> pl.DataFrame:
         """Rows of :meth:`attach_results` that hit, as the output stream's frame (see
         :meth:`FunctionPod.output_stream`: the source references are derived from ``__hash_key``)."""
-        key = found[KEY] if KEY in found.columns else hash_keys(found[PACKET_HASH])
-        return found.select(*tags, *system_tags, *self.pod.output_keys).with_columns(key)
+        return found.select(*tags, *system_tags, *self.pod.output_keys, KEY)
 
     def results_index(self, columns: list[str]) -> pl.DataFrame | None:
         """The live result rows' ``columns``, ``__hit`` and ``__hash_key`` (None: no table yet).
@@ -323,9 +328,9 @@ class CachedFunctionPod:
         if joined.height != entries.height:  # some packet has several live rows: apply the dedup rule
             several = joined[POSITION].is_duplicated()
             which = left.join(joined.filter(several).select(POSITION).unique(), on=POSITION)
-            live = self.store.lookup(self.results_table, which[PACKET_HASH])
-            fixed = which.join(live.select(pl.col(PACKET_HASH).cast(pl.String), *columns).with_columns(
-                pl.lit(True).alias(HIT)), on=PACKET_HASH, how="left")
+            live = self.store.lookup(self.results_table, keys_hex(which[KEY]))
+            live = live.select(hash_keys(live[PACKET_HASH].cast(pl.String)), *columns, pl.lit(True).alias(HIT))
+            fixed = which.join(live, on=KEY, how="left")
             joined = pl.concat([joined.filter(~several), fixed.select(joined.columns)], how="vertical_relaxed")
             joined = joined.sort(POSITION)
         return joined.drop(POSITION, *([KEY] if KEY not in entries.columns else []))
@@ -342,7 +347,7 @@ class CachedFunctionPod:
         frame = stream.lazy(include_system=True).select(*tags, *system_tags, *reads).collect()
         entries = frame.with_columns(self.hash_inputs(frame, stream.path_columns))
         outputs = list(self.pod.output_keys)
-        keys = [*tags, *system_tags, PACKET_HASH, KEY]  # (an output may share a parameter's name)
+        keys = [*tags, *system_tags, KEY]  # (an output may share a parameter's name)
         found = self.attach_results(entries.select(keys), outputs)
         missed = found[HIT].is_null()
         if missed.any():  # compute the misses, then read back what the store now holds for them

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from orca._operator import check_expr
 from orca.cache import (
@@ -55,7 +56,7 @@ from orca.cache import (
 )
 from orca.errors import PodError
 from orca.executors import Executor
-from orca.hashing import hash_bytes, hash_keys, hash_packet_keys, hash_packets, keys_hex
+from orca.hashing import digests_hex, hash_bytes, hash_keys, hash_packet_keys, hash_packets, key_digests, keys_hex
 from orca.pods import FunctionPod, result_record_ids
 from orca.stores import Store, default_store
 from orca.streams import Stream, source_column
@@ -139,17 +140,29 @@ class FunctionNode:
 
     # -- entries ----------------------------------------------------------------------------
     def entries(self) -> pl.DataFrame:
-        """The input rows with system columns, ``__packet_hash`` and the entry ids (hashed in bulk).
+        """The input rows with system columns, packet hashes and entry ids (hashed in bulk).
 
-        Hashes are kept as ``UInt128`` keys (``__hash_key``, ``__entry_key``) for lookups; the
-        entry ids' hex text is made only for the rows written (:func:`entry_ids`).
+        Hashes are kept as ``UInt128`` keys (``__hash_key``, ``__entry_key``) for lookups; their
+        hex text is made only for the rows written (:func:`entry_ids`).
         """
         frame = self.input.to_polars(include_system=True)
         frame = frame.with_columns(self.cached.hash_inputs(frame, self.input.path_columns))
+        return frame.with_columns(self._entry_keys(frame))
+
+    def _entry_keys(self, frame: pl.DataFrame) -> pl.Series:
+        """The entry id of each row, as a ``UInt128`` key (see ``docs/pipelines.md``).
+
+        The packet hash of the row ``{tags..., system tags..., __packet_hash: the input packet
+        hash as 16 bytes}`` XOR the node identity: one hash per row over the columns that vary,
+        made distinct per node by a bijection.
+        """
         system = sorted(self.input.system_tag_columns)
-        id_table = frame.select(*self.input.tag_columns, *system, PACKET_HASH).with_columns(
-            pl.lit(self.identity).alias("__node")).to_arrow()
-        return frame.with_columns(hash_packet_keys(id_table).alias(ENTRY_KEY))
+        digests = key_digests(frame[KEY])
+        packet = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), frame.height,
+                                                      [None, pa.py_buffer(digests.tobytes())])
+        id_table = frame.select(*self.input.tag_columns, *system).to_arrow().append_column(PACKET_HASH, packet)
+        node = hash_keys(pl.Series([self.identity]))[0]
+        return (hash_packet_keys(id_table) ^ node).alias(ENTRY_KEY)
 
     def _read_tables(self) -> tuple[pl.Series | None, pl.DataFrame | None]:
         """What :meth:`_status` reads from the store: recorded entry keys and the results index."""
@@ -176,7 +189,7 @@ class FunctionNode:
         :meth:`_read_tables` returns (read now if not given).
         """
         recorded, index = tables if tables is not None else self._read_tables()
-        keys = [*self.input.tag_columns, *self.input.system_tag_columns, ENTRY_KEY, PACKET_HASH, KEY]
+        keys = [*self.input.tag_columns, *self.input.system_tag_columns, ENTRY_KEY, KEY]
         found = self.cached.attach_results(entries.select(keys), list(self.pod.output_keys), index)
         if recorded is None or recorded.len() == 0:
             return found.with_columns(pl.lit(False).alias(KNOWN))
@@ -276,7 +289,7 @@ class FunctionNode:
                     done, pending, last = [], 0, time.monotonic()
                 if failed.height:
                     cached.record_failures(failed, todo, tags, ctx)
-                    counts.failed += todo.join(failed.select(PACKET_HASH), on=PACKET_HASH, how="semi").height
+                    counts.failed += todo.join(failed.select(KEY), on=KEY, how="semi").height
                     if ctx.on_error == "raise":
                         raise cached.fail(failed, todo, tags)
                 yield
@@ -297,9 +310,10 @@ class FunctionNode:
         system = sorted(self.input.system_tag_columns)
         system_json = (pl.struct(system).struct.json_encode() if system else pl.lit("{}")).alias(SYSTEM_TAGS)
         sources = [source_column(p) for p in self.pod.parameters if source_column(p) in rows.columns]
+        digests = key_digests(rows[KEY])
         table = rows.select(
-            *self.input.tag_columns, system_json, entry_ids(rows), PACKET_HASH,
-            pl.Series(RECORD_ID, result_record_ids(self.pod.identity.hash, rows[PACKET_HASH])),
+            *self.input.tag_columns, system_json, entry_ids(rows), pl.Series(PACKET_HASH, digests_hex(digests)),
+            pl.Series(RECORD_ID, result_record_ids(self.pod.identity.hash, digests)),
             *sources,
             pl.lit(ctx.run_id).alias("__run_id"),
             pl.lit(utc_now()).dt.cast_time_unit("us").alias("__recorded_at"),

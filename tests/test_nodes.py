@@ -37,6 +37,20 @@ def test_rerun_computes_nothing(store):
     assert sorted(node.results().collect()["y"].to_list()) == list(range(1, 21))
 
 
+def test_entry_id_is_the_documented_hash():
+    # docs/pipelines.md: hash of {tags, system tags, __packet_hash as 16 bytes} XOR node identity.
+    src = source([{"k": 1, "x": 5}, {"k": 2, "x": 5}])
+    node = orca.FunctionNode(inc.pod, src, store=orca.MemoryStore(), pipeline="p")
+    node.run()
+    prov = node.provenance().collect().sort("k")
+    record_ids = src.to_polars(include_system=True).sort("k")["__tag__s"].to_list()
+    packet = orca.hash_packet({"x": 5})
+    for k, record_id, entry_id in zip([1, 2], record_ids, prov[ENTRY_ID], strict=True):
+        row = orca.hash_packet({"k": k, "__tag__s": record_id, "__packet_hash": bytes.fromhex(packet)})
+        assert entry_id == f"{int(row, 16) ^ int(node.identity, 16):032x}"
+    assert prov["__packet_hash"].to_list() == [packet, packet]
+
+
 def test_adding_rows_computes_exactly_those(store):
     rows = [{"k": i, "x": i} for i in range(100)]
     orca.FunctionNode(inc.pod, source(rows), store=store, pipeline="p").run()
