@@ -59,6 +59,7 @@ from orca.executors import Executor
 from orca.hashing import digests_hex, hash_bytes, hash_keys, hash_packet_keys, hash_packets, key_digests, keys_hex
 from orca.pods import FunctionPod, result_record_ids
 from orca.stores import Store, default_store
+from orca.stores.base import INVALIDATED_AT
 from orca.streams import Stream, source_column
 
 __all__ = ["FunctionNode", "ENTRY_ID", "shard_filter"]
@@ -166,10 +167,16 @@ class FunctionNode:
 
     def _read_tables(self) -> tuple[pl.Series | None, pl.DataFrame | None]:
         """What :meth:`_status` reads from the store: recorded entry keys and the results index."""
-        recorded = self.store.keys(self.provenance_table)
-        if recorded is not None:
-            recorded = hash_keys(recorded.cast(pl.String)).alias(ENTRY_KEY)
-        return recorded, self.cached.results_index(list(self.pod.output_keys))
+        return self._recorded(), self.cached.results_index(list(self.pod.output_keys))
+
+    def _recorded(self) -> pl.Series | None:
+        """The entry keys of live provenance rows (None: no table). Not deduplicated, as they are
+        only joined against: making 1M ids distinct costs more than reading them."""
+        prov = self.store.scan(self.provenance_table, include_invalidated=True)
+        if prov is None:
+            return None
+        ids = prov.filter(pl.col(INVALIDATED_AT).is_null()).select(ENTRY_ID).collect().to_series()
+        return hash_keys(ids.cast(pl.String)).alias(ENTRY_KEY)
 
     def _entries_and_status(self) -> tuple[pl.DataFrame, pl.DataFrame]:
         """Hash the input while another thread reads this node's tables (both take a while)."""
@@ -331,11 +338,11 @@ class FunctionNode:
 
     def _output_for(self, entries: pl.DataFrame) -> pl.DataFrame:
         """Tags + outputs + source info of ``entries`` that have a live provenance row."""
-        prov = self.store.keys(self.provenance_table)
-        if prov is None:
+        recorded = self._recorded()
+        if recorded is None:
             entries = entries.clear()
         else:
-            entries = entries.join(hash_keys(prov.cast(pl.String)).to_frame(ENTRY_KEY), on=ENTRY_KEY, how="semi")
+            entries = entries.join(recorded.to_frame(), on=ENTRY_KEY, how="semi")
         return self.cached.output_frame(entries, self.input.tag_columns, self.input.system_tag_columns)
 
     def _current_output(self) -> pl.DataFrame:
