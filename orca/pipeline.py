@@ -297,8 +297,8 @@ class _RunLog:
         }
         self.seq += 1
         self.store.append(RUNS, pa.Table.from_pylist([row], schema=_RUNS_SCHEMA))
-        if commit:
-            self.store.flush()
+        if commit:  # pollers see it within moments; only the run's last event is waited for
+            self.store.flush(wait=event == "finished")
 
 
 _RUNS_SCHEMA = pa.schema([

@@ -122,6 +122,19 @@ def test_background_commit_lets_the_caller_go_on(tmp_path, monkeypatch):
     assert threads[0].startswith("orca-commit")
 
 
+def test_flush_without_waiting(tmp_path, monkeypatch):
+    store = DeltaStore(tmp_path / "s")
+    release = threading.Event()
+    original = store._commit
+    monkeypatch.setattr(store, "_commit", lambda *a: (release.wait(10), original(*a)))
+    store.append("runs", pa.table({"run": ["r1"]}))
+    store.flush(wait=False)  # returns while the commit is still blocked
+    assert store.scan("runs") is None
+    release.set()
+    store.flush()
+    assert store.scan("runs").collect()["run"].to_list() == ["r1"]
+
+
 def test_background_commits_keep_seal_order(tmp_path, monkeypatch):
     store = DeltaStore(tmp_path / "s", max_rows=2)
     order = spy_commits(store, monkeypatch)

@@ -42,7 +42,7 @@ class Store(Protocol):
     location: str
 
     def append(self, name: str, data: pa.Table, *, key: Sequence[str] | None = None) -> None: ...
-    def flush(self) -> None: ...
+    def flush(self, wait: bool = True) -> None: ...
     def scan(self, name: str, *, include_invalidated: bool = False) -> pl.LazyFrame | None: ...
     def keys(self, name: str) -> pl.Series | None: ...
     def lookup(self, name: str, keys: pl.Series | pa.Array) -> pl.DataFrame: ...
@@ -144,14 +144,19 @@ class BufferedStore(abc.ABC):
         if full:
             self._commit_sealed()
 
-    def flush(self) -> None:
+    def flush(self, wait: bool = True) -> None:
         """Commit every pending table, one commit each, in the order they first got rows.
 
         Waits for a background commit in progress first. If a commit fails, that table and
         every later one stay pending (a later ``flush`` tries them again) and StoreError is raised.
+        ``wait=False`` hands the commit to the background thread (where the store has one) and
+        returns at once; a failure then surfaces at a later ``append`` or ``flush``.
         """
         with self._lock:
             self._seal()
+        if not wait:
+            self._commit_sealed()
+            return
         self._wait_background()
         self._drain()
 
