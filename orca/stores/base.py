@@ -33,6 +33,7 @@ from orca.errors import StoreError
 INVALIDATED_AT = "__invalidated_at"
 RUN_ID = "__run_id"
 INVALIDATED_TYPE = pa.timestamp("us", tz="UTC")
+_QUEUED = 3  # sealed buffers that may wait for the background committer
 
 
 @runtime_checkable
@@ -102,7 +103,7 @@ class BufferedStore(abc.ABC):
         self._sealed: collections.deque[dict[str, _Pending]] = collections.deque()
         self._commit_lock = threading.Lock()  # one committer at a time (background or caller)
         self._committer: concurrent.futures.ThreadPoolExecutor | None = None
-        self._background: concurrent.futures.Future | None = None  # the latest background commit
+        self._background: collections.deque[concurrent.futures.Future] = collections.deque()  # oldest first
 
     def with_options(self, **options: object) -> BufferedStore:
         """Return a new store over the same tables with other options and an empty buffer."""
@@ -172,25 +173,26 @@ class BufferedStore(abc.ABC):
         if not (self._slow_commits and self.options.background):
             self._drain()
             return
-        # At most one buffer commits while the next fills: memory stays near 2 x max_rows, and
-        # a failing background commit surfaces here, where the caller's thread retries it.
-        if self._wait_background():
+        # A few sealed buffers may wait for the committer (it falls behind in bursts) while the
+        # next fills; beyond that the caller waits, so memory stays under (_QUEUED + 1) x
+        # max_rows. A failed background commit surfaces here, where the caller's thread retries it.
+        if self._wait_background(keep=_QUEUED - 1):
             if self._committer is None:
                 self._committer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="orca-commit")
-            self._background = self._committer.submit(self._drain)
+            self._background.append(self._committer.submit(self._drain))
         else:
             self._drain()
 
-    def _wait_background(self) -> bool:
-        """Wait for the background commit in progress, if any; False if it failed."""
-        future, self._background = self._background, None
-        if future is None:
-            return True
-        try:
-            future.result()
-        except Exception:  # noqa: BLE001 - its rows stay sealed; the caller's drain retries them
-            return False
-        return True
+    def _wait_background(self, keep: int = 0) -> bool:
+        """Wait for background commits, oldest first, until at most ``keep`` are outstanding;
+        False if one failed (its rows stay sealed)."""
+        ok = True
+        while self._background and (len(self._background) > keep or self._background[0].done()):
+            try:
+                self._background.popleft().result()
+            except Exception:  # noqa: BLE001 - its rows stay sealed; the caller's drain retries them
+                ok = False
+        return ok
 
     def _drain(self) -> None:
         """Commit sealed buffers, oldest first; on failure the rest stay sealed and it raises."""
