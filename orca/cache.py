@@ -2,8 +2,8 @@
 
 Results live in the store table ``results/<function name>/<function hash>``, one row per
 input packet hash (the hash of the packet columns the function reads). A run hashes its input
-once, reads the table's live rows once and joins them in one pass on the hashes' 128 bits held
-as two ``UInt64`` words (joining 32-character strings is several times slower). Only misses
+once, reads the table's live rows once and joins them in one pass on the hashes held as one
+``UInt128`` each (joining 32-character strings is several times slower). Only misses
 are computed; they are then looked up again, so the output is what the store holds. A
 function that raises writes no result, only a row in the ``failures`` table, so the next run
 tries that packet again. See ``docs/pods-and-caching.md``.
@@ -374,7 +374,7 @@ def with_key(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def first_rows(frame: pl.DataFrame) -> pl.DataFrame:
-    """The first row of ``frame`` for each distinct ``__packet_hash``, in order."""
+    """The first row of ``frame`` for each distinct packet (``__hash_key``), in order."""
     key = frame[KEY] if KEY in frame.columns else hash_keys(frame[PACKET_HASH])
     if key.n_unique() == frame.height:  # all distinct already (the usual first run): cheapest check
         return frame

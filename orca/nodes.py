@@ -69,6 +69,7 @@ SYSTEM_TAGS = "__system_tags"
 KNOWN = "__known"
 SHARD_KEY = "__shard_key"
 FIRST = "__first_entry"  # (working column: a row number)
+INPUT_ROW = "__input_row"  # (working column: an entry's row in the node's input)
 PROVENANCE_BATCH = 100_000  # computed entries per provenance append ...
 PROVENANCE_SECONDS = 1.0  # ... or seconds, whichever comes first (progress stays fresh)
 _LABEL_OK = re.compile(r"^[A-Za-z0-9_\-.]+$")
@@ -125,6 +126,7 @@ class FunctionNode:
         self.pipeline = pipeline
         self._entries: pl.DataFrame | None = None  # the input as hashed by the latest run
         self._latest: pl.DataFrame | None = None  # its status as of the end of that run
+        self._recorded_rows: list[pl.Series] = []  # rows of that run's entries given provenance
         self.identity = hash_bytes(f"node\x00{self.pod.identity.hash}\x00{input_stream.identity}".encode())
         self.output = self.pod.output_stream(input_stream, self._current_output, producer=self)
 
@@ -229,7 +231,8 @@ class FunctionNode:
         ctx = RunContext(run_id or new_run_id(), cached.executor, cached.on_error, cached.retries, node=self.label)
         self._entries = entries
         self._latest = None
-        novel = entries.with_columns(status[HIT], status[KNOWN]).filter(~pl.col(KNOWN))
+        self._recorded_rows = []
+        novel = entries.with_columns(status[HIT], status[KNOWN]).with_row_index(INPUT_ROW).filter(~pl.col(KNOWN))
         if shard is not None:
             # Shard by tags + system tags, which pods pass through unchanged: a row falls in the
             # same shard in every node of a chain, so each shard finds its upstream rows done.
@@ -247,21 +250,26 @@ class FunctionNode:
         return counts
 
     def _refreshed(self, status: pl.DataFrame) -> pl.DataFrame:
-        """``status`` after a run: the entries that were novel take their results as now stored.
+        """``status`` after a run: the entries this run recorded take their results as now stored.
 
-        A novel entry is done when its packet now has a live result: the run recorded
-        provenance for every such entry (computed, served from the cache, or committed by
-        another process). Failed entries stay not done.
+        An entry that was novel is done if this run appended its provenance row (its result
+        was computed, found in the cache, or committed by another process) and its packet has
+        a live result; a failed entry stays not done, even if another process has meanwhile
+        stored a result for its packet.
         """
         outputs = list(self.pod.output_keys)
+        recorded = np.zeros(status.height, bool)
+        for rows in self._recorded_rows:
+            recorded[rows.to_numpy()] = True
         novel = ~status[KNOWN]
         keys = [c for c in status.columns if c not in (*outputs, HIT, KNOWN)]
-        if novel.all():
-            fresh = self.cached.attach_results(status.select(keys), outputs)
-            return fresh.with_columns(pl.col(HIT).is_not_null().alias(KNOWN)).select(status.columns)
+        done = (pl.col(HIT).is_not_null() & pl.col(FIRST).is_in(np.flatnonzero(recorded).tolist())
+                if not recorded.all() else pl.col(HIT).is_not_null())
         indexed = status.with_row_index(FIRST)
         fresh = self.cached.attach_results(indexed.filter(novel).select(FIRST, *keys), outputs)
-        fresh = fresh.with_columns(pl.col(HIT).is_not_null().alias(KNOWN)).select(indexed.columns)
+        fresh = fresh.with_columns(done.alias(KNOWN)).select(indexed.columns)
+        if novel.all():
+            return fresh.drop(FIRST)
         return pl.concat([indexed.filter(~novel), fresh]).sort(FIRST).drop(FIRST)
 
     def _phase2(self, cached: CachedFunctionPod, novel: pl.DataFrame, ctx: RunContext,
@@ -326,6 +334,7 @@ class FunctionNode:
             pl.lit(utc_now()).dt.cast_time_unit("us").alias("__recorded_at"),
         )
         self.store.append(self.provenance_table, table.to_arrow(), key=[ENTRY_ID])
+        self._recorded_rows.append(rows[INPUT_ROW])
 
     # -- reading ----------------------------------------------------------------------------
     def __iter__(self) -> Iterator[tuple[Mapping[str, Any], Mapping[str, Any]]]:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import datetime
+
 import polars as pl
+import pyarrow as pa
 import pytest
 
 import orca
 from orca.nodes import ENTRY_ID, shard_filter
+from orca.pods import result_record_ids
 
 CALLS: list[int] = []
 
@@ -49,6 +53,16 @@ def test_entry_id_is_the_documented_hash():
         row = orca.hash_packet({"k": k, "__tag__s": record_id, "__packet_hash": bytes.fromhex(packet)})
         assert entry_id == f"{int(row, 16) ^ int(node.identity, 16):032x}"
     assert prov["__packet_hash"].to_list() == [packet, packet]
+
+
+def test_all_null_tag_column_is_stored(store):
+    # A tag column of Arrow type null (always None) must not stop provenance from committing.
+    src = orca.DictSource([{"k": i, "t": None, "x": i} for i in range(3)], tags=["k", "t"], source_id="s")
+    node = orca.FunctionNode(inc.pod, src, store=store, pipeline="p")
+    assert node.run() == orca.Counts(cached=0, computed=3, failed=0)
+    assert node.provenance().collect().height == 3
+    store.compact(node.provenance_table)
+    assert node.run() == orca.Counts(cached=3, computed=0, failed=0)
 
 
 def test_adding_rows_computes_exactly_those(store):
@@ -144,6 +158,61 @@ def test_results_committed_before_provenance(tmp_path):
     prov = store.scan(node.provenance_table).collect()
     results = store.scan(inc.pod.results_table).collect()
     assert set(prov["__record_id"]) <= set(results["__record_id"])
+
+
+@pytest.mark.parametrize("kind", ["memory", "delta"])
+def test_no_commit_holds_provenance_ahead_of_its_results(kind, tmp_path, monkeypatch):
+    # Small buffers and provenance batches: buffers fill in the middle of results/provenance runs.
+    monkeypatch.setattr(orca.nodes, "PROVENANCE_BATCH", 2)
+    store = orca.MemoryStore(max_rows=6) if kind == "memory" else orca.DeltaStore(tmp_path / "s", max_rows=6)
+    committed, early = set(), []
+    original = store._commit
+
+    def spy(name, data, key):
+        if name.startswith("results/"):
+            committed.update(data.column("__packet_hash").to_pylist())
+        elif name.startswith("pipelines/"):
+            early.extend(set(data.column("__packet_hash").to_pylist()) - committed)
+        original(name, data, key)
+
+    monkeypatch.setattr(store, "_commit", spy)
+    executor = orca.InProcessExecutor(initial_chunk_rows=1, max_chunk_rows=1)
+    node = orca.FunctionNode(inc.pod.cached(store, executor=executor),
+                             source([{"k": i, "x": i} for i in range(12)]), store=store, pipeline="p")
+    assert node.run().computed == 12
+    assert early == []
+    assert store.scan(node.provenance_table).collect().height == 12
+
+
+def test_failed_entry_stays_out_of_the_output_when_another_writer_stores_its_packet(tmp_path):
+    other = orca.DeltaStore(tmp_path / "s")  # stands for another process on the same store
+
+    @orca.function_pod(output_keys="y")
+    def flaky(x: int) -> int:
+        if x == 3:  # another process stores this packet's result, then this call fails
+            other.append(flaky.pod.results_table, result_row(flaky, orca.hash_packet({"x": 3}), 4),
+                         key=["__packet_hash"])
+            other.flush()
+            raise RuntimeError("failed here, succeeded elsewhere")
+        return x + 1
+
+    store = orca.DeltaStore(tmp_path / "s")
+    src = source([{"k": i, "x": i} for i in range(5)])
+    node = orca.FunctionNode(flaky.pod.cached(store, on_error="continue"), src, store=store, pipeline="p")
+    assert node.run() == orca.Counts(cached=0, computed=4, failed=1)
+    assert 3 not in store.scan(node.provenance_table).collect()["k"].to_list()
+    assert sorted(node.output.to_polars()["k"]) == [0, 1, 2, 4]  # as a fresh node sees it
+    fresh = orca.FunctionNode(flaky.pod.cached(store), src, store=store, pipeline="p")
+    assert sorted(fresh.output.to_polars()["k"]) == [0, 1, 2, 4]
+
+
+def result_row(fn, packet_hash: str, value) -> pa.Table:
+    return pa.table({
+        "y": [value], "__packet_hash": [packet_hash],
+        "__record_id": result_record_ids(fn.pod.identity.hash, pa.array([packet_hash])),
+        "__function_hash": [fn.pod.identity.hash],
+        "__computed_at": pa.array([datetime.datetime.now(datetime.UTC)], pa.timestamp("us", tz="UTC")),
+        "__duration_s": [0.0], "__run_id": ["other"]})
 
 
 def test_failure_is_not_cached_and_has_no_provenance(store):

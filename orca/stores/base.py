@@ -1,15 +1,19 @@
 """The store interface and the logic every store shares: buffering, flush order, dedup, schemas.
 
 A store holds named tables (relative POSIX paths such as ``results/<fn>/<hash>``). Writes are
-buffered per table and committed together by :meth:`BufferedStore.flush`; reads see committed
-data only. Keyed tables are append-only and deduplicated on read by a fixed rule, see
-:func:`live_rows`.
+buffered and committed by :meth:`BufferedStore.flush` or when a threshold trips; reads see
+committed data only. Keyed tables are append-only and deduplicated on read by a fixed rule,
+see :func:`live_rows`.
 
-When a buffer threshold trips, a store whose commits are slow I/O (``DeltaStore``) commits
-the sealed buffer on one background thread while the caller goes on computing: a Delta write
-spends its time in native code without the GIL, so on two cores it nearly disappears behind
-the Python work. One thread commits sealed buffers strictly in the order they were sealed, so
-results still land before the provenance rows that point at them; ``flush()`` waits for it.
+Ordering: a buffer is committed table by table in the order the tables first got rows in it,
+and rows appended to a table after another table got rows start a new buffer. So no row is
+committed before a row appended earlier to another table: results appended before the
+provenance rows that point at them always land first.
+
+When a buffer is sealed, a store whose commits are slow I/O (``DeltaStore``) commits it on one
+background thread while the caller goes on computing: a Delta write spends its time in native
+code without the GIL, so on two cores it runs beside the Python work. That thread commits
+sealed buffers strictly in the order they were sealed; ``flush()`` waits for it.
 """
 
 from __future__ import annotations
@@ -77,7 +81,7 @@ class _Pending:
 
 
 class BufferedStore(abc.ABC):
-    """Shared half of every store: buffers appends, commits them in first-pending order.
+    """Shared half of every store: buffers appends, commits them in append order (see module docs).
 
     Subclasses implement the I/O: ``_commit``, ``_read``, ``_known_key`` and the
     table-level methods (``invalidate``, ``exists``, ``tables``, ``uri``, ``compact``).
@@ -104,6 +108,8 @@ class BufferedStore(abc.ABC):
         self._commit_lock = threading.Lock()  # one committer at a time (background or caller)
         self._committer: concurrent.futures.ThreadPoolExecutor | None = None
         self._background: collections.deque[concurrent.futures.Future] = collections.deque()  # oldest first
+        self._submit_lock = threading.Lock()  # guards _committer and _background
+        self._sealed_count = self._committed_count = 0  # buffers ever sealed / committed
 
     def with_options(self, **options: object) -> BufferedStore:
         """Return a new store over the same tables with other options and an empty buffer."""
@@ -129,6 +135,12 @@ class BufferedStore(abc.ABC):
             return
         with self._lock:
             pending = self._pending.get(name)
+            reordered = pending is not None and name != next(reversed(self._pending))
+            if reordered:
+                # Another table got rows after this one: these rows may point at them (provenance
+                # at the results just appended), so they go in the next buffer, committed later.
+                self._seal()
+                pending = None
             if pending is None:
                 self._pending[name] = _Pending(declared, [data], data.num_rows)
             else:
@@ -142,11 +154,11 @@ class BufferedStore(abc.ABC):
                     or time.monotonic() - self._oldest >= self.options.max_seconds)
             if full:
                 self._seal()
-        if full:
+        if full or reordered:
             self._commit_sealed()
 
     def flush(self, wait: bool = True) -> None:
-        """Commit every pending table, one commit each, in the order they first got rows.
+        """Commit every pending table, one commit each, in the order they got rows.
 
         Waits for a background commit in progress first. If a commit fails, that table and
         every later one stay pending (a later ``flush`` tries them again) and StoreError is raised.
@@ -158,7 +170,8 @@ class BufferedStore(abc.ABC):
         if not wait:
             self._commit_sealed()
             return
-        self._wait_background()
+        with self._submit_lock:
+            self._wait_background()
         self._drain()
 
     def _seal(self) -> None:
@@ -166,6 +179,7 @@ class BufferedStore(abc.ABC):
         if self._pending:
             self._sealed.append(self._pending)
             self._pending = {}
+            self._sealed_count += 1
         self._oldest = None
 
     def _commit_sealed(self) -> None:
@@ -176,17 +190,21 @@ class BufferedStore(abc.ABC):
         # A few sealed buffers may wait for the committer (it falls behind in bursts) while the
         # next fills; beyond that the caller waits, so memory stays under (_QUEUED + 1) x
         # max_rows. A failed background commit surfaces here, where the caller's thread retries it.
-        if self._wait_background(keep=_QUEUED - 1):
-            if self._committer is None:
-                self._committer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="orca-commit")
-            self._background.append(self._committer.submit(self._drain))
-        else:
+        with self._submit_lock:
+            ok = self._wait_background(keep=_QUEUED - 1)
+            if ok:
+                if self._committer is None:
+                    self._committer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="orca-commit")
+                with self._lock:
+                    upto = self._sealed_count
+                self._background.append(self._committer.submit(self._drain, upto))
+        if not ok:
             self._drain()
 
     def _wait_background(self, keep: int = 0) -> bool:
         """Wait for background commits, oldest first, until at most ``keep`` are outstanding;
         False if one failed (its rows stay sealed)."""
-        ok = True
+        ok = True  # (callers hold _submit_lock, or are flush, which must see every task end)
         while self._background and (len(self._background) > keep or self._background[0].done()):
             try:
                 self._background.popleft().result()
@@ -194,10 +212,13 @@ class BufferedStore(abc.ABC):
                 ok = False
         return ok
 
-    def _drain(self) -> None:
-        """Commit sealed buffers, oldest first; on failure the rest stay sealed and it raises."""
+    def _drain(self, upto: int | None = None) -> None:
+        """Commit sealed buffers, oldest first: all of them, or those among the first ``upto``
+        ever sealed (a background task stops at the buffers sealed when it was queued, so
+        waiting for it never means waiting for later ones). On failure the rest stay sealed
+        and it raises."""
         with self._commit_lock:
-            while True:
+            while upto is None or self._committed_count < upto:
                 with self._lock:
                     if not self._sealed:
                         return
@@ -210,6 +231,7 @@ class BufferedStore(abc.ABC):
                     del batch[name]
                 with self._lock:
                     self._sealed.popleft()
+                    self._committed_count += 1
 
     def _prepare(self, name: str, data: pa.Table, key: tuple[str, ...]) -> pa.Table:
         where = self.uri(name)

@@ -39,6 +39,8 @@ FORMAT = "1"
 # time (half of a results or provenance table's write time) and makes reads slower.
 _UNIQUE_COLUMNS = ("__packet_hash", "__record_id", "__entry_id", "__system_tags", "__duration_s")
 _UNIQUE_PREFIXES = ("__source__", "__tag__")
+# Columns orca fills with one value per commit (dictionary-encoded to almost nothing).
+_CONSTANT_COLUMNS = ("__run_id", "__function_hash", "__recorded_at", "__computed_at", "__invalidated_at")
 _BACKOFF_BASE = 0.05  # seconds; attempt n sleeps about base * 2**n, at most _BACKOFF_CAP
 _BACKOFF_CAP = 2.0
 T = TypeVar("T")
@@ -83,8 +85,8 @@ class DeltaStore(BufferedStore):
         super().__init__(max_rows=max_rows, max_seconds=max_seconds, max_retries=max_retries,
                          background=background)
         self.location = os.fspath(path)
-        # Reads and (background) commits keep separate handles: a DeltaTable must not be used
-        # by two threads at once.
+        # Reads and (background) commits keep separate handles, so that a read never waits for
+        # a commit's hold on a handle (deltalake serialises calls on one DeltaTable).
         self._open_tables: dict[str, DeltaTable] = {}
         self._write_tables: dict[str, DeltaTable] = {}
         self._keys_of: dict[str, tuple[str, ...]] = {}
@@ -194,11 +196,12 @@ class DeltaStore(BufferedStore):
             table = self._open(name, writing=True) or self._create(name, data.schema, key)
             check_key(self.uri(name), key, self._keys_of[name])
             rows = conform(data, pa.schema(table.schema().to_arrow()), self.uri(name))
-            write_deltalake(table, rows, mode="append", writer_properties=_writer_properties(rows, key))
+            properties = _writer_properties(rows.schema, key, rows)
+            write_deltalake(table, rows, mode="append", writer_properties=properties)
 
         try:
             self._retry(name, attempt, self._write_tables)
-        except (DeltaError, OSError) as exc:
+        except (DeltaError, OSError, pa.ArrowException) as exc:
             raise StoreError(f"{self.uri(name)}: write failed: {exc}") from exc
 
     def invalidate(self, name: str, keys: pl.Series | pa.Array) -> int:
@@ -234,7 +237,12 @@ class DeltaStore(BufferedStore):
     def compact(self, name: str) -> None:
         """Rewrite small files into larger ones; every row (live or not) is kept."""
         if self._open(check_name(name)) is not None:
-            self._retry(name, lambda: self._open(name).optimize.compact())
+            def compact() -> None:
+                table = self._open(name)
+                schema = pa.schema(table.schema().to_arrow())
+                table.optimize.compact(writer_properties=_writer_properties(schema, self._keys_of[name]))
+
+            self._retry(name, compact)
 
     # ---- reads -------------------------------------------------------------------------------
     def _read(self, name: str) -> tuple[pl.LazyFrame, tuple[str, ...]] | None:
@@ -277,32 +285,46 @@ class DeltaStore(BufferedStore):
         return sorted(n for n in found if n.startswith(prefix) and n != ".")
 
 
-def _writer_properties(data: pa.Table, key: tuple[str, ...]) -> WriterProperties:
-    """Parquet options for one commit, chosen by measurement (see ``docs/stores.md``).
+def _writer_properties(schema: pa.Schema, key: tuple[str, ...], data: pa.Table | None = None) -> WriterProperties:
+    """Parquet options for one commit (or, without ``data``, a compaction), chosen by measurement
+    (see ``docs/stores.md``).
 
     Key, hash and reference columns never repeat a value and are random hex: dictionaries and
-    min/max statistics on them cost write time and never prune a file, and general-purpose
-    compression (Snappy) does not shrink them, so files are written uncompressed. Any other
-    column whose first values are mostly distinct is written without a dictionary too: trying
-    one and falling back costs more than the rest of the column's write.
+    min/max statistics on them cost write time and never prune a file, and Snappy does not
+    shrink them. Tables of only such columns and fixed-width values (provenance, most results)
+    are written uncompressed; a table with other text, binary or nested columns (user data)
+    keeps Snappy. A column of ``data`` whose first values are mostly distinct is written without
+    a dictionary too: trying one and falling back costs more than the rest of the column's write.
     """
     hashes = ColumnProperties(dictionary_enabled=False, statistics_enabled="NONE")
     plain = ColumnProperties(dictionary_enabled=False)
-    options = {}
-    for name in data.column_names:
+    options, compressible = {}, False
+    for field in schema:
+        name = field.name
         if name in key or name in _UNIQUE_COLUMNS or name.startswith(_UNIQUE_PREFIXES):
             options[name] = hashes
-        elif _mostly_distinct(data.column(name)):
+            continue
+        if name not in _CONSTANT_COLUMNS and not (pa.types.is_primitive(field.type) or pa.types.is_null(field.type)):
+            compressible = True
+        if data is not None and _mostly_distinct(data.column(name)):
             options[name] = plain
-    return WriterProperties(compression="UNCOMPRESSED", column_properties=options)
+    return WriterProperties(compression="SNAPPY" if compressible else "UNCOMPRESSED", column_properties=options)
 
 
 def _mostly_distinct(column: pa.ChunkedArray, sample: int = 2048) -> bool:
-    """Whether the first ``sample`` values of ``column`` are mostly distinct (cheap: a slice)."""
-    if len(column) < 2 or pa.types.is_nested(column.type):
+    """Whether the first ``sample`` values of ``column`` are mostly distinct (cheap: a slice).
+
+    Only asked of primitive, text and binary columns; any other type keeps the default.
+    """
+    t = column.type
+    if len(column) < 2 or not (pa.types.is_primitive(t) or pa.types.is_string(t) or pa.types.is_large_string(t)
+                               or pa.types.is_binary(t) or pa.types.is_large_binary(t)):
         return False
     head = column.slice(0, sample)
-    return pc.count_distinct(head).as_py() > len(head) // 2
+    try:
+        return pc.count_distinct(head).as_py() > len(head) // 2
+    except pa.ArrowNotImplementedError:
+        return False
 
 
 def _dtype(table: DeltaTable, column: str) -> pl.DataType:
