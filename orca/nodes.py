@@ -57,7 +57,7 @@ from orca.cache import (
 from orca.errors import PodError
 from orca.executors import Executor
 from orca.hashing import digests_hex, hash_bytes, hash_keys, hash_packet_keys, hash_packets, key_digests, keys_hex
-from orca.pods import FunctionPod, result_record_ids
+from orca.pods import FunctionPod, result_record_ids, result_references
 from orca.stores import Store, default_store
 from orca.stores.base import INVALIDATED_AT
 from orca.streams import Stream, source_column
@@ -127,6 +127,7 @@ class FunctionNode:
         self._entries: pl.DataFrame | None = None  # the input as hashed by the latest run
         self._latest: pl.DataFrame | None = None  # its status as of the end of that run
         self._recorded_rows: list[pl.Series] = []  # rows of that run's entries given provenance
+        self._upstream: tuple[FunctionNode, pl.DataFrame] | None = None  # see _input_frame
         self.identity = hash_bytes(f"node\x00{self.pod.identity.hash}\x00{input_stream.identity}".encode())
         self.output = self.pod.output_stream(input_stream, self._current_output, producer=self)
 
@@ -148,9 +149,34 @@ class FunctionNode:
         Hashes are kept as ``UInt128`` keys (``__hash_key``, ``__entry_key``) for lookups; their
         hex text is made only for the rows written (:func:`entry_ids`).
         """
-        frame = self.input.to_polars(include_system=True)
+        frame = self._input_frame()
         frame = frame.with_columns(self.cached.hash_inputs(frame, self.input.path_columns))
         return frame.with_columns(self._entry_keys(frame))
+
+    def _input_frame(self) -> pl.DataFrame:
+        """The input with system columns; when it is another node's output, without its
+        ``__source__`` columns, which :meth:`_source_refs` makes for the rows that need them.
+
+        Building those references costs ~0.15 s per million rows, and only entries given a
+        provenance row in this run need them.
+        """
+        lazy = self.input.lazy(include_system=True)
+        upstream = self.input.producer
+        self._upstream = None
+        if isinstance(upstream, FunctionNode) and self.input is upstream.output and upstream._latest is not None:
+            self._upstream = (upstream, upstream._latest)
+            return lazy.drop([source_column(k) for k in upstream.pod.output_keys]).collect()
+        return lazy.collect()
+
+    def _source_refs(self, rows: pl.DataFrame, columns: list[str]) -> list[pl.Series]:
+        """``__source__`` columns for ``rows`` of an input read by :meth:`_input_frame` without them."""
+        upstream, latest = self._upstream
+        if upstream._latest is not latest:
+            raise PodError(f"node {self.label!r}: its input, node {upstream.label!r}, ran again during "
+                           f"this node's run; run them one after the other")
+        keys = latest.filter(pl.col(KNOWN))[KEY].gather(rows[INPUT_ROW])
+        refs = pl.Series(result_references(upstream.pod, keys))
+        return [refs.alias(c) for c in columns]
 
     def _entry_keys(self, frame: pl.DataFrame) -> pl.Series:
         """The entry id of each row, as a ``UInt128`` key (see ``docs/pipelines.md``).
@@ -324,7 +350,10 @@ class FunctionNode:
             return
         system = sorted(self.input.system_tag_columns)
         system_json = (pl.struct(system).struct.json_encode() if system else pl.lit("{}")).alias(SYSTEM_TAGS)
-        sources = [source_column(p) for p in self.pod.parameters if source_column(p) in rows.columns]
+        sources: list = [source_column(p) for p in self.pod.parameters
+                         if source_column(p) in self.input.full_schema.names]
+        if any(c not in rows.columns for c in sources):
+            sources = self._source_refs(rows, sources)
         digests = key_digests(rows[KEY])
         table = rows.select(
             *self.input.tag_columns, system_json, entry_ids(rows), pl.Series(PACKET_HASH, digests_hex(digests)),

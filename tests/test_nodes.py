@@ -27,6 +27,11 @@ def store(request, tmp_path):
     return orca.MemoryStore() if request.param == "memory" else orca.DeltaStore(tmp_path / "store")
 
 
+@orca.function_pod(output_keys="z")
+def double(y: int) -> int:
+    return 2 * y
+
+
 def source(rows, source_id="s"):
     return orca.DictSource(rows, tags=["k"], source_id=source_id)
 
@@ -53,6 +58,22 @@ def test_entry_id_is_the_documented_hash():
         row = orca.hash_packet({"k": k, "__tag__s": record_id, "__packet_hash": bytes.fromhex(packet)})
         assert entry_id == f"{int(row, 16) ^ int(node.identity, 16):032x}"
     assert prov["__packet_hash"].to_list() == [packet, packet]
+
+
+def test_chained_node_provenance_points_at_the_upstream_results(store):
+    # The downstream node makes the __source__ references of its input itself (for the rows
+    # it records); they must equal what the upstream output stream shows.
+    src = source([{"k": i, "x": i % 3} for i in range(7)])
+    first = orca.FunctionNode(inc.pod, src, store=store, pipeline="p", label="first")
+    second = orca.FunctionNode(double.pod, first.output, store=store, pipeline="p", label="second")
+    first.run()
+    second.run()
+    upstream = first.output.to_polars(include_system=True).select("k", "__source__y")
+    prov = store.scan(second.provenance_table).collect().join(upstream, on="k")
+    assert prov.height == 7
+    assert prov["__source__y"].to_list() == prov["__source__y_right"].to_list()
+    assert all(v.startswith(inc.pod.results_table + "#") for v in prov["__source__y"])
+    assert second.run() == orca.Counts(cached=7, computed=0, failed=0)
 
 
 def test_all_null_tag_column_is_stored(store):
