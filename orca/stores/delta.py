@@ -135,7 +135,10 @@ class DeltaStore(BufferedStore):
         handles = self._write_tables if writing else self._open_tables
         table = handles.get(name)
         if table is not None:
-            table.update_incremental()
+            # A commit needs no fresh snapshot: deltalake commits an append over versions other
+            # writers added meanwhile (and a real conflict reopens the table, see _retry).
+            if not writing:
+                table.update_incremental()
             return table
         state = self._state(name)
         if state == "junk":
