@@ -289,10 +289,9 @@ class FunctionNode:
             recorded[rows.to_numpy()] = True
         novel = ~status[KNOWN]
         keys = [c for c in status.columns if c not in (*outputs, HIT, KNOWN)]
-        done = (pl.col(HIT).is_not_null() & pl.col(FIRST).is_in(np.flatnonzero(recorded).tolist())
-                if not recorded.all() else pl.col(HIT).is_not_null())
         indexed = status.with_row_index(FIRST)
         fresh = self.cached.attach_results(indexed.filter(novel).select(FIRST, *keys), outputs)
+        done = fresh[HIT].is_not_null() & pl.Series(recorded).gather(fresh[FIRST])
         fresh = fresh.with_columns(done.alias(KNOWN)).select(indexed.columns)
         if novel.all():
             return fresh.drop(FIRST)
