@@ -204,7 +204,7 @@ class BufferedStore(abc.ABC):
     def _wait_background(self, keep: int = 0) -> bool:
         """Wait for background commits, oldest first, until at most ``keep`` are outstanding;
         False if one failed (its rows stay sealed)."""
-        ok = True  # (callers hold _submit_lock, or are flush, which must see every task end)
+        ok = True  # (callers hold _submit_lock)
         while self._background and (len(self._background) > keep or self._background[0].done()):
             try:
                 self._background.popleft().result()
