@@ -70,6 +70,7 @@ KNOWN = "__known"
 SHARD_KEY = "__shard_key"
 FIRST = "__first_entry"  # (working column: a row number)
 INPUT_ROW = "__input_row"  # (working column: an entry's row in the node's input)
+UPSTREAM_KEY = "__upstream_key"  # (working column: see FunctionNode._input_frame)
 PROVENANCE_BATCH = 100_000  # computed entries per provenance append ...
 PROVENANCE_SECONDS = 1.0  # ... or seconds, whichever comes first (progress stays fresh)
 _LABEL_OK = re.compile(r"^[A-Za-z0-9_\-.]+$")
@@ -127,7 +128,6 @@ class FunctionNode:
         self._entries: pl.DataFrame | None = None  # the input as hashed by the latest run
         self._latest: pl.DataFrame | None = None  # its status as of the end of that run
         self._recorded_rows: list[pl.Series] = []  # rows of that run's entries given provenance
-        self._upstream: tuple[FunctionNode, pl.DataFrame] | None = None  # see _input_frame
         self.identity = hash_bytes(f"node\x00{self.pod.identity.hash}\x00{input_stream.identity}".encode())
         self.output = self.pod.output_stream(input_stream, self._current_output, producer=self)
 
@@ -154,29 +154,21 @@ class FunctionNode:
         return frame.with_columns(self._entry_keys(frame))
 
     def _input_frame(self) -> pl.DataFrame:
-        """The input with system columns; when it is another node's output, without its
-        ``__source__`` columns, which :meth:`_source_refs` makes for the rows that need them.
-
-        Building those references costs ~0.15 s per million rows, and only entries given a
-        provenance row in this run need them.
+        """The input with system columns; when it is another node's output, its ``__source__``
+        columns are left out and ``__upstream_key`` (the upstream packet key of each row) is
+        added instead: :meth:`_append_provenance` makes the references only for the rows it
+        records (building them for every row cost ~0.15 s per million, mostly wasted on reruns).
         """
         lazy = self.input.lazy(include_system=True)
         upstream = self.input.producer
-        self._upstream = None
-        if isinstance(upstream, FunctionNode) and self.input is upstream.output and upstream._latest is not None:
-            self._upstream = (upstream, upstream._latest)
-            return lazy.drop([source_column(k) for k in upstream.pod.output_keys]).collect()
+        if isinstance(upstream, FunctionNode) and self.input is upstream.output:
+            latest = upstream._latest  # the output is this frame's known rows, in order
+            if latest is not None:
+                frame = lazy.drop([source_column(k) for k in upstream.pod.output_keys]).collect()
+                keys = latest.filter(pl.col(KNOWN))[KEY]
+                if upstream._latest is latest and keys.len() == frame.height:
+                    return frame.with_columns(keys.alias(UPSTREAM_KEY))
         return lazy.collect()
-
-    def _source_refs(self, rows: pl.DataFrame, columns: list[str]) -> list[pl.Series]:
-        """``__source__`` columns for ``rows`` of an input read by :meth:`_input_frame` without them."""
-        upstream, latest = self._upstream
-        if upstream._latest is not latest:
-            raise PodError(f"node {self.label!r}: its input, node {upstream.label!r}, ran again during "
-                           f"this node's run; run them one after the other")
-        keys = latest.filter(pl.col(KNOWN))[KEY].gather(rows[INPUT_ROW])
-        refs = pl.Series(result_references(upstream.pod, keys))
-        return [refs.alias(c) for c in columns]
 
     def _entry_keys(self, frame: pl.DataFrame) -> pl.Series:
         """The entry id of each row, as a ``UInt128`` key (see ``docs/pipelines.md``).
@@ -351,8 +343,9 @@ class FunctionNode:
         system_json = (pl.struct(system).struct.json_encode() if system else pl.lit("{}")).alias(SYSTEM_TAGS)
         sources: list = [source_column(p) for p in self.pod.parameters
                          if source_column(p) in self.input.full_schema.names]
-        if any(c not in rows.columns for c in sources):
-            sources = self._source_refs(rows, sources)
+        if UPSTREAM_KEY in rows.columns:  # see _input_frame
+            refs = pl.Series(result_references(self.input.producer.pod, rows[UPSTREAM_KEY]))
+            sources = [refs.alias(c) for c in sources]
         digests = key_digests(rows[KEY])
         table = rows.select(
             *self.input.tag_columns, system_json, entry_ids(rows), pl.Series(PACKET_HASH, digests_hex(digests)),
@@ -361,7 +354,8 @@ class FunctionNode:
             pl.lit(ctx.run_id).alias("__run_id"),
             pl.lit(utc_now()).dt.cast_time_unit("us").alias("__recorded_at"),
         )
-        self.store.append(self.provenance_table, table.to_arrow(), key=[ENTRY_ID])
+        self.store.append(self.provenance_table, table.to_arrow(), key=[ENTRY_ID],
+                          refers_to=self.cached.results_table)
         self._recorded_rows.append(rows[INPUT_ROW])
 
     # -- reading ----------------------------------------------------------------------------

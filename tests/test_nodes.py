@@ -76,6 +76,26 @@ def test_chained_node_provenance_points_at_the_upstream_results(store):
     assert second.run() == orca.Counts(cached=7, computed=0, failed=0)
 
 
+def test_iterating_a_chained_node_survives_its_upstream_running_meanwhile(store):
+    src = source([{"k": i, "x": i} for i in range(6)])
+    first = orca.FunctionNode(inc.pod, src, store=store, pipeline="p", label="first")
+    first.run()
+    orca.FunctionNode(double.pod, first.output, store=store, pipeline="p", label="second").run()
+    grown = source([{"k": i, "x": i} for i in range(8)])
+    first = orca.FunctionNode(inc.pod, grown, store=store, pipeline="p", label="first")
+    first.run()
+    second = orca.FunctionNode(double.pod, first.output, store=store, pipeline="p", label="second")
+    rows = iter(second)
+    seen = [next(rows)]
+    first.run()  # the upstream runs again (a new status) while the downstream is mid-iteration
+    second.provenance().collect()
+    seen += list(rows)
+    assert sorted(t["k"] for t, _ in seen) == list(range(8))
+    prov = store.scan(second.provenance_table).collect()
+    upstream = first.output.to_polars(include_system=True).select("k", "__source__y")
+    assert prov.join(upstream, on="k").filter(pl.col("__source__y") != pl.col("__source__y_right")).height == 0
+
+
 def test_all_null_tag_column_is_stored(store):
     # A tag column of Arrow type null (always None) must not stop provenance from committing.
     src = orca.DictSource([{"k": i, "t": None, "x": i} for i in range(3)], tags=["k", "t"], source_id="s")

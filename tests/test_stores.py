@@ -100,17 +100,98 @@ def test_commits_follow_append_order(store, monkeypatch):
     assert order[3:] == ["failures", "results/f/h"]
 
 
-def test_rows_appended_after_another_table_commit_after_it(store, monkeypatch):
-    # Provenance appended after results may point at them: even when its table already has
-    # pending rows from before, it must not be committed ahead of those results.
+def test_rows_that_refer_to_another_table_commit_after_its_rows(store, monkeypatch):
+    # Provenance may point at results appended after other provenance rows were pending: the
+    # rows that declare it (refers_to) start a new buffer, so they commit after those results.
     order = spy_commits(store, monkeypatch)
+    prov = "pipelines/p/n"
+
+    def provenance(entry):
+        store.append(prov, pa.table({"__entry_id": [entry], "__run_id": ["r"]}), key=["__entry_id"],
+                     refers_to="results/f/h")
+
+    provenance("e0")  # (its result was committed earlier)
     store.append("results/f/h", rows(["a"]), key=KEY)
-    store.append("pipelines/p/n", pa.table({"__entry_id": ["e1"], "__run_id": ["r"]}), key=["__entry_id"])
+    provenance("e1")  # points at "a": must not be committed with e0, ahead of "a"
+    store.append("failures", pa.table({"message": ["boom"]}))  # refers to nothing: no new buffer
     store.append("results/f/h", rows(["b"]), key=KEY)
-    store.append("pipelines/p/n", pa.table({"__entry_id": ["e2"], "__run_id": ["r"]}), key=["__entry_id"])
+    provenance("e2")
     store.flush()
-    assert order == ["results/f/h", "pipelines/p/n", "results/f/h", "pipelines/p/n"]
-    assert sorted(store.keys("pipelines/p/n")) == ["e1", "e2"]
+    assert order == [prov, "results/f/h", prov, "failures", "results/f/h", prov]
+    assert sorted(store.keys(prov)) == ["e0", "e1", "e2"]
+    assert sorted(store.keys("results/f/h")) == ["a", "b"]
+
+
+def test_background_commit_lets_the_caller_go_on(tmp_path, monkeypatch):
+    store = DeltaStore(tmp_path / "s", max_rows=3)
+    started, release, threads = threading.Event(), threading.Event(), []
+    original = store._commit
+
+    def slow_commit(name, data, key):
+        threads.append(threading.current_thread().name)
+        started.set()
+        assert release.wait(10)
+        original(name, data, key)
+
+    monkeypatch.setattr(store, "_commit", slow_commit)
+    store.append("results/f/h", rows(["a", "b", "c"]), key=KEY)  # full: sealed, committed behind
+    assert started.wait(10)
+    store.append("results/f/h", rows(["d"]), key=KEY)  # the caller is not blocked by the commit
+    assert store.scan("results/f/h") is None
+    release.set()
+    store.flush()  # waits for the background commit, then commits the rest
+    assert sorted(store.scan("results/f/h").collect()["__packet_hash"]) == ["a", "b", "c", "d"]
+    assert threads[0].startswith("orca-commit")
+
+
+def test_flush_without_waiting(tmp_path, monkeypatch):
+    store = DeltaStore(tmp_path / "s")
+    release = threading.Event()
+    original = store._commit
+    monkeypatch.setattr(store, "_commit", lambda *a: (release.wait(10), original(*a)))
+    store.append("runs", pa.table({"run": ["r1"]}))
+    store.flush(wait=False)  # returns while the commit is still blocked
+    assert store.scan("runs") is None
+    release.set()
+    store.flush()
+    assert store.scan("runs").collect()["run"].to_list() == ["r1"]
+
+
+def test_background_commits_keep_seal_order(tmp_path, monkeypatch):
+    store = DeltaStore(tmp_path / "s", max_rows=2)
+    order = spy_commits(store, monkeypatch)
+    expected = []
+    for i in range(6):  # each pair of appends fills a buffer: results first, then provenance
+        store.append("results/f/h", rows([f"k{i}"]), key=KEY)
+        store.append("pipelines/p/n", pa.table({"__entry_id": [f"e{i}"], "__run_id": ["r"]}),
+                     key=["__entry_id"])
+        expected += ["results/f/h", "pipelines/p/n"]
+    store.flush()
+    assert order == expected
+    assert store.scan("pipelines/p/n").collect().height == 6
+
+
+def test_failed_background_commit_keeps_its_rows(tmp_path, monkeypatch):
+    store = DeltaStore(tmp_path / "s", max_rows=2)
+    original, failing = store._commit, {"on": True}
+
+    def flaky(name, data, key):
+        if failing["on"]:
+            raise StoreError(f"{name}: disk on fire")
+        original(name, data, key)
+
+    monkeypatch.setattr(store, "_commit", flaky)
+    store.append("results/f/h", rows(["a", "b"]), key=KEY)  # the background commit fails ...
+    try:  # ... and the next full buffer retries it in the caller, if it has failed by then
+        store.append("results/f/h", rows(["c", "d"]), key=KEY)
+    except StoreError as exc:
+        assert "disk on fire" in str(exc)
+    with pytest.raises(StoreError, match="disk on fire"):
+        store.flush()
+    assert store.scan("results/f/h") is None
+    failing["on"] = False
+    store.flush()  # nothing was dropped
+    assert sorted(store.scan("results/f/h").collect()["__packet_hash"]) == ["a", "b", "c", "d"]
 
 
 def test_one_commit_per_table_per_flush(tmp_path):

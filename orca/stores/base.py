@@ -6,9 +6,9 @@ committed data only. Keyed tables are append-only and deduplicated on read by a 
 see :func:`live_rows`.
 
 Ordering: a buffer is committed table by table in the order the tables first got rows in it,
-and rows appended to a table after another table got rows start a new buffer. So no row is
-committed before a row appended earlier to another table: results appended before the
-provenance rows that point at them always land first.
+and buffers in the order they were sealed. Rows appended with ``refers_to=<table>`` (provenance
+pointing at results) are never committed before rows appended earlier to that table: if their
+own table got rows in the current buffer before that table did, the buffer is sealed first.
 
 When a buffer is sealed, a store whose commits are slow I/O (``DeltaStore``) commits it on one
 background thread while the caller goes on computing: a Delta write spends its time in native
@@ -46,7 +46,8 @@ class Store(Protocol):
 
     location: str
 
-    def append(self, name: str, data: pa.Table, *, key: Sequence[str] | None = None) -> None: ...
+    def append(self, name: str, data: pa.Table, *, key: Sequence[str] | None = None,
+               refers_to: str | None = None) -> None: ...
     def flush(self, wait: bool = True) -> None: ...
     def scan(self, name: str, *, include_invalidated: bool = False) -> pl.LazyFrame | None: ...
     def keys(self, name: str) -> pl.Series | None: ...
@@ -126,8 +127,14 @@ class BufferedStore(abc.ABC):
         return f"{type(self).__name__}({self.location!r}, {self.options})"
 
     # ---- writes -------------------------------------------------------------------------
-    def append(self, name: str, data: pa.Table, *, key: Sequence[str] | None = None) -> None:
-        """Buffer ``data`` for table ``name``; commit everything pending when a threshold trips."""
+    def append(self, name: str, data: pa.Table, *, key: Sequence[str] | None = None,
+               refers_to: str | None = None) -> None:
+        """Buffer ``data`` for table ``name``; commit everything pending when a threshold trips.
+
+        ``refers_to``: a table these rows point at; they are committed after every row appended
+        to it before this call. If a commit fails here, the rows are already buffered: do not
+        append them again, ``flush()`` retries.
+        """
         check_name(name)
         declared = tuple(key or ())
         data = self._prepare(name, data, declared)
@@ -135,10 +142,12 @@ class BufferedStore(abc.ABC):
             return
         with self._lock:
             pending = self._pending.get(name)
-            reordered = pending is not None and name != next(reversed(self._pending))
+            order = list(self._pending)
+            reordered = (pending is not None and refers_to in self._pending
+                         and order.index(refers_to) > order.index(name))
             if reordered:
-                # Another table got rows after this one: these rows may point at them (provenance
-                # at the results just appended), so they go in the next buffer, committed later.
+                # This table would be committed before rows of `refers_to` these rows point at:
+                # they go in the next buffer instead.
                 self._seal()
                 pending = None
             if pending is None:
