@@ -189,16 +189,16 @@ class CachedFunctionPod:
         return first_rows(found.filter(pl.col(HIT).is_null()))[KEY]
 
     def compute(self, entries: pl.DataFrame, ctx: RunContext,
-                path_columns: frozenset[str]) -> Iterator[tuple[np.ndarray, pl.DataFrame, bool]]:
+                path_columns: frozenset[str]) -> Iterator[tuple[np.ndarray, pl.DataFrame, bool, pa.Table | None]]:
         """Compute every distinct packet of ``entries``; append their results.
 
         Works in batches of ``ctx.batch_rows`` packets. Yields, per completed chunk,
-        ``(rows done, failed rows, False)`` *after* appending the chunk's results, so callers
-        can append rows that point at them (provenance) in the right order. ``rows done`` are
-        the positions in ``entries`` of the first entry of each packet computed. Before a
-        batch, if ``RECHECK_SECONDS`` have passed since the last look, packets whose results
-        other processes committed meanwhile are skipped and yielded as ``(rows, no failures,
-        True)``: done, but served from the store.
+        ``(rows done, failed rows, False, their outputs)`` *after* appending the chunk's
+        results, so callers can append rows that point at them (provenance) in the right
+        order. ``rows done`` are the positions in ``entries`` of the first entry of each packet
+        computed. Before a batch, if ``RECHECK_SECONDS`` have passed since the last look,
+        packets whose results other processes committed meanwhile are skipped and yielded as
+        ``(rows, no failures, True, None)``: done, but served from the store.
         """
         keyed = with_key(entries)
         packets = first_rows(keyed.with_row_index(ENTRY_ROW))
@@ -210,7 +210,7 @@ class CachedFunctionPod:
                 still = self.missing(batch[KEY]).to_frame()
                 served = batch.join(still, on=KEY, how="anti")[ENTRY_ROW]
                 if served.len():
-                    yield served.to_numpy(), _NO_FAILURES, True
+                    yield served.to_numpy(), _NO_FAILURES, True, None
                 batch = batch.join(still, on=KEY, how="semi")
                 checked = time.monotonic()
             table = input_packets(self.pod, batch, path_columns)
@@ -222,14 +222,15 @@ class CachedFunctionPod:
             chunks = ctx.executor.map_chunks(fn, table)
             try:
                 for out in chunks:
-                    done, failed = self._store_chunk(out, keys, ctx)
-                    yield done, failed.with_columns(keyed[KEY].gather(failed[ENTRY_ROW])), False
+                    done, failed, outputs = self._store_chunk(out, keys, ctx)
+                    yield done, failed.with_columns(keyed[KEY].gather(failed[ENTRY_ROW])), False, outputs
             finally:
                 chunks.close()
 
-    def _store_chunk(self, out: pa.Table, keys: pa.Table, ctx: RunContext) -> tuple[np.ndarray, pl.DataFrame]:
+    def _store_chunk(self, out: pa.Table, keys: pa.Table,
+                     ctx: RunContext) -> tuple[np.ndarray, pl.DataFrame, pa.Table]:
         """Append the successful rows of one computed chunk; return (their entry rows, failed rows
-        with their entry rows).
+        with their entry rows, their outputs).
 
         ``keys`` holds the packet hash, record id and entry row of each row of the batch
         (``__row`` indexes it).
@@ -255,7 +256,7 @@ class CachedFunctionPod:
         failed = out.filter(failed_mask) if has_failures else out.slice(0, 0)
         failed_keys = keys.filter(failed_mask) if has_failures else keys.slice(0, 0)
         failed = pl.from_arrow(failed.select(columns).add_column(0, ENTRY_ROW, failed_keys.column(ENTRY_ROW)))
-        return ok_keys.column(ENTRY_ROW).to_numpy(), failed
+        return ok_keys.column(ENTRY_ROW).to_numpy(), failed, ok.select(list(self.pod.output_keys))
 
     def record_failures(self, failed: pl.DataFrame, entries: pl.DataFrame, tags: tuple[str, ...],
                         ctx: RunContext) -> None:
@@ -361,7 +362,7 @@ class CachedFunctionPod:
 
     def _work(self, todo: pl.DataFrame, tags: tuple[str, ...], path_columns: frozenset[str],
               ctx: RunContext) -> Iterator[None]:
-        for _, failed, _ in self.compute(todo, ctx, path_columns):
+        for _, failed, _, _ in self.compute(todo, ctx, path_columns):
             self.record_failures(failed, todo, tags, ctx)
             if failed.height and ctx.on_error == "raise":
                 raise self.fail(failed, todo, tags)

@@ -128,6 +128,7 @@ class FunctionNode:
         self._entries: pl.DataFrame | None = None  # the input as hashed by the latest run
         self._latest: pl.DataFrame | None = None  # its status as of the end of that run
         self._recorded_rows: list[pl.Series] = []  # rows of that run's entries given provenance
+        self._computed: list[tuple[_EntriesOf, np.ndarray, pa.Table]] = []  # that run's outputs
         self.identity = hash_bytes(f"node\x00{self.pod.identity.hash}\x00{input_stream.identity}".encode())
         self.output = self.pod.output_stream(input_stream, self._current_output, producer=self)
 
@@ -185,9 +186,11 @@ class FunctionNode:
         node = hash_keys(pl.Series([self.identity]))[0]
         return (hash_packet_keys(id_table) ^ node).alias(ENTRY_KEY)
 
-    def _read_tables(self) -> tuple[pl.Series | None, pl.DataFrame | None]:
-        """What :meth:`_status` reads from the store: recorded entry keys and the results index."""
-        return self._recorded(), self.cached.results_index(list(self.pod.output_keys))
+    def _read_tables(self) -> tuple[pl.Series | None, pl.DataFrame | None, int | None]:
+        """What :meth:`_status` reads from the store: recorded entry keys, the results index and
+        the results table's version (read first: the index holds at least that version)."""
+        version = self.store.version(self.cached.results_table)
+        return self._recorded(), self.cached.results_index(list(self.pod.output_keys)), version
 
     def _recorded(self) -> pl.Series | None:
         """The entry keys of live provenance rows (None: no table). Not deduplicated, as they are
@@ -198,15 +201,17 @@ class FunctionNode:
         ids = prov.filter(pl.col(INVALIDATED_AT).is_null()).select(ENTRY_ID).collect().to_series()
         return hash_keys(ids.cast(pl.String)).alias(ENTRY_KEY)
 
-    def _entries_and_status(self) -> tuple[pl.DataFrame, pl.DataFrame]:
-        """Hash the input while another thread reads this node's tables (both take a while)."""
+    def _entries_and_status(self) -> tuple[pl.DataFrame, pl.DataFrame, int | None]:
+        """Hash the input while another thread reads this node's tables (both take a while);
+        also returns the results table's version the status reflects."""
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="orca-read") as pool:
             tables = pool.submit(self._read_tables)
             entries = self.entries()
-            return entries, self._status(entries, tables.result())
+            tables = tables.result()
+            return entries, self._status(entries, tables), tables[2]
 
     def _status(self, entries: pl.DataFrame,
-                tables: tuple[pl.Series | None, pl.DataFrame | None] | None = None) -> pl.DataFrame:
+                tables: tuple[pl.Series | None, pl.DataFrame | None, int | None] | None = None) -> pl.DataFrame:
         """Tags, system tags, ids and outputs of ``entries`` (in order), with ``__hit`` (the
         packet has a live result) and ``__known`` (the entry is done).
 
@@ -215,7 +220,7 @@ class FunctionNode:
         again). Both are joins, never ``is_in`` on a large list. ``tables``: what
         :meth:`_read_tables` returns (read now if not given).
         """
-        recorded, index = tables if tables is not None else self._read_tables()
+        recorded, index, _ = tables if tables is not None else self._read_tables()
         keys = [*self.input.tag_columns, *self.input.system_tag_columns, ENTRY_KEY, KEY]
         found = self.cached.attach_results(entries.select(keys), list(self.pod.output_keys), index)
         if recorded is None or recorded.len() == 0:
@@ -235,21 +240,23 @@ class FunctionNode:
         ``progress`` is called with the running counts as work completes; ``total`` once with
         (entries in this run, entries already done).
         """
-        entries, status = self._entries_and_status()
+        entries, status, version = self._entries_and_status()
         return self._update(entries, status, executor=executor, on_error=on_error, retries=retries,
-                            shard=shard, run_id=run_id, progress=progress, total=total)
+                            shard=shard, run_id=run_id, progress=progress, total=total, results_version=version)
 
     def _update(self, entries: pl.DataFrame, status: pl.DataFrame, *, executor: Executor | None = None,
                 on_error: str | None = None, retries: int | None = None, shard: tuple[int, int] | None = None,
                 run_id: str | None = None, progress: Callable[[Counts], None] | None = None,
-                total: Callable[[int, int], None] | None = None) -> Counts:
-        """:meth:`run` for entries already hashed and looked up (see :meth:`_status`)."""
+                total: Callable[[int, int], None] | None = None, results_version: int | None = None) -> Counts:
+        """:meth:`run` for entries already hashed and looked up (see :meth:`_status`) when the
+        results table was at ``results_version``."""
         cached = self.cached.with_options(**{k: v for k, v in dict(
             executor=executor, on_error=on_error, retries=retries).items() if v is not None})
         ctx = RunContext(run_id or new_run_id(), cached.executor, cached.on_error, cached.retries, node=self.label)
         self._entries = entries
         self._latest = None
         self._recorded_rows = []
+        self._computed = []
         novel = entries.with_columns(status[HIT], status[KNOWN]).with_row_index(INPUT_ROW).filter(~pl.col(KNOWN))
         if shard is not None:
             # Shard by tags + system tags, which pods pass through unchanged: a row falls in the
@@ -264,8 +271,38 @@ class FunctionNode:
         if novel.height == 0:  # nothing changed: the output is what the status already holds
             self._latest = status
         elif shard is None:  # every novel entry was handled: only their results need reading
-            self._latest = self._refreshed(status)
+            trusted = self.store.only_own_commits(self.cached.results_table, results_version)
+            latest = self._refreshed_from_run(status) if trusted else None
+            self._latest = latest if latest is not None else self._refreshed(status)
+        self._computed = []
         return counts
+
+    def _recorded_mask(self, height: int) -> np.ndarray:
+        """Which input rows this run gave a provenance row."""
+        recorded = np.zeros(height, bool)
+        for rows in self._recorded_rows:
+            recorded[rows.to_numpy()] = True
+        return recorded
+
+    def _refreshed_from_run(self, status: pl.DataFrame) -> pl.DataFrame | None:
+        """:meth:`_refreshed` without reading the store: when nobody else committed to the results
+        table during the run, the live results of the packets just computed are the values
+        computed (each was missing before, so the only row is this run's). None when the
+        outputs cannot be placed this way (nested output types, packets shared by entries)."""
+        outputs = list(self.pod.output_keys)
+        if any(status[c].dtype.is_nested() for c in outputs):
+            return None
+        hit, columns = status[HIT].clone(), {c: status[c].clone() for c in outputs}
+        for entries_of, rows, values in self._computed:
+            if entries_of.first is not None:
+                return None
+            where = entries_of.todo[INPUT_ROW].gather(rows)
+            hit.scatter(where, True)
+            values = pl.from_arrow(values)
+            for c in outputs:
+                columns[c].scatter(where, values[c].cast(columns[c].dtype))
+        done = status[KNOWN] | (hit.is_not_null() & pl.Series(self._recorded_mask(status.height)))
+        return status.with_columns(*columns.values(), hit, done.alias(KNOWN))
 
     def _refreshed(self, status: pl.DataFrame) -> pl.DataFrame:
         """``status`` after a run: the entries this run recorded take their results as now stored.
@@ -276,9 +313,7 @@ class FunctionNode:
         stored a result for its packet.
         """
         outputs = list(self.pod.output_keys)
-        recorded = np.zeros(status.height, bool)
-        for rows in self._recorded_rows:
-            recorded[rows.to_numpy()] = True
+        recorded = self._recorded_mask(status.height)
         novel = ~status[KNOWN]
         keys = [c for c in status.columns if c not in (*outputs, HIT, KNOWN)]
         indexed = status.with_row_index(FIRST)
@@ -307,7 +342,9 @@ class FunctionNode:
         done: list[np.ndarray] = []
         pending, last = 0, time.monotonic()
         try:
-            for rows, failed, served in cached.compute(todo, ctx, self.input.path_columns):
+            for rows, failed, served, values in cached.compute(todo, ctx, self.input.path_columns):
+                if values is not None and values.num_rows:
+                    self._computed.append((entries_of, rows, values))
                 if served:  # another process committed these results meanwhile: only provenance
                     counts.cached += self._record_computed(entries_of, [rows], ctx)
                     yield
@@ -361,10 +398,10 @@ class FunctionNode:
     # -- reading ----------------------------------------------------------------------------
     def __iter__(self) -> Iterator[tuple[Mapping[str, Any], Mapping[str, Any]]]:
         """Two-phase iteration: rows already computed for this input at once, then the novel ones."""
-        entries, status = self._entries_and_status()  # status holds the outputs of entries done
+        entries, status, version = self._entries_and_status()  # status: outputs of entries done
         tags, system_tags = self.input.tag_columns, self.input.system_tag_columns
         yield from _rows(self.cached.output_rows(status.filter(pl.col(KNOWN)), tags, system_tags), tags, self.pod)
-        self._update(entries, status)
+        self._update(entries, status, results_version=version)
         yield from _rows(self._output_for(entries.filter(~status[KNOWN])), tags, self.pod)
 
     def _output_for(self, entries: pl.DataFrame) -> pl.DataFrame:

@@ -96,6 +96,31 @@ def test_iterating_a_chained_node_survives_its_upstream_running_meanwhile(store)
     assert prov.join(upstream, on="k").filter(pl.col("__source__y") != pl.col("__source__y_right")).height == 0
 
 
+@orca.function_pod(output_keys=["half", "label"])
+def split(x: int) -> tuple[float, str]:
+    if x % 7 == 3:
+        raise ValueError("unlucky")
+    return x / 2, f"n{x}"
+
+
+@pytest.mark.parametrize("shared_packets", [False, True])
+def test_output_after_a_run_is_what_a_fresh_node_reads(store, shared_packets, monkeypatch):
+    # After a run the node serves its output from what it computed when nobody else wrote to
+    # the results table meanwhile; it must equal what the store holds.
+    if not shared_packets:  # this case must not need to read the results back
+        monkeypatch.setattr(orca.FunctionNode, "_refreshed", lambda *a: pytest.fail("read back"))
+    warm = orca.FunctionNode(split.pod.cached(store, on_error="continue"), source([{"k": i, "x": i} for i in range(5)]),
+                             store=store, pipeline="p", label="warm")
+    warm.run()  # some packets are cache hits for the node below
+    rows = [{"k": i, "x": i // 2 if shared_packets else i} for i in range(30)]
+    node = orca.FunctionNode(split.pod.cached(store, on_error="continue"), source(rows), store=store, pipeline="p")
+    counts = node.run()
+    assert counts.failed > 0 and counts.cached > 0 and counts.computed > 0
+    fresh = orca.FunctionNode(split.pod.cached(store), source(rows), store=store, pipeline="p")
+    expected = fresh.output.to_polars(include_system=True).sort("k")
+    assert node.output.to_polars(include_system=True).sort("k").equals(expected)
+
+
 def test_all_null_tag_column_is_stored(store):
     # A tag column of Arrow type null (always None) must not stop provenance from committing.
     src = orca.DictSource([{"k": i, "t": None, "x": i} for i in range(3)], tags=["k", "t"], source_id="s")

@@ -194,6 +194,26 @@ def test_failed_background_commit_keeps_its_rows(tmp_path, monkeypatch):
     assert sorted(store.scan("results/f/h").collect()["__packet_hash"]) == ["a", "b", "c", "d"]
 
 
+def test_only_own_commits(store):
+    name = "results/f/h"
+    assert store.version(name) is None and store.only_own_commits(name, None)
+    store.append(name, rows(["a"]), key=KEY)
+    store.flush()
+    start = store.version(name)
+    store.append(name, rows(["b"]), key=KEY)
+    store.flush()
+    assert store.version(name) > start
+    assert store.only_own_commits(name, start) and store.only_own_commits(name, None)
+    other = store.with_options(max_rows=100)  # another store object (as another process would be)
+    other.append(name, rows(["c"]), key=KEY)
+    other.flush()
+    assert not store.only_own_commits(name, start)
+    assert store.only_own_commits(name, store.version(name))  # nothing after the latest version
+    latest = store.version(name)
+    store.invalidate(name, ["a"])
+    assert not store.only_own_commits(name, latest)
+
+
 def test_one_commit_per_table_per_flush(tmp_path):
     store = DeltaStore(tmp_path / "s")
     for i in range(5):

@@ -26,6 +26,7 @@ import dataclasses
 import posixpath
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -57,6 +58,8 @@ class Store(Protocol):
     def tables(self, prefix: str = "") -> list[str]: ...
     def uri(self, name: str) -> str: ...
     def compact(self, name: str) -> None: ...
+    def version(self, name: str) -> int | None: ...
+    def only_own_commits(self, name: str, since: int | None) -> bool: ...
     def with_options(self, **options: object) -> Store: ...
 
 
@@ -111,6 +114,7 @@ class BufferedStore(abc.ABC):
         self._background: collections.deque[concurrent.futures.Future] = collections.deque()  # oldest first
         self._submit_lock = threading.Lock()  # guards _committer and _background
         self._sealed_count = self._committed_count = 0  # buffers ever sealed / committed
+        self.writer_id = uuid.uuid4().hex  # marks this store object's commits (see only_own_commits)
 
     def with_options(self, **options: object) -> BufferedStore:
         """Return a new store over the same tables with other options and an empty buffer."""
@@ -310,6 +314,15 @@ class BufferedStore(abc.ABC):
     @abc.abstractmethod
     def _commit(self, name: str, data: pa.Table, key: tuple[str, ...]) -> None:
         """Commit ``data`` to table ``name`` (created with ``key`` if absent), or raise."""
+
+    @abc.abstractmethod
+    def version(self, name: str) -> int | None:
+        """The committed version of table ``name`` (it grows with every commit), None if absent."""
+
+    @abc.abstractmethod
+    def only_own_commits(self, name: str, since: int | None) -> bool:
+        """Whether every commit to ``name`` after version ``since`` (None: ever) was an append
+        by this store object; False when in doubt. Lets a caller trust what it just wrote."""
 
     @abc.abstractmethod
     def _read(self, name: str) -> tuple[pl.LazyFrame, tuple[str, ...]] | None:

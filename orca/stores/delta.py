@@ -19,7 +19,7 @@ from typing import TypeVar
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import ColumnProperties, DeltaTable, WriterProperties, write_deltalake
+from deltalake import ColumnProperties, CommitProperties, DeltaTable, WriterProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError
 
 from orca.errors import StoreError
@@ -35,6 +35,7 @@ from orca.stores.base import (
 )
 
 FORMAT = "1"
+_WRITER = "orca.writer"  # commit metadata: the id of the store object that appended
 # Hash and per-row reference columns never repeat a value: dictionary-encoding them only costs
 # time (half of a results or provenance table's write time) and makes reads slower.
 _UNIQUE_COLUMNS = ("__packet_hash", "__record_id", "__entry_id", "__system_tags", "__duration_s")
@@ -164,6 +165,7 @@ class DeltaStore(BufferedStore):
                 description="orca table",
                 configuration={"orca.format": FORMAT, "orca.key": json.dumps(list(key))},
                 raise_if_key_not_exists=False,
+                commit_properties=self._mark(),
             )
         except DeltaError as exc:  # most likely another process created it first
             if self._state(name) != "delta":
@@ -200,7 +202,8 @@ class DeltaStore(BufferedStore):
             check_key(self.uri(name), key, self._keys_of[name])
             rows = conform(data, pa.schema(table.schema().to_arrow()), self.uri(name))
             properties = _writer_properties(rows.schema, key, rows)
-            write_deltalake(table, rows, mode="append", writer_properties=properties)
+            write_deltalake(table, rows, mode="append", writer_properties=properties,
+                            commit_properties=self._mark())
 
         try:
             self._retry(name, attempt, self._write_tables)
@@ -277,6 +280,25 @@ class DeltaStore(BufferedStore):
 
     def exists(self, name: str) -> bool:
         return self._open(check_name(name)) is not None
+
+    def _mark(self) -> CommitProperties:
+        return CommitProperties(custom_metadata={_WRITER: self.writer_id})
+
+    def version(self, name: str) -> int | None:
+        table = self._open(check_name(name))
+        return None if table is None else table.version()
+
+    def only_own_commits(self, name: str, since: int | None) -> bool:
+        """Reads the commit log after ``since``: orca marks its appends with the store object's id."""
+        table = self._open(check_name(name))
+        if table is None:
+            return True
+        first = 0 if since is None else since + 1
+        newer = table.version() - first + 1
+        if newer <= 0:
+            return True
+        commits = [c for c in table.history(newer) if c.get("version", -1) >= first]
+        return len(commits) == newer and all(c.get(_WRITER) == self.writer_id for c in commits)
 
     def tables(self, prefix: str = "") -> list[str]:
         """Names of the Delta tables under the store whose name starts with ``prefix``."""

@@ -25,6 +25,7 @@ from orca.stores.base import (
 class _Table:
     key: tuple[str, ...]
     data: pa.Table
+    writers: list[str] = dataclasses.field(default_factory=list)  # who made each version
 
 
 class MemoryStore(BufferedStore):
@@ -63,12 +64,24 @@ class MemoryStore(BufferedStore):
     def _commit(self, name: str, data: pa.Table, key: tuple[str, ...]) -> None:
         table = self._tables.get(name)
         if table is None:
-            self._tables[name] = _Table(key, data)
+            self._tables[name] = _Table(key, data, [self.writer_id])
             return
         check_key(self.uri(name), key, table.key)
         table.data = pa.concat_tables(
             [table.data, conform(data, table.data.schema, self.uri(name))]
         )
+        table.writers.append(self.writer_id)
+
+    def version(self, name: str) -> int | None:
+        table = self._tables.get(check_name(name))
+        return None if table is None else len(table.writers) - 1
+
+    def only_own_commits(self, name: str, since: int | None) -> bool:
+        table = self._tables.get(check_name(name))
+        if table is None:
+            return True
+        first = 0 if since is None else since + 1
+        return all(w == self.writer_id for w in table.writers[first:])
 
     def _read(self, name: str) -> tuple[pl.LazyFrame, tuple[str, ...]] | None:
         table = self._tables.get(name)
@@ -94,6 +107,7 @@ class MemoryStore(BufferedStore):
         updated = pc.if_else(hit, now, current)
         index = table.data.schema.get_field_index(INVALIDATED_AT)
         table.data = table.data.set_column(index, table.data.schema.field(index), updated)
+        table.writers.append("invalidate")
         return int(pc.sum(hit).as_py() or 0)
 
     def exists(self, name: str) -> bool:
@@ -107,3 +121,4 @@ class MemoryStore(BufferedStore):
         table = self._tables.get(check_name(name))
         if table is not None:
             table.data = table.data.combine_chunks()
+            table.writers.append("compact")
