@@ -321,8 +321,9 @@ _FAST_CALL = 20e-6  # seconds: calls faster than this on average are timed in bl
 _BLOCK = 64
 
 
-def _call_sync(pod: FunctionPod, calls: list[tuple], retries: int) -> tuple[list, dict, dict, np.ndarray]:
-    """Call the function on each argument tuple, retrying failures with backoff.
+def _call_sync(pod: FunctionPod, columns: list[list], n: int, retries: int) -> tuple[list, dict, dict, np.ndarray]:
+    """Call the function on each of ``n`` rows of argument ``columns`` (signature order),
+    retrying failures with backoff.
 
     Returns (return values, ``{call: last error}``, ``{call: attempts}`` for calls that needed
     more than one, seconds per call). A failed call's value is None.
@@ -334,33 +335,33 @@ def _call_sync(pod: FunctionPod, calls: list[tuple], retries: int) -> tuple[list
     """
     names = list(pod.parameters)
     fn = pod.function if pod.positional else (lambda *a: pod.function(**dict(zip(names, a, strict=True))))
-    n = len(calls)
+    if not columns:  # no parameters: map() needs at least one column to walk
+        fn, columns = (lambda _: pod.function()), [[None] * n]
     values: list = []
     seconds = np.zeros(n)
     errors: dict[int, BaseException] = {}
     attempts: dict[int, int] = {}
-    keep, clock = values.append, time.perf_counter
+    extend, clock = values.extend, time.perf_counter
     block, timed, count = 1, 0.0, 0  # calls per clock reading; calls timed one by one: time, number
     while len(values) < n:
         i = len(values)
         end = min(n, i + block)
         start = clock()
-        try:
-            for args in calls[i:end] if block > 1 else (calls[i],):  # the hot loop
-                keep(fn(*args))
+        try:  # the hot loop: map() calls fn on the columns' values with no argument tuples
+            extend(map(fn, *[column[i:end] for column in columns]))
         except Exception as first:  # noqa: BLE001 - the user's function may raise anything
-            k = len(values)
+            k = len(values)  # (extend keeps the values made before the call that raised)
             seconds[i:k + 1] = (clock() - start) / (k + 1 - i)
             value, error, started = None, first, clock()
             for attempt in range(1, retries + 1):
                 time.sleep(_backoff(attempt))
                 try:
-                    value, error = fn(*calls[k]), None
+                    value, error = fn(*[column[k] for column in columns]), None
                     break
                 except Exception as exc:  # noqa: BLE001
                     error = exc
             seconds[k] += clock() - started
-            keep(value)
+            values.append(value)
             attempts[k] = attempt + 1 if retries else 1
             if error is not None:
                 errors[k] = error
@@ -377,7 +378,7 @@ def _call_sync(pod: FunctionPod, calls: list[tuple], retries: int) -> tuple[list
     return values, errors, attempts, seconds
 
 
-def _call_async(pod: FunctionPod, calls: list[tuple], retries: int) -> tuple[list, dict, dict, np.ndarray]:
+def _call_async(pod: FunctionPod, columns: list[list], n: int, retries: int) -> tuple[list, dict, dict, np.ndarray]:
     """Like :func:`_call_sync` for a coroutine function: up to ``ASYNC_CONCURRENCY`` at once.
 
     Runs on :func:`orca.executors.run_async_rows`, which also works where an event loop is
@@ -397,14 +398,16 @@ def _call_async(pod: FunctionPod, calls: list[tuple], retries: int) -> tuple[lis
                 error = exc
         return None, error, retries + 1, time.perf_counter() - start
 
+    calls = list(zip(*columns, strict=True)) if columns else [()] * n
     done = run_async_rows(one, calls, max_concurrency=ASYNC_CONCURRENCY)
     errors = {k: d[1] for k, d in enumerate(done) if d[1] is not None}
     attempts = {k: d[2] for k, d in enumerate(done) if d[2] != 1}
     return [d[0] for d in done], errors, attempts, np.array([d[3] for d in done], np.float64)
 
 
-def _arguments(pod: FunctionPod, chunk: pa.Table) -> tuple[list[tuple], dict[int, BaseException]]:
-    """Argument tuples (signature order) per row, and errors for nulls in non-Optional parameters."""
+def _arguments(pod: FunctionPod, chunk: pa.Table) -> tuple[list[list], dict[int, BaseException]]:
+    """Argument columns as Python lists (signature order), and errors for nulls in non-Optional
+    parameters."""
     n = chunk.num_rows
     columns: list[list] = []
     errors: dict[int, BaseException] = {}
@@ -420,8 +423,7 @@ def _arguments(pod: FunctionPod, chunk: pa.Table) -> tuple[list[tuple], dict[int
                 errors.setdefault(i, SchemaError(
                     f"packet column {name!r} is null but parameter {name!r} is not Optional "
                     f"(annotate it as {hint} | None)"))
-    args = list(zip(*columns, strict=True)) if columns else [()] * n
-    return args, errors
+    return columns, errors
 
 
 def run_chunk(pod: FunctionPod, retries: int, chunk: pa.Table) -> pa.Table:
@@ -431,10 +433,11 @@ def run_chunk(pod: FunctionPod, retries: int, chunk: pa.Table) -> pa.Table:
     (null when failed), ``__duration_s``, ``__attempts`` and error details.
     """
     n = chunk.num_rows
-    args, errors = _arguments(pod, chunk)
+    columns, errors = _arguments(pod, chunk)
     called = np.array([i for i in range(n) if i not in errors] if errors else range(n), np.int64)
-    calls = [args[i] for i in called] if errors else args
-    values, failed, tries, seconds = (_call_async if pod.is_async else _call_sync)(pod, calls, retries)
+    if errors:
+        columns = [[column[i] for i in called] for column in columns]
+    values, failed, tries, seconds = (_call_async if pod.is_async else _call_sync)(pod, columns, len(called), retries)
     durations = np.zeros(n)
     durations[called] = seconds
     attempts = np.zeros(n, np.int64)

@@ -239,3 +239,34 @@ def test_async_pod_runs_concurrently_inside_a_running_event_loop():
     start = time.perf_counter()
     assert asyncio.run(cell()) == list(range(1, 41))
     assert time.perf_counter() - start < 40 * 0.2 / 2  # concurrent, not one after another
+
+
+FLAKY_SEEN: set[int] = set()
+
+
+@orca.function_pod(output_keys="y")
+def flaky_in_a_block(x: int) -> int:
+    if x == 700:
+        raise ValueError("always fails")
+    if x == 701 and x not in FLAKY_SEEN:  # fails once, then succeeds on retry
+        FLAKY_SEEN.add(x)
+        raise ValueError("fails once")
+    return x * 3
+
+
+def test_failures_inside_a_timed_block_keep_every_other_row():
+    # Past the first 256 calls a fast function is called in blocks of 64: a call that raises in
+    # the middle of a block must not shift or lose the values around it.
+    import pyarrow as pa
+
+    from orca.pods import ERROR_COLUMNS, OK, ROW, run_chunk
+
+    FLAKY_SEEN.clear()
+    n = 1000
+    out = run_chunk(flaky_in_a_block.pod, 1, pa.table({"x": list(range(n)), ROW: list(range(n))}))
+    ok = out.column(OK).to_pylist()
+    assert [i for i in range(n) if not ok[i]] == [700]
+    ys = out.column("y").to_pylist()
+    assert ys[:700] == [3 * i for i in range(700)] and ys[701:] == [3 * i for i in range(701, n)]
+    assert out.column(ERROR_COLUMNS[1]).to_pylist()[700] == "always fails"
+    assert out.column("__attempts").to_pylist()[699:702] == [1, 2, 2]
