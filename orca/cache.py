@@ -188,8 +188,8 @@ class CachedFunctionPod:
         found = self.attach_results(keys.alias(KEY).to_frame(), [])
         return first_rows(found.filter(pl.col(HIT).is_null()))[KEY]
 
-    def compute(self, entries: pl.DataFrame, ctx: RunContext,
-                path_columns: frozenset[str]) -> Iterator[tuple[np.ndarray, pl.DataFrame, bool, pa.Table | None]]:
+    def compute(self, entries: pl.DataFrame, ctx: RunContext, path_columns: frozenset[str],
+                distinct: bool | None = None) -> Iterator[tuple[np.ndarray, pl.DataFrame, bool, pa.Table | None]]:
         """Compute every distinct packet of ``entries``; append their results.
 
         Works in batches of ``ctx.batch_rows`` packets. Yields, per completed chunk,
@@ -198,10 +198,11 @@ class CachedFunctionPod:
         order. ``rows done`` are the positions in ``entries`` of the first entry of each packet
         computed. Before a batch, if ``RECHECK_SECONDS`` have passed since the last look,
         packets whose results other processes committed meanwhile are skipped and yielded as
-        ``(rows, no failures, True, None)``: done, but served from the store.
+        ``(rows, no failures, True, None)``: done, but served from the store. ``distinct``: as
+        for :func:`first_rows`.
         """
         keyed = with_key(entries)
-        packets = first_rows(keyed.with_row_index(ENTRY_ROW))
+        packets = first_rows(keyed.with_row_index(ENTRY_ROW), distinct)
         fn = functools.partial(run_chunk, self.pod, ctx.retries)
         checked = time.monotonic()
         for start in range(0, packets.height, ctx.batch_rows):
@@ -374,10 +375,15 @@ def with_key(frame: pl.DataFrame) -> pl.DataFrame:
     return frame if KEY in frame.columns else frame.with_columns(hash_keys(frame[PACKET_HASH]))
 
 
-def first_rows(frame: pl.DataFrame) -> pl.DataFrame:
-    """The first row of ``frame`` for each distinct packet (``__hash_key``), in order."""
+def first_rows(frame: pl.DataFrame, distinct: bool | None = None) -> pl.DataFrame:
+    """The first row of ``frame`` for each distinct packet (``__hash_key``), in order.
+
+    ``distinct``: whether the caller already knows that every row has its own packet.
+    """
     key = frame[KEY] if KEY in frame.columns else hash_keys(frame[PACKET_HASH])
-    if key.n_unique() == frame.height:  # all distinct already (the usual first run): cheapest check
+    if distinct is None:
+        distinct = key.n_unique() == frame.height
+    if distinct:  # all distinct already (the usual first run): cheapest check
         return frame
     return frame.filter(key.is_first_distinct())
 

@@ -342,7 +342,8 @@ class FunctionNode:
         done: list[np.ndarray] = []
         pending, last = 0, time.monotonic()
         try:
-            for rows, failed, served, values in cached.compute(todo, ctx, self.input.path_columns):
+            distinct = entries_of.first is None
+            for rows, failed, served, values in cached.compute(todo, ctx, self.input.path_columns, distinct):
                 if values is not None and values.num_rows:
                     self._computed.append((entries_of, rows, values))
                 if served:  # another process committed these results meanwhile: only provenance

@@ -434,7 +434,7 @@ def run_chunk(pod: FunctionPod, retries: int, chunk: pa.Table) -> pa.Table:
     """
     n = chunk.num_rows
     columns, errors = _arguments(pod, chunk)
-    called = np.array([i for i in range(n) if i not in errors] if errors else range(n), np.int64)
+    called = np.array([i for i in range(n) if i not in errors], np.int64) if errors else np.arange(n)
     if errors:
         columns = [[column[i] for i in called] for column in columns]
     values, failed, tries, seconds = (_call_async if pod.is_async else _call_sync)(pod, columns, len(called), retries)
