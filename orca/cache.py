@@ -52,7 +52,7 @@ from orca.pods import (
 )
 from orca.stores import Store, default_store
 from orca.stores.base import INVALIDATED_AT
-from orca.streams import Stream, source_column
+from orca.streams import Stream
 
 __all__ = ["CachedFunctionPod", "RunContext", "Counts", "new_run_id", "FAILURES"]
 

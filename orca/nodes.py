@@ -41,11 +41,11 @@ import pyarrow as pa
 
 from orca._operator import check_expr
 from orca.cache import (
+    ENTRY_KEY,
     HIT,
     KEY,
     PACKET_HASH,
     RECORD_ID,
-    ENTRY_KEY,
     CachedFunctionPod,
     Counts,
     RunContext,
@@ -56,7 +56,15 @@ from orca.cache import (
 )
 from orca.errors import PodError
 from orca.executors import Executor
-from orca.hashing import digests_hex, hash_bytes, hash_keys, hash_packet_keys, hash_packets, key_digests, keys_hex
+from orca.hashing import (
+    digests_hex,
+    hash_bytes,
+    hash_keys,
+    hash_packet_keys,
+    hash_packets,
+    key_digests,
+    keys_hex,
+)
 from orca.pods import FunctionPod, result_record_ids, result_references
 from orca.stores import Store, default_store
 from orca.stores.base import INVALIDATED_AT
