@@ -16,6 +16,7 @@ import orca
 from orca.cache import FAILURES, PACKET_HASH, RECORD_ID
 from orca.errors import PodError
 from orca.pods import result_record_ids
+from tests.helpers import result_row
 
 RESULT_COLUMNS = {"__packet_hash", "__record_id", "__function_hash", "__computed_at", "__duration_s", "__run_id"}
 
@@ -253,23 +254,11 @@ def test_constructing_and_configuring_does_no_io(store, tmp_path):
 
 
 # -- many writers: duplicates and near-collisions ---------------------------------------------
-def result_row(fn, packet_hash: str, z: int, run_id: str) -> pa.Table:
-    return pa.table({
-        "z": pa.array([z], pa.int64()),
-        PACKET_HASH: [packet_hash],
-        RECORD_ID: result_record_ids(fn.pod.identity.hash, pa.array([packet_hash])),
-        "__function_hash": [fn.pod.identity.hash],
-        "__computed_at": pa.array([datetime.datetime.now(datetime.UTC)], pa.timestamp("us", tz="UTC")),
-        "__duration_s": [0.0],
-        "__run_id": [run_id],
-    })
-
-
 def test_duplicate_results_from_two_writers_resolve_by_the_store_rule(store):
     fn = counted()
     packet = orca.hash_packet({"x": 1})
-    store.append(fn.pod.results_table, result_row(fn, packet, 200, "run-b"), key=[PACKET_HASH])
-    store.append(fn.pod.results_table, result_row(fn, packet, 100, "run-a"), key=[PACKET_HASH])
+    store.append(fn.pod.results_table, result_row(fn, packet, {"z": 200}, "run-b"), key=[PACKET_HASH])
+    store.append(fn.pod.results_table, result_row(fn, packet, {"z": 100}, "run-a"), key=[PACKET_HASH])
     store.flush()
     out = fn.pod.cached(store)(src(3)).to_polars()
     assert out["id"].to_list() == [0, 1, 2]
@@ -282,7 +271,7 @@ def test_a_result_sharing_only_64_bits_is_not_a_hit(store):
     fn = counted()
     packet = orca.hash_packet({"x": 1})
     impostor = packet[:16] + ("0" if packet[16] != "0" else "1") + packet[17:]
-    store.append(fn.pod.results_table, result_row(fn, impostor, 999, "run-a"), key=[PACKET_HASH])
+    store.append(fn.pod.results_table, result_row(fn, impostor, {"z": 999}, "run-a"), key=[PACKET_HASH])
     store.flush()
     cached = fn.pod.cached(store)
     keys = orca.hashing.hash_keys(pl.Series([packet, packet]))
@@ -329,7 +318,7 @@ def test_long_runs_skip_packets_other_processes_committed_meanwhile(tmp_path, mo
         calls.append(x)
         if x == 0:  # while we compute packet 0, someone else finishes packets 4 and 5
             for y in (4, 5):
-                row = result_row(double, orca.hash_packet({"x": y}), 2 * y, "other")
+                row = result_row(double, orca.hash_packet({"x": y}), {"z": 2 * y}, "other")
                 other.append(double.pod.results_table, row, key=[PACKET_HASH])
             other.flush()
         return 2 * x

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import datetime
-
 import polars as pl
-import pyarrow as pa
 import pytest
 
 import orca
 from orca.nodes import ENTRY_ID, shard_filter
-from orca.pods import result_record_ids
+from tests.helpers import result_row
 
 CALLS: list[int] = []
 
@@ -256,7 +253,7 @@ def test_failed_entry_stays_out_of_the_output_when_another_writer_stores_its_pac
     @orca.function_pod(output_keys="y")
     def flaky(x: int) -> int:
         if x == 3:  # another process stores this packet's result, then this call fails
-            other.append(flaky.pod.results_table, result_row(flaky, orca.hash_packet({"x": 3}), 4),
+            other.append(flaky.pod.results_table, result_row(flaky, orca.hash_packet({"x": 3}), {"y": 4}),
                          key=["__packet_hash"])
             other.flush()
             raise RuntimeError("failed here, succeeded elsewhere")
@@ -270,15 +267,6 @@ def test_failed_entry_stays_out_of_the_output_when_another_writer_stores_its_pac
     assert sorted(node.output.to_polars()["k"]) == [0, 1, 2, 4]  # as a fresh node sees it
     fresh = orca.FunctionNode(flaky.pod.cached(store), src, store=store, pipeline="p")
     assert sorted(fresh.output.to_polars()["k"]) == [0, 1, 2, 4]
-
-
-def result_row(fn, packet_hash: str, value) -> pa.Table:
-    return pa.table({
-        "y": [value], "__packet_hash": [packet_hash],
-        "__record_id": result_record_ids(fn.pod.identity.hash, pa.array([packet_hash])),
-        "__function_hash": [fn.pod.identity.hash],
-        "__computed_at": pa.array([datetime.datetime.now(datetime.UTC)], pa.timestamp("us", tz="UTC")),
-        "__duration_s": [0.0], "__run_id": ["other"]})
 
 
 def test_failure_is_not_cached_and_has_no_provenance(store):
