@@ -15,9 +15,10 @@ from orca.errors import (
 )
 from orca.executors import InProcessExecutor, ProcessExecutor, RayExecutor, ThreadExecutor
 from orca.hashing import hash_file, hash_packet, hash_packets
+from orca.identity import FunctionIdentity
 from orca.nodes import FunctionNode
 from orca.pipeline import OperatorNode, Pipeline, RunHandle, RunResult
-from orca.pods import FunctionIdentity, FunctionPod, function_pod
+from orca.pods import FunctionPod, function_pod
 from orca.sources import (
     ArrowSource,
     CSVSource,

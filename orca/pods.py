@@ -24,12 +24,8 @@ hash of its normalised source (AST without docstrings or comments) and its outpu
 
 from __future__ import annotations
 
-import ast
 import asyncio
-import dataclasses
 import inspect
-import json
-import textwrap
 import time
 import traceback
 import typing
@@ -55,6 +51,7 @@ from orca.hashing import (
     is_path_field,
     key_digests,
 )
+from orca.identity import FunctionIdentity, function_identity
 from orca.streams import Stream, source_column
 from orca.types import arrow_field, is_optional, strip_optional, to_arrow_array, to_python
 
@@ -67,38 +64,6 @@ DURATION = "__duration_s"
 ATTEMPTS = "__attempts"
 ERROR_COLUMNS = ("__error_type", "__error_message", "__traceback")
 ASYNC_CONCURRENCY = 32
-
-
-@dataclasses.dataclass(frozen=True)
-class FunctionIdentity:
-    """Who a function is, for caching: results are keyed by ``hash`` + input packet hash."""
-
-    name: str
-    version: str
-    code_hash: str | None
-    output_schema: str
-    hash: str
-
-
-def _normalised_source(fn: Callable) -> str:
-    """Source with decorators, docstrings and comments removed, re-rendered by ``ast.unparse``."""
-    try:
-        source = textwrap.dedent(inspect.getsource(fn))
-    except (OSError, TypeError) as exc:
-        raise PodError(
-            f"cannot read the source of {fn.__qualname__!r} to hash it ({exc}); "
-            "pass code_hash=False to identify it by name and version only"
-        ) from exc
-    tree = ast.parse(source)
-    for node in ast.walk(tree):
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node in tree.body:
-                node.decorator_list = []
-            body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
-                    and isinstance(body[0].value.value, str):
-                node.body = body[1:] or [ast.Pass()]
-    return ast.unparse(tree)
 
 
 def _output_annotations(fn: Callable, hints: dict, keys: tuple[str, ...], output_types: Mapping | None) -> dict:
@@ -146,6 +111,7 @@ class FunctionPod:
         code_hash: bool = True,
         input_types: Mapping[str, Any] | None = None,
         output_types: Mapping[str, Any] | None = None,
+        deps: Sequence[Any] = (),
     ) -> None:
         self.function = function
         self.name = name or function.__name__
@@ -183,11 +149,9 @@ class FunctionPod:
         except SchemaError as exc:
             raise PodError(f"function {self.name!r}: {exc}") from exc
 
-        schema_text = json.dumps([[f.name, str(f.type), f.nullable, is_path_field(f)] for f in self.output_fields])
-        code = hash_bytes(_normalised_source(function).encode()) if code_hash else None
-        identity = json.dumps({"name": self.name, "version": self.version, "code": code, "outputs": schema_text},
-                              sort_keys=True)
-        self.identity = FunctionIdentity(self.name, self.version, code, schema_text, hash_bytes(identity.encode()))
+        self.deps = tuple(deps)
+        self.identity = function_identity(function, name=self.name, version=self.version, code_hash=code_hash,
+                                          output_fields=self.output_fields, deps=self.deps)
 
     @property
     def output_schema(self) -> pa.Schema:
@@ -271,6 +235,7 @@ def function_pod(
     code_hash: bool = True,
     input_types: Mapping[str, Any] | None = None,
     output_types: Mapping[str, Any] | None = None,
+    deps: Sequence[Any] = (),
 ) -> Callable[[Callable], Callable]:
     """Decorate a function to make it a function pod, available as ``f.pod``.
 
@@ -287,11 +252,15 @@ def function_pod(
         ``False`` pins the identity to name + version (edits then reuse old results).
     input_types, output_types
         Annotations for parameters / outputs the function does not annotate itself.
+    deps
+        What the function depends on that its code does not show (see
+        ``docs/pods-and-caching.md``); part of its identity.
     """
 
     def decorate(function: Callable) -> Callable:
         function.pod = FunctionPod(function, output_keys=output_keys, version=version, name=name,
-                                   code_hash=code_hash, input_types=input_types, output_types=output_types)
+                                   code_hash=code_hash, input_types=input_types, output_types=output_types,
+                                   deps=deps)
         return function
 
     return decorate
