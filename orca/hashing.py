@@ -137,6 +137,10 @@ def hash_packet_keys(
     True
     """
     if isinstance(table, pl.DataFrame):
+        objects = object_columns(table.schema)
+        if objects:  # Polars exports Object values as 8-byte pointers: a new hash every process
+            raise HashingError(f"columns {objects} hold Python objects (Polars Object dtype), which "
+                               "have no canonical encoding; convert them to Arrow-typed columns")
         table = table.to_arrow()
     if not isinstance(table, pa.Table | pa.RecordBatch):
         raise HashingError(f"hash_packets takes a pyarrow Table/RecordBatch or a polars DataFrame, "
@@ -166,6 +170,53 @@ def hash_packet_keys(
 
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
+
+
+def object_columns(schema: pl.Schema | Mapping[str, pl.DataType]) -> list[str]:
+    """Names of the columns of a Polars schema holding ``pl.Object`` anywhere (even nested).
+
+    Polars exports an Object column to Arrow as ``fixed_size_binary[8]`` *pointers*, which look
+    like bytes but differ in every process, so such columns must be refused before ``to_arrow``.
+
+    >>> object_columns(pl.DataFrame({"a": [1], "o": pl.Series([object()], dtype=pl.Object)}).schema)
+    ['o']
+    """
+    return [name for name, dtype in schema.items() if _holds_object(dtype)]
+
+
+def _holds_object(dtype: pl.DataType) -> bool:
+    if dtype == pl.Object:
+        return True
+    if isinstance(dtype, pl.List | pl.Array):
+        return _holds_object(dtype.inner)
+    if isinstance(dtype, pl.Struct):
+        return any(_holds_object(f.dtype) for f in dtype.fields)
+    return False
+
+
+def check_ordered(value: Any, column: str) -> None:
+    """Raise ``HashingError`` if ``value`` holds a ``set``/``frozenset``, at any depth.
+
+    pyarrow turns a set into a list in iteration order, which for strings changes with
+    ``PYTHONHASHSEED``: the same set would hash differently in every process. orca refuses
+    sets rather than sorting them (a sort is not defined for mixed or unorderable items, and
+    would hide that the list's order carries no meaning). One Python pass over the value, for
+    Python values only (``hash_packet``, ``DictSource`` rows); Arrow columns cannot hold sets.
+
+    >>> check_ordered([{"b", "a"}], "tags")
+    Traceback (most recent call last):
+    ...
+    orca.errors.HashingError: column 'tags': a set has no order, so it has no stable hash; pass sorted(...) or a list
+    """
+    if isinstance(value, set | frozenset):
+        raise HashingError(f"column {column!r}: a set has no order, so it has no stable hash; "
+                           "pass sorted(...) or a list")
+    if isinstance(value, list | tuple):
+        for item in value:
+            check_ordered(item, column)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            check_ordered(item, f"{column}.{key}")
 
 
 def _hash_pool() -> concurrent.futures.ThreadPoolExecutor:
@@ -236,6 +287,7 @@ def _one_value_array(name: str, value: Any) -> pa.Array:
         return pa.repeat(value, 1)
     if value is None:
         return pa.nulls(1)
+    check_ordered(value, name)
     try:
         return pa.array([value])
     except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
@@ -331,6 +383,10 @@ def _enc_str(s: str) -> bytes:
 
 def _enc_values(arr: pa.Array, field: pa.Field, column: str) -> tuple[str, list[Part]]:
     """(logical type, parts of enc_value per element): ``\\x00`` if null, else ``\\x01`` + payload."""
+    if pa.types.is_dictionary(arr.type):
+        # A dictionary is a compression: hash the values it stands for. Decoded first, so a
+        # null among the dictionary's values counts as a null (null_count sees only the indices).
+        arr = arr.dictionary_decode()
     type_name, parts = _encode(arr, field, column)
     if arr.null_count and not pa.types.is_null(arr.type):
         parts = [pc.if_else(arr.is_valid(), _join(parts, len(arr)), _NULL)]
@@ -340,8 +396,6 @@ def _enc_values(arr: pa.Array, field: pa.Field, column: str) -> tuple[str, list[
 def _encode(arr: pa.Array, field: pa.Field, column: str) -> tuple[str, list[Part]]:
     """(logical type, parts of ``\\x01`` + payload per element; anything under null slots)."""
     t = arr.type
-    if pa.types.is_dictionary(t) and _is_string(t.value_type):
-        arr, t = arr.dictionary_decode(), t.value_type
     if is_path_field(field):
         if not _is_string(t):
             raise HashingError(f"column {column!r}: a path column must hold strings, not {t}")

@@ -5,6 +5,15 @@ them into Arrow fields and converts values at the boundary between Arrow columns
 calls. ``pathlib.Path`` is a *logical* type: a string column whose field carries
 ``orca.hashing.PATH_METADATA`` so hashing reads the file's content, not its name.
 
+Every column orca keeps must be storable in a Delta table (results, provenance, assets), so
+this module also decides, once per column, the *storable* Arrow type of every Arrow type
+(:func:`storable_type`): lossless widenings are made at the boundary (``uint32`` -> ``int64``,
+``timestamp[ns]`` -> ``timestamp[us]`` when no value has sub-microsecond digits,
+``fixed_size_list`` -> ``large_list``, ...) and everything Delta cannot hold (time of day,
+durations, maps, unions, extension types) is refused with a :class:`SchemaError` naming the
+column and saying what to use instead. The widenings never change a packet hash (the encoding
+ignores widths and units), so a value hashes the same before and after.
+
 Examples
 --------
 >>> import datetime
@@ -39,6 +48,9 @@ __all__ = [
     "strip_optional",
     "to_python",
     "to_arrow_array",
+    "storable_type",
+    "storable_column",
+    "storable_table",
 ]
 
 _SCALARS: dict[Any, pa.DataType] = {
@@ -49,11 +61,145 @@ _SCALARS: dict[Any, pa.DataType] = {
     bytes: pa.large_binary(),
     datetime.date: pa.date32(),
     datetime.datetime: pa.timestamp("us"),
-    datetime.time: pa.time64("us"),
-    datetime.timedelta: pa.duration("us"),
     decimal.Decimal: pa.decimal128(38, 18),
     pathlib.Path: pa.large_string(),
 }
+
+
+# Python types orca refuses, and what to use instead: Delta Lake cannot store them.
+_UNSTORABLE: dict[Any, str] = {
+    datetime.time: "Delta Lake has no time-of-day type; use a str (t.isoformat()) or an int "
+                   "(microseconds since midnight) instead",
+    datetime.timedelta: "Delta Lake has no duration type; use a float (td.total_seconds()) or "
+                        "an int (microseconds) instead",
+}
+
+
+def storable_type(t: pa.DataType, column: str = "") -> pa.DataType:
+    """The Delta-storable Arrow type orca keeps for ``t`` (``column`` names it in errors).
+
+    Widths and units widen losslessly (``uint8/16/32`` -> the next signed int, ``uint64`` ->
+    ``int64``, ``float16`` -> ``float32``, ``timestamp[s/ms/ns]`` -> ``timestamp[us]``, any
+    zone -> ``UTC``, ``decimal32/64/256`` -> ``decimal128``, ``date64`` -> ``date32``), views,
+    fixed-size lists and fixed-size binaries become ``large_list`` / ``large_string`` /
+    ``large_binary``, and dictionaries are decoded; nested types are normalised recursively.
+    :func:`storable_column` checks that the values survive the conversions that can lose them
+    (``uint64``, ``timestamp[ns]``, ``decimal256``).
+
+    Raises
+    ------
+    SchemaError
+        For types Delta Lake cannot store (time of day, durations, intervals, maps, unions,
+        extension types, run-end encoded arrays, empty structs), naming the column and the
+        type to use instead.
+
+    Examples
+    --------
+    >>> storable_type(pa.uint8()), storable_type(pa.timestamp("ns", "Europe/Paris"))
+    (DataType(int16), TimestampType(timestamp[us, tz=UTC]))
+    >>> storable_type(pa.list_(pa.float16(), 3))
+    LargeListType(large_list<item: float>)
+    >>> storable_type(pa.time64("us"), "t")
+    Traceback (most recent call last):
+    ...
+    orca.errors.SchemaError: column 't' (time64[us]): Delta Lake has no time-of-day type; ...
+    """
+    T = pa.types
+    what = f"column {column!r} ({t})" if column else f"Arrow type {t}"
+    if T.is_dictionary(t):
+        return storable_type(t.value_type, column)
+    if (T.is_null(t) or T.is_boolean(t) or T.is_signed_integer(t) or T.is_float32(t) or T.is_float64(t)
+            or T.is_string(t) or T.is_large_string(t) or T.is_binary(t) or T.is_large_binary(t)
+            or T.is_date32(t)):
+        return t
+    if T.is_unsigned_integer(t):  # Delta has no unsigned ints
+        return {8: pa.int16(), 16: pa.int32(), 32: pa.int64(), 64: pa.int64()}[t.bit_width]
+    if T.is_float16(t):
+        return pa.float32()
+    if T.is_string_view(t):
+        return pa.large_string()
+    if T.is_binary_view(t) or T.is_fixed_size_binary(t):
+        return pa.large_binary()
+    if T.is_date64(t):
+        return pa.date32()
+    if T.is_timestamp(t):  # Delta keeps microseconds, naive or UTC
+        return pa.timestamp("us", None if t.tz is None else "UTC")
+    if T.is_decimal(t):
+        if not 0 <= t.scale <= 38:
+            raise SchemaError(f"{what}: Delta Lake decimals have a scale of 0 to 38; "
+                              "rescale the values or store them as strings")
+        return pa.decimal128(max(min(t.precision, 38), t.scale, 1), t.scale)
+    if T.is_list(t) or T.is_large_list(t) or T.is_fixed_size_list(t) or T.is_list_view(t) or T.is_large_list_view(t):
+        item = storable_type(t.value_type, f"{column}[]" if column else "")
+        if (T.is_list(t) or T.is_large_list(t)) and item.equals(t.value_type):
+            return t  # keeps the value field (its name, nullability, path metadata)
+        return pa.large_list(t.value_field.with_type(item))
+    if T.is_struct(t):
+        names = [f.name for f in t]
+        if not names:
+            raise SchemaError(f"{what}: Delta Lake cannot store a struct with no fields")
+        if len(set(names)) != len(names):
+            raise SchemaError(f"{what}: struct field names repeat: {names}")
+        fields = [f.with_type(storable_type(f.type, f"{column}.{f.name}" if column else "")) for f in t]
+        return t if all(f.type.equals(g.type) for f, g in zip(fields, t, strict=True)) else pa.struct(fields)
+    if T.is_time(t):
+        raise SchemaError(f"{what}: {_UNSTORABLE[datetime.time]}")
+    if T.is_duration(t) or T.is_interval(t):
+        raise SchemaError(f"{what}: {_UNSTORABLE[datetime.timedelta]}")
+    if T.is_map(t):
+        raise SchemaError(f"{what}: maps are not supported (their hash would depend on key order); "
+                          "use a struct (fixed keys) or a list of {key, value} structs")
+    if T.is_union(t):
+        raise SchemaError(f"{what}: unions are not supported; use one type per column (or T | None)")
+    if isinstance(t, pa.BaseExtensionType):
+        raise SchemaError(f"{what}: extension types are not supported; store the storage type "
+                          f"({t.storage_type}) instead")
+    raise SchemaError(f"{what}: not supported (Delta Lake cannot store it, or it has no canonical hash)")
+
+
+def storable_column(column: pa.Array | pa.ChunkedArray, name: str) -> pa.Array | pa.ChunkedArray:
+    """``column`` converted to its :func:`storable_type`, refusing any conversion that loses values.
+
+    One vectorised, checked cast per column, and none when the type is already storable.
+
+    >>> storable_column(pa.array([1, 2], pa.uint64()), "n").type
+    DataType(int64)
+    >>> storable_column(pa.array([2**64 - 1], pa.uint64()), "n")
+    Traceback (most recent call last):
+    ...
+    orca.errors.SchemaError: column 'n': uint64 values do not all fit int64 (Delta has no unsigned ints): ...
+    """
+    t = column.type
+    target = storable_type(t, name)
+    if target.equals(t):
+        return column
+    try:
+        return column.cast(target, safe=True)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        if pa.types.is_unsigned_integer(t):
+            hint = "uint64 values do not all fit int64 (Delta has no unsigned ints)"
+        elif pa.types.is_timestamp(t):
+            hint = ("some timestamps have sub-microsecond digits (Delta keeps microseconds); "
+                    "truncate them first, e.g. pl.col(c).dt.truncate('1us')")
+        else:
+            hint = f"{t} values do not all fit {target}"
+        raise SchemaError(f"column {name!r}: {hint}: {exc}") from exc
+
+
+def storable_table(table: pa.Table) -> pa.Table:
+    """Every column of ``table`` through :func:`storable_column` (field metadata is kept).
+
+    >>> storable_table(pa.table({"a": pa.array([1], pa.uint8())})).schema.field("a").type
+    DataType(int16)
+    """
+    fields, columns = [], []
+    for field, column in zip(table.schema, table.columns, strict=True):
+        column = storable_column(column, field.name)
+        fields.append(field.with_type(column.type))
+        columns.append(column)
+    if all(f.type.equals(g.type) for f, g in zip(fields, table.schema, strict=True)):
+        return table
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields, metadata=table.schema.metadata))
 
 
 def is_optional(annotation: Any) -> bool:
@@ -94,15 +240,25 @@ def _struct_fields(tp: Any) -> dict[str, Any]:
 def arrow_type(annotation: Any) -> pa.DataType:
     """The Arrow type for a Python annotation (``T | None`` gives the type of ``T``).
 
-    Supported: int, float, str, bool, bytes, date, datetime, time, timedelta, Decimal, Path,
-    ``list[T]``, and pydantic models, dataclasses and TypedDicts as structs.
+    Supported: int, float, str, bool, bytes, date, datetime, Decimal, Path, ``list[T]``,
+    pydantic models, dataclasses and TypedDicts as structs, and Arrow types (normalised by
+    :func:`storable_type`). ``datetime.time`` and ``datetime.timedelta`` are refused: Delta Lake
+    has no type for them (see ``docs/hashing.md``).
+
+    >>> arrow_type(pa.uint32()), arrow_type(pa.timestamp("ns"))
+    (DataType(int64), TimestampType(timestamp[us]))
     """
     tp = strip_optional(annotation)
     if tp in _SCALARS:
         return _SCALARS[tp]
+    if tp in _UNSTORABLE:
+        raise SchemaError(f"annotation {annotation!r} is not supported: {_UNSTORABLE[tp]}")
     if isinstance(tp, pa.DataType):
-        return tp
+        return storable_type(tp, f"type {tp}")
     origin = typing.get_origin(tp)
+    if origin in (set, frozenset, typing.Set, typing.FrozenSet):  # noqa: UP006
+        raise SchemaError(f"annotation {annotation!r} is not supported: a set has no order, so it "
+                          "has no stable hash; use list[T] and return sorted(values)")
     if origin in (list, typing.List):  # noqa: UP006
         (item,) = typing.get_args(tp) or (None,)
         if item is None:
@@ -113,13 +269,17 @@ def arrow_type(annotation: Any) -> pa.DataType:
         return pa.struct([arrow_field(n, t) for n, t in _struct_fields(tp).items()])
     raise SchemaError(f"annotation {annotation!r} has no Arrow type (supported: "
                       "int, float, str, bool, bytes, date, datetime, Decimal, Path, list[T], "
-                      "T | None, pydantic models, dataclasses, TypedDicts)")
+                      "T | None, pydantic models, dataclasses, TypedDicts, Arrow types)")
 
 
 def arrow_field(name: str, annotation: Any) -> pa.Field:
     """An Arrow field for ``annotation``: nullable iff Optional, path metadata for ``Path``."""
     metadata = PATH_METADATA if strip_optional(annotation) is pathlib.Path else None
-    return pa.field(name, arrow_type(annotation), nullable=is_optional(annotation), metadata=metadata)
+    try:
+        tp = arrow_type(annotation)
+    except SchemaError as exc:
+        raise SchemaError(f"{name!r}: {exc}") from exc
+    return pa.field(name, tp, nullable=is_optional(annotation), metadata=metadata)
 
 
 def _converter(annotation: Any):
@@ -155,6 +315,9 @@ def to_python(column: pa.Array | pa.ChunkedArray, annotation: Any = None, *, pat
 
 
 def _to_plain(value: Any) -> Any:
+    if isinstance(value, set | frozenset):
+        raise SchemaError("a set has no order, so its list would hash differently in every "
+                          f"process; return sorted(...) or a list instead of {value!r:.60}")
     if isinstance(value, pathlib.PurePath):
         return str(value)
     if isinstance(value, pydantic.BaseModel):
@@ -194,6 +357,19 @@ def _needs_plain(field: pa.Field) -> bool:
     return bool(field.metadata) or pa.types.is_struct(tp) or pa.types.is_list(tp) or pa.types.is_large_list(tp)
 
 
+def _plain_values(values: list, field: pa.Field) -> list:
+    """``_to_plain`` of every value; a value that cannot be stored raises naming its row."""
+    plain = []
+    for i, v in enumerate(values):
+        try:
+            plain.append(_to_plain(v))
+        except SchemaError as exc:
+            err = SchemaError(f"output {field.name!r}: {exc}")
+            err.row = i
+            raise err from exc
+    return plain
+
+
 def to_arrow_array(values: list, field: pa.Field, failed: Sequence[bool] | None = None) -> pa.Array:
     """Python values -> Arrow array of ``field``'s type, strictly.
 
@@ -217,7 +393,7 @@ def to_arrow_array(values: list, field: pa.Field, failed: Sequence[bool] | None 
                 err = SchemaError(f"output {field.name!r} should be {field.type}, got {type(v).__name__} {v!r:.60}")
                 err.row = i
                 raise err
-    plain = [_to_plain(v) for v in values] if _needs_plain(field) else values
+    plain = _plain_values(values, field) if _needs_plain(field) else values
     try:
         return pa.array(plain, type=field.type)
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError) as exc:

@@ -18,6 +18,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pytest
 import xxhash
@@ -32,6 +33,7 @@ from orca.hashing import (
     hash_bytes,
     hash_file,
     hash_packet,
+    hash_packet_keys,
     hash_packets,
     is_path_field,
 )
@@ -426,11 +428,11 @@ def test_nullability_does_not_matter():
     "array",
     [
         pa.array([{1: 2}], pa.map_(pa.int64(), pa.int64())),
-        pa.array([1]).dictionary_encode(),
+        pa.RunEndEncodedArray.from_arrays(pa.array([1], pa.int32()), pa.array([1])),
         pa.UnionArray.from_sparse(pa.array([0], pa.int8()), [pa.array([1])]),
         pa.array([b"\x00" * 16], pa.uuid()),
     ],
-    ids=["map", "dictionary_int", "union", "extension"],
+    ids=["map", "run_end_encoded", "union", "extension"],
 )
 def test_unsupported_type_names_the_column(array):
     table = pa.table({"ok": [1], "weird_col": array})
@@ -714,6 +716,7 @@ def test_path_field_must_be_strings():
 
 _CHILD = """
 import json, sys
+import polars as pl
 import pyarrow as pa
 from orca.hashing import hash_packets
 names = json.loads(sys.argv[1])
@@ -764,3 +767,36 @@ def test_hash_packets_takes_polars_frames_and_refuses_other_things():
     assert hash_packets(frame).to_pylist() == hash_packets(frame.to_arrow()).to_pylist()
     with pytest.raises(HashingError, match="hash_packets takes"):
         hash_packets({"x": [1]})
+
+
+# ----------------------------------------------- values and types with no stable encoding
+
+
+def test_dictionary_of_any_type_hashes_as_its_values():
+    plain = pa.array([3, None, 3, 7], pa.int64())
+    encoded = plain.dictionary_encode()
+    assert hash_packets(pa.table({"v": encoded})).equals(hash_packets(pa.table({"v": plain})))
+    # a null among the dictionary's *values* (not its indices) is a null too
+    odd = pa.DictionaryArray.from_arrays(pa.array([0, 1], pa.int8()), pa.array([None, 5]))
+    assert hash_packets(pa.table({"v": odd})).equals(hash_packets(pa.table({"v": pa.array([None, 5])})))
+
+
+@pytest.mark.parametrize("value", [{"a", "b"}, frozenset({1}), [1, {"x"}], {"k": {"y", "z"}}],
+                         ids=["set", "frozenset", "nested_in_list", "nested_in_dict"])
+def test_sets_are_refused_naming_the_column(value):
+    # pyarrow would turn a set into a list in iteration order, which changes with PYTHONHASHSEED
+    with pytest.raises(HashingError, match=r"'labels.*set has no order"):
+        hash_packet({"labels": value})
+
+
+def test_polars_object_columns_are_refused_naming_the_column():
+    # Polars exports Object values as 8-byte pointers (a different "hash" every process)
+    frame = pl.DataFrame({"x": [1, 2], "blob": pl.Series([object(), {1, 2}], dtype=pl.Object)})
+    with pytest.raises(HashingError, match=r"\['blob'\].*Object"):
+        hash_packet_keys(frame)
+    assert len(hash_packet_keys(frame.select("x"))) == 2
+
+
+def test_non_string_dict_keys_are_refused_naming_the_column():
+    with pytest.raises(HashingError, match="'meta'"):
+        hash_packet({"meta": {1: "a"}})
