@@ -1,0 +1,127 @@
+"""``orca ls`` and ``orca show``: what a store holds, read from Delta metadata and the runs log."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+import polars as pl
+
+from orca.cli._common import (
+    INVALIDATED_AT,
+    CliError,
+    State,
+    function_hashes,
+    human_bytes,
+    human_seconds,
+    node_order,
+    pipelines,
+    require_node,
+    require_pipeline,
+    results_tables,
+    run_events,
+    table_info,
+    table_text,
+    tag_columns,
+)
+from orca.cli.history import run_summaries
+from orca.stores import DeltaStore
+
+
+@click.command()
+@click.pass_obj
+def ls(state: State) -> None:
+    """List pipelines, their nodes, and every table with its rows and size."""
+    store = state.store()
+    infos = [table_info(store, name) for name in store.tables()]
+    events = run_events(store)
+    names = sorted(set(pipelines(store)) | set(events["pipeline"].drop_nulls().to_list()))
+    listing = [{"pipeline": p, "nodes": node_order(store, p, events.filter(pl.col("pipeline") == p))}
+               for p in names]
+    payload = {"store": store.location, "pipelines": listing, "tables": [i.as_dict() for i in infos]}
+    rows = [{"table": i.name, "rows": i.rows, "live": i.live, "files": i.files, "size": human_bytes(i.bytes)}
+            for i in infos]
+    text = "\n".join([
+        table_text([{"pipeline": p["pipeline"], "nodes": ", ".join(p["nodes"]) or "-"} for p in listing]),
+        "",
+        table_text(rows, ["table", "rows", "live", "files", "size"]),
+    ])
+    state.emit(payload, text)
+
+
+@click.command()
+@click.argument("pipeline")
+@click.argument("node", required=False)
+@click.option("--limit", default=10, show_default=True, type=click.IntRange(min=0),
+              help="Recorded entries to show with NODE.")
+@click.pass_obj
+def show(state: State, pipeline: str, node: str | None, limit: int) -> None:
+    """Show a pipeline's nodes with the counts of its last run; with NODE, also the latest
+    recorded entries of that node joined to their outputs."""
+    store = state.store()
+    events = run_events(store, pipeline)
+    nodes = require_pipeline(store, pipeline, events)
+    last = run_summaries(events, limit=1)
+    run = last[0] if last else None
+    per_node = {n["node"]: n for n in run["nodes"]} if run else {}
+    rows = []
+    for label in nodes:
+        name = f"pipelines/{pipeline}/{label}"
+        info = table_info(store, name) if store.exists(name) else None
+        counts = per_node.get(label, {})
+        rows.append({"node": label, "table": name if info else None, "rows": info.rows if info else None,
+                     "live": info.live if info else None, "total": counts.get("total"),
+                     "cached": counts.get("cached"), "computed": counts.get("computed"),
+                     "failed": counts.get("failed"), "status": counts.get("status")})
+    payload: dict[str, Any] = {"pipeline": pipeline, "last_run": run, "nodes": rows}
+    header = (f"pipeline {pipeline}: last run {run['run_id']} {run['status']}, started "
+              f"{run['started_at']:%Y-%m-%d %H:%M:%S}, took {human_seconds(run['duration_s'])}"
+              if run else f"pipeline {pipeline}: no runs recorded")
+    text = [header, "", table_text(rows)]
+    if node is not None:
+        if node not in nodes:
+            raise CliError(f"pipeline {pipeline!r} has no node {node!r}; nodes: {', '.join(nodes)}")
+        title, head = HEAD
+        frame = head(store, pipeline, node, limit)
+        payload[title.replace(" ", "_")] = frame.to_dicts()
+        text += ["", f"{node}: {title} (latest {limit}, newest first; recorded history, not the exact "
+                     "current output)", _frame_text(frame)]
+    state.emit(payload, "\n".join(text))
+
+
+def recorded_entries(store: DeltaStore, pipeline: str, node: str, limit: int) -> pl.DataFrame:
+    """The ``limit`` most recently recorded live provenance rows of a node, with their outputs.
+
+    Tags, outputs, ``__recorded_at`` and ``__run_id``. An entry's result is found through the
+    results table its row points to (see ``function_hashes``), by packet hash. This is history:
+    entries recorded for an input the pipeline no longer reads stay live too.
+    """
+    table = require_node(store, pipeline, node)
+    raw = store.scan(table, include_invalidated=True)
+    tags = tag_columns(raw)
+    latest = (raw.filter(pl.col(INVALIDATED_AT).is_null())
+              .select(*tags, "__packet_hash", "__record_id", "__recorded_at", "__run_id")
+              .top_k(limit, by="__recorded_at")
+              .unique("__record_id", keep="first", maintain_order=True))
+    rows = function_hashes(latest)
+    tables = results_tables(store)
+    parts = []
+    for (fh,), group in rows.group_by("__function_hash", maintain_order=True):
+        name = tables.get(fh)
+        outputs = (store.lookup(name, group["__packet_hash"]) if name else pl.DataFrame())
+        keep = [c for c in outputs.columns if not c.startswith("__") or c == "__packet_hash"]
+        parts.append(group.join(outputs.select(keep), on="__packet_hash", how="left") if keep else group)
+    frame = pl.concat(parts, how="diagonal") if parts else rows
+    outputs = [c for c in frame.columns if c not in tags and not c.startswith("__")]
+    order = [*tags, *outputs, "__recorded_at", "__run_id"]
+    return frame.sort("__recorded_at", descending=True).select(order) if frame.height else frame.select(
+        [c for c in order if c in frame.columns])
+
+
+# The source of ``orca show PIPELINE NODE``'s head, with its honest label. When the assets
+# table (``assets/<pipeline>/<node>``, the node's exact current output) exists, point this at it.
+HEAD = ("recorded entries", recorded_entries)
+
+
+def _frame_text(frame: pl.DataFrame) -> str:
+    return table_text(frame.to_dicts(), frame.columns) if frame.height else "(none)"
