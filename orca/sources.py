@@ -13,6 +13,12 @@ duplicate does not change the ids of the other rows).
 Sources read their input when constructed, so a missing file or a bad tag column fails at
 once, with the path or column named; streams derived from a source are lazy.
 
+Every column is normalised, once, to the Delta-storable type orca keeps for it
+(:func:`orca.types.storable_table`: ``uint32`` -> ``int64``, ``timestamp[ns]`` -> ``timestamp[us]``
+when lossless, ``fixed_size_list`` -> ``large_list``, ...), *before* any hash is computed, so
+the values hashed are the values stored; a column Delta cannot hold (time of day, durations,
+maps, Python objects, sets) raises :class:`~orca.errors.SchemaError` naming it.
+
 Examples
 --------
 >>> import orca
@@ -24,6 +30,7 @@ Examples
 from __future__ import annotations
 
 import glob as _glob
+import itertools
 import os
 import pathlib
 import re
@@ -33,9 +40,10 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from orca.errors import SourceError
-from orca.hashing import hash_bytes, hash_packets, is_path_field
+from orca.errors import HashingError, SchemaError, SourceError
+from orca.hashing import check_ordered, hash_bytes, hash_packets, is_path_field, object_columns
 from orca.streams import SYSTEM_PREFIX, SYSTEM_TAG_PREFIX, Stream, source_column
+from orca.types import storable_table
 
 __all__ = [
     "DictSource",
@@ -93,6 +101,13 @@ def build_source(
     names = table.column_names
     if not _ID_OK.match(source_id):
         raise SourceError(f"source id {source_id!r} may hold only letters, digits, '_' and '-'")
+    if "" in names:
+        raise SourceError(f"source {source_id!r}: column {names.index('')} has an empty name (a pandas "
+                          "index written to CSV?); name it, or drop it (e.g. read with index_col / "
+                          "select the columns you need)")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise SourceError(f"source {source_id!r}: column names repeat: {repeated}")
     system = [n for n in names if n.startswith(SYSTEM_PREFIX)]
     if system:
         raise SourceError(f"source {source_id!r}: column names may not start with '__' (reserved for orca): {system}")
@@ -103,6 +118,14 @@ def build_source(
         raise SourceError(f"source {source_id!r}: tag columns repeat: {tags}")
     if table.num_rows == 0:
         raise SourceError(f"source {source_id!r} ({kind}) is empty")
+    empty_tags = [t for t in tags if table.column(t).null_count == table.num_rows]
+    if empty_tags:
+        raise SourceError(f"source {source_id!r}: tag column(s) {empty_tags} hold only nulls, so they "
+                          "identify no row; drop them from tags=")
+    try:  # before any hash: the values hashed must be the values stored
+        table = storable_table(table)
+    except SchemaError as exc:
+        raise SchemaError(f"source {source_id!r}: {exc}") from exc
     packets = [n for n in names if n not in tags]
     if not packets:
         raise SourceError(f"source {source_id!r}: every column is a tag; a source needs at least one packet column")
@@ -170,13 +193,23 @@ class DictSource(Source):
         rows = [dict(r) for r in rows]
         if not rows:
             raise SourceError(f"source {source_id or 'DictSource'!r} is empty: no rows given")
+        where = f"source {source_id or 'DictSource'!r}"
         names = list(dict.fromkeys(k for r in rows for k in r))
+        bad_names = [n for n in names if not isinstance(n, str)]
+        if bad_names:
+            raise SourceError(f"{where}: column names must be str, got {bad_names}")
         paths = [n for n in names if any(isinstance(r.get(n), pathlib.PurePath) for r in rows)]
-        columns = {n: [str(v) if isinstance(v, pathlib.PurePath) else v for v in (r.get(n) for r in rows)] for n in names}
-        try:
-            table = pa.table(columns)
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            raise SourceError(f"source {source_id or 'DictSource'!r}: cannot build columns from rows: {exc}") from exc
+        columns = {}
+        for n in names:
+            values = [str(v) if isinstance(v, pathlib.PurePath) else v for v in (r.get(n) for r in rows)]
+            try:  # Python values have no columnar form: one pass over them, for sets anywhere
+                check_ordered(values, n)
+                columns[n] = pa.array(values)
+            except HashingError as exc:
+                raise SchemaError(f"{where}: {exc}") from exc
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError) as exc:
+                raise SourceError(f"{where}: cannot build columns from rows: column {n!r}: {exc}") from exc
+        table = pa.table(columns)
         super().__init__(table, tags=tags, source_id=source_id, kind="dict", path_columns=paths,
                          keep_duplicates=keep_duplicates)
 
@@ -197,6 +230,11 @@ class PolarsSource(Source):
                  path_columns: Sequence[str] = (), keep_duplicates: bool = False) -> None:
         if isinstance(frame, pl.LazyFrame):
             frame = frame.collect()
+        objects = object_columns(frame.schema)
+        if objects:  # exported to Arrow they would be 8-byte pointers, different every process
+            raise SchemaError(f"source {source_id or 'PolarsSource'!r}: columns {objects} hold Python "
+                              "objects (Polars Object dtype), which orca can neither hash nor store; "
+                              "convert them to typed columns first")
         super().__init__(frame.to_arrow(), tags=tags, source_id=source_id, kind="polars",
                          path_columns=path_columns, keep_duplicates=keep_duplicates)
 
@@ -210,12 +248,21 @@ def _read(path: str | os.PathLike, reader, what: str) -> pa.Table:
         raise SourceError(f"{what} source: cannot read {os.fspath(path)!r}: {exc}") from exc
 
 
+_DUPLICATED = re.compile(r"(.*)_duplicated_\d+")
+
+
 class CSVSource(Source):
     """A CSV file read with ``polars.read_csv`` (extra keyword arguments are passed on)."""
 
     def __init__(self, path: str | os.PathLike, *, tags: Sequence[str], source_id: str | None = None,
                  path_columns: Sequence[str] = (), keep_duplicates: bool = False, **read_options: Any) -> None:
         table = _read(path, lambda p: pl.read_csv(p, **read_options), "CSV")
+        # Polars renames a repeated header "a" to "a_duplicated_0": refuse it rather than guess
+        renamed = [n for n in table.column_names
+                   if (m := _DUPLICATED.fullmatch(n)) and m.group(1) in table.column_names]
+        if renamed:
+            raise SourceError(f"CSV source {os.fspath(path)!r}: header names repeat (Polars renamed "
+                              f"them {renamed}); give every column its own name")
         super().__init__(table, tags=tags, source_id=source_id or _sanitise_id(pathlib.Path(path).stem),
                          kind="csv", path_columns=path_columns, keep_duplicates=keep_duplicates)
 
@@ -278,15 +325,33 @@ class GlobSource(Source):
             m = regex.match(match)
             if m is None:
                 continue
+            try:  # the OS gives undecodable bytes as surrogates, which Arrow strings cannot hold
+                match.encode("utf-8")
+            except UnicodeEncodeError:
+                raise SourceError(f"glob pattern {pattern!r}: file name {os.fsencode(match)!r} is not "
+                                  "valid UTF-8; rename the file (paths are stored as strings)") from None
             for f in fields:
                 rows[f].append(m.group(f))
             rows[packet_column].append(str(pathlib.Path(match).resolve()))
         if not rows[packet_column]:
-            raise SourceError(f"glob pattern {pattern!r} matched no files")
+            root = _static_root(glob_pattern)
+            where = f"in {os.path.abspath(root)!r}" + ("" if os.path.isdir(root) else " (no such directory)")
+            if not os.path.isabs(pattern):
+                where += f", the pattern being relative to the working directory {os.getcwd()!r}"
+            raise SourceError(f"glob pattern {pattern!r} matched no files {where}")
         table = pa.table({k: pa.array(v, pa.large_string()) for k, v in rows.items()})
         default_id = _sanitise_id(pathlib.Path(pattern.split("{")[0]).name or "glob") + "-" + hash_bytes(pattern.encode())[:8]
         super().__init__(table, tags=fields, source_id=source_id or default_id, kind="glob",
                          path_columns=[packet_column], keep_duplicates=keep_duplicates)
+
+
+def _static_root(glob_pattern: str) -> str:
+    """The directory a glob pattern starts from: its components before the first wildcard."""
+    parts = pathlib.PurePath(glob_pattern).parts
+    static = list(itertools.takewhile(lambda part: not _glob.has_magic(part), parts))
+    if len(static) == len(parts):  # no wildcard at all: the last component names the file
+        static = static[:-1]
+    return os.path.join(*static) if static else "."
 
 
 def _glob_regex(literal: str) -> str:

@@ -254,7 +254,7 @@ def test_duplicate_tags_raise():
 
 def test_duplicate_null_tags_raise():
     with pytest.raises(SourceError, match="share tag values"):
-        DictSource([{"k": None, "x": 1}, {"k": None, "x": 2}], tags=["k"])
+        DictSource([{"k": None, "x": 1}, {"k": None, "x": 2}, {"k": 1, "x": 3}], tags=["k"])
 
 
 def test_keep_duplicates_keeps_rows_distinct():
@@ -344,7 +344,7 @@ def test_bad_source_id_raises():
 
 
 def test_rows_that_cannot_form_columns_raise():
-    with pytest.raises(SourceError, match="cannot build columns"):
+    with pytest.raises(SourceError, match="cannot build columns.*'x'"):
         DictSource([{"k": 1, "x": 1}, {"k": 2, "x": "a"}], tags=["k"])
 
 
@@ -383,3 +383,160 @@ def test_glob_duplicate_tags_raise_without_keep_duplicates(images):
 def test_bad_glob_patterns_raise(images, pattern, match):
     with pytest.raises(SourceError, match=match):
         GlobSource(str(images / pattern))
+
+
+# --------------------------- values, types and names orca cannot keep (issue 14, items 3, 12, 13)
+
+
+@orca.function_pod(output_keys="y")
+def _double(x: int) -> int:
+    return 2 * x
+
+
+def _run_twice(tmp_path, make_source, pod=_double):
+    """Run a one-node pipeline twice over one Delta store; return both runs' counts and results."""
+    out = []
+    for _ in range(2):
+        pipeline = orca.Pipeline("p", store=orca.DeltaStore(tmp_path / "store"))
+        with pipeline:
+            node = pod.pod(make_source())
+        counts = pipeline.run(progress=False).counts
+        out.append((next(iter(counts.values())), node.to_polars()))
+    # every table in the store reads cleanly with plain Polars (no reader feature it lacks)
+    tables = [p.parent for p in (tmp_path / "store").rglob("_delta_log")]
+    assert tables and all(pl.scan_delta(str(t)).collect() is not None for t in tables)
+    return out
+
+
+@pytest.mark.parametrize("value", [{"b", "a"}, [{"x"}], {"k": frozenset({1})}], ids=["set", "in_list", "in_dict"])
+def test_dict_source_refuses_sets_naming_the_column(value):
+    # stored in iteration order, a set of strings would hash differently under each PYTHONHASHSEED
+    with pytest.raises(orca.SchemaError, match=r"'labels.*set has no order.*sorted"):
+        DictSource([{"k": 1, "labels": value}], tags=["k"])
+
+
+def test_dict_source_refuses_non_string_dict_keys_naming_the_column():
+    with pytest.raises(SourceError, match="'meta'"):
+        DictSource([{"k": 1, "meta": {1: "a"}}], tags=["k"])
+
+
+def test_polars_source_refuses_object_columns_naming_them():
+    # Polars exports Object values to Arrow as 8-byte pointers: garbage, different every process
+    frame = pl.DataFrame({"k": [1], "blob": pl.Series([object()], dtype=pl.Object)})
+    with pytest.raises(orca.SchemaError, match=r"\['blob'\].*Object"):
+        PolarsSource(frame, tags=["k"])
+
+
+def test_nanosecond_timestamp_tag_is_stored_as_microseconds_and_reruns(tmp_path):
+    # used to succeed once, then every later run failed: the table needed Delta's timestampNanos
+    stamps = pl.Series("t", [1_700_000_000_000_000_000, 1_700_000_000_000_001_000]).cast(pl.Datetime("ns"))
+    frame = pl.DataFrame({"t": stamps, "x": [1, 2]})
+    source = PolarsSource(frame, tags=["t"], source_id="ns")
+    assert source.schema()[0].field("t").type == pa.timestamp("us")
+    # the record ids are hashes of the normalised values, equal to those of the ns values
+    assert record_ids(source) == {(v,): h for v, h in zip(frame["t"].cast(pl.Datetime("us")).to_list(),
+                                                          orca.hashing.hash_packets(frame.to_arrow(), ["t"]).to_pylist(),
+                                                          strict=True)}
+    (first, _), (second, rows) = _run_twice(tmp_path, lambda: PolarsSource(frame, tags=["t"], source_id="ns"))
+    assert (first.computed, second.cached, second.computed) == (2, 2, 0)
+    assert rows.sort("t")["y"].to_list() == [2, 4]
+
+
+def test_nanosecond_timestamp_with_nanoseconds_is_refused_naming_the_column():
+    frame = pl.DataFrame({"t": pl.Series([1_001]).cast(pl.Datetime("ns")), "x": [1]})
+    with pytest.raises(orca.SchemaError, match="source 'ns'.*column 't'.*sub-microsecond"):
+        PolarsSource(frame, tags=["t"], source_id="ns")
+
+
+def test_uint64_tag_at_its_max_is_refused_before_any_call_naming_the_column():
+    table = pa.table({"id": pa.array([1, 2**64 - 1], pa.uint64()), "x": [1, 2]})
+    with pytest.raises(orca.SchemaError, match="column 'id'.*uint64.*int64"):
+        ArrowSource(table, tags=["id"])
+
+
+def test_unsigned_and_zoned_tags_are_widened_and_rerun(tmp_path):
+    table = pa.table({
+        "id": pa.array([1, 2**63 - 1], pa.uint64()),
+        "small": pa.array([1, 255], pa.uint8()),
+        "at": pa.array([0, 1_000], pa.timestamp("ms", "Europe/Paris")),
+        "x": [1, 2],
+    })
+    make = lambda: ArrowSource(table, tags=["id", "small", "at"], source_id="u")  # noqa: E731
+    tag_schema = make().schema()[0]
+    assert [f.type for f in tag_schema] == [pa.int64(), pa.int16(), pa.timestamp("us", "UTC")]
+    (first, _), (second, rows) = _run_twice(tmp_path, make)
+    assert (first.computed, second.cached) == (2, 2)
+    assert rows.sort("id")["small"].to_list() == [1, 255]
+
+
+@orca.function_pod(output_keys="total")
+def _total(v: list[int]) -> int:
+    return sum(v)
+
+
+def test_fixed_size_array_columns_become_lists_and_rerun(tmp_path):
+    # a fixed_size_list column used to make orca create a Delta table it then refused
+    frame = pl.DataFrame({"k": [[1, 2], [3, 4]], "v": [[1, 2], [3, 4]]},
+                         schema={"k": pl.Array(pl.Int64, 2), "v": pl.Array(pl.Int64, 2)})
+    make = lambda: PolarsSource(frame, tags=["k"], source_id="arr")  # noqa: E731
+    assert make().schema()[0].field("k").type == pa.large_list(pa.int64())
+    (first, _), (second, rows) = _run_twice(tmp_path, make, pod=_total)
+    assert (first.computed, second.cached) == (2, 2)
+    assert sorted(rows["total"].to_list()) == [3, 7]
+
+
+@pytest.mark.parametrize(
+    ("column", "message"),
+    [(pa.array([1], pa.time64("us")), "time-of-day"), (pa.array([1], pa.duration("s")), "duration"),
+     (pa.array([[("a", 1)]], pa.map_(pa.string(), pa.int64())), "maps are not supported")],
+    ids=["time", "duration", "map"],
+)
+def test_columns_delta_cannot_store_are_refused_naming_them(column, message):
+    with pytest.raises(orca.SchemaError, match=f"source 'bad'.*column 'weird'.*{message}"):
+        ArrowSource(pa.table({"k": [1], "weird": column}), tags=["k"], source_id="bad")
+
+
+def test_csv_with_an_unnamed_first_column_is_refused(tmp_path):
+    # pandas writes its index as a first column with an empty name; it used to fail at run time
+    path = tmp_path / "frame.csv"
+    path.write_text(",subject,x\n0,m1,1\n1,m2,2\n")
+    with pytest.raises(SourceError, match="column 0 has an empty name.*pandas index"):
+        CSVSource(path, tags=["subject"])
+
+
+def test_csv_with_repeated_header_names_is_refused(tmp_path):
+    path = tmp_path / "dupes.csv"
+    path.write_text("subject,x,x\nm1,1,2\n")
+    with pytest.raises(SourceError, match=r"dupes\.csv.*repeat.*x_duplicated_0"):
+        CSVSource(path, tags=["subject"])
+
+
+def test_repeated_column_names_are_refused():
+    table = pa.Table.from_arrays([pa.array([1]), pa.array([2]), pa.array([3])], names=["k", "x", "x"])
+    with pytest.raises(SourceError, match=r"repeat: \['x'\]"):
+        ArrowSource(table, tags=["k"])
+
+
+def test_all_null_tag_column_is_refused_naming_it():
+    with pytest.raises(SourceError, match=r"\['k'\] hold only nulls"):
+        DictSource([{"k": None, "x": 1}, {"k": None, "x": 2}], tags=["k"])
+
+
+def test_glob_with_a_non_utf8_file_name_names_the_file(tmp_path):
+    (tmp_path / "ok.txt").write_text("fine")
+    try:
+        fd = os.open(os.fsencode(tmp_path) + b"/caf\xe9.txt", os.O_CREAT | os.O_WRONLY)
+    except OSError:
+        pytest.skip("this file system refuses non-UTF-8 names")
+    os.close(fd)
+    with pytest.raises(SourceError, match=r"caf\\xe9\.txt.*not valid UTF-8"):
+        GlobSource(str(tmp_path / "{name}.txt"))
+
+
+def test_glob_matching_nothing_says_where_a_relative_pattern_was_resolved(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SourceError, match=f"in '{tmp_path / 'data'}' \\(no such directory\\).*working directory '{tmp_path}'"):
+        GlobSource("data/{subject}/*.tif")
+    (tmp_path / "data").mkdir()
+    with pytest.raises(SourceError, match=f"matched no files in '{tmp_path / 'data'}', the pattern"):
+        GlobSource("data/{subject}/*.tif")
