@@ -231,17 +231,38 @@ def test_delta_versions_follow_flush_order(tmp_path):
     assert stamp["results/f/h"] <= stamp["pipelines/p/n"]
 
 
-def test_duplicates_dedup_to_min_run_id(store):
+def test_duplicates_dedup_to_the_first_commit(store):
+    # run ids in the opposite order of the commits: the rule must not look at them
     store.append("results/f/h", rows(["a", "b"], run="run-2", value=2), key=KEY)
     store.flush()
     store.append("results/f/h", rows(["a"], run="run-1", value=1), key=KEY)
-    store.append("results/f/h", rows(["a"], run="run-3", value=3), key=KEY)
+    store.flush()
+    store.append("results/f/h", rows(["a"], run="run-0", value=0), key=KEY)
     store.flush()
     live = store.scan("results/f/h").collect().sort("__packet_hash")
     assert live["__packet_hash"].to_list() == ["a", "b"]
-    assert live["value"].to_list() == [1, 2]
+    assert live["value"].to_list() == [2, 2]
+    assert store.lookup("results/f/h", pl.Series(["a"]))["value"].to_list() == [2]
     assert store.scan("results/f/h", include_invalidated=True).collect().height == 4
     assert sorted(store.keys("results/f/h")) == ["a", "b"]
+
+
+def test_first_commit_survives_compaction_and_invalidation(store):
+    """Rewriting files (compaction, invalidating another key) does not change the winner."""
+    store.append("results/f/h", rows(["a", "b"], run="run-9", value=9), key=KEY)
+    store.flush()
+    store.append("results/f/h", rows(["a", "c"], run="run-1", value=1), key=KEY)
+    store.flush()
+    assert store.lookup("results/f/h", pl.Series(["a"]))["value"].to_list() == [9]
+    store.invalidate("results/f/h", pl.Series(["b"]))  # rewrites the file holding a's winner
+    store.compact("results/f/h")
+    fresh = store if isinstance(store, MemoryStore) else DeltaStore(store.location)
+    for reader in (store, fresh):
+        assert reader.lookup("results/f/h", pl.Series(["a"]))["value"].to_list() == [9]
+        live = reader.scan("results/f/h").collect().sort("__packet_hash")
+        assert live["value"].to_list() == [9, 1]
+    store.invalidate("results/f/h", pl.Series(["a"]))  # the winner gone: the key has no live row
+    assert store.lookup("results/f/h", pl.Series(["a"])).height == 0
 
 
 def test_same_run_tie_is_deterministic(store):
@@ -271,11 +292,12 @@ def test_invalidate_hides_but_keeps_history(store):
 
 def test_lookup_returns_exactly_requested_existing_keys(store):
     store.append("results/f/h", rows([f"k{i}" for i in range(100)]), key=KEY)
+    store.flush()
     store.append("results/f/h", rows(["k1", "k2"], run="run-0", value=5), key=KEY)
     store.flush()
     found = store.lookup("results/f/h", pl.Series(["k1", "k2", "k50", "nope", "k1"]))
     assert sorted(found["__packet_hash"]) == ["k1", "k2", "k50"]
-    assert found.sort("__packet_hash")["value"].to_list() == [5, 5, 0]
+    assert found.sort("__packet_hash")["value"].to_list() == [0, 0, 0]
     assert store.lookup("results/f/h", pa.array([], pa.string())).height == 0
     assert store.lookup("missing", pl.Series(["k1"])).height == 0
 
@@ -402,11 +424,20 @@ def test_default_store(monkeypatch, tmp_path):
     monkeypatch.setenv("ORCA_STORE", str(tmp_path / "s"))
     assert default_store().location == str(tmp_path / "s")
     monkeypatch.delenv("ORCA_STORE")
-    assert default_store().location == ".orca"
+    monkeypatch.chdir(tmp_path)
+    assert default_store().location == str(tmp_path / ".orca")
+
+
+def marked_store(path) -> DeltaStore:
+    """A store at ``path`` that has committed once (so it carries orca's marker)."""
+    store = DeltaStore(path)
+    store.append("runs", pa.table({"run": ["r0"]}))
+    store.flush()
+    return store
 
 
 def test_foreign_delta_table_is_refused_and_untouched(tmp_path):
-    store = DeltaStore(tmp_path)
+    store = marked_store(tmp_path)
     foreign = tmp_path / "results" / "f" / "h"
     write_deltalake(str(foreign), rows(["x"]))
     store.append("results/f/h", rows(["a"]), key=KEY)
@@ -424,7 +455,7 @@ def test_junk_directory_is_refused(tmp_path):
     junk = tmp_path / "results" / "f" / "h"
     junk.mkdir(parents=True)
     (junk / "notes.txt").write_text("mine")
-    store = DeltaStore(tmp_path)
+    store = marked_store(tmp_path)
     store.append("results/f/h", rows(["a"]), key=KEY)
     with pytest.raises(StoreError, match="not a Delta table") as info:
         store.flush()

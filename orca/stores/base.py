@@ -21,9 +21,11 @@ from __future__ import annotations
 import abc
 import collections
 import concurrent.futures
+import contextlib
 import copy
 import dataclasses
 import posixpath
+import re
 import threading
 import time
 import uuid
@@ -38,6 +40,7 @@ from orca.errors import StoreError
 INVALIDATED_AT = "__invalidated_at"
 RUN_ID = "__run_id"
 INVALIDATED_TYPE = pa.timestamp("us", tz="UTC")
+COMMIT = "__orca_commit"  # (never stored) the version of the commit that first added a row
 _QUEUED = 3  # sealed buffers that may wait for the background committer
 
 
@@ -58,6 +61,7 @@ class Store(Protocol):
     def tables(self, prefix: str = "") -> list[str]: ...
     def uri(self, name: str) -> str: ...
     def compact(self, name: str) -> None: ...
+    def collect(self, name: str, frame: pl.LazyFrame) -> pl.DataFrame: ...
     def version(self, name: str) -> int | None: ...
     def only_own_commits(self, name: str, since: int | None) -> bool: ...
     def with_options(self, **options: object) -> Store: ...
@@ -95,6 +99,8 @@ class BufferedStore(abc.ABC):
 
     location: str
     _slow_commits = False
+    # What reading a damaged table raises (besides Rust panics), turned into StoreError.
+    _read_errors: tuple[type[Exception], ...] = (OSError, pl.exceptions.PolarsError, pa.ArrowException)
 
     def __init__(
         self, *, max_rows: int = 200_000, max_seconds: float = 30.0, max_retries: int = 10,
@@ -273,14 +279,22 @@ class BufferedStore(abc.ABC):
     def scan(self, name: str, *, include_invalidated: bool = False) -> pl.LazyFrame | None:
         """Committed rows of ``name`` (pending rows are not visible), or None if it is absent.
 
-        Keyed tables give one live row per key unless ``include_invalidated`` asks for the raw
-        history (duplicates and invalidated rows included).
+        Keyed tables give one live row per key (the dedup rule, see :func:`live_rows`) unless
+        ``include_invalidated`` asks for the raw history (duplicates and invalidated rows
+        included). A keyed table's key column is read here, so a damaged table fails here
+        (StoreError); collect what this returns with :meth:`collect`.
         """
         found = self._read(check_name(name))
         if found is None:
             return None
         frame, key = found
-        return frame if include_invalidated or not key else live_rows(frame, key)
+        if include_invalidated or not key:
+            return frame
+        live = frame.filter(pl.col(INVALIDATED_AT).is_null())
+        copies = self.collect(name, live.select(*key, RUN_ID).filter(_repeated(key)))
+        if copies.is_empty():  # the common case: every key once, nothing to choose
+            return live
+        return live_rows(live, key, self._first_commits(name, copies.unique()).lazy())
 
     def keys(self, name: str) -> pl.Series | None:
         """Distinct live key values of keyed table ``name``, or None if it is absent."""
@@ -290,7 +304,7 @@ class BufferedStore(abc.ABC):
         frame, key = found
         column = single_key(self.uri(name), key)
         live = frame.filter(pl.col(INVALIDATED_AT).is_null()).select(column).unique()
-        return live.collect().to_series()
+        return self.collect(name, live).to_series()
 
     def lookup(self, name: str, keys: pl.Series | pa.Array) -> pl.DataFrame:
         """The live, deduplicated rows whose key is in ``keys`` (one vectorised semi-join)."""
@@ -300,7 +314,38 @@ class BufferedStore(abc.ABC):
         frame, key = found
         column = single_key(self.uri(name), key)
         wanted = key_frame(keys, column, frame.collect_schema()[column])
-        return live_rows(frame.join(wanted.lazy(), on=column, how="semi"), key).collect()
+        live = frame.join(wanted.lazy(), on=column, how="semi").filter(pl.col(INVALIDATED_AT).is_null())
+        rows = self.collect(name, live)
+        copies = rows.select(*key, RUN_ID).filter(_repeated(key))
+        if copies.is_empty():
+            return rows
+        return live_rows(rows.lazy(), key, self._first_commits(name, copies.unique()).lazy()).collect()
+
+    def collect(self, name: str, frame: pl.LazyFrame) -> pl.DataFrame:
+        """Collect ``frame`` (a query over table ``name``); a damaged table or a column it lacks
+        raises StoreError naming the table instead of a Polars or Rust error."""
+        with self._reading(name):
+            return frame.collect()
+
+    @contextlib.contextmanager
+    def _reading(self, name: str):
+        """Turn errors from reading table ``name`` into StoreError naming it."""
+        where = self.uri(name)
+        try:
+            yield
+        except StoreError:
+            raise
+        except pl.exceptions.ColumnNotFoundError as exc:
+            raise StoreError(
+                f"{where}: the table lacks a column its reader needs ({clean_message(exc)}): it was "
+                f"written by other code or another version; remove it (or move it away) to start over"
+            ) from None
+        except self._read_errors as exc:
+            raise StoreError(corrupt(where, exc)) from None
+        except BaseException as exc:
+            if not is_panic(exc):
+                raise
+            raise StoreError(corrupt(where, exc)) from None
 
     # ---- implemented by each store -------------------------------------------------------
     @abc.abstractmethod
@@ -328,28 +373,73 @@ class BufferedStore(abc.ABC):
     def _read(self, name: str) -> tuple[pl.LazyFrame, tuple[str, ...]] | None:
         """The committed rows of ``name`` (raw) and its key, or None if there is no table."""
 
+    @abc.abstractmethod
+    def _first_commits(self, name: str, pairs: pl.DataFrame) -> pl.DataFrame:
+        """``pairs`` (distinct key and ``__run_id`` values of keyed table ``name``) plus
+        ``__orca_commit``: the version of the first commit that added a row with those values
+        (null where that cannot be learned any more: such rows count as older than all others)."""
 
-def live_rows(frame: pl.LazyFrame, key: Sequence[str]) -> pl.LazyFrame:
-    """Apply the fixed dedup rule: one live row per key, the one with the smallest ``__run_id``.
 
-    Remaining ties (same key, same run) are broken by the smallest values of the other
-    non-nested columns in schema order, so the choice never depends on file or commit order.
+def live_rows(frame: pl.LazyFrame, key: Sequence[str], commits: pl.LazyFrame | None = None) -> pl.LazyFrame:
+    """Apply the fixed dedup rule: one live row per key, **the one committed first**.
+
+    ``commits`` holds, for rows whose key has several live rows, the key, ``__run_id`` and
+    ``__orca_commit`` (the version of the commit that first added such a row; null = unknown,
+    counted as older than any known one). A store passes it (see ``docs/stores.md``); without
+    it every commit is unknown. Remaining ties (same commit, or unknown) are broken by the
+    smallest values of the other non-nested columns in schema order, then ``__run_id``, so the
+    choice never depends on file order or on a clock.
 
     >>> frame = pl.LazyFrame({"k": ["a", "a", "b"], "__run_id": ["r2", "r1", "r1"],
     ...                       "v": [2, 1, 3], "__invalidated_at": [None, None, None]})
-    >>> live_rows(frame, ["k"]).sort("k").collect()["v"].to_list()
-    [1, 3]
+    >>> commits = pl.LazyFrame({"k": ["a", "a"], "__run_id": ["r2", "r1"], "__orca_commit": [1, 2]})
+    >>> live_rows(frame, ["k"], commits).sort("k").collect()["v"].to_list()
+    [2, 3]
     """
     schema = frame.collect_schema()
-    skip = {*key, RUN_ID, INVALIDATED_AT}
+    skip = {*key, RUN_ID, INVALIDATED_AT, COMMIT}
     tiebreak = [c for c, dtype in schema.items() if c not in skip and not dtype.is_nested()]
     copies = "__orca_copies"
     live = frame.filter(pl.col(INVALIDATED_AT).is_null())
     live = live.with_columns(pl.len().over(list(key)).alias(copies))
     single = live.filter(pl.col(copies) == 1)  # the common case skips the sort
-    several = live.filter(pl.col(copies) > 1).sort([*key, RUN_ID, *tiebreak])
-    several = several.unique(subset=list(key), keep="first", maintain_order=True)
+    several = live.filter(pl.col(copies) > 1)
+    if commits is None:
+        several = several.with_columns(pl.lit(None, pl.Int64).alias(COMMIT))
+    else:
+        several = several.join(commits.select(*key, RUN_ID, pl.col(COMMIT).cast(pl.Int64)),
+                               on=[*key, RUN_ID], how="left", nulls_equal=True)
+    several = several.sort([*key, COMMIT, *tiebreak, RUN_ID], nulls_last=False)
+    several = several.unique(subset=list(key), keep="first", maintain_order=True).drop(COMMIT)
     return pl.concat([single, several]).drop(copies)
+
+
+def _repeated(key: Sequence[str]) -> pl.Expr:
+    """Rows whose key occurs more than once."""
+    return (pl.col(key[0]) if len(key) == 1 else pl.struct(*key)).is_duplicated()
+
+
+# ---- error messages ---------------------------------------------------------------------
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_FRAME = re.compile(r"^\s*(\d+: |at \S+:\d+|stack backtrace:|note: Some details are omitted)", re.I)
+
+
+def clean_message(exc: BaseException) -> str:
+    """``exc``'s message on one line without ANSI colour codes or Rust backtrace frames."""
+    lines = _ANSI.sub("", str(exc)).splitlines()
+    return " ".join(line.strip() for line in lines if line.strip() and not _FRAME.match(line))
+
+
+def is_panic(exc: BaseException) -> bool:
+    """Whether ``exc`` is a Rust panic surfaced by pyo3 (``pyo3_runtime.PanicException``, a
+    BaseException that cannot be imported by name, so it is matched by its class name)."""
+    return type(exc).__name__ == "PanicException"
+
+
+def corrupt(where: str, exc: BaseException) -> str:
+    """The message for a table that cannot be read."""
+    return (f"{where}: the table is damaged and cannot be read ({clean_message(exc)}); restore it "
+            f"from a backup, or remove it (orca recomputes what it held)")
 
 
 def check_name(name: str) -> str:

@@ -2,17 +2,25 @@
 
 Every commit is an append (never ``mode="overwrite"``) in a capped retry loop with randomised
 exponential backoff; creation races are treated as "someone else created it". A table made by
-orca carries ``orca.format`` and ``orca.key`` in its Delta table configuration.
+orca carries ``orca.format`` and ``orca.key`` in its Delta table configuration; the store's
+root holds a marker file (``.orca-store``) written with its first commit.
+
+Damage is reported, never silently read around: a commit log orca cannot load, a commit file
+that is empty or skipped, a data file that is missing or not the size its commit recorded —
+each is a StoreError naming the table, raised at the first read (before any work is done).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import errno
 import json
 import os
 import random
+import re
 import time
+import urllib.parse
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -30,12 +38,16 @@ from deltalake.exceptions import CommitFailedError, DeltaError
 
 from orca.errors import StoreError
 from orca.stores.base import (
+    COMMIT,
     INVALIDATED_AT,
     INVALIDATED_TYPE,
+    RUN_ID,
     BufferedStore,
     check_key,
     check_name,
+    clean_message,
     conform,
+    is_panic,
     key_frame,
     single_key,
 )
@@ -50,6 +62,12 @@ _UNIQUE_PREFIXES = ("__source__", "__tag__")
 _CONSTANT_COLUMNS = ("__run_id", "__function_hash", "__recorded_at", "__computed_at", "__invalidated_at")
 _BACKOFF_BASE = 0.05  # seconds; attempt n sleeps about base * 2**n, at most _BACKOFF_CAP
 _BACKOFF_CAP = 2.0
+MARKER = ".orca-store"  # at the store root: says "this directory is an orca store"
+# Store-wide tables every run appends to: checked at the store's first I/O, so that damage to
+# them is reported before any work, not when the run finally records its failures.
+_CHECKED_FIRST = ("failures", "runs")
+_LOG_FILE = re.compile(r"^(\d{20})\.json$")
+_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
 T = TypeVar("T")
 
 
@@ -67,8 +85,20 @@ class _KeyCache:
     keys: pl.Series
 
 
+@dataclasses.dataclass
+class _Added:
+    """What the commit log says about a table's data files: the version that added each."""
+
+    parsed: int = -1  # commit files up to this version are read
+    versions: dict[str, int] = dataclasses.field(default_factory=dict)  # relative path -> version
+
+
 class DeltaStore(BufferedStore):
     """Tables under ``path``: table ``name`` lives at ``<path>/<name>``. No I/O until a commit.
+
+    ``path`` is made absolute at construction (a later ``os.chdir`` does not move the store).
+    At the first I/O the store refuses an empty path and an existing non-empty directory that
+    is not an orca store (see ``docs/stores.md``).
 
     A full buffer is committed on a background thread (``background=False``: in the caller).
 
@@ -91,17 +121,27 @@ class DeltaStore(BufferedStore):
     ) -> None:
         super().__init__(max_rows=max_rows, max_seconds=max_seconds, max_retries=max_retries,
                          background=background)
-        self.location = os.fspath(path)
+        given = os.fspath(path)
+        self._empty_path = given == ""  # refused at the first I/O (construction does none)
+        self.location = os.path.abspath(given)
+        self._root_checked = False
         # Reads and (background) commits keep separate handles, so that a read never waits for
         # a commit's hold on a handle (deltalake serialises calls on one DeltaTable).
         self._open_tables: dict[str, DeltaTable] = {}
         self._write_tables: dict[str, DeltaTable] = {}
         self._keys_of: dict[str, tuple[str, ...]] = {}
         self._key_caches: dict[str, _KeyCache] = {}
+        self._checked_files: dict[str, set[str]] = {}  # data files found whole, per table
+        self._log_checked: dict[str, int] = {}  # commit files found non-empty up to this version
+        self._added: dict[str, _Added] = {}
+        self._commit_order: dict[str, pl.DataFrame] = {}  # resolved (key, run id) -> first commit
+
+    _read_errors = (*BufferedStore._read_errors, DeltaError, json.JSONDecodeError)
 
     def with_options(self, **options: object) -> DeltaStore:
         new = super().with_options(**options)
         new._open_tables, new._write_tables, new._key_caches = {}, {}, {}  # handles are per store
+        new._checked_files, new._added, new._commit_order, new._log_checked = {}, {}, {}, {}
         return new
 
     def uri(self, name: str) -> str:
@@ -145,24 +185,126 @@ class DeltaStore(BufferedStore):
             # A commit needs no fresh snapshot: deltalake commits an append over versions other
             # writers added meanwhile (and a real conflict reopens the table, see _retry).
             if not writing:
-                table.update_incremental()
+                with self._reading(name):
+                    table.update_incremental()
+                self._check_log(name, table)
             return table
+        self._check_root()
         state = self._state(name)
         if state == "junk":
+            if os.path.isdir(os.path.join(self.uri(name), "_delta_log")):
+                raise StoreError(f"{self.uri(name)}: the commit log has no readable first commit "
+                                 f"(version 0); restore the table from a backup, or remove it")
             raise StoreError(f"{self.uri(name)}: holds files that are not a Delta table")
         if state != "delta":
             return None
-        table = DeltaTable(self.uri(name))
-        config = table.metadata().configuration
+        with self._reading(name):
+            table = DeltaTable(self.uri(name))
+            config = table.metadata().configuration
+            schema = pa.schema(table.schema().to_arrow())
         if config.get("orca.format") != FORMAT or "orca.key" not in config:
             raise StoreError(f"{self.uri(name)}: holds a Delta table that orca did not create")
-        self._keys_of[name] = tuple(json.loads(config["orca.key"]))
+        key = tuple(json.loads(config["orca.key"]))
+        needed = [*key, RUN_ID, INVALIDATED_AT] if key else []
+        missing = [c for c in needed if c not in schema.names]
+        if missing:
+            raise StoreError(f"{self.uri(name)}: orca table keyed by {list(key)} lacks the columns "
+                             f"{missing}; it was not written by this orca: remove it or move it away")
+        self._check_log(name, table)
+        self._keys_of[name] = key
         handles[name] = table
         return table
+
+    def _check_root(self) -> None:
+        """At the first I/O: refuse a store path that would mix orca's tables with other files."""
+        if self._root_checked:
+            return
+        if self._empty_path:
+            raise StoreError(f"the store path is empty: orca would write its tables into the "
+                             f"current directory ({self.location}); give a directory, e.g. '.orca'")
+        root = self.location
+        if os.path.isdir(root) and not os.path.exists(os.path.join(root, MARKER)):
+            with os.scandir(root) as entries:
+                occupied = any(True for _ in entries)
+            if occupied and not self._holds_orca_tables():
+                raise StoreError(
+                    f"{root}: is a non-empty directory that is not an orca store (no {MARKER} "
+                    f"file, no orca tables); orca will not write beside other files: choose a new "
+                    f"or empty directory"
+                )
+        self._root_checked = True
+        for shared in _CHECKED_FIRST:
+            self._open(shared)
+
+    def _holds_orca_tables(self) -> bool:
+        """Whether the root holds a table orca made (a store written before the marker existed).
+
+        Looks at most three folders deep (``results/<fn>/<hash>``), never into a table."""
+        for folder, subfolders, _ in os.walk(self.location):
+            if "_delta_log" in subfolders:
+                try:
+                    config = DeltaTable(folder).metadata().configuration
+                except Exception:  # noqa: BLE001 - unreadable: not evidence of an orca store
+                    config = {}
+                if config.get("orca.format") == FORMAT:
+                    return True
+                subfolders.clear()
+            elif os.path.relpath(folder, self.location).count(os.sep) >= 2:
+                subfolders.clear()
+        return False
+
+    def _write_marker(self) -> None:
+        """Make the root and mark it an orca store (before a table is created); a read-only or
+        forbidden location fails here at once, not after retries."""
+        marker = os.path.join(self.location, MARKER)
+        if os.path.exists(marker):
+            return
+        try:
+            os.makedirs(self.location, exist_ok=True)
+            with open(marker, "x") as file:
+                file.write(json.dumps({"orca.format": FORMAT}) + "\n")
+        except FileExistsError:
+            pass  # another process marked it first
+        except OSError as exc:
+            raise StoreError(self._unwritable(exc)) from None
+
+    def _unwritable(self, exc: BaseException) -> str:
+        return (f"{self.location}: cannot write to the store ({clean_message(exc)}); it is "
+                f"read-only or not yours: reads still work, use a writable path to compute")
+
+    def _check_log(self, name: str, table: DeltaTable) -> None:
+        """Refuse a table with an empty commit file (deltalake reads it as a commit that did
+        nothing: its rows would vanish silently), or whose next commit file exists but cannot
+        be loaded. Each commit file is checked once (a stat) per store object."""
+        log = os.path.join(self.uri(name), "_delta_log")
+        following = os.path.join(log, f"{table.version() + 1:020d}.json")
+        if os.path.exists(following):
+            with self._reading(name):
+                table.update_incremental()  # maybe just committed by another process
+            following = os.path.join(log, f"{table.version() + 1:020d}.json")
+            if os.path.exists(following):
+                self._damaged_commit(name, following)
+        for version in range(self._log_checked.get(name, -1) + 1, table.version() + 1):
+            path = os.path.join(log, f"{version:020d}.json")
+            try:
+                empty = os.path.getsize(path) == 0
+            except FileNotFoundError:  # cleaned up after a checkpoint
+                continue
+            if empty:
+                self._damaged_commit(name, path)
+        self._log_checked[name] = table.version()
+
+    def _damaged_commit(self, name: str, path: str) -> None:
+        what = "is empty" if os.path.getsize(path) == 0 else "cannot be read"
+        raise StoreError(
+            f"{self.uri(name)}: commit file {path} {what}, so the rows it committed would be lost; "
+            f"restore it from a backup, or remove the table (orca recomputes what it held)"
+        )
 
     def _create(self, name: str, schema: pa.Schema, key: tuple[str, ...]) -> DeltaTable:
         if self._state(name) not in ("absent", "delta"):
             raise StoreError(f"{self.uri(name)}: cannot create a table over existing files")
+        self._write_marker()
         try:
             DeltaTable.create(
                 self.uri(name),
@@ -173,7 +315,9 @@ class DeltaStore(BufferedStore):
                 raise_if_key_not_exists=False,
                 commit_properties=self._mark(),
             )
-        except DeltaError as exc:  # most likely another process created it first
+        except (DeltaError, OSError) as exc:  # most likely another process created it first
+            if _is_unwritable(exc):
+                raise StoreError(self._unwritable(exc)) from None
             if self._state(name) != "delta":
                 raise _CreateRace(str(exc)) from exc
         table = self._open(name, writing=True)
@@ -214,7 +358,13 @@ class DeltaStore(BufferedStore):
         try:
             self._retry(name, attempt, self._write_tables)
         except (DeltaError, OSError, pa.ArrowException) as exc:
-            raise StoreError(f"{self.uri(name)}: write failed: {exc}") from exc
+            if _is_unwritable(exc):
+                raise StoreError(self._unwritable(exc)) from None
+            raise StoreError(f"{self.uri(name)}: write failed: {clean_message(exc)}") from None
+        except BaseException as exc:
+            if not is_panic(exc):
+                raise
+            raise StoreError(f"{self.uri(name)}: write failed: {clean_message(exc)}") from None
 
     def invalidate(self, name: str, keys: pl.Series | pa.Array) -> int:
         """Mark live rows whose key is in ``keys`` invalidated (one merge); return rows hit."""
@@ -261,7 +411,76 @@ class DeltaStore(BufferedStore):
         table = self._open(name)
         if table is None:
             return None
-        return pl.scan_delta(table), self._keys_of[name]
+        self._check_files(name, table)
+        with self._reading(name):
+            return pl.scan_delta(table), self._keys_of[name]
+
+    def _check_files(self, name: str, table: DeltaTable) -> None:
+        """Every data file of the snapshot exists with the size its commit recorded (checked
+        once per file: a stat each). A truncated file would otherwise crash the reader."""
+        checked = self._checked_files.setdefault(name, set())
+        with self._reading(name):
+            adds = pa.table(table.get_add_actions(flatten=True)).select(["path", "size_bytes"])
+        root = self.uri(name)
+        for path, size in zip(adds["path"].to_pylist(), adds["size_bytes"].to_pylist(), strict=True):
+            if path in checked:
+                continue
+            full = os.path.join(root, urllib.parse.unquote(path))
+            try:
+                actual = os.path.getsize(full)
+            except FileNotFoundError:
+                raise StoreError(f"{root}: data file {full} is missing; restore it from a backup, "
+                                 f"or remove the table (orca recomputes what it held)") from None
+            if actual != size:
+                raise StoreError(f"{root}: data file {full} is {actual} bytes, its commit recorded "
+                                 f"{size} (truncated or overwritten); restore it from a backup, or "
+                                 f"remove the table") from None
+            checked.add(path)
+
+    def _first_commits(self, name: str, pairs: pl.DataFrame) -> pl.DataFrame:
+        """Learns each pair's first commit from the data files every commit added (read from the
+        commit log, including files later rewritten by compaction or invalidation, which stay
+        on disk: nothing vacuums). Paid only when a key has several live rows; results are
+        remembered per store object, since a row's first commit never changes."""
+        on = [*self._keys_of[name], RUN_ID]
+        known = self._commit_order.get(name)
+        todo = pairs if known is None else pairs.join(known, on=on, how="anti", nulls_equal=True)
+        if not todo.is_empty():
+            found = self._find_first_commits(name, todo, on)
+            known = found if known is None else pl.concat([known, found])
+            self._commit_order[name] = known.filter(pl.col(COMMIT).is_not_null())
+        return pairs.join(known, on=on, how="left", nulls_equal=True)
+
+    def _find_first_commits(self, name: str, pairs: pl.DataFrame, on: list[str]) -> pl.DataFrame:
+        root = self.uri(name)
+        added = self._added_files(name)
+        files = {os.path.join(root, p): v for p, v in added.items() if os.path.exists(os.path.join(root, p))}
+        versions = pl.DataFrame({"__orca_file": list(files), COMMIT: list(files.values())},
+                                schema={"__orca_file": pl.String, COMMIT: pl.Int64})
+        if not files:
+            return pairs.with_columns(pl.lit(None, pl.Int64).alias(COMMIT))
+        rows = pl.scan_parquet(list(files), include_file_paths="__orca_file").select(*on, "__orca_file")
+        rows = rows.join(pairs.lazy(), on=on, how="semi", nulls_equal=True)
+        first = self.collect(name, rows.join(versions.lazy(), on="__orca_file").group_by(on).agg(pl.col(COMMIT).min()))
+        return pairs.join(first, on=on, how="left", nulls_equal=True)
+
+    def _added_files(self, name: str) -> dict[str, int]:
+        """Data file (relative path) -> version of the commit that added it, from every commit
+        file still in ``_delta_log`` (read once each). Files added by commits whose log file is
+        gone (cleaned up after a checkpoint, 30 days by default) are absent: their rows count
+        as older than every known one."""
+        added = self._added.setdefault(name, _Added())
+        log = os.path.join(self.uri(name), "_delta_log")
+        new = sorted(int(m[1]) for e in os.scandir(log) if (m := _LOG_FILE.match(e.name)) and int(m[1]) > added.parsed)
+        with self._reading(name):
+            for version in new:
+                with open(os.path.join(log, f"{version:020d}.json"), encoding="utf-8") as file:
+                    for line in file:
+                        action = json.loads(line) if line.strip() else {}
+                        if "add" in action:
+                            added.versions.setdefault(urllib.parse.unquote(action["add"]["path"]), version)
+                added.parsed = version
+        return added.versions
 
     def keys(self, name: str) -> pl.Series | None:
         """Distinct live keys, cached: only data files added since the last call are read."""
@@ -314,6 +533,15 @@ class DeltaStore(BufferedStore):
                 subfolders.clear()
                 found.append(os.path.relpath(folder, self.location).replace(os.sep, "/"))
         return sorted(n for n in found if n.startswith(prefix) and n != ".")
+
+
+def _is_unwritable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the location cannot be written (read-only, permissions): retrying
+    cannot help, so it is reported at once."""
+    if isinstance(exc, OSError) and exc.errno in _READ_ONLY:
+        return True
+    text = str(exc).lower()
+    return any(s in text for s in ("read-only file system", "permission denied", "operation not permitted"))
 
 
 def _writer_properties(schema: pa.Schema, key: tuple[str, ...], data: pa.Table | None = None) -> WriterProperties:

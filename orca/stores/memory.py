@@ -10,8 +10,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from orca.stores.base import (
+    COMMIT,
     INVALIDATED_AT,
     INVALIDATED_TYPE,
+    RUN_ID,
     BufferedStore,
     check_key,
     check_name,
@@ -26,6 +28,9 @@ class _Table:
     key: tuple[str, ...]
     data: pa.Table
     writers: list[str] = dataclasses.field(default_factory=list)  # who made each version
+    # Keyed tables: key, __run_id and the version of every appended row (the dedup rule's
+    # commit order; invalidate and compact rewrite `data` but never this).
+    added: pl.DataFrame | None = None
 
 
 class MemoryStore(BufferedStore):
@@ -64,13 +69,21 @@ class MemoryStore(BufferedStore):
     def _commit(self, name: str, data: pa.Table, key: tuple[str, ...]) -> None:
         table = self._tables.get(name)
         if table is None:
-            self._tables[name] = _Table(key, data, [self.writer_id])
-            return
+            table = self._tables[name] = _Table(key, data.slice(0, 0))
         check_key(self.uri(name), key, table.key)
-        table.data = pa.concat_tables(
-            [table.data, conform(data, table.data.schema, self.uri(name))]
-        )
+        data = conform(data, table.data.schema, self.uri(name))
+        if key:
+            version = len(table.writers)
+            added = pl.from_arrow(data.select([*key, RUN_ID])).with_columns(pl.lit(version, pl.Int64).alias(COMMIT))
+            table.added = added if table.added is None else pl.concat([table.added, added])
+        table.data = pa.concat_tables([table.data, data])
         table.writers.append(self.writer_id)
+
+    def _first_commits(self, name: str, pairs: pl.DataFrame) -> pl.DataFrame:
+        """Commit order is known exactly here: every appended row's version is kept."""
+        on = [*self._tables[name].key, RUN_ID]
+        first = self._tables[name].added.group_by(on).agg(pl.col(COMMIT).min())
+        return pairs.join(first, on=on, how="left", nulls_equal=True)
 
     def version(self, name: str) -> int | None:
         table = self._tables.get(check_name(name))
