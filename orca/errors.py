@@ -29,3 +29,7 @@ class StoreError(OrcaError):
 
 class ExecutorError(OrcaError):
     """An executor cannot run the work it was given (e.g. an unpicklable function)."""
+
+
+class IdentityWarning(UserWarning):
+    """A function pod reads something orca cannot include in its identity (the message names it)."""

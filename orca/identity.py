@@ -1,64 +1,697 @@
-"""A function's identity, for caching: name, version, code hash and output schema.
+"""A function's identity, for caching: name, version, transitive code hash, output schema, deps.
 
 Results are keyed by ``identity.hash`` + the input packet hash, so everything that can change
-what a function returns must reach the identity. See ``docs/pods-and-caching.md``.
+what a function returns must reach the identity. The code hash covers the function's own
+normalised source and, recursively, the user code it reads: the functions, classes and
+methods its globals and closure cells are bound to, and the values of the module-level
+constants, closure variables and defaults it reads. Library code (the standard library,
+site-packages, orca) is left out unless declared with ``deps=`` (see :mod:`orca.deps`).
+What cannot be encoded is reported with an :class:`~orca.errors.IdentityWarning`, never
+skipped silently. See ``docs/pods-and-caching.md`` ("Identity").
+
+>>> import orca
+>>> @orca.function_pod(output_keys="y")
+... def double(x: int) -> int:
+...     return 2 * x
+>>> [(p.kind, p.name) for p in double.pod.identity.explain().parts]
+[('function', 'double'), ('name', 'name'), ('outputs', 'y'), ('version', 'version')]
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
-import inspect
+import datetime
+import decimal
+import enum
+import functools
+import importlib.metadata
 import json
-import textwrap
+import linecache
+import logging
+import os
+import site
+import sys
+import sysconfig
+import threading
+import types
+import warnings
 from collections.abc import Callable, Sequence
+from pathlib import PurePath
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
-from orca.errors import PodError
-from orca.hashing import hash_bytes, is_path_field
+from orca.deps import Dep
+from orca.errors import HashingError, IdentityWarning, PodError
+from orca.hashing import hash_bytes, hash_file, is_path_field
 
-__all__ = ["FunctionIdentity", "function_identity"]
+__all__ = ["FunctionIdentity", "IdentityPart", "Explanation", "function_identity", "normalised_source"]
+
+# Versions the encoding below; a change to any byte hashed here is a new ENCODING.
+ENCODING = "orca-identity-1"
+_CODE_KINDS = ("function", "class", "constant", "closure", "default")
+
+
+# ------------------------------------------------------------------------------ public API
 
 
 @dataclasses.dataclass(frozen=True)
-class FunctionIdentity:
-    """Who a function is, for caching: results are keyed by ``hash`` + input packet hash."""
+class IdentityPart:
+    """One input of an identity: ``(kind, name)`` is a stable key, ``hash`` its content hash.
 
+    ``kind`` is one of ``name``, ``version``, ``outputs``, ``function``, ``class``,
+    ``constant``, ``closure``, ``default`` (code), ``file``, ``package``, ``env``, ``value``
+    (declared deps) or ``unhashed`` (read but not encodable; ``hash`` is ``None`` and an
+    :class:`~orca.errors.IdentityWarning` said so). ``module`` is where a code part lives;
+    ``detail`` is for people (a package's version, a value's type) and is not hashed.
+    """
+
+    kind: str
     name: str
-    version: str
-    code_hash: str | None
-    output_schema: str
-    hash: str
+    module: str | None
+    hash: str | None
+    detail: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Explanation:
+    """What went into an identity, sorted by ``(kind, name)``; ``str()`` renders a table."""
+
+    parts: tuple[IdentityPart, ...]
+
+    def as_dicts(self) -> list[dict[str, Any]]:
+        """The parts as plain dicts (stable keys: kind, name, module, hash, detail)."""
+        return [dataclasses.asdict(p) for p in self.parts]
+
+    def changed(self, other: Explanation) -> list[tuple[str, str]]:
+        """Keys ``(kind, name)`` added, removed or with another hash in ``other``, sorted."""
+        mine = {(p.kind, p.name): p.hash for p in self.parts}
+        theirs = {(p.kind, p.name): p.hash for p in other.parts}
+        return sorted(k for k in mine.keys() | theirs.keys() if mine.get(k, "?") != theirs.get(k, "?"))
+
+    def __str__(self) -> str:
+        width = max((len(p.name) for p in self.parts), default=0)
+        return "\n".join(
+            f"{p.kind:<9} {p.name:<{width}}  {(p.hash or 'not hashed')[:12]:<12}  {p.module or ''}"
+            + (f"  ({p.detail})" if p.detail else "")
+            for p in self.parts)
+
+
+class FunctionIdentity:
+    """Who a function is, for caching: results are keyed by ``hash`` + input packet hash.
+
+    The function's own source is read when the identity is made (so an unreadable source fails
+    at once); the rest -- what its globals and closures are bound to, declared files and
+    package versions -- is resolved on first use of ``code_hash``, ``hash`` or ``explain()``,
+    i.e. once the defining module has finished importing, and then kept for the process.
+    """
+
+    def __init__(self, function: Callable | None, *, name: str, version: str, output_schema: str,
+                 deps: tuple[Dep | Any, ...]) -> None:
+        self.name = name
+        self.version = version
+        self.output_schema = output_schema
+        self._function = function  # None: code_hash=False
+        self._deps = deps
+        self._lock = threading.Lock()
+        self._parts: tuple[IdentityPart, ...] | None = None
+        if function is not None:
+            _source_hash(function, root=True)  # fail now, naming the function, if unreadable
+
+    @property
+    def code_hash(self) -> str | None:
+        """Hash of the code parts (function, classes, constants, closures, defaults), or None."""
+        if self._function is None:
+            return None
+        return _hash_parts([p for p in self.parts if p.kind in _CODE_KINDS])
+
+    @property
+    def hash(self) -> str:
+        """The identity: keys the results table and every result record."""
+        return _hash_parts(self.parts)
+
+    @property
+    def parts(self) -> tuple[IdentityPart, ...]:
+        with self._lock:
+            if self._parts is None:
+                self._parts = _identity_parts(self)
+            return self._parts
+
+    def explain(self) -> Explanation:
+        """What went into :attr:`hash`, one :class:`IdentityPart` per input."""
+        return Explanation(self.parts)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, FunctionIdentity) and other.hash == self.hash
+
+    def __hash__(self) -> int:
+        return hash(self.hash)
+
+    def __repr__(self) -> str:
+        return (f"FunctionIdentity(name={self.name!r}, version={self.version!r}, "
+                f"code_hash={self.code_hash!r}, hash={self.hash!r})")
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__, _parts=self.parts)  # resolved here; workers never re-walk
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
 
 
 def function_identity(function: Callable, *, name: str, version: str, code_hash: bool,
                       output_fields: Sequence[pa.Field], deps: Sequence[Any] = ()) -> FunctionIdentity:
-    """The identity of ``function`` declared with these options (pure: no I/O but reading source)."""
+    """The identity of ``function`` declared with these options (reads only its source now).
+
+    ``code_hash=False`` leaves the code out: name + version + output schema + deps only.
+    ``deps`` are :class:`orca.deps.Dep` or plain values; a bare ``str`` or path raises
+    :class:`~orca.errors.PodError` since it could mean a file, a package or a value.
+    """
     schema_text = json.dumps([[f.name, str(f.type), f.nullable, is_path_field(f)] for f in output_fields])
-    code = hash_bytes(normalised_source(function).encode()) if code_hash else None
-    identity = json.dumps({"name": name, "version": version, "code": code, "outputs": schema_text},
-                          sort_keys=True)
-    return FunctionIdentity(name, version, code, schema_text, hash_bytes(identity.encode()))
+    for dep in deps:
+        if isinstance(dep, str | PurePath):
+            raise PodError(
+                f"function {name!r}: dep {dep!r} is ambiguous; write orca.deps.file({str(dep)!r}), "
+                f"orca.deps.package(...), orca.deps.env(...) or orca.deps.value({str(dep)!r})")
+    return FunctionIdentity(function if code_hash else None, name=name, version=version,
+                            output_schema=schema_text, deps=tuple(deps))
 
 
 def normalised_source(fn: Callable) -> str:
-    """Source with decorators, docstrings and comments removed, re-rendered by ``ast.unparse``."""
+    """``fn``'s own source without decorators, docstrings or comments, as ``ast.unparse`` renders it.
+
+    A lambda is located by its own AST node (line and columns of its code), so two lambdas on
+    one line differ and a lambda spanning several lines inside a call is found whole.
+    """
+    node, _ = _locate(fn.__code__, fn.__qualname__)
+    return _unparse(node)
+
+
+# ------------------------------------------------------------------------- the parts, hashed
+
+
+def _hash_parts(parts: Sequence[IdentityPart]) -> str:
+    rows = sorted([p.kind, p.name, p.hash] for p in parts if p.hash is not None)
+    return hash_bytes(json.dumps([ENCODING, rows], separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def _identity_parts(identity: FunctionIdentity) -> tuple[IdentityPart, ...]:
+    parts = [IdentityPart("name", "name", None, hash_bytes(identity.name.encode()), identity.name),
+             IdentityPart("version", "version", None, hash_bytes(identity.version.encode()), identity.version),
+             IdentityPart("outputs", ",".join(f[0] for f in json.loads(identity.output_schema)), None,
+                          hash_bytes(identity.output_schema.encode()))]
+    if identity._function is not None:
+        parts += _Walk(identity.name, identity._function).run()
+    parts += _dep_parts(identity.name, identity._deps)
+    keys = [(p.kind, p.name) for p in parts]
+    if len(set(keys)) != len(keys):  # same qualname or constant name in two modules: say which
+        twice = {k for k in keys if keys.count(k) > 1}
+        parts = [dataclasses.replace(p, name=f"{p.module}:{p.name}") if (p.kind, p.name) in twice else p
+                 for p in parts]
+    return tuple(sorted(parts, key=lambda p: (p.kind, p.name)))
+
+
+def _dep_parts(pod: str, deps: tuple[Any, ...]) -> list[IdentityPart]:
+    parts: dict[tuple[str, str], IdentityPart] = {}
+    values = 0
+    for dep in deps:
+        if not isinstance(dep, Dep) or dep.kind == "value":
+            target = dep.target if isinstance(dep, Dep) else dep
+            try:
+                part = IdentityPart("value", f"value[{values}]", None, _hash_value(target),
+                                    type(target).__name__)
+            except _Unencodable as exc:
+                raise PodError(f"function {pod!r}: declared dep {target!r} cannot be hashed: {exc}") from None
+            values += 1
+        elif dep.kind == "file":
+            try:
+                part = IdentityPart("file", dep.target, None, hash_file(dep.target))
+            except (OSError, HashingError) as exc:
+                raise PodError(f"function {pod!r}: declared file dep {dep.target!r} cannot be read: {exc}") from None
+        elif dep.kind == "package":
+            try:
+                installed = importlib.metadata.version(dep.target)
+            except importlib.metadata.PackageNotFoundError:
+                raise PodError(f"function {pod!r}: declared package dep {dep.target!r} is not installed") from None
+            part = IdentityPart("package", dep.target, None, hash_bytes(installed.encode()), installed)
+        elif dep.kind == "env":
+            setting = os.environ.get(dep.target)
+            # the value is hashed, never shown: it may be a secret
+            part = IdentityPart("env", dep.target, None,
+                                hash_bytes(b"\x00unset" if setting is None else b"=" + setting.encode()),
+                                "unset" if setting is None else "set")
+        else:
+            raise PodError(f"function {pod!r}: unknown dep kind {dep.kind!r} in {dep!r}")
+        parts[(part.kind, part.name)] = part
+    return list(parts.values())
+
+
+# ----------------------------------------------------------------------- walking user code
+
+
+class _Walk:
+    """One pass over the user code a root function reads; collects its code parts."""
+
+    def __init__(self, pod: str, root: Callable) -> None:
+        self.pod = pod
+        self.root = root
+        self.root_package = (getattr(root, "__module__", None) or "").partition(".")[0]
+        self.parts: dict[tuple[str, str, str | None], IdentityPart] = {}
+        self.seen: set[int] = set()
+        self.keep: list[Any] = []  # keeps walked objects alive so their ids stay unique
+
+    def run(self) -> list[IdentityPart]:
+        self.function(self.root)
+        return list(self.parts.values())
+
+    def add(self, part: IdentityPart) -> None:
+        self.parts[(part.kind, part.name, part.module)] = part
+
+    def once(self, obj: Any) -> bool:
+        if id(obj) in self.seen:
+            return False
+        self.seen.add(id(obj))
+        self.keep.append(obj)
+        return True
+
+    def function(self, fn: types.FunctionType, *, own_part: bool = True, via: str = "") -> None:
+        """Walk ``fn``: its source (unless part of a class already), globals, cells, defaults."""
+        if not self.once(fn):
+            return
+        module = getattr(fn, "__module__", None)
+        if own_part:
+            # a lambda is named by the global or cell it was reached through, not by its line
+            key = f"{via}=<lambda>" if fn.__name__ == "<lambda>" and via else fn.__qualname__
+            try:
+                self.add(IdentityPart("function", key, module, _source_hash(fn, root=fn is self.root)))
+            except _Unencodable as exc:
+                self.unhashed("function", key, module, _describe(fn), str(exc))
+        scope = fn.__globals__
+        for name in _global_names(fn.__code__):
+            if name in scope:
+                self.value(scope[name], "constant", name, module, fn, names=_global_names(fn.__code__))
+        for var, cell in zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=True):
+            try:
+                contents = cell.cell_contents
+            except ValueError:  # an empty cell: the variable is not bound yet
+                continue
+            self.value(contents, "closure", f"{fn.__qualname__}.{var}", module, fn)
+        defaults = dict(zip(_positional_defaults(fn), fn.__defaults__ or (), strict=True))
+        defaults.update(fn.__kwdefaults__ or {})
+        for param, default in defaults.items():
+            self.value(default, "default", f"{fn.__qualname__}({param}=)", module, fn)
+
+    def cls(self, klass: type) -> None:
+        if not self.once(klass):
+            return
+        try:
+            self.add(IdentityPart("class", klass.__qualname__, klass.__module__, _class_hash(klass)))
+        except _Unencodable as exc:
+            self.unhashed("class", klass.__qualname__, klass.__module__, klass.__qualname__, str(exc))
+        for base in klass.__mro__[1:]:
+            if self.is_user(base):
+                self.cls(base)
+        for attr, member in vars(klass).items():
+            fn = _underlying_function(member)
+            if fn is not None and (fn.__code__.co_filename.startswith("<") or _is_library_file(fn.__code__.co_filename)):
+                continue  # generated from the class body (dataclass, namedtuple): hashed with it
+            if fn is not None:
+                # methods written in the class body are in its source already
+                inline = fn.__qualname__.startswith(f"{klass.__qualname__}.")
+                if inline or self.is_user(fn):
+                    self.function(fn, own_part=not inline)
+            elif not attr.startswith("__") and _is_plain(member):
+                # class-level constants: their source is in the class text, their value here
+                self.value(member, "constant", f"{klass.__qualname__}.{attr}", klass.__module__, klass)
+
+    def value(self, value: Any, kind: str, key: str, module: str | None, reader: Any,
+              names: tuple[str, ...] = ()) -> None:
+        """Include what a global, closure cell or default named ``key`` is bound to."""
+        if isinstance(value, types.ModuleType):
+            if self.is_user(value) and self.once(value):  # attribute chains: `utils.helper`
+                for name in names:
+                    if name in vars(value):
+                        self.value(vars(value)[name], kind, name, value.__name__, reader, names)
+            return
+        if isinstance(value, functools.partial):
+            self.value(value.func, kind, key, module, reader)
+            value = (value.args, value.keywords)
+        if isinstance(value, types.MethodType):
+            self.value(value.__func__, kind, key, module, reader)
+            value = value.__self__
+        fn = _underlying_function(value)
+        if fn is not None:
+            if self.is_user(fn):
+                self.function(fn, via=key)
+            return
+        if isinstance(value, type):
+            if self.is_user(value):
+                self.cls(value)
+            return
+        if _is_ignored(value):
+            return
+        if type(value).__module__ not in ("builtins", "numpy") and self.is_user(type(value)):
+            self.cls(type(value))  # an instance of a user class: its methods may run
+        elif callable(value) and hasattr(value, "__name__"):  # a library function, ufunc, builtin
+            return
+        try:
+            digest = _hash_value(value)
+        except _Unencodable as exc:
+            self.unhashed(kind, key, module, _describe(reader), str(exc))
+            return
+        self.add(IdentityPart(kind, key, module, digest, type(value).__name__))
+
+    def unhashed(self, kind: str, key: str, module: str | None, reader: str, why: str) -> None:
+        self.add(IdentityPart("unhashed", key, module, None, f"{kind}: {why}"))
+        _warn_once(module, reader, key, (
+            f"function pod {self.pod!r}: {reader} reads {kind} {key!r} (module {module}), which "
+            f"cannot be included in its identity ({why}); changes to it will not invalidate cached "
+            "results. Declare what it depends on with deps=[...] (orca.deps.file/package/env/value) "
+            "or bump version= when it changes."))
+
+    def is_user(self, obj: Any) -> bool:
+        if isinstance(obj, types.FunctionType) and _is_library_file(obj.__code__.co_filename):
+            return False  # a library wrapper carrying a user function's __module__ (functools.wraps)
+        module = obj if isinstance(obj, types.ModuleType) else sys.modules.get(getattr(obj, "__module__", None) or "")
+        if module is None:
+            return False
+        name = module.__name__
+        if name.partition(".")[0] == self.root_package and self.root_package not in ("", "orca"):
+            return True  # the root's own package is user code, even when installed
+        return _is_user_module(module)
+
+
+def _describe(reader: Any) -> str:
+    return f"{getattr(reader, '__module__', '?')}.{getattr(reader, '__qualname__', reader)}"
+
+
+_WARNED: set[tuple[str | None, str, str]] = set()
+
+
+def _warn_once(module: str | None, reader: str, key: str, message: str) -> None:
+    if (module, reader, key) in _WARNED:
+        return
+    _WARNED.add((module, reader, key))
+    warnings.warn(message, IdentityWarning, stacklevel=2)
+
+
+def _underlying_function(value: Any) -> types.FunctionType | None:
+    """The Python function behind a function, static/class method, property or wrapper."""
+    if isinstance(value, staticmethod | classmethod):
+        value = value.__func__
+    elif isinstance(value, property):
+        value = value.fget
+    seen = 0
+    while not isinstance(value, types.FunctionType) and hasattr(value, "__wrapped__") and seen < 8:
+        value, seen = value.__wrapped__, seen + 1  # functools.wraps, lru_cache, ...
+    return value if isinstance(value, types.FunctionType) else None
+
+
+def _positional_defaults(fn: types.FunctionType) -> tuple[str, ...]:
+    code = fn.__code__
+    count = len(fn.__defaults__ or ())
+    return code.co_varnames[code.co_argcount - count:code.co_argcount] if count else ()
+
+
+@functools.cache
+def _global_names(code: types.CodeType) -> tuple[str, ...]:
+    """Names a code object and the code nested in it (inner functions, comprehensions) look up.
+
+    ``co_names`` holds globals and attribute names alike; an attribute name that is also a
+    global only over-includes (more invalidation, never less).
+    """
+    names = dict.fromkeys(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names.update(dict.fromkeys(_global_names(const)))
+    return tuple(names)
+
+
+def _ignored_types() -> tuple[type, ...]:
+    return (logging.Logger, logging.LoggerAdapter, threading.Lock().__class__, type(threading.RLock()),
+            types.GenericAlias, types.UnionType)
+
+
+_IGNORED = _ignored_types()
+
+
+def _is_ignored(value: Any) -> bool:
+    """Values that never change what a function returns: loggers, locks, type annotations."""
+    return isinstance(value, _IGNORED) or type(value).__module__ == "typing"
+
+
+# ------------------------------------------------------------------------- user code or not
+
+
+def _library_roots() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    roots = {paths["stdlib"], paths["platstdlib"], paths["purelib"], paths["platlib"],
+             *site.getsitepackages(), site.getusersitepackages()}
+    return tuple(sorted(os.path.join(os.path.realpath(r), "") for r in roots if r))
+
+
+_LIBRARY_ROOTS = _library_roots()
+_USER_MODULES: dict[str, bool] = {}
+
+
+def _is_user_module(module: types.ModuleType) -> bool:
+    """True for modules of the user's code: not stdlib, site-packages, builtins or orca."""
+    name = module.__name__
+    if name not in _USER_MODULES:
+        path = getattr(module, "__file__", None)
+        if name == "orca" or name.startswith("orca.") or name in sys.builtin_module_names:
+            user = False
+        elif path is None:
+            user = name == "__main__"  # a REPL or notebook; other file-less modules are built
+        else:
+            user = not _is_library_file(path)
+        _USER_MODULES[name] = user
+    return _USER_MODULES[name]
+
+
+@functools.cache
+def _is_library_file(path: str) -> bool:
+    real = os.path.realpath(path)
+    parts = real.split(os.sep)
+    return real.startswith(_LIBRARY_ROOTS) or "site-packages" in parts or "dist-packages" in parts
+
+
+# ----------------------------------------------------------------------------- source text
+
+
+class _Unencodable(Exception):
+    """Something read by a pod has no stable encoding (the message says why)."""
+
+
+@dataclasses.dataclass
+class _ModuleSource:
+    """A source file parsed once, docstrings removed, with its definitions indexed by line."""
+
+    functions: dict[tuple[int, str], ast.AST]  # (first line incl. decorators, name) -> def
+    lambdas: dict[int, list[ast.Lambda]]
+    classes: dict[str, ast.ClassDef]  # qualname -> class
+
+
+_MODULES: dict[str, tuple[str, _ModuleSource]] = {}
+_SOURCES: dict[int, tuple[Any, str]] = {}  # id(code or class) -> (it, hash): kept alive, ids stay unique
+_UNPARSE = threading.Lock()
+
+
+def _module_source(filename: str, module_globals: dict | None) -> _ModuleSource:
+    linecache.checkcache(filename)
+    lines = linecache.getlines(filename, module_globals)
+    if not lines:
+        raise _Unencodable(f"no source for {filename!r} (defined in a REPL or by exec?)")
+    text = "".join(lines)
+    digest = hash_bytes(text.encode())
+    cached = _MODULES.get(filename)
+    if cached is not None and cached[0] == digest:
+        return cached[1]
     try:
-        source = textwrap.dedent(inspect.getsource(fn))
-    except (OSError, TypeError) as exc:
+        tree = ast.parse(text, filename)
+    except SyntaxError as exc:
+        raise _Unencodable(f"{filename!r} does not parse ({exc})") from None
+    index = _ModuleSource({}, {}, {})
+    _index(tree, "", index)
+    _MODULES[filename] = (digest, index)
+    return index
+
+
+def _index(node: ast.AST, prefix: str, index: _ModuleSource) -> None:
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            body = child.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                child.body = body[1:] or [ast.Pass()]  # docstrings never count
+            qualname = f"{prefix}{child.name}"
+            if isinstance(child, ast.ClassDef):
+                index.classes.setdefault(qualname, child)
+                _index(child, f"{qualname}.", index)
+            else:
+                first = min([d.lineno for d in child.decorator_list] + [child.lineno])
+                index.functions[(first, child.name)] = child
+                _index(child, f"{qualname}.<locals>.", index)
+        else:
+            if isinstance(child, ast.Lambda):
+                index.lambdas.setdefault(child.lineno, []).append(child)
+            _index(child, prefix, index)
+
+
+def _locate(code: types.CodeType, qualname: str) -> tuple[ast.AST, str]:
+    """The AST node of a function's own code, and its file."""
+    try:
+        index = _module_source(code.co_filename, None)
+    except OSError as exc:
+        raise _Unencodable(str(exc)) from None
+    if code.co_name != "<lambda>":
+        node = index.functions.get((code.co_firstlineno, code.co_name))
+        if node is None:
+            raise _Unencodable(f"{qualname!r} not found at {code.co_filename}:{code.co_firstlineno} "
+                               "(was the file edited after import?)")
+        return node, code.co_filename
+    # A lambda: the innermost lambda whose body spans its instructions' positions (3.11+
+    # co_positions; (0, 0) columns are the synthetic RESUME/RETURN of the frame).
+    spans = [(line, col, end_line, end_col) for line, end_line, col, end_col in code.co_positions()
+             if line is not None and col is not None and (col, end_col) != (0, 0)]
+    candidates = index.lambdas.get(code.co_firstlineno, [])
+    if spans:
+        start, end = min((s[0], s[1]) for s in spans), max((s[2], s[3]) for s in spans)
+        candidates = [n for n in candidates
+                      if (n.body.lineno, n.body.col_offset) <= start
+                      and end <= (n.body.end_lineno, n.body.end_col_offset)]
+        candidates.sort(key=lambda n: (n.body.lineno, n.body.col_offset), reverse=True)
+    if not candidates or (not spans and len(candidates) > 1):
+        raise _Unencodable(f"lambda at {code.co_filename}:{code.co_firstlineno} not found in its source")
+    return candidates[0], code.co_filename
+
+
+def _unparse(node: ast.AST) -> str:
+    """Source of ``node``; a def loses its decorators (what they wrap is walked as objects)."""
+    with _UNPARSE:  # the nodes are shared; decorators are put back at once
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            decorators, node.decorator_list = node.decorator_list, []
+            try:
+                return ast.unparse(node)
+            finally:
+                node.decorator_list = decorators
+        return ast.unparse(node)
+
+
+def _source_hash(fn: types.FunctionType, *, root: bool = False) -> str:
+    """Hash of ``fn``'s normalised source, memoised per code object; a root fails with PodError."""
+    code = fn.__code__
+    cached = _SOURCES.get(id(code))
+    if cached is not None:
+        return cached[1]
+    try:
+        node, _ = _locate(code, fn.__qualname__)
+    except _Unencodable as exc:
+        if not root:
+            raise
         raise PodError(
             f"cannot read the source of {fn.__qualname__!r} to hash it ({exc}); "
-            "pass code_hash=False to identify it by name and version only"
-        ) from exc
-    tree = ast.parse(source)
-    for node in ast.walk(tree):
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node in tree.body:
-                node.decorator_list = []
-            body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
-                    and isinstance(body[0].value.value, str):
-                node.body = body[1:] or [ast.Pass()]
-    return ast.unparse(tree)
+            "pass code_hash=False to identify it by name and version only") from None
+    digest = hash_bytes(_unparse(node).encode())
+    _SOURCES[id(code)] = (code, digest)
+    return digest
+
+
+def _class_hash(klass: type) -> str:
+    cached = _SOURCES.get(id(klass))
+    if cached is not None:
+        return cached[1]
+    module = sys.modules.get(klass.__module__)
+    filename = getattr(module, "__file__", None)
+    if filename is None:
+        raise _Unencodable(f"no source file for module {klass.__module__!r}")
+    node = _module_source(filename, vars(module)).classes.get(klass.__qualname__)
+    if node is None:
+        raise _Unencodable(f"class {klass.__qualname__!r} not found in {filename!r}")
+    digest = hash_bytes(_unparse(node).encode())
+    _SOURCES[id(klass)] = (klass, digest)
+    return digest
+
+
+# ---------------------------------------------------------------------------- plain values
+
+
+def _is_plain(value: Any) -> bool:
+    try:
+        _encode(value, ())
+    except _Unencodable:
+        return False
+    return True
+
+
+def _hash_value(value: Any) -> str:
+    encoded = json.dumps([ENCODING, _encode(value, ())], separators=(",", ":"), ensure_ascii=False)
+    return hash_bytes(encoded.encode())
+
+
+def _encode(value: Any, stack: tuple[int, ...]) -> Any:
+    """A canonical JSON-able form of plain data: each value tagged with its type.
+
+    Floats are encoded by ``float.hex`` (exact), sets and dict items sorted by their encoding,
+    so the form depends on neither ``PYTHONHASHSEED`` nor insertion order. Raises
+    ``_Unencodable`` for anything else (never a fallback to ``repr`` or pickle).
+    """
+    if value is None or isinstance(value, bool):
+        return value
+    kind = type(value)
+    if isinstance(value, enum.Enum):
+        return ["enum", kind.__qualname__, value.name]
+    if kind is int:
+        return ["int", str(value)]
+    if kind is float:
+        return ["float", value.hex()]
+    if kind is str:
+        return value
+    if kind in (bytes, bytearray):
+        return ["bytes", bytes(value).hex()]
+    if kind is complex:
+        return ["complex", value.real.hex(), value.imag.hex()]
+    if kind is decimal.Decimal:
+        return ["decimal", str(value)]
+    if kind in (datetime.date, datetime.datetime, datetime.time):
+        return [kind.__name__, value.isoformat()]
+    if kind is datetime.timedelta:
+        return ["timedelta", value.days, value.seconds, value.microseconds]
+    if isinstance(value, PurePath):
+        return ["path", value.as_posix()]
+    if isinstance(value, np.generic) and not isinstance(value, np.object_):
+        return ["numpy", value.dtype.str, value.tobytes().hex()]
+    if id(value) in stack:
+        raise _Unencodable(f"{kind.__name__} contains itself")
+    inner = (*stack, id(value))
+    if isinstance(value, np.ndarray):
+        if value.dtype.hasobject:
+            return ["ndarray-object", list(value.shape), [_encode(v, inner) for v in value.ravel().tolist()]]
+        return ["ndarray", value.dtype.str, list(value.shape), hash_bytes(np.ascontiguousarray(value).tobytes())]
+    name = kind.__qualname__  # no module: the same code imported as __main__ or by name agrees
+    if isinstance(value, list | tuple):
+        return [name, [_encode(v, inner) for v in value]]
+    if isinstance(value, set | frozenset):
+        return [name, sorted((_encode(v, inner) for v in value), key=_sort_key)]
+    if isinstance(value, dict):
+        items = [[_encode(k, inner), _encode(v, inner)] for k, v in value.items()]
+        return [name, sorted(items, key=lambda kv: _sort_key(kv[0]))]
+    if dataclasses.is_dataclass(value):
+        return [name, [[f.name, _encode(getattr(value, f.name), inner)] for f in dataclasses.fields(value)]]
+    if hasattr(value, "__dict__") and not callable(value) and type(value).__module__ != "builtins" \
+            and _is_user_module_name(kind.__module__):
+        # a plain instance of a user class: its attributes (its class is walked for code)
+        return [name, sorted([[k, _encode(v, inner)] for k, v in vars(value).items()], key=lambda kv: kv[0])]
+    raise _Unencodable(f"{name} has no stable encoding")
+
+
+def _sort_key(encoded: Any) -> str:
+    return json.dumps(encoded, separators=(",", ":"), ensure_ascii=False)
+
+
+def _is_user_module_name(name: str) -> bool:
+    module = sys.modules.get(name)
+    return module is not None and _is_user_module(module)
