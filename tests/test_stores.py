@@ -6,6 +6,8 @@ import os
 import threading
 import time
 
+import hypothesis
+import hypothesis.strategies as st
 import polars as pl
 import pyarrow as pa
 import pytest
@@ -452,10 +454,10 @@ def test_foreign_delta_table_is_refused_and_untouched(tmp_path):
 
 
 def test_junk_directory_is_refused(tmp_path):
+    store = marked_store(tmp_path)
     junk = tmp_path / "results" / "f" / "h"
     junk.mkdir(parents=True)
     (junk / "notes.txt").write_text("mine")
-    store = marked_store(tmp_path)
     store.append("results/f/h", rows(["a"]), key=KEY)
     with pytest.raises(StoreError, match="not a Delta table") as info:
         store.flush()
@@ -482,3 +484,41 @@ def test_key_persists_across_processes(tmp_path):
         '["__packet_hash"]'
     )
     assert reader.tables("results/") == ["results/f/h"]
+
+
+# ---- the dedup rule as a property: a served value never changes ----------------------------
+_step = st.one_of(
+    st.tuples(st.just("commit"), st.dictionaries(st.sampled_from("abcd"), st.text("xyz", min_size=1, max_size=3),
+                                                 min_size=1)),
+    st.tuples(st.just("invalidate"), st.sampled_from("abcd")),
+)
+
+
+def _check_first_commit_wins(store, steps) -> None:
+    first: dict[str, int] = {}  # the model: key -> the commit that first added it since its last invalidation
+    for number, (action, arg) in enumerate(steps):
+        if action == "invalidate":
+            store.invalidate("results/f/h", pl.Series([arg]))
+            first.pop(arg, None)
+        else:  # arg: key -> run id, random, so run ids are in no particular order
+            store.append("results/f/h", rows(list(arg), value=number).set_column(
+                2, "__run_id", pa.array(list(arg.values()))), key=KEY)
+            store.flush()
+            for key in arg:
+                first.setdefault(key, number)
+        if store.exists("results/f/h"):
+            live = store.scan("results/f/h").collect()
+            assert dict(zip(live["__packet_hash"], live["value"], strict=True)) == first
+            looked = store.lookup("results/f/h", pl.Series(list("abcd")))
+            assert dict(zip(looked["__packet_hash"], looked["value"], strict=True)) == first
+
+
+@hypothesis.given(steps=st.lists(_step, min_size=1, max_size=8))
+def test_the_first_commit_wins_memory(steps):
+    _check_first_commit_wins(MemoryStore(), steps)
+
+
+@hypothesis.settings(max_examples=8, deadline=None, suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
+@hypothesis.given(steps=st.lists(_step, min_size=2, max_size=6))
+def test_the_first_commit_wins_delta(tmp_path_factory, steps):
+    _check_first_commit_wins(DeltaStore(tmp_path_factory.mktemp("store")), steps)

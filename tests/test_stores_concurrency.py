@@ -63,7 +63,14 @@ def test_many_processes_append_to_one_new_table(tmp_path, monkeypatch):
     history = store.scan("results/f/h", include_invalidated=True).collect()
     assert history.height == WORKERS * KEYS_PER_WORKER
     live = store.scan("results/f/h").collect()
-    expected = {_key(k): max(0, k // 100 - 1) for k in range(100 * (WORKERS + 1))}
+    # the rule: the row committed first wins. Oracle: replay the table version by version.
+    expected: dict[str, int] = {}
+    for version in range(store.version("results/f/h") + 1):
+        snapshot = pl.read_delta(store.uri("results/f/h"), version=version)
+        for key, worker in zip(snapshot["__packet_hash"], snapshot["worker"], strict=True):
+            expected.setdefault(key, worker)
+    assert len(expected) == 100 * (WORKERS + 1)
+    assert all(expected[_key(k)] in (k // 100 - 1, k // 100) for k in range(100, 100 * WORKERS))
     assert live.height == len(expected) == live["__packet_hash"].n_unique()
     assert dict(zip(live["__packet_hash"], live["worker"], strict=True)) == expected
     assert store.keys("results/f/h").len() == len(expected)
@@ -121,3 +128,48 @@ def test_transient_conflicts_are_retried(tmp_path, monkeypatch):
     store.append("results/f/h", _results(["a"]), key=["__packet_hash"])
     store.flush()
     assert store.lookup("results/f/h", pl.Series(["a"])).height == 1
+
+
+# ---- first committed wins, whatever the writers' clocks say (DESIGN §6) --------------------
+CLOCK_KEYS = [_key(k) for k in range(200)]
+
+
+def _clocked_writer(path: str, run_id: str, value: str) -> None:
+    """One process's run: its run id is passed in, as if its clock said so."""
+    store = DeltaStore(path)
+    data = pa.table({"__packet_hash": CLOCK_KEYS, "value": [value] * len(CLOCK_KEYS),
+                     "__run_id": [run_id] * len(CLOCK_KEYS)})
+    store.append("results/f/h", data, key=["__packet_hash"])
+    store.flush()
+
+
+def _served(store: DeltaStore) -> dict[str, str]:
+    live = store.scan("results/f/h").collect()
+    assert live.height == len(CLOCK_KEYS)
+    looked_up = store.lookup("results/f/h", pl.Series(CLOCK_KEYS))
+    assert dict(zip(looked_up["__packet_hash"], looked_up["value"], strict=True)) == dict(
+        zip(live["__packet_hash"], live["value"], strict=True))
+    return dict(zip(live["__packet_hash"], live["value"], strict=True))
+
+
+def test_a_served_result_is_never_displaced_by_a_later_commit(tmp_path, monkeypatch):
+    """Two processes write different values for the same keys; the later committer's run id
+    says its clock is an hour behind (it sorts first). What a read served after the first
+    commit is what every read serves after both."""
+    root = Path(__file__).resolve().parents[len(__name__.split(".")) - 1]
+    monkeypatch.setattr(sys, "path", [*sys.path, str(root)])
+    context = multiprocessing.get_context("spawn")
+    hour = 3600 * 10**9
+    runs = [(f"{2 * hour:016x}-first", "first"), (f"{1 * hour:016x}-second", "second")]
+    reader = DeltaStore(tmp_path)
+    seen = []
+    for run_id, value in runs:
+        process = context.Process(target=_clocked_writer, args=(str(tmp_path), run_id, value))
+        process.start()
+        process.join(timeout=120)
+        assert process.exitcode == 0
+        seen.append(_served(reader))
+    assert seen[0] == seen[1] == dict.fromkeys(CLOCK_KEYS, "first")
+    assert _served(DeltaStore(tmp_path)) == seen[0]  # a new reader (another process) agrees
+    raw = reader.scan("results/f/h", include_invalidated=True).collect()
+    assert raw.height == 2 * len(CLOCK_KEYS)  # both were recorded; the rule chose

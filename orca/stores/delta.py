@@ -273,17 +273,15 @@ class DeltaStore(BufferedStore):
                 f"read-only or not yours: reads still work, use a writable path to compute")
 
     def _check_log(self, name: str, table: DeltaTable) -> None:
-        """Refuse a table with an empty commit file (deltalake reads it as a commit that did
-        nothing: its rows would vanish silently), or whose next commit file exists but cannot
-        be loaded. Each commit file is checked once (a stat) per store object."""
+        """Refuse a table with an empty commit file: deltalake reads it as a commit that did
+        nothing (or stops before it), so its rows would vanish silently. Each commit file is
+        checked once (a stat) per store object. (A commit file with bad content makes the load
+        itself fail.)"""
         log = os.path.join(self.uri(name), "_delta_log")
         following = os.path.join(log, f"{table.version() + 1:020d}.json")
-        if os.path.exists(following):
-            with self._reading(name):
-                table.update_incremental()  # maybe just committed by another process
-            following = os.path.join(log, f"{table.version() + 1:020d}.json")
-            if os.path.exists(following):
-                self._damaged_commit(name, following)
+        if os.path.exists(following) and os.path.getsize(following) == 0:
+            # (commits are written atomically: an empty file is never one being written)
+            self._damaged_commit(name, following)
         for version in range(self._log_checked.get(name, -1) + 1, table.version() + 1):
             path = os.path.join(log, f"{version:020d}.json")
             try:
@@ -295,9 +293,8 @@ class DeltaStore(BufferedStore):
         self._log_checked[name] = table.version()
 
     def _damaged_commit(self, name: str, path: str) -> None:
-        what = "is empty" if os.path.getsize(path) == 0 else "cannot be read"
         raise StoreError(
-            f"{self.uri(name)}: commit file {path} {what}, so the rows it committed would be lost; "
+            f"{self.uri(name)}: commit file {path} is empty, so the rows it committed would be lost; "
             f"restore it from a backup, or remove the table (orca recomputes what it held)"
         )
 
