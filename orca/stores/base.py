@@ -375,16 +375,17 @@ class BufferedStore(abc.ABC):
 
     @abc.abstractmethod
     def _first_commits(self, name: str, pairs: pl.DataFrame) -> pl.DataFrame:
-        """``pairs`` (distinct key and ``__run_id`` values of keyed table ``name``) plus
-        ``__orca_commit``: the version of the first commit that added a row with those values
-        (null where that cannot be learned any more: such rows count as older than all others)."""
+        """``pairs`` (distinct key and ``__run_id`` values of live rows of keyed table ``name``)
+        plus ``__orca_commit``: the version of the latest append of a row with those values (the
+        live one; null where that cannot be learned any more: such rows count as older than
+        all others)."""
 
 
 def live_rows(frame: pl.LazyFrame, key: Sequence[str], commits: pl.LazyFrame | None = None) -> pl.LazyFrame:
     """Apply the fixed dedup rule: one live row per key, **the one committed first**.
 
     ``commits`` holds, for rows whose key has several live rows, the key, ``__run_id`` and
-    ``__orca_commit`` (the version of the commit that first added such a row; null = unknown,
+    ``__orca_commit`` (the version of the commit that appended such a row; null = unknown,
     counted as older than any known one). A store passes it (see ``docs/stores.md``); without
     it every commit is unknown. Remaining ties (same commit, or unknown) are broken by the
     smallest values of the other non-nested columns in schema order, then ``__run_id``, so the

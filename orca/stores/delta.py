@@ -435,70 +435,53 @@ class DeltaStore(BufferedStore):
             checked.add(path)
 
     def _first_commits(self, name: str, pairs: pl.DataFrame) -> pl.DataFrame:
-        """Learns each pair's first commit from the data files every commit added (read from the
-        commit log, including files later rewritten by compaction or invalidation, which stay
-        on disk: nothing vacuums). Paid only when a key has several live rows; results are
-        remembered per store object, since a row's first commit never changes."""
+        """Learns each pair's commit from the data files that appends added (read from the
+        commit log; files later rewritten by compaction or invalidation stay on disk, as nothing
+        vacuums). Paid only when a key has several live rows; results are remembered per store
+        object, as a row's commit never changes."""
         on = [*self._keys_of[name], RUN_ID]
         known = self._commit_order.get(name)
         todo = pairs if known is None else pairs.join(known, on=on, how="anti", nulls_equal=True)
         if not todo.is_empty():
-            found = self._find_first_commits(name, todo, on)
+            found = self._find_commits(name, todo, on).filter(pl.col(COMMIT).is_not_null())
             known = found if known is None else pl.concat([known, found])
-            self._commit_order[name] = known.filter(pl.col(COMMIT).is_not_null())
+            self._commit_order[name] = known
         return pairs.join(known, on=on, how="left", nulls_equal=True)
 
-    def _find_first_commits(self, name: str, pairs: pl.DataFrame, on: list[str]) -> pl.DataFrame:
+    def _find_commits(self, name: str, pairs: pl.DataFrame, on: list[str]) -> pl.DataFrame:
         root = self.uri(name)
-        added = self._added_files(name)
-        files = {os.path.join(root, p): v for p, v in added.items() if os.path.exists(os.path.join(root, p))}
-        versions = pl.DataFrame({"__orca_file": list(files), COMMIT: list(files.values())},
-                                schema={"__orca_file": pl.String, COMMIT: pl.Int64})
+        files = {os.path.join(root, p): v for p, v in self._appended_files(name).items()
+                 if os.path.exists(os.path.join(root, p))}
         if not files:
             return pairs.with_columns(pl.lit(None, pl.Int64).alias(COMMIT))
+        versions = pl.DataFrame({"__orca_file": list(files), COMMIT: list(files.values())},
+                                schema={"__orca_file": pl.String, COMMIT: pl.Int64})
         rows = pl.scan_parquet(list(files), include_file_paths="__orca_file").select(*on, "__orca_file")
-        rows = rows.join(pairs.lazy(), on=on, how="semi", nulls_equal=True)
-        first = self.collect(name, rows.join(versions.lazy(), on="__orca_file").group_by(on).agg(pl.col(COMMIT).min()))
-        return pairs.join(first, on=on, how="left", nulls_equal=True)
+        rows = rows.join(pairs.lazy(), on=on, how="semi", nulls_equal=True).join(versions.lazy(), on="__orca_file")
+        # The latest append of a pair: an earlier one was invalidated before it was appended
+        # again (the driver never appends a live row's key twice in one run).
+        latest = self.collect(name, rows.group_by(on).agg(pl.col(COMMIT).max()))
+        return pairs.join(latest, on=on, how="left", nulls_equal=True)
 
-    def _added_files(self, name: str) -> dict[str, int]:
-        """Data file (relative path) -> version of the commit that added it, from every commit
-        file still in ``_delta_log`` (read once each). Files added by commits whose log file is
-        gone (cleaned up after a checkpoint, 30 days by default) are absent: their rows count
-        as older than every known one."""
+    def _appended_files(self, name: str) -> dict[str, int]:
+        """Data file (relative path) -> version of the append (``WRITE``) commit that added it,
+        from every commit file still in ``_delta_log`` (each read once). Files that compaction
+        or invalidation wrote hold rows appended earlier and are left out. Appends whose commit
+        file is gone (cleaned up after a checkpoint, 30 days by default) are unknown: their rows
+        count as older than every known one."""
         added = self._added.setdefault(name, _Added())
         log = os.path.join(self.uri(name), "_delta_log")
         new = sorted(int(m[1]) for e in os.scandir(log) if (m := _LOG_FILE.match(e.name)) and int(m[1]) > added.parsed)
         with self._reading(name):
             for version in new:
                 with open(os.path.join(log, f"{version:020d}.json"), encoding="utf-8") as file:
-                    for line in file:
-                        action = json.loads(line) if line.strip() else {}
+                    actions = [json.loads(line) for line in file if line.strip()]
+                if any(a.get("commitInfo", {}).get("operation") == "WRITE" for a in actions):
+                    for action in actions:
                         if "add" in action:
-                            added.versions.setdefault(urllib.parse.unquote(action["add"]["path"]), version)
+                            added.versions[urllib.parse.unquote(action["add"]["path"])] = version
                 added.parsed = version
         return added.versions
-
-    def keys(self, name: str) -> pl.Series | None:
-        """Distinct live keys, cached: only data files added since the last call are read."""
-        table = self._open(check_name(name))
-        if table is None:
-            return None
-        column = single_key(self.uri(name), self._keys_of[name])
-        cache = self._key_caches.get(name)
-        if cache is not None and cache.version == table.version():
-            return cache.keys
-        files = frozenset(table.file_uris())
-        if cache is None or not cache.files <= files:  # files removed: rebuild from scratch
-            cache = None
-        keys = cache.keys if cache else pl.Series(column, [], _dtype(table, column))
-        new = sorted(files - cache.files) if cache else sorted(files)
-        if new:
-            frame = pl.scan_parquet(new).select(column, INVALIDATED_AT)
-            live = frame.filter(pl.col(INVALIDATED_AT).is_null()).select(column)
-            keys = pl.concat([keys.to_frame().lazy(), live]).unique().collect().to_series()
-        self._key_caches[name] = _KeyCache(table.version(), files, keys)
-        return keys
 
     def exists(self, name: str) -> bool:
         return self._open(check_name(name)) is not None

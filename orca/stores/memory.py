@@ -80,9 +80,10 @@ class MemoryStore(BufferedStore):
         table.writers.append(self.writer_id)
 
     def _first_commits(self, name: str, pairs: pl.DataFrame) -> pl.DataFrame:
-        """Commit order is known exactly here: every appended row's version is kept."""
+        """Commit order is known exactly here: every appended row's version is kept (the
+        latest append of a pair is the live one, as in ``DeltaStore``)."""
         on = [*self._tables[name].key, RUN_ID]
-        first = self._tables[name].added.group_by(on).agg(pl.col(COMMIT).min())
+        first = self._tables[name].added.group_by(on).agg(pl.col(COMMIT).max())
         return pairs.join(first, on=on, how="left", nulls_equal=True)
 
     def version(self, name: str) -> int | None:
