@@ -36,7 +36,9 @@ class CliError(click.ClickException):
     """A user error: printed as one line ``orca: <message>`` on stderr, exit code 1."""
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"orca: {self.format_message()}", err=True, file=file)
+        # Third-party messages (Polars) may add lines of plan detail: the first line says it.
+        first = self.format_message().strip().splitlines()[0]
+        click.echo(f"orca: {first}", err=True, file=file)
 
 
 @dataclasses.dataclass

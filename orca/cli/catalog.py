@@ -35,14 +35,21 @@ def ls(state: State) -> None:
     store = state.store()
     infos = [table_info(store, name) for name in store.tables()]
     events = run_events(store)
-    names = sorted(set(pipelines(store)) | set(events["pipeline"].drop_nulls().to_list()))
-    listing = [{"pipeline": p, "nodes": node_order(store, p, events.filter(pl.col("pipeline") == p))}
-               for p in names]
+    with_tables = pipelines(store)
+    listing = []
+    for p in sorted(set(with_tables) | set(events["pipeline"].drop_nulls().to_list())):
+        mine = events.filter(pl.col("pipeline") == p)
+        last = run_summaries(mine, limit=1)
+        listing.append({"pipeline": p, "nodes": [n for n in node_order(store, p, mine) if n in with_tables.get(p, [])],
+                        "runs": mine["run_id"].n_unique(), "last_run": last[0]["status"] if last else None})
     payload = {"store": store.location, "pipelines": listing, "tables": [i.as_dict() for i in infos]}
+    if not infos:
+        state.emit(payload, f"no tables in {store.location}")
+        return
     rows = [{"table": i.name, "rows": i.rows, "live": i.live, "files": i.files, "size": human_bytes(i.bytes)}
             for i in infos]
     text = "\n".join([
-        table_text([{"pipeline": p["pipeline"], "nodes": ", ".join(p["nodes"]) or "-"} for p in listing]),
+        table_text([{**p, "nodes": ", ".join(p["nodes"]) or "-"} for p in listing]),
         "",
         table_text(rows, ["table", "rows", "live", "files", "size"]),
     ])

@@ -44,12 +44,12 @@ RETENTION_HOURS = 7 * 24
 
 @click.command()
 @click.option("--dry-run", is_flag=True, help="Print what would be done; change nothing.")
-@click.option("--retention-hours", default=RETENTION_HOURS, show_default=True, type=click.FloatRange(min=0),
+@click.option("--retention-hours", default=RETENTION_HOURS, show_default=True, type=click.IntRange(min=0),
               help="Keep removed files, and results tables written, for at least this long.")
 @click.option("--gc-unreferenced", is_flag=True,
               help="Delete results tables no live provenance row refers to (e.g. a cached pod's own cache).")
 @click.pass_obj
-def maintain(state: State, dry_run: bool, retention_hours: float, gc_unreferenced: bool) -> None:
+def maintain(state: State, dry_run: bool, retention_hours: int, gc_unreferenced: bool) -> None:
     """Compact, vacuum and checkpoint every table; collect unreferenced results tables."""
     store = state.store()
     actions: list[dict[str, Any]] = []
@@ -84,12 +84,12 @@ def _compact(store: DeltaStore, info: TableInfo, dry_run: bool) -> list[dict[str
     return [_action("compact", info.name, f"{small} small files", None, not dry_run)]
 
 
-def _vacuum(store: DeltaStore, name: str, retention_hours: float, dry_run: bool) -> list[dict[str, Any]]:
+def _vacuum(store: DeltaStore, name: str, retention_hours: int, dry_run: bool) -> list[dict[str, Any]]:
     """Delete files removed from the table (by compaction, invalidation) over the retention ago."""
     table = DeltaTable(store.uri(name))
     # A retention shorter than the table's own (7 days by default) must be allowed explicitly:
     # the user chose it with --retention-hours.
-    options = dict(retention_hours=int(retention_hours), enforce_retention_duration=False)
+    options = dict(retention_hours=retention_hours, enforce_retention_duration=False)
     files = table.vacuum(dry_run=True, **options)
     if not files:
         return []
@@ -127,7 +127,7 @@ def _last_checkpoint(path: str) -> int | None:
         return None
 
 
-def _collect(store: DeltaStore, retention_hours: float, remove: bool) -> list[dict[str, Any]]:
+def _collect(store: DeltaStore, retention_hours: int, remove: bool) -> list[dict[str, Any]]:
     """Results tables no live provenance row refers to: removed if ``remove``, else listed as kept.
 
     A table written to within the retention is never collected: a running pipeline commits its

@@ -2,12 +2,14 @@
 
 Pipeline ``demo``: six rows tagged ``k`` (with a ``group`` tag) go through ``inc`` (x + 1) and
 then ``check``, which fails for ``y == 3`` (``on_error="continue"``), so the run is ``failed``
-with one failure row. ``--bare`` also runs the cached pod ``triple`` on its own, outside any
+with one failure row -- unless ``CLI_DEMO_FIXED`` is set (same code hash, so a rerun with it
+records the failed entry). ``--bare`` also runs the cached pod ``triple`` on its own, outside any
 pipeline: its results table is referenced by no provenance row.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 import orca
@@ -20,7 +22,8 @@ def inc(x: int) -> int:
 
 @orca.function_pod(output_keys="ok")
 def check(y: int) -> bool:
-    if y == 3:
+    # Read at call time, so "fixing" it keeps the function's code hash (and the entry ids).
+    if y == 3 and not os.environ.get("CLI_DEMO_FIXED"):
         raise ValueError(f"y must not be 3, got {y}")
     return y % 2 == 0
 

@@ -1,0 +1,204 @@
+"""The ``orca`` command line, run as a subprocess against a store made by a real pipeline.
+
+The store (``tests/pipelines/cli_demo.py``: pipeline ``demo`` with nodes ``inc`` and ``check``,
+``check`` failing for the row ``k == 2``, plus the cached pod ``triple`` run on its own) is
+built once per module; tests that change it work on a copy.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import polars as pl
+import pyarrow as pa
+import pytest
+
+import orca
+from orca.cli._common import CliError
+from orca.cli.edit import parse_where
+from tests.pipelines import cli_demo
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def orca_cli(*args: str, store: pathlib.Path | None = None, env: dict[str, str] | None = None,
+             check: int | None = 0) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m orca [--store STORE] ARGS`` with stdin closed; assert its exit code."""
+    argv = [sys.executable, "-m", "orca", *(["--store", str(store)] if store else []), *args]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          env={**os.environ, **(env or {})}, timeout=120)
+    if check is not None:
+        assert done.returncode == check, (argv, done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr, done.stderr  # never a traceback for a user error
+    return done
+
+
+def as_json(*args: str, store: pathlib.Path) -> object:
+    return json.loads(orca_cli("--json", *args, store=store).stdout)
+
+
+def one_line_error(done: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("orca: "), done.stderr
+    for needle in needles:
+        assert needle in done.stderr, done.stderr
+
+
+@pytest.fixture(scope="module")
+def demo_store(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    path = tmp_path_factory.mktemp("cli") / "store"
+    assert cli_demo.run(str(path), bare=True).status == "failed"
+    return path
+
+
+@pytest.fixture
+def store_copy(demo_store: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
+    return pathlib.Path(shutil.copytree(demo_store, tmp_path / "store"))
+
+
+def test_ls(demo_store: pathlib.Path) -> None:
+    listing = as_json("ls", store=demo_store)
+    assert listing["pipelines"] == [{"pipeline": "demo", "nodes": ["inc", "check"], "runs": 1, "last_run": "failed"}]
+    tables = {t["name"]: t for t in listing["tables"]}
+    assert tables["pipelines/demo/inc"]["rows"] == 6 and tables["pipelines/demo/check"]["rows"] == 5
+    assert {n.split("/")[1] for n in tables if n.startswith("results/")} == {"inc", "check", "triple"}
+    assert all(t["bytes"] > 0 for t in tables.values())
+    text = orca_cli("ls", env={"ORCA_STORE": str(demo_store)}).stdout  # the store from $ORCA_STORE
+    assert "pipelines/demo/check" in text and "demo      inc, check" in text
+
+
+def test_show(demo_store: pathlib.Path) -> None:
+    text = orca_cli("show", "demo", store=demo_store).stdout
+    assert "last run" in text and "failed" in text
+    check_line = next(line for line in text.splitlines() if line.startswith("check"))
+    assert check_line.split() == ["check", "pipelines/demo/check", "5", "5", "6", "0", "5", "1", "failed"]
+    shown = as_json("show", "demo", "check", "--limit", "3", store=demo_store)
+    entries = shown["recorded_entries"]
+    assert len(entries) == 3 and all(set(e) == {"k", "group", "ok", "__recorded_at", "__run_id"} for e in entries)
+    assert all(e["ok"] == (e["k"] % 2 == 1) for e in entries)  # outputs joined to the right entry
+    one_line_error(orca_cli("show", "nope", store=demo_store, check=None), "unknown pipeline 'nope'", "demo")
+    one_line_error(orca_cli("show", "demo", "nope", store=demo_store, check=None), "no node 'nope'", "inc, check")
+
+
+def test_runs(demo_store: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    (run,) = as_json("runs", "demo", store=demo_store)
+    assert run["status"] == "failed" and run["pipeline"] == "demo" and run["duration_s"] > 0
+    assert [(n["node"], n["total"], n["computed"], n["failed"]) for n in run["nodes"]] == [
+        ("inc", 6, 6, 0), ("check", 6, 5, 1)]
+    one_line_error(orca_cli("runs", "nope", store=demo_store, check=None), "unknown pipeline 'nope'")
+
+    # A runs table with the columns it may gain (environment, heartbeat_at): a run silent for
+    # an hour reads as lost, one with a recent heartbeat as running.
+    now = datetime.datetime.now(datetime.UTC)
+    hour_ago = now - datetime.timedelta(hours=1)
+    events = pa.Table.from_pylist([
+        {"run_id": "r-old", "pipeline": "p", "seq": 0, "event": "started", "status": "running", "node": None,
+         "started_at": hour_ago, "at": hour_ago, "heartbeat_at": hour_ago, "environment": '{"python": "3.12"}'},
+        {"run_id": "r-new", "pipeline": "p", "seq": 0, "event": "started", "status": "running", "node": None,
+         "started_at": hour_ago, "at": hour_ago, "heartbeat_at": now, "environment": None},
+    ])
+    store = orca.DeltaStore(tmp_path / "store")
+    store.append("runs", events)
+    store.flush()
+    listed = {r["run_id"]: r for r in as_json("runs", store=tmp_path / "store")}
+    assert listed["r-old"]["status"] == "lost" and listed["r-new"]["status"] == "running"
+    assert listed["r-old"]["environment"] == {"python": "3.12"}
+    assert as_json("runs", "--lost-after", "120", store=tmp_path / "store")[0]["status"] == "running"
+
+
+def test_failures(store_copy: pathlib.Path) -> None:
+    (failure,) = as_json("failures", "demo", "--open", store=store_copy)
+    assert failure["node"] == "check" and failure["error_type"] == "ValueError"
+    assert json.loads(failure["tag"]) == {"k": 2, "group": "a"} and "traceback" not in failure
+    text = orca_cli("failures", "--traceback", store=store_copy).stdout
+    assert "ValueError: y must not be 3" in text and "Traceback (most recent call last)" in text
+    one_line_error(orca_cli("failures", "nope", store=store_copy, check=None), "unknown pipeline 'nope'")
+
+    # The same code succeeds on a rerun: the entry gets its provenance row, the failure closes.
+    rerun = subprocess.run([sys.executable, "-m", "tests.pipelines.cli_demo", str(store_copy)], cwd=ROOT,
+                           env={**os.environ, "CLI_DEMO_FIXED": "1"}, capture_output=True, text=True, timeout=120)
+    assert rerun.stdout.strip() == "succeeded", rerun.stderr
+    assert as_json("failures", "demo", "--open", store=store_copy) == []
+    assert len(as_json("failures", "demo", store=store_copy)) == 1  # history stays
+
+
+def test_invalidate(store_copy: pathlib.Path) -> None:
+    dry = as_json("invalidate", "demo", "inc", "--where", "k >= 4 AND \"group\" = 'b'", "--dry-run",
+                  store=store_copy)
+    assert dry["entries"] == 2 and list(dry["results"].values()) == [2]
+    live = {t["name"]: t["live"] for t in as_json("ls", store=store_copy)["tables"]}
+    assert live["pipelines/demo/inc"] == 6  # a dry run changes nothing
+
+    text = orca_cli("invalidate", "demo", "inc", "--where", "k >= 4", store=store_copy).stdout
+    assert "invalidated 2 entries of pipelines/demo/inc" in text
+    after = {t["name"]: t["live"] for t in as_json("ls", store=store_copy)["tables"]}
+    assert after["pipelines/demo/inc"] == 4
+    assert next(v for k, v in after.items() if k.startswith("results/inc/")) == 4
+
+    one_line_error(orca_cli("invalidate", "demo", "inc", "--where", "x = 1", store=store_copy, check=None),
+                   "bad --where expression 'x = 1': 'x' is not a tag column of pipelines/demo/inc (tags: k, group)")
+    one_line_error(orca_cli("invalidate", "demo", "inc", "--where", "\"group\" > 1", store=store_copy, check=None),
+                   "bad --where expression", "cannot compare string with numeric type")
+    assert orca_cli("invalidate", "demo", "nope", store=store_copy, check=2).stderr.endswith(
+        "Missing option '--where'.\n")
+
+
+@pytest.mark.parametrize("text", ["k >", "__import__('os').system('true')", "k; DROP TABLE t", "x = 1",
+                                  "k IN (SELECT 1)", "group = 'a'"])
+def test_where_is_parsed_as_sql_over_tags_only(text: str) -> None:
+    with pytest.raises(CliError, match="bad --where expression"):
+        parse_where(text, ["k", "group"], "pipelines/demo/inc")
+
+
+def test_where_selects_rows() -> None:
+    frame = pl.DataFrame({"k": [1, 2, 3], "group": ["a", "b", "b"]})
+    where = parse_where("k >= 2 AND \"group\" = 'b' OR k IS NULL", ["k", "group"], "t")
+    assert frame.filter(where)["k"].to_list() == [2, 3]
+
+
+def test_maintain(store_copy: pathlib.Path) -> None:
+    triple = next((store_copy / "results" / "triple").iterdir())
+    dry = as_json("maintain", "--dry-run", "--retention-hours", "0", store=store_copy)
+    kept = [a for a in dry["actions"] if a["action"] == "keep"]
+    assert [a["table"] for a in kept] == [f"results/triple/{triple.name}"]
+    assert any(a["action"] == "compact" and a["table"] == "runs" for a in dry["actions"])
+    assert not any(a["done"] for a in dry["actions"]) and triple.exists()
+    # Written just now: within the default retention (7 days) nothing is collected even with the flag.
+    default = as_json("maintain", "--gc-unreferenced", store=store_copy)
+    assert [a["detail"] for a in default["actions"] if a["action"] == "keep"] == [
+        "unreferenced, written within the retention"]
+
+    text = orca_cli("maintain", "--retention-hours", "0", "--gc-unreferenced", store=store_copy).stdout
+    assert f"results/triple/{triple.name}" in text and "freed" in text
+    assert not (store_copy / "results" / "triple").exists()
+    assert len(list((store_copy / "runs").glob("*.parquet"))) == 1  # compacted, old files vacuumed
+    shown = as_json("show", "demo", "check", store=store_copy)  # what pipelines use is intact
+    assert len(shown["recorded_entries"]) == 5
+    assert cli_demo.run(str(store_copy)).counts["inc"].computed == 0
+
+
+def test_rm(store_copy: pathlib.Path) -> None:
+    one_line_error(orca_cli("rm", "demo", store=store_copy, check=None), "refusing", "--yes")
+    assert (store_copy / "pipelines" / "demo" / "inc").exists()
+    assert "removed 2 tables of pipeline demo" in orca_cli("rm", "demo", "--yes", store=store_copy).stdout
+    assert not (store_copy / "pipelines").exists()
+    assert as_json("ls", store=store_copy)["pipelines"][0]["nodes"] == []  # its runs stay as history
+    one_line_error(orca_cli("rm", "demo", "--yes", store=store_copy, check=None), "no provenance tables")
+
+
+def test_missing_and_empty_store(tmp_path: pathlib.Path) -> None:
+    missing = tmp_path / "missing"
+    for args in (["ls"], ["show", "demo"]):
+        one_line_error(orca_cli(*args, store=missing, check=None), f"no orca store at {missing}")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert orca_cli("ls", store=empty).stdout == f"no tables in {empty}\n"
+    assert as_json("failures", "--open", store=empty) == []
+    one_line_error(orca_cli("show", "demo", store=empty, check=None), "unknown pipeline 'demo'", "(no pipelines)")
+    assert "Usage:" in orca_cli("--bogus", check=2).stderr
