@@ -1,34 +1,56 @@
-"""The pipeline being recorded by ``with pipeline:`` (a context variable, so threads and
-async tasks each see their own)."""
+"""Recording pipelines: what a pod or operator applied inside ``with pipeline:`` reports.
+
+Pods and operators sit below pipelines and never import them. Applying one builds an
+:class:`Application` (a value) and hands it to the active :class:`Recorder` -- the interface a
+pipeline implements -- which returns the stream downstream code should use (a pipeline returns
+its node's output). Outside a ``with`` block there is no recorder and the output is used as is.
+The active recorder is a context variable, so threads and async tasks each see their own.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from contextvars import ContextVar, Token
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
-_active: ContextVar[Any] = ContextVar("orca_active_pipeline", default=None)
+if TYPE_CHECKING:
+    from orca.streams import Stream
 
 
-def active_pipeline() -> Any:
-    """The pipeline inside whose ``with`` block we are, or ``None``."""
+@dataclasses.dataclass(frozen=True)
+class Application:
+    """A pod or operator (``producer``) applied to ``inputs``, giving ``output``."""
+
+    producer: object
+    inputs: tuple[Stream, ...]
+    output: Stream
+
+
+class Recorder(Protocol):
+    """What ``with pipeline:`` makes active (implemented by :class:`orca.Pipeline`)."""
+
+    def record(self, application: Application) -> Stream: ...
+
+
+_active: ContextVar[Recorder | None] = ContextVar("orca_active_recorder", default=None)
+
+
+def active() -> Recorder | None:
+    """The recorder inside whose ``with`` block we are, or ``None``."""
     return _active.get()
 
 
-def enter(pipeline: Any) -> Token:
-    """Make ``pipeline`` the active one; returns the token :func:`leave` needs."""
-    return _active.set(pipeline)
+def enter(recorder: Recorder) -> Token:
+    """Make ``recorder`` the active one; returns the token :func:`leave` needs."""
+    return _active.set(recorder)
 
 
 def leave(token: Token) -> None:
-    """Restore the pipeline that was active before :func:`enter`."""
+    """Restore the recorder that was active before :func:`enter`."""
     _active.reset(token)
 
 
-def recorded(producer: Any, inputs: tuple, output: Any) -> Any:
-    """Let the active pipeline (if any) record ``producer`` applied to ``inputs``.
-
-    Returns the stream downstream code should use: ``output`` itself outside a pipeline, or
-    the pipeline node's output stream inside one.
-    """
-    pipeline = _active.get()
-    return output if pipeline is None else pipeline.record(producer, inputs, output)
+def recorded(application: Application) -> Stream:
+    """The stream to use for ``application``: its output, or what the active recorder makes of it."""
+    recorder = _active.get()
+    return application.output if recorder is None else recorder.record(application)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import polars as pl
 
 from orca._operator import TMP, Operator, dtypes_of, fresh_name
 from orca.errors import SchemaError
-from orca.streams import Stream, source_column
+from orca.names import source_column
+
+if TYPE_CHECKING:
+    from orca.streams import Stream
 
 __all__ = ["Join", "MergeJoin", "SemiJoin"]
 

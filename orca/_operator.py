@@ -8,18 +8,32 @@ import inspect
 import json
 import re
 import textwrap
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
+import pyarrow as pa
 
-from orca._context import recorded
+from orca._context import Application, recorded
 from orca.errors import OrcaError, SchemaError
 from orca.hashing import hash_bytes
-from orca.streams import SYSTEM_PREFIX, Stream, arrow_schema_of
+from orca.names import SYSTEM_PREFIX
+
+if TYPE_CHECKING:  # streams import operators (for Stream.join & co.), never the reverse
+    from orca.streams import Stream
 
 _IDENTITY_VERSION = "orca-op-1"
 TMP = "__orca_"  # prefix of temporary columns; never left in an output
+
+
+def arrow_schema_of(frame_schema: Mapping[str, pl.DataType]) -> pa.Schema:
+    """The Arrow schema Polars produces for a frame with this Polars schema."""
+    return pl.DataFrame(schema=dict(frame_schema)).to_arrow().schema
+
+
+def is_stream(value: object) -> bool:
+    """Whether ``value`` is an orca stream (checked by shape: see ``Stream.derive``)."""
+    return callable(getattr(value, "derive", None)) and hasattr(value, "tag_columns")
 
 
 def canonical(value: Any) -> bytes:
@@ -117,7 +131,7 @@ class Operator(abc.ABC):
         if len(streams) < low or (high is not None and len(streams) > high):
             want = f"{low}" if low == high else f"at least {low}" if high is None else f"{low}-{high}"
             raise TypeError(f"{name} takes {want} stream(s), got {len(streams)}")
-        bad = [type(s).__name__ for s in streams if not isinstance(s, Stream)]
+        bad = [type(s).__name__ for s in streams if not is_stream(s)]
         if bad:
             raise TypeError(f"{name} takes Streams, got {bad}")
         return self._apply(*streams)
@@ -154,9 +168,9 @@ class Operator(abc.ABC):
                 return run(*frames).select(schema.names)
 
         identity = hash_bytes(canonical([self.identity, [s.identity for s in inputs]]))
-        output = Stream(frame, tag_columns=tags, packet_columns=packets, path_columns=paths,
-                        identity=identity, schema=schema, producer=self)
-        return recorded(self, tuple(inputs), output)
+        output = inputs[0].derive(frame, tag_columns=tags, packet_columns=packets, path_columns=paths,
+                                  identity=identity, schema=schema, producer=self)
+        return recorded(Application(self, tuple(inputs), output))
 
 
 def dtypes_of(stream: Stream) -> dict[str, Any]:

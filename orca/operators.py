@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -54,7 +54,10 @@ from orca._operator import (
     normalise_names,
 )
 from orca.errors import SchemaError
-from orca.streams import SYSTEM_PREFIX, Stream, source_column
+from orca.names import SYSTEM_PREFIX, source_column
+
+if TYPE_CHECKING:
+    from orca.streams import Stream
 
 __all__ = [
     "Operator",

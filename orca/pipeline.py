@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from typing import Any, Literal
 
 import polars as pl
@@ -30,19 +29,18 @@ import pyarrow as pa
 import pydantic
 from tqdm.auto import tqdm
 
-from orca import _context
-from orca.cache import FAILURES, CachedFunctionPod, Counts, check_on_error, new_run_id, utc_now
+from orca import _context, engine
+from orca.cache import CachedFunctionPod
+from orca.engine import Counts, NodeRun, RunOptions, new_run_id, utc_now
 from orca.errors import ExecutorError, OrcaError
 from orca.executors import Executor
-from orca.nodes import FunctionNode, shard_filter
+from orca.names import FAILURES, RUN_ID, RUNS, RUNS_SCHEMA, check_label
+from orca.nodes import FunctionNode
 from orca.pods import FunctionPod
 from orca.stores import DeltaStore, Store, default_store
 from orca.streams import Stream
 
-__all__ = ["Pipeline", "OperatorNode", "RunResult", "RunHandle", "RUNS"]
-
-RUNS = "runs"
-_NAME_OK = re.compile(r"^[A-Za-z0-9_\-.]+$")
+__all__ = ["Pipeline", "OperatorNode", "RunResult", "RunHandle"]
 Status = Literal["running", "succeeded", "failed", "interrupted"]
 
 
@@ -113,7 +111,7 @@ class RunHandle(pydantic.BaseModel):
             total = int(started["total"][-1]) if started.height else None
             done_before = int(started["cached"][-1]) if started.height else 0
             prov = store.scan(table)
-            done_now = 0 if prov is None else prov.filter(pl.col("__run_id") == self.run_id).select(pl.len()).collect().item()
+            done_now = 0 if prov is None else prov.filter(pl.col(RUN_ID) == self.run_id).select(pl.len()).collect().item()
             failed = 0 if failures is None else failures.filter(
                 (pl.col("run_id") == self.run_id) & (pl.col("node") == label)).select(pl.len()).collect().item()
             completed = done_before + done_now
@@ -147,9 +145,7 @@ class Pipeline:
     """
 
     def __init__(self, name: str, store: Store | None = None) -> None:
-        if not isinstance(name, str) or not _NAME_OK.match(name):
-            raise OrcaError(f"pipeline name {name!r} may hold only letters, digits, '_', '-' and '.'")
-        self.name = name
+        self.name = check_label("pipeline", name)
         self.store = store if store is not None else default_store()
         self.nodes: dict[str, FunctionNode | OperatorNode] = {}
         self._tokens: list = []
@@ -177,8 +173,10 @@ class Pipeline:
             label = f"{base}_{n}"
         return label
 
-    def record(self, producer: Any, inputs: tuple[Stream, ...], output: Stream) -> Stream:
-        """Called by pods and operators applied inside ``with pipeline:``; returns the stream to use."""
+    def record(self, application: _context.Application) -> Stream:
+        """Record a pod or operator applied inside ``with pipeline:`` as a node (see
+        :class:`orca._context.Recorder`); returns the stream downstream code should use."""
+        producer, inputs, output = application.producer, application.inputs, application.output
         if isinstance(producer, FunctionPod | CachedFunctionPod):
             # Everything a pipeline records lives in its store; a cached pod keeps its other options.
             pod = (producer.with_options(store=self.store) if isinstance(producer, CachedFunctionPod)
@@ -205,15 +203,17 @@ class Pipeline:
     # -- running -------------------------------------------------------------------------------
     def run(self, executor: Executor | None = None, *, on_error: Literal["raise", "continue"] | None = None,
             retries: int | None = None, progress: bool = True, shard: tuple[int, int] | None = None,
-            run_id: str | None = None) -> RunResult:
+            run_id: str | None = None, batch_rows: int | None = None) -> RunResult:
         """Run every function node in dependency order, each in two phases.
 
         ``on_error`` (``"raise"`` or ``"continue"``) and ``retries`` override, for this run, what
-        each node's pod was given (default ``"raise"`` and 0).
+        each node's pod was given (default ``"raise"`` and 0). ``batch_rows`` is how many packets
+        a node computes between commits (default 100,000).
 
         ``shard=(i, n)`` computes only the novel entries in shard ``i`` of ``n`` (by a hash of
-        tags and system tags), so ``n`` independent processes split one run. A run that fails with ``on_error="raise"``
-        commits what succeeded and raises; Ctrl-C commits what finished and re-raises.
+        tags and system tags), so ``n`` independent processes split one run. A run that fails
+        with ``on_error="raise"`` commits what succeeded and raises; Ctrl-C commits what
+        finished and re-raises.
 
         To poll a run from elsewhere before it ends, make its id first and hand out the handle::
 
@@ -221,27 +221,32 @@ class Pipeline:
             pathlib.Path("run.json").write_text(pipeline.handle(run_id).to_json())
             pipeline.run(run_id=run_id)
         """
-        check_on_error(on_error or "raise", retries or 0)
         if executor is not None and not callable(getattr(executor, "map_chunks", None)):
             raise ExecutorError(f"executor must be an orca executor (e.g. orca.ThreadExecutor()), got {executor!r}")
-        shard_filter(shard)  # validate before any I/O
         run_id = run_id or new_run_id()
+        # Every node's options, validated before any I/O.
+        options = {label: node.cached.options(run_id, executor=executor, on_error=on_error, retries=retries,
+                                              shard=shard, batch_rows=batch_rows)
+                   for label, node in self.function_nodes.items()}
         log = _RunLog(self.store, run_id, self.name)
         log.event("started", "running")
-        counts: dict[str, Counts] = {}
+        runs: dict[str, NodeRun] = {}
         status: Status = "failed"
         try:
             for label, node in self.function_nodes.items():
-                counts[label] = self._run_node(node, log, executor, on_error, retries, shard, progress)
-            status = "failed" if any(c.failed for c in counts.values()) else "succeeded"
+                runs[label] = self._run_node(node, options[label], runs, log, progress)
+            status = "failed" if any(r.counts.failed for r in runs.values()) else "succeeded"
         except KeyboardInterrupt:
             status = "interrupted"
             raise
         finally:
             log.event("finished", status)
+        counts = {label: r.counts for label, r in runs.items()}
         return RunResult(run_id, status, counts, self._failures(run_id), self.handle(run_id))
 
-    def _run_node(self, node: FunctionNode, log: _RunLog, executor, on_error, retries, shard, progress) -> Counts:
+    def _run_node(self, node: FunctionNode, options: RunOptions, runs: dict[str, NodeRun], log: _RunLog,
+                  progress: bool) -> NodeRun:
+        """Run one node, handing it its upstream node's status from this run (if any)."""
         bar = tqdm(desc=node.label, unit="entry", disable=None if progress else True, leave=True)
 
         def total(n: int, done: int) -> None:
@@ -254,15 +259,17 @@ class Pipeline:
             bar.n = c.cached + c.computed + c.failed
             bar.set_postfix(cached=c.cached, computed=c.computed, failed=c.failed, refresh=True)
 
+        upstream = node.spec.upstream
+        before = next((runs[k] for k, n in self.function_nodes.items() if n.spec is upstream and k in runs), None)
         try:
-            counts = node.run(executor=executor, on_error=on_error, retries=retries, shard=shard,
-                              run_id=log.run_id, progress=update, total=total)
+            done = engine.run(node.spec, options, upstream=before.status if before else None,
+                              progress=update, total=total)
         finally:
             bar.close()
         # Committed with the next event (the next node's start or the run's end): one commit fewer.
-        log.event("node_finished", "failed" if counts.failed else "succeeded", node=node.label, counts=counts,
-                  commit=False)
-        return counts
+        log.event("node_finished", "failed" if done.counts.failed else "succeeded", node=node.label,
+                  counts=done.counts, commit=False)
+        return done
 
     def _failures(self, run_id: str) -> pl.DataFrame:
         failures = self.store.scan(FAILURES)
@@ -296,14 +303,6 @@ class _RunLog:
             "started_at": self.started_at, "at": utc_now(),
         }
         self.seq += 1
-        self.store.append(RUNS, pa.Table.from_pylist([row], schema=_RUNS_SCHEMA))
+        self.store.append(RUNS, pa.Table.from_pylist([row], schema=RUNS_SCHEMA))
         if commit:  # pollers see it within moments; only the run's last event is waited for
             self.store.flush(wait=event == "finished")
-
-
-_RUNS_SCHEMA = pa.schema([
-    ("run_id", pa.large_string()), ("pipeline", pa.large_string()), ("seq", pa.int64()),
-    ("event", pa.large_string()), ("status", pa.large_string()), ("node", pa.large_string()),
-    ("total", pa.int64()), ("cached", pa.int64()), ("computed", pa.int64()), ("failed", pa.int64()),
-    ("started_at", pa.timestamp("us", tz="UTC")), ("at", pa.timestamp("us", tz="UTC")),
-])

@@ -33,31 +33,12 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from orca.errors import SchemaError
+from orca import operators as _ops
+from orca._operator import arrow_schema_of
 from orca.hashing import PATH_METADATA
-
-SYSTEM_PREFIX = "__"
-SOURCE_PREFIX = "__source__"
-SYSTEM_TAG_PREFIX = "__tag__"
+from orca.names import SOURCE_PREFIX, SYSTEM_PREFIX, SYSTEM_TAG_PREFIX, source_column
 
 __all__ = ["Stream", "SYSTEM_PREFIX", "SOURCE_PREFIX", "SYSTEM_TAG_PREFIX", "source_column"]
-
-
-def source_column(packet_column: str) -> str:
-    """Name of the source-info column for ``packet_column``."""
-    return SOURCE_PREFIX + packet_column
-
-
-def arrow_schema_of(frame_schema: Mapping[str, pl.DataType]) -> pa.Schema:
-    """The Arrow schema Polars produces for a frame with this Polars schema."""
-    return pl.DataFrame(schema=dict(frame_schema)).to_arrow().schema
-
-
-def check_user_columns(names: Sequence[str], where: str) -> None:
-    """User columns may not use the system prefix."""
-    bad = [n for n in names if n.startswith(SYSTEM_PREFIX)]
-    if bad:
-        raise SchemaError(f"{where}: column names may not start with '__' (reserved for orca): {bad}")
 
 
 class Stream:
@@ -188,6 +169,14 @@ class Stream:
     def __repr__(self) -> str:
         return f"Stream(tags={list(self.tag_columns)}, packets={list(self.packet_columns)})"
 
+    def derive(self, frame: pl.LazyFrame | Callable[[], pl.DataFrame], **fields: Any) -> Stream:
+        """A new plain :class:`Stream` made from this one (``fields`` as for the constructor).
+
+        Operators build their outputs through it, so they need not import this module (which
+        imports them for the methods below).
+        """
+        return Stream(frame, **fields)
+
     # -- operators (implemented in orca.operators) ----------------------------------------
     def join(self, *others: Stream) -> Stream:
         """Inner join on shared tag columns; see :class:`orca.operators.Join`."""
@@ -232,6 +221,3 @@ class Stream:
     def union(self, *others: Stream, distinct: bool = False) -> Stream:
         return _ops.Union(distinct=distinct)(self, *others)
 
-
-# Operators build Streams, so they import this module; import them last (after Stream exists).
-from orca import operators as _ops  # noqa: E402

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 import orca
-from orca.cache import FAILURES, PACKET_HASH, RECORD_ID
+from orca.names import FAILURES, PACKET_HASH, RECORD_ID
 from orca.errors import PodError
 from orca.pods import result_record_ids
 from tests.helpers import result_row
@@ -274,8 +274,8 @@ def test_a_result_sharing_only_64_bits_is_not_a_hit(store):
     store.append(fn.pod.results_table, result_row(fn, impostor, {"z": 999}, "run-a"), key=[PACKET_HASH])
     store.flush()
     cached = fn.pod.cached(store)
-    keys = orca.hashing.hash_keys(pl.Series([packet, packet]))
-    assert orca.hashing.keys_hex(cached.missing(keys)).to_pylist() == [packet]
+    same = orca.DictSource([{"id": 0, "x": 1}, {"id": 1, "x": 1}], tags=["id"], source_id="s")
+    assert orca.engine.read_status(orca.engine.NodeSpec(fn.pod, same, store)).to_compute == 2
     assert cached(src(2)).to_polars()["z"].to_list() == [0, 2]
     assert sorted(fn.calls) == [0, 1]
 
@@ -304,11 +304,8 @@ def test_paths_hash_by_content(tmp_path, store):
     assert out["n"].to_list() == [5, 5, 5] and sorted(calls) == ["a.txt", "c.txt"]
 
 
-def test_long_runs_skip_packets_other_processes_committed_meanwhile(tmp_path, monkeypatch):
-    """Between batches (every RECHECK_SECONDS) the work drops packets another writer committed."""
-    import orca.cache
-
-    monkeypatch.setattr(orca.cache, "RECHECK_SECONDS", 0.0)
+def test_long_runs_skip_packets_other_processes_committed_meanwhile(tmp_path):
+    """Between batches (every recheck_seconds) the work drops packets another writer committed."""
     path = tmp_path / "store"
     other = orca.DeltaStore(path)  # another process's view of the same store
     calls = []
@@ -323,12 +320,10 @@ def test_long_runs_skip_packets_other_processes_committed_meanwhile(tmp_path, mo
             other.flush()
         return 2 * x
 
-    cached = double.pod.cached(orca.DeltaStore(path))
+    cached = double.pod.cached(orca.DeltaStore(path), executor=orca.InProcessExecutor(initial_chunk_rows=2),
+                               batch_rows=2, recheck_seconds=0.0)
     stream = src(6)
-    frame = stream.to_polars(include_system=True)
-    entries = frame.with_columns(cached.hash_inputs(frame, frozenset()))
-    ctx = orca.cache.RunContext("run-1", orca.InProcessExecutor(initial_chunk_rows=2), batch_rows=2)
-    orca.cache.run_and_commit(cached.store, cached.compute(entries, ctx, frozenset()))
+    assert cached(stream).to_polars()["z"].to_list() == [0, 2, 4, 6, 8, 10]
     assert calls == [0, 1, 2, 3]
     assert cached(stream).to_polars()["z"].to_list() == [0, 2, 4, 6, 8, 10] and calls == [0, 1, 2, 3]
 

@@ -6,7 +6,8 @@ import polars as pl
 import pytest
 
 import orca
-from orca.nodes import ENTRY_ID, shard_filter
+from orca.names import ENTRY_ID
+from orca.nodes import shard_filter
 from tests.helpers import result_row
 
 CALLS: list[int] = []
@@ -105,7 +106,7 @@ def test_output_after_a_run_is_what_a_fresh_node_reads(store, shared_packets, mo
     # After a run the node serves its output from what it computed when nobody else wrote to
     # the results table meanwhile; it must equal what the store holds.
     if not shared_packets:  # this case must not need to read the results back
-        monkeypatch.setattr(orca.FunctionNode, "_refreshed", lambda *a: pytest.fail("read back"))
+        monkeypatch.setattr(orca.engine, "_refreshed", lambda *a: pytest.fail("read back"))
     warm = orca.FunctionNode(split.pod.cached(store, on_error="continue"), source([{"k": i, "x": i} for i in range(5)]),
                              store=store, pipeline="p", label="warm")
     warm.run()  # some packets are cache hits for the node below
@@ -226,7 +227,6 @@ def test_results_committed_before_provenance(tmp_path):
 @pytest.mark.parametrize("kind", ["memory", "delta"])
 def test_no_commit_holds_provenance_ahead_of_its_results(kind, tmp_path, monkeypatch):
     # Small buffers and provenance batches: buffers fill in the middle of results/provenance runs.
-    monkeypatch.setattr(orca.nodes, "PROVENANCE_BATCH", 2)
     store = orca.MemoryStore(max_rows=6) if kind == "memory" else orca.DeltaStore(tmp_path / "s", max_rows=6)
     committed, early = set(), []
     original = store._commit
@@ -242,7 +242,7 @@ def test_no_commit_holds_provenance_ahead_of_its_results(kind, tmp_path, monkeyp
     executor = orca.InProcessExecutor(initial_chunk_rows=1, max_chunk_rows=1)
     node = orca.FunctionNode(inc.pod.cached(store, executor=executor),
                              source([{"k": i, "x": i} for i in range(12)]), store=store, pipeline="p")
-    assert node.run().computed == 12
+    assert node.run(batch_rows=2).computed == 12
     assert early == []
     assert store.scan(node.provenance_table).collect().height == 12
 

@@ -528,15 +528,15 @@ def test_operators_are_recorded_by_the_active_pipeline(rec, meta):
         def __init__(self):
             self.nodes = []
 
-        def record(self, producer, inputs, output):
-            self.nodes.append((type(producer).__name__, [s.identity for s in inputs]))
-            return output
+        def record(self, application):
+            self.nodes.append((type(application.producer).__name__, [s.identity for s in application.inputs]))
+            return application.output
 
     recorder = Recorder()
-    token = _context._active.set(recorder)
+    token = _context.enter(recorder)
     try:
         rec.join(meta).filter(pl.col("age") > 1)
     finally:
-        _context._active.reset(token)
+        _context.leave(token)
     assert [name for name, _ in recorder.nodes] == ["Join", "Filter"]
     assert recorder.nodes[0][1] == [rec.identity, meta.identity]

@@ -249,14 +249,7 @@ def test_shards_of_a_chain_add_up_to_one_run(store):
     assert all(c.computed == 0 for c in final.counts.values())
 
 
-def test_results_other_writers_commit_during_a_run_get_provenance(store, monkeypatch):
-    import functools
-
-    import orca.cache
-    import orca.nodes
-
-    monkeypatch.setattr(orca.cache, "RECHECK_SECONDS", 0)
-    monkeypatch.setattr(orca.nodes, "RunContext", functools.partial(orca.cache.RunContext, batch_rows=10))
+def test_results_other_writers_commit_during_a_run_get_provenance(store):
     other_store = orca.DeltaStore(store.location)
 
     @orca.function_pod(output_keys="y")
@@ -268,8 +261,9 @@ def test_results_other_writers_commit_during_a_run_get_provenance(store, monkeyp
 
     pipeline = orca.Pipeline("p", store=store)
     with pipeline:
-        racy.pod(orca.DictSource([{"k": i, "x": i} for i in range(30)], tags=["k"], source_id="s"))
-    result = pipeline.run(progress=False)
+        racy.pod.cached(store, recheck_seconds=0)(
+            orca.DictSource([{"k": i, "x": i} for i in range(30)], tags=["k"], source_id="s"))
+    result = pipeline.run(progress=False, batch_rows=10)
     assert result.counts["racy"] == orca.Counts(cached=10, computed=20, failed=0)
     assert pipeline["racy"].results().collect().height == 30
 

@@ -259,7 +259,8 @@ def test_failures_inside_a_timed_block_keep_every_other_row():
     # the middle of a block must not shift or lose the values around it.
     import pyarrow as pa
 
-    from orca.pods import ERROR_COLUMNS, OK, ROW, run_chunk
+    from orca.calls import run_chunk
+    from orca.names import ERROR_COLUMNS, OK, ROW
 
     FLAKY_SEEN.clear()
     n = 1000

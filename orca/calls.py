@@ -1,0 +1,277 @@
+"""Calling a pod's function on a chunk of packets: arguments, sync/async calls, retries with
+backoff, timing, output validation and error capture -- the one place orca calls user code.
+
+:func:`run_chunk` never raises for a failing row: it returns one row per input with ``__ok``,
+the outputs (null when failed), ``__duration_s``, ``__attempts`` and the error's type, message
+and traceback. Executors ship it (with the pod) to wherever calls run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import traceback
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from orca._retry import backoff
+from orca.errors import PodError, SchemaError
+from orca.executors import run_async_rows
+from orca.hashing import PATH_METADATA, is_path_field
+from orca.names import ATTEMPTS, DURATION, ERROR_COLUMNS, OK, ROW
+from orca.types import is_optional, strip_optional, to_arrow_array, to_python
+
+if TYPE_CHECKING:
+    from orca.pods import FunctionPod
+
+__all__ = ["run_chunk", "input_packets", "compute_all", "failed_for_tag", "error_text"]
+
+ASYNC_CONCURRENCY = 32
+_FAST_CALL = 20e-6  # seconds: calls faster than this on average are timed in blocks
+_BLOCK = 64
+
+
+def failed_for_tag(function: str, tag: Mapping[str, Any], error_type: str, message: str) -> PodError:
+    """The error a run raises for a failed entry (``on_error="raise"``): it names the tag."""
+    return PodError(f"function {function!r} failed for tag {dict(tag)}: {error_type}: {message}")
+
+
+def error_text(error: BaseException) -> str:
+    """``str(error)``, or a placeholder when the exception's own ``__str__`` raises."""
+    try:
+        return str(error)
+    except Exception as exc:  # noqa: BLE001 - a broken __str__ must not abort the run
+        return f"<{type(error).__name__}.__str__ raised {type(exc).__name__}>"
+
+
+def _traceback_text(error: BaseException) -> str:
+    try:
+        return "".join(traceback.format_exception(error))
+    except Exception:  # noqa: BLE001 - formatting calls __str__ too
+        return f"{type(error).__name__}: {error_text(error)}"
+
+
+def _as_outputs(pod: FunctionPod, result: Any) -> tuple:
+    keys = pod.output_keys
+    if len(keys) == 1:
+        return (result,)
+    if isinstance(result, Mapping):
+        missing = [k for k in keys if k not in result]
+        if missing:
+            raise SchemaError(f"returned a dict without output key(s) {missing}")
+        return tuple(result[k] for k in keys)
+    if isinstance(result, tuple | list) and len(result) == len(keys):
+        return tuple(result)
+    got = f"{type(result).__name__} of length {len(result)}" if isinstance(result, tuple | list) else type(result).__name__
+    raise SchemaError(f"should return a tuple or dict of the {len(keys)} outputs {list(keys)}, got {got}")
+
+
+def _call_sync(pod: FunctionPod, columns: list[list], n: int, retries: int) -> tuple[list, dict, dict, np.ndarray]:
+    """Call the function on each of ``n`` rows of argument ``columns`` (signature order),
+    retrying failures with backoff.
+
+    Returns (return values, ``{call: last error}``, ``{call: attempts}`` for calls that needed
+    more than one, seconds per call). A failed call's value is None.
+
+    Calls are timed one by one until a function proves fast (under ``_FAST_CALL`` on average
+    over ``4 * _BLOCK`` calls); then they are timed in blocks of ``_BLOCK`` and each call gets
+    its block's mean: reading the clock costs about as much as such a call, and halves the
+    rate of a cheap function. A block slower than that on average switches back.
+    """
+    names = list(pod.parameters)
+    fn = pod.function if pod.positional else (lambda *a: pod.function(**dict(zip(names, a, strict=True))))
+    if not columns:  # no parameters: map() needs at least one column to walk
+        fn, columns = (lambda _: pod.function()), [[None] * n]
+    values: list = []
+    seconds = np.zeros(n)
+    errors: dict[int, BaseException] = {}
+    attempts: dict[int, int] = {}
+    extend, clock = values.extend, time.perf_counter
+    block, timed, count = 1, 0.0, 0  # calls per clock reading; calls timed one by one: time, number
+    while len(values) < n:
+        i = len(values)
+        end = min(n, i + block)
+        start = clock()
+        try:  # the hot loop: map() calls fn on the columns' values with no argument tuples
+            extend(map(fn, *[column[i:end] for column in columns]))
+        except Exception as first:  # noqa: BLE001 - the user's function may raise anything
+            k = len(values)  # (extend keeps the values made before the call that raised)
+            seconds[i:k + 1] = (clock() - start) / (k + 1 - i)
+            value, error, started = None, first, clock()
+            for attempt in range(1, retries + 1):
+                time.sleep(backoff(attempt))
+                try:
+                    value, error = fn(*[column[k] for column in columns]), None
+                    break
+                except Exception as exc:  # noqa: BLE001
+                    error = exc
+            seconds[k] += clock() - started
+            values.append(value)
+            attempts[k] = attempt + 1 if retries else 1
+            if error is not None:
+                errors[k] = error
+            continue
+        elapsed = clock() - start
+        seconds[i:end] = elapsed / (end - i)
+        if block == 1:
+            timed, count = timed + elapsed, count + 1
+            if count == 4 * _BLOCK:  # fast enough on average to be timed in blocks?
+                block = _BLOCK if timed < count * _FAST_CALL else 1
+                timed, count = 0.0, 0
+        elif elapsed > block * _FAST_CALL:
+            block = 1
+    return values, errors, attempts, seconds
+
+
+def _call_async(pod: FunctionPod, columns: list[list], n: int, retries: int) -> tuple[list, dict, dict, np.ndarray]:
+    """Like :func:`_call_sync` for a coroutine function: up to ``ASYNC_CONCURRENCY`` at once.
+
+    Runs on :func:`orca.executors.run_async_rows`, which also works where an event loop is
+    already running (a Jupyter cell).
+    """
+    names = list(pod.parameters)
+
+    async def one(args: tuple) -> tuple[Any, BaseException | None, int, float]:
+        start, error = time.perf_counter(), None
+        for attempt in range(retries + 1):
+            if attempt:
+                await asyncio.sleep(backoff(attempt))
+            try:
+                value = await pod.function(**dict(zip(names, args, strict=True)))
+                return value, None, attempt + 1, time.perf_counter() - start
+            except Exception as exc:  # noqa: BLE001 - the user's function may raise anything
+                error = exc
+        return None, error, retries + 1, time.perf_counter() - start
+
+    calls = list(zip(*columns, strict=True)) if columns else [()] * n
+    done = run_async_rows(one, calls, max_concurrency=ASYNC_CONCURRENCY)
+    errors = {k: d[1] for k, d in enumerate(done) if d[1] is not None}
+    attempts = {k: d[2] for k, d in enumerate(done) if d[2] != 1}
+    return [d[0] for d in done], errors, attempts, np.array([d[3] for d in done], np.float64)
+
+
+def _arguments(pod: FunctionPod, chunk: pa.Table) -> tuple[list[list], dict[int, BaseException]]:
+    """Argument columns as Python lists (signature order), and errors for nulls in non-Optional
+    parameters."""
+    n = chunk.num_rows
+    columns: list[list] = []
+    errors: dict[int, BaseException] = {}
+    for name, annotation in pod.parameters.items():
+        if name not in chunk.column_names:
+            columns.append([pod.defaults[name]] * n)
+            continue
+        column = chunk.column(name)
+        columns.append(to_python(column, annotation, path=is_path_field(pod.input_fields[name])))
+        if column.null_count and not is_optional(annotation):
+            hint = getattr(strip_optional(annotation), "__name__", annotation)
+            for i in pl.Series(column).is_null().arg_true().to_list():
+                errors.setdefault(i, SchemaError(
+                    f"packet column {name!r} is null but parameter {name!r} is not Optional "
+                    f"(annotate it as {hint} | None)"))
+    return columns, errors
+
+
+def run_chunk(pod: FunctionPod, retries: int, chunk: pa.Table) -> pa.Table:
+    """Run the function on every packet of ``chunk`` (parameter columns plus ``__row``).
+
+    Never raises for a failing row: returns one row per input with ``__ok``, the outputs
+    (null when failed), ``__duration_s``, ``__attempts`` and error details.
+    """
+    n = chunk.num_rows
+    columns, errors = _arguments(pod, chunk)
+    called = np.array([i for i in range(n) if i not in errors], np.int64) if errors else np.arange(n)
+    if errors:
+        columns = [[column[i] for i in called] for column in columns]
+    values, failed, tries, seconds = (_call_async if pod.is_async else _call_sync)(pod, columns, len(called), retries)
+    durations = np.zeros(n)
+    durations[called] = seconds
+    attempts = np.zeros(n, np.int64)
+    attempts[called] = 1
+    for k, count in tries.items():
+        attempts[called[k]] = count
+    for k, error in failed.items():
+        errors[int(called[k])] = error
+    if errors:  # failed rows (null inputs, raised) get null outputs
+        full = [None] * n
+        for k, i in enumerate(called.tolist()):
+            full[i] = None if i in errors else values[k]
+        values = full
+    arrays = _output_arrays(pod, _output_columns(pod, values, errors), errors)
+    error_list = [errors.get(i) for i in range(n)] if errors else None
+    return pa.table({
+        ROW: chunk.column(ROW),
+        OK: pa.array([e is None for e in error_list], pa.bool_()) if errors else pa.repeat(pa.scalar(True), n),
+        **arrays,
+        DURATION: pa.array(durations, pa.float64()),
+        ATTEMPTS: pa.array(attempts, pa.int64()),
+        **_error_columns(error_list, n),
+    })
+
+
+def _output_columns(pod: FunctionPod, values: list, errors: dict[int, BaseException]) -> list[list]:
+    """Return values -> one list per output key; a malformed return fails its row."""
+    if len(pod.output_keys) == 1:
+        return [values]
+    rows: list[tuple | None] = []
+    for i, value in enumerate(values):
+        if i in errors:
+            rows.append(None)
+            continue
+        try:
+            rows.append(_as_outputs(pod, value))
+        except SchemaError as exc:
+            errors[i] = SchemaError(f"function {pod.name!r} returned a bad output: {exc}")
+            rows.append(None)
+    return [[None if r is None else r[j] for r in rows] for j in range(len(pod.output_keys))]
+
+
+def _error_columns(errors: list | None, n: int) -> dict[str, pa.Array]:
+    if errors is None:
+        return {c: pa.nulls(n, pa.large_string()) for c in ERROR_COLUMNS}
+    return {
+        ERROR_COLUMNS[0]: pa.array([None if e is None else type(e).__name__ for e in errors], pa.large_string()),
+        ERROR_COLUMNS[1]: pa.array([None if e is None else error_text(e) for e in errors], pa.large_string()),
+        ERROR_COLUMNS[2]: pa.array([None if e is None else _traceback_text(e) for e in errors], pa.large_string()),
+    }
+
+
+def _output_arrays(pod: FunctionPod, columns: list[list], errors: dict[int, BaseException]) -> dict[str, pa.Array]:
+    """Validate outputs against the declared schema; a bad value fails its row, not the chunk."""
+    while True:
+        failed = [i in errors for i in range(len(columns[0]))] if errors else None
+        try:
+            return {f.name: to_arrow_array(values, f, failed=failed) for f, values in zip(pod.output_fields, columns,
+                                                                                      strict=True)}
+        except SchemaError as exc:
+            bad = [exc.row] if exc.row is not None else [i for i in range(len(columns[0])) if i not in errors]
+            for row in bad:
+                errors[row] = SchemaError(f"function {pod.name!r} returned a bad output: {exc}")
+                for values in columns:
+                    values[row] = None
+
+
+def input_packets(pod: FunctionPod, frame: pl.DataFrame, path_columns: frozenset[str]) -> pa.Table:
+    """The packet columns ``pod`` reads, as Arrow, with path columns marked for hashing."""
+    table = frame.select([p for p in pod.parameters if p in frame.columns]).to_arrow()
+    fields = [f.with_metadata(PATH_METADATA) if f.name in path_columns else f for f in table.schema]
+    return table.cast(pa.schema(fields))
+
+
+def compute_all(pod: FunctionPod, frame: pl.DataFrame, tags: tuple[str, ...],
+                path_columns: frozenset[str]) -> pa.Table:
+    """Call the function on every row of ``frame`` in process (the uncached pod): the outputs
+    as a table, or :func:`failed_for_tag` for the first row that failed."""
+    table = input_packets(pod, frame, path_columns)
+    out = run_chunk(pod, 0, table.append_column(ROW, pa.array(np.arange(table.num_rows, dtype=np.int64))))
+    failed = out.filter(pc.invert(out.column(OK)))
+    if failed.num_rows:
+        row = failed.column(ROW)[0].as_py()
+        tag = {t: frame[t][row] for t in tags}
+        raise failed_for_tag(pod.name, tag, failed.column(ERROR_COLUMNS[0])[0].as_py(),
+                             failed.column(ERROR_COLUMNS[1])[0].as_py())
+    return out.select(list(pod.output_keys))

@@ -1,0 +1,701 @@
+"""The run engine: how a function pod's results are computed and recorded, in one place.
+
+Both a :class:`~orca.FunctionNode` and a :class:`~orca.CachedFunctionPod` used alone are
+described to the engine as a :class:`NodeSpec` (a pod over an input stream, into a store; a
+node also names its provenance table). A run of one (:func:`run`):
+
+1. **hash** the input in bulk -- each row's input packet hash and, for a node, its entry id,
+   held as ``UInt128`` keys -- while a second thread reads the node's tables;
+2. **status** (:func:`read_status`, which is also what a plan reads): *done* entries have a
+   live provenance row and a live result (phase 1: served at once); *novel* entries either
+   find their packet's result in the store (a cache hit: only a provenance row is added) or
+   must be computed (phase 2);
+3. **compute** the distinct missing packets through the executor, in batches of
+   ``batch_rows`` packets; between batches, skip packets other processes committed meanwhile;
+4. **record** each computed chunk's results, then the provenance rows pointing at them (so no
+   commit ever holds provenance ahead of its results), and failures in ``failures``;
+5. **count** cached / computed / failed, reporting progress as work completes;
+6. **refresh**: the status after the run, from which the node's output is read.
+
+A run returns a :class:`NodeRun` -- a value the pipeline hands to downstream nodes. The
+latest status of each node is also remembered here and reused to read its output while the
+store's tables are still at the versions it saw (see :func:`current_status`).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import datetime
+import functools
+import os
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Literal
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from orca.calls import failed_for_tag, input_packets, run_chunk
+from orca.executors import Executor
+from orca.hashing import (
+    digests_hex,
+    hash_keys,
+    hash_packet_keys,
+    hash_packets,
+    key_digests,
+    keys_hex,
+)
+from orca.names import (
+    ATTEMPTS,
+    COMPUTED_AT,
+    DONE,
+    DURATION,
+    ENTRY_ID,
+    ENTRY_KEY,
+    ERROR_COLUMNS,
+    FAILURES,
+    FAILURES_SCHEMA,
+    FUNCTION_HASH,
+    HIT,
+    INPUT_ROW,
+    INVALIDATED_AT,
+    KEY,
+    OK,
+    PACKET_HASH,
+    RECORD_ID,
+    RECORDED_AT,
+    ROW,
+    RUN_ID,
+    SYSTEM_TAGS,
+    UPSTREAM_KEY,
+    source_column,
+)
+from orca.pods import FunctionPod, result_record_ids, result_references
+from orca.stores import Store
+from orca.streams import Stream
+
+__all__ = ["NodeSpec", "RunOptions", "Status", "NodeRun", "Counts", "read_status", "run", "current_status",
+           "output_frame", "new_run_id", "shard_filter"]
+
+OnError = Literal["raise", "continue"]
+_ENTRY_ROW = "__entry_row"  # a packet's first entry row among the entries to compute
+_POSITION = "__position"  # (working columns: row numbers, one name per use so they never meet)
+_INDEX = "__index"
+_FIRST = "__first_entry"
+_SHARD_KEY = "__shard_key"
+_NO_FAILURES = pl.DataFrame(schema={KEY: pl.UInt128})
+
+
+def new_run_id() -> str:
+    """A unique run id whose text order follows start time (for humans; no rule relies on it)."""
+    return f"{time.time_ns():016x}-{os.urandom(6).hex()}"
+
+
+def utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+@dataclasses.dataclass
+class Counts:
+    """Entries served from the store, computed now, and failed, in one run of one node."""
+
+    cached: int = 0
+    computed: int = 0
+    failed: int = 0
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class NodeSpec:
+    """What the engine runs: ``pod`` over ``input`` into ``store``.
+
+    A node records provenance in ``provenance_table`` and identifies its entries with
+    ``identity``; a cached pod used alone has neither (its entries are its packets).
+    """
+
+    pod: FunctionPod
+    input: Stream
+    store: Store
+    label: str | None = None
+    provenance_table: str | None = None
+    identity: str | None = None
+
+    @property
+    def results_table(self) -> str:
+        return self.pod.results_table
+
+    @property
+    def upstream(self) -> NodeSpec | None:
+        """The node whose output is exactly this node's input, if any."""
+        producer = self.input.producer
+        return producer if isinstance(producer, NodeSpec) else None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """How one run goes (see :meth:`orca.Pipeline.run` for the user-facing options)."""
+
+    run_id: str
+    executor: Executor
+    on_error: OnError = "raise"
+    retries: int = 0
+    shard: tuple[int, int] | None = None
+    batch_rows: int = 100_000  # packets computed per batch; provenance appended at least this often
+    recheck_seconds: float = 10.0  # how often a long run looks for results other processes committed
+    flush_seconds: float = 1.0  # provenance of computed entries is appended at least this often
+
+    def __post_init__(self) -> None:
+        check_on_error(self.on_error, self.retries)
+        shard_filter(self.shard)
+        if not isinstance(self.batch_rows, int) or self.batch_rows < 1:
+            raise ValueError(f"batch_rows must be an integer >= 1, got {self.batch_rows!r}")
+        if self.recheck_seconds < 0 or self.flush_seconds < 0:
+            raise ValueError("recheck_seconds and flush_seconds must be >= 0")
+
+
+def check_on_error(on_error: str, retries: int) -> None:
+    if on_error not in ("raise", "continue"):
+        raise ValueError(f"on_error must be 'raise' or 'continue', got {on_error!r}")
+    if not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
+
+
+def shard_filter(shard: tuple[int, int] | None, column: str = _SHARD_KEY) -> pl.Expr:
+    """Rows of shard ``i`` of ``n``: the first 8 hex digits of ``column`` (a hash), modulo ``n``."""
+    if shard is None:
+        return pl.lit(True)
+    i, n = shard
+    if not (isinstance(n, int) and isinstance(i, int) and n >= 1 and 0 <= i < n):
+        raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard!r}")
+    return pl.col(column).str.slice(0, 8).str.to_integer(base=16) % n == i
+
+
+@dataclasses.dataclass(frozen=True)
+class Status:
+    """A node's status, read without running: per input entry, whether it is done, and whether
+    its packet has a live result.
+
+    ``entries``: the input rows (tags, system tags, the packet columns the function reads) with
+    ``__hash_key`` and, for a node, ``__entry_key``. ``found``: per entry, in input order, tags,
+    system tags, keys, the outputs of its live result, ``__hit`` (null: no live result) and
+    ``__done``. ``versions``: the versions of the node's tables it reflects.
+    """
+
+    entries: pl.DataFrame
+    found: pl.DataFrame
+    versions: tuple[int | None, ...]
+
+    @property
+    def done(self) -> int:
+        """Entries served from the store (phase 1)."""
+        return int(self.found[DONE].sum())
+
+    @property
+    def hits(self) -> int:
+        """Novel entries whose packet already has a live result (only provenance is added)."""
+        return int((~self.found[DONE] & self.found[HIT].is_not_null()).sum())
+
+    @property
+    def to_compute(self) -> int:
+        """Novel entries whose packet has no live result: the next run computes them."""
+        return int(self.found[HIT].is_null().sum())
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeRun:
+    """What one run of one node did (``counts``) and its status after the run (``None`` after a
+    sharded run, which leaves other shards' entries to other processes)."""
+
+    label: str | None
+    counts: Counts
+    status: Status | None
+
+
+# -- status ---------------------------------------------------------------------------------
+def read_status(spec: NodeSpec, upstream: Status | None = None) -> Status:
+    """Hash ``spec``'s input and look it up in the store; writes nothing.
+
+    ``upstream``: the status of the node whose output is this node's input (when it is one),
+    so its output is not read again and its packet keys give this node's source references.
+    """
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="orca-read") as pool:
+        tables = pool.submit(_read_tables, spec)  # reading and hashing both take a while
+        entries = _entries(spec, upstream)
+        recorded, index, versions = tables.result()
+    keys = [*spec.input.tag_columns, *spec.input.system_tag_columns, *_entry_key(spec), KEY]
+    found = attach_results(spec, entries.select(keys), list(spec.pod.output_keys), index)
+    if spec.provenance_table is None:  # a cached pod alone: an entry is done when its packet is
+        return Status(entries, found.with_columns(pl.col(HIT).is_not_null().alias(DONE)), versions)
+    recorded_mask = np.zeros(found.height, bool)
+    if recorded is not None and recorded.len():
+        # A semi-join for the positions of recorded entries: about half the cost of a left join.
+        rows = found.select(ENTRY_KEY).with_row_index(_POSITION).join(
+            recorded.to_frame(), on=ENTRY_KEY, how="semi")[_POSITION]
+        recorded_mask[rows.to_numpy()] = True
+    # Done = recorded *and* a live result: an entry whose result was invalidated (e.g. through
+    # another entry with the same packet) is novel again.
+    return Status(entries, found.with_columns((pl.Series(recorded_mask) & pl.col(HIT).is_not_null()).alias(DONE)),
+                  versions)
+
+
+def _entry_key(spec: NodeSpec) -> list[str]:
+    return [ENTRY_KEY] if spec.provenance_table is not None else []
+
+
+def _entries(spec: NodeSpec, upstream: Status | None) -> pl.DataFrame:
+    """The input rows with system columns, packet keys and (for a node) entry keys."""
+    frame = _input_frame(spec, upstream)
+    frame = frame.with_columns(hash_inputs(spec.pod, frame, spec.input.path_columns))
+    if spec.provenance_table is None:
+        return frame
+    return frame.with_columns(_entry_keys(spec, frame))
+
+
+def _input_frame(spec: NodeSpec, upstream: Status | None) -> pl.DataFrame:
+    """The input with system columns. When it is another node's output and that node's status
+    is known, the frame is that status's output, with ``__upstream_key`` (the upstream packet
+    key of each row) instead of the ``__source__`` columns: provenance makes the references
+    only for the rows it records (building them for every row cost ~0.15 s per million)."""
+    up = spec.upstream
+    if up is not None:
+        status = upstream if upstream is not None else current_status(up)
+        return output_frame(up, status).rename({KEY: UPSTREAM_KEY})
+    reads = [p for p in spec.pod.parameters if p in spec.input.packet_columns]
+    sources = [c for c in (source_column(p) for p in spec.pod.parameters) if c in spec.input.full_schema.names]
+    return spec.input.lazy(include_system=True).select(
+        *spec.input.tag_columns, *spec.input.system_tag_columns, *dict.fromkeys([*reads, *sources])).collect()
+
+
+def hash_inputs(pod: FunctionPod, frame: pl.DataFrame, path_columns: frozenset[str]) -> pl.Series:
+    """Input packet hash per row (only the columns the function reads) as a ``UInt128`` key;
+    its hex text is made only for the rows written (:func:`orca.hashing.keys_hex`)."""
+    return hash_packet_keys(input_packets(pod, frame, path_columns)).alias(KEY)
+
+
+def _entry_keys(spec: NodeSpec, frame: pl.DataFrame) -> pl.Series:
+    """The entry id of each row, as a ``UInt128`` key (see ``docs/pipelines.md``).
+
+    The packet hash of the row ``{tags..., system tags..., __packet_hash: the input packet
+    hash as 16 bytes}`` XOR the node identity: one hash per row over the columns that vary,
+    made distinct per node by a bijection.
+    """
+    system = sorted(spec.input.system_tag_columns)
+    digests = key_digests(frame[KEY])
+    packet = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), frame.height, [None, pa.py_buffer(digests.tobytes())])
+    id_table = frame.select(*spec.input.tag_columns, *system).to_arrow().append_column(PACKET_HASH, packet)
+    node = hash_keys(pl.Series([spec.identity]))[0]
+    return (hash_packet_keys(id_table) ^ node).alias(ENTRY_KEY)
+
+
+def _read_tables(spec: NodeSpec) -> tuple[pl.Series | None, pl.DataFrame | None, tuple[int | None, ...]]:
+    """What :func:`read_status` reads from the store: recorded entry keys, the results index
+    and the tables' versions (read first: what is read holds at least those versions)."""
+    versions = table_versions(spec)
+    recorded = recorded_entries(spec) if spec.provenance_table is not None else None
+    return recorded, results_index(spec, list(spec.pod.output_keys)), versions
+
+
+def table_versions(spec: NodeSpec) -> tuple[int | None, ...]:
+    """Versions of the tables a node's status depends on (its own and its upstream nodes')."""
+    own = (spec.store.version(spec.results_table),
+           None if spec.provenance_table is None else spec.store.version(spec.provenance_table))
+    return own if spec.upstream is None else own + table_versions(spec.upstream)
+
+
+def recorded_entries(spec: NodeSpec) -> pl.Series | None:
+    """The entry keys of live provenance rows (None: no table). Not deduplicated, as they are
+    only joined against: making 1M ids distinct costs more than reading them."""
+    prov = spec.store.scan(spec.provenance_table, include_invalidated=True)
+    if prov is None:
+        return None
+    ids = prov.filter(pl.col(INVALIDATED_AT).is_null()).select(ENTRY_ID).collect().to_series()
+    return hash_keys(ids.cast(pl.String)).alias(ENTRY_KEY)
+
+
+def results_index(spec: NodeSpec, columns: list[str]) -> pl.DataFrame | None:
+    """The live result rows' ``columns``, ``__hit`` and ``__hash_key`` (None: no table yet)."""
+    raw = spec.store.scan(spec.results_table, include_invalidated=True)
+    if raw is None:
+        return None
+    results = raw.filter(pl.col(INVALIDATED_AT).is_null()).select(PACKET_HASH, *columns, pl.lit(True).alias(HIT)).collect()
+    return results.with_columns(hash_keys(results[PACKET_HASH])).drop(PACKET_HASH)
+
+
+def attach_results(spec: NodeSpec, entries: pl.DataFrame, columns: list[str],
+                   index: pl.DataFrame | None | Literal["read"] = "read") -> pl.DataFrame:
+    """``entries`` plus ``columns`` of each one's live result and ``__hit`` (null: none), in order.
+
+    One join on the packet hash as a ``UInt128`` (exact, and about twice as fast as joining
+    32-character strings) with ``index`` (:func:`results_index`, read now by default). An entry
+    whose packet has several live rows (concurrent writers) takes the row the store's dedup
+    rule keeps.
+    """
+    results = results_index(spec, columns) if isinstance(index, str) else index
+    if results is None:
+        types = pl.from_arrow(spec.pod.output_schema.empty_table()).schema
+        return entries.with_columns(*(pl.lit(None, types[c]).alias(c) for c in columns),
+                                    pl.lit(None, pl.Boolean).alias(HIT))
+    left = entries.with_row_index(_POSITION)
+    joined = left.join(results, on=KEY, how="left", maintain_order="left")
+    if joined.height != entries.height:  # some packet has several live rows: apply the dedup rule
+        several = joined[_POSITION].is_duplicated()
+        which = left.join(joined.filter(several).select(_POSITION).unique(), on=_POSITION)
+        live = spec.store.lookup(spec.results_table, keys_hex(which[KEY]))
+        live = live.select(hash_keys(live[PACKET_HASH].cast(pl.String)), *columns, pl.lit(True).alias(HIT))
+        fixed = which.join(live, on=KEY, how="left")
+        joined = pl.concat([joined.filter(~several), fixed.select(joined.columns)], how="vertical_relaxed")
+        joined = joined.sort(_POSITION)
+    return joined.drop(_POSITION)
+
+
+def output_frame(spec: NodeSpec, status: Status) -> pl.DataFrame:
+    """The node's output: tags, system tags, outputs and ``__hash_key`` of the done entries, in
+    input order (the output stream derives ``__source__`` references from the key)."""
+    input_ = spec.input
+    return status.found.filter(pl.col(DONE)).select(
+        *input_.tag_columns, *input_.system_tag_columns, *spec.pod.output_keys, KEY)
+
+
+# The latest status of each node seen in this process, and the table versions it reflects.
+_latest: weakref.WeakKeyDictionary[NodeSpec, Status] = weakref.WeakKeyDictionary()
+
+
+def current_status(spec: NodeSpec) -> Status:
+    """The node's status now: the latest one this process saw while the node's tables (and its
+    upstream nodes') are still at the versions it reflects, else read afresh.
+
+    Within a pipeline run, downstream nodes and the user read a node's output right after it
+    ran: hashing the input again for that would be wasted. A commit by anyone (another process,
+    an invalidation) moves a version, and the status is read again.
+    """
+    known = _latest.get(spec)
+    if known is not None and table_versions(spec) == known.versions:
+        return known
+    status = read_status(spec)
+    _latest[spec] = status
+    return status
+
+
+# -- running --------------------------------------------------------------------------------
+def run(spec: NodeSpec, options: RunOptions, *, status: Status | None = None, upstream: Status | None = None,
+        progress: Callable[[Counts], None] | None = None,
+        total: Callable[[int, int], None] | None = None) -> NodeRun:
+    """Bring ``spec`` up to date (see the module docs); returns what the run did.
+
+    ``status``: read already (two-phase iteration serves its done entries first); else read now,
+    with ``upstream`` as for :func:`read_status`. ``progress`` is called with the running counts
+    as work completes; ``total`` once with (entries in this run, entries already done).
+    """
+    status = status if status is not None else read_status(spec, upstream)
+    novel = status.entries.with_columns(status.found[HIT], status.found[DONE]).with_row_index(INPUT_ROW)
+    novel = novel.filter(~pl.col(DONE))
+    if options.shard is not None:
+        # Shard by tags + system tags, which pods pass through unchanged: a row falls in the
+        # same shard in every node of a chain, so each shard finds its upstream rows done.
+        key = hash_packets(novel.select(*spec.input.tag_columns, *spec.input.system_tag_columns).to_arrow())
+        novel = novel.with_columns(pl.Series(_SHARD_KEY, key)).filter(shard_filter(options.shard)).drop(_SHARD_KEY)
+    work = _Work(spec, options, Counts(cached=status.done))
+    if total is not None:
+        total(work.counts.cached + novel.height, work.counts.cached)
+    drive(spec.store, work.steps(novel), on_step=(lambda: progress(work.counts)) if progress else None)
+    if novel.height == 0:  # nothing changed: the status already holds the output
+        after: Status | None = status
+    elif options.shard is None:
+        after = _refreshed_from_run(spec, status, work) if spec.store.only_own_commits(
+            spec.results_table, status.versions[0]) else None
+        after = after if after is not None else _refreshed(spec, status, work)
+    else:
+        after = None
+    if after is not None:
+        after = dataclasses.replace(after, versions=table_versions(spec))
+        _latest[spec] = after
+    return NodeRun(spec.label, work.counts, after)
+
+
+def drive(store: Store, steps: Iterator[None], on_step: Callable[[], None] | None = None) -> None:
+    """Drive ``steps``; commit whatever was appended when they end, fail or are interrupted."""
+    try:
+        for _ in steps:
+            if on_step is not None:
+                on_step()
+    except BaseException:
+        steps.close()
+        store.flush()  # commit what succeeded (results before the rows pointing at them)
+        raise
+    store.flush()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Chunk:
+    """One completed piece of phase 2: the first entry rows of its packets (``rows``, positions
+    in the entries to compute), failed packets, and the computed outputs of ``rows``.
+    ``served``: another process committed these packets' results meanwhile (nothing computed)."""
+
+    rows: np.ndarray
+    failed: pl.DataFrame
+    outputs: pa.Table | None = None
+    served: bool = False
+
+
+class _Work:
+    """The mutable state of one run of one node: created and dropped inside :func:`run`."""
+
+    def __init__(self, spec: NodeSpec, options: RunOptions, counts: Counts) -> None:
+        self.spec, self.options, self.counts = spec, options, counts
+        self.recorded: list[pl.Series] = []  # input rows of the entries this run recorded
+        self.computed: list[tuple[_EntriesOf, np.ndarray, pa.Table]] = []  # this run's outputs
+
+    def steps(self, novel: pl.DataFrame) -> Iterator[None]:
+        """Phase 2: record cache hits, compute and record misses; yields as work completes."""
+        if novel.height == 0:
+            return
+        hits = novel.filter(pl.col(HIT).is_not_null())
+        if hits.height:
+            self._record(hits)
+            # Commit now so the provenance buffer is empty when results start to pend: every
+            # later flush then commits results before the provenance rows that point at them.
+            self.spec.store.flush()
+            self.counts.cached += hits.height
+            yield
+        todo = novel.filter(pl.col(HIT).is_null())
+        entries_of = _EntriesOf(todo)
+        done: list[np.ndarray] = []
+        pending, last = 0, time.monotonic()
+        try:
+            for chunk in self._compute(todo, entries_of.first is None):
+                if chunk.outputs is not None and chunk.outputs.num_rows:
+                    self.computed.append((entries_of, chunk.rows, chunk.outputs))
+                if chunk.served:  # another process committed these results: only provenance
+                    self.counts.cached += self._record_computed(entries_of, [chunk.rows])
+                    yield
+                    continue
+                done.append(chunk.rows)
+                pending += len(chunk.rows)
+                # Provenance for computed packets is appended (after their results) in batches,
+                # so that each append and commit is large.
+                if pending >= self.options.batch_rows or time.monotonic() - last >= self.options.flush_seconds:
+                    self.counts.computed += self._record_computed(entries_of, done)
+                    done, pending, last = [], 0, time.monotonic()
+                if chunk.failed.height:
+                    self._record_failures(chunk.failed, todo)
+                    self.counts.failed += todo.join(chunk.failed.select(KEY), on=KEY, how="semi").height
+                    if self.options.on_error == "raise":
+                        raise self._failure(chunk.failed, todo)
+                yield
+        finally:  # also on error and Ctrl-C: every appended result gets its provenance row
+            self.counts.computed += self._record_computed(entries_of, done)
+
+    def _compute(self, todo: pl.DataFrame, distinct: bool) -> Iterator[_Chunk]:
+        """Compute every distinct packet of ``todo`` in batches; append each chunk's results
+        before yielding it. Before a batch, once ``recheck_seconds`` have passed since the last
+        look, packets whose results other processes committed meanwhile are yielded as served."""
+        spec, options = self.spec, self.options
+        packets = first_rows(todo.with_row_index(_ENTRY_ROW), distinct)
+        fn = functools.partial(run_chunk, spec.pod, options.retries)
+        checked = time.monotonic()
+        for start in range(0, packets.height, options.batch_rows):
+            batch = packets.slice(start, options.batch_rows)
+            if start and time.monotonic() - checked >= options.recheck_seconds:
+                found = attach_results(spec, batch.select(KEY), [])
+                still = batch.filter(found[HIT].is_null())
+                served = batch.filter(found[HIT].is_not_null())[_ENTRY_ROW]
+                if served.len():
+                    yield _Chunk(served.to_numpy(), _NO_FAILURES, served=True)
+                batch, checked = still, time.monotonic()
+            table = input_packets(spec.pod, batch, spec.input.path_columns)
+            table = table.append_column(ROW, pa.array(np.arange(batch.height, dtype=np.int64)))
+            digests = key_digests(batch[KEY])
+            keys = pa.table({PACKET_HASH: digests_hex(digests),
+                             RECORD_ID: result_record_ids(spec.pod.identity.hash, digests),
+                             _ENTRY_ROW: batch[_ENTRY_ROW].to_arrow()})
+            chunks = options.executor.map_chunks(fn, table)
+            try:
+                for out in chunks:
+                    yield self._store_results(out, keys, todo)
+            finally:
+                chunks.close()
+
+    def _store_results(self, out: pa.Table, keys: pa.Table, todo: pl.DataFrame) -> _Chunk:
+        """Append the successful rows of one computed chunk (``__row`` indexes ``keys``: the
+        packet hash, record id and entry row of each packet of the batch)."""
+        spec = self.spec
+        keys = keys.take(out.column(ROW))
+        ok_mask = out.column(OK)
+        failed_mask = pc.invert(ok_mask)
+        has_failures = pc.any(failed_mask).as_py()
+        ok, ok_keys = (out.filter(ok_mask), keys.filter(ok_mask)) if has_failures else (out, keys)
+        n = ok.num_rows
+        if n:
+            results = pa.table({
+                **{k: ok.column(k) for k in spec.pod.output_keys},
+                PACKET_HASH: ok_keys.column(PACKET_HASH),
+                RECORD_ID: ok_keys.column(RECORD_ID),
+                FUNCTION_HASH: pa.repeat(pa.scalar(spec.pod.identity.hash, pa.large_string()), n),
+                COMPUTED_AT: pa.repeat(pa.scalar(utc_now(), pa.timestamp("us", tz="UTC")), n),
+                DURATION: ok.column(DURATION),
+                RUN_ID: pa.repeat(pa.scalar(self.options.run_id, pa.large_string()), n),
+            })
+            spec.store.append(spec.results_table, results, key=[PACKET_HASH])
+        failed = out.filter(failed_mask) if has_failures else out.slice(0, 0)
+        failed_keys = keys.filter(failed_mask) if has_failures else keys.slice(0, 0)
+        failed = pl.from_arrow(failed.select([ATTEMPTS, *ERROR_COLUMNS]).add_column(
+            0, _ENTRY_ROW, failed_keys.column(_ENTRY_ROW)))
+        failed = failed.with_columns(todo[KEY].gather(failed[_ENTRY_ROW]))
+        return _Chunk(ok_keys.column(_ENTRY_ROW).to_numpy(), failed, ok.select(list(spec.pod.output_keys)))
+
+    def _record_computed(self, entries_of: _EntriesOf, done: list[np.ndarray]) -> int:
+        """Record the entries whose packets were computed (first entry rows ``done``)."""
+        if not done:
+            return 0
+        finished = entries_of(np.concatenate(done))
+        self._record(finished)
+        return finished.height
+
+    def _record(self, rows: pl.DataFrame) -> None:
+        """Append provenance for ``rows`` (a node) and remember them as recorded by this run."""
+        if rows.height == 0:
+            return
+        self.recorded.append(rows[INPUT_ROW])
+        spec = self.spec
+        if spec.provenance_table is None:
+            return
+        system = sorted(spec.input.system_tag_columns)
+        system_json = (pl.struct(system).struct.json_encode() if system else pl.lit("{}")).alias(SYSTEM_TAGS)
+        if UPSTREAM_KEY in rows.columns:  # see _input_frame
+            refs = pl.Series(result_references(spec.upstream.pod, rows[UPSTREAM_KEY]))
+            sources = [refs.alias(source_column(p)) for p in spec.pod.parameters if p in spec.input.packet_columns]
+        else:
+            sources = [source_column(p) for p in spec.pod.parameters if source_column(p) in rows.columns]
+        digests = key_digests(rows[KEY])
+        table = rows.select(
+            *spec.input.tag_columns, system_json, entry_ids(rows), pl.Series(PACKET_HASH, digests_hex(digests)),
+            pl.Series(RECORD_ID, result_record_ids(spec.pod.identity.hash, digests)),
+            *sources,
+            pl.lit(self.options.run_id).alias(RUN_ID),
+            pl.lit(utc_now()).dt.cast_time_unit("us").alias(RECORDED_AT),
+        )
+        spec.store.append(spec.provenance_table, table.to_arrow(), key=[ENTRY_ID], refers_to=spec.results_table)
+
+    def _record_failures(self, failed: pl.DataFrame, todo: pl.DataFrame) -> None:
+        """Append one ``failures`` row per entry whose packet failed."""
+        spec, n = self.spec, None
+        rows = todo.join(failed.drop(_ENTRY_ROW), on=KEY, how="inner", maintain_order="left")
+        n = rows.height
+        entry_id = keys_hex(rows[ENTRY_KEY]) if ENTRY_KEY in rows.columns else pa.nulls(n, pa.large_string())
+        table = pa.table({
+            "node": pa.repeat(pa.scalar(spec.label, pa.large_string()), n),
+            "entry_id": entry_id,
+            "packet_hash": keys_hex(rows[KEY]),
+            "function": pa.repeat(pa.scalar(spec.pod.name, pa.large_string()), n),
+            "function_hash": pa.repeat(pa.scalar(spec.pod.identity.hash, pa.large_string()), n),
+            "tag": tag_json(rows, spec.input.tag_columns).to_arrow(),
+            "error_type": rows[ERROR_COLUMNS[0]].to_arrow(),
+            "message": rows[ERROR_COLUMNS[1]].to_arrow(),
+            "traceback": rows[ERROR_COLUMNS[2]].to_arrow(),
+            "attempts": rows[ATTEMPTS].to_arrow(),
+            "run_id": pa.repeat(pa.scalar(self.options.run_id, pa.large_string()), n),
+            "failed_at": pa.repeat(pa.scalar(utc_now(), pa.timestamp("us", tz="UTC")), n),
+        })
+        spec.store.append(FAILURES, table.cast(FAILURES_SCHEMA))
+
+    def _failure(self, failed: pl.DataFrame, todo: pl.DataFrame) -> Exception:
+        """The error ``on_error="raise"`` raises: it names the first failing tag."""
+        row = todo.join(failed.head(1).drop(_ENTRY_ROW), on=KEY, how="inner").row(0, named=True)
+        tag = {t: row[t] for t in self.spec.input.tag_columns}
+        return failed_for_tag(self.spec.pod.name, tag, row[ERROR_COLUMNS[0]], row[ERROR_COLUMNS[1]])
+
+
+def tag_json(frame: pl.DataFrame, tags: tuple[str, ...]) -> pl.Series:
+    """Each row's tags as a JSON object (for failure rows and messages)."""
+    if not tags:
+        return pl.Series("tag", ["{}"] * frame.height, pl.String)
+    return frame.select(pl.struct(list(tags)).struct.json_encode().alias("tag")).to_series()
+
+
+def entry_ids(frame: pl.DataFrame) -> pl.Series:
+    """The ``__entry_id`` text of each row of a frame holding ``__entry_key``."""
+    return pl.Series(ENTRY_ID, keys_hex(frame[ENTRY_KEY]))
+
+
+def first_rows(frame: pl.DataFrame, distinct: bool | None = None) -> pl.DataFrame:
+    """The first row of ``frame`` for each distinct packet (``__hash_key``), in order.
+
+    ``distinct``: whether the caller already knows that every row has its own packet.
+    """
+    if distinct is None:
+        distinct = frame[KEY].n_unique() == frame.height
+    return frame if distinct else frame.filter(frame[KEY].is_first_distinct())
+
+
+class _EntriesOf:
+    """Maps the first entry row of computed packets to every entry with those packets.
+
+    Usually each entry has its own packet and this is a gather; when packets repeat, each row
+    carries the row of its packet's first entry and the lookup is one ``is_in`` on integers.
+    """
+
+    def __init__(self, todo: pl.DataFrame) -> None:
+        self.todo = todo
+        self.first: pl.Series | None = None
+        if todo.height and todo[KEY].n_unique() != todo.height:
+            self.first = todo.with_row_index(_FIRST).select(pl.col(_FIRST).min().over(KEY)).to_series()
+
+    def __call__(self, rows: np.ndarray) -> pl.DataFrame:
+        if self.first is None:
+            return self.todo[rows]
+        return self.todo.filter(self.first.is_in(pl.Series(rows, dtype=self.first.dtype).implode()))
+
+
+# -- refreshing -----------------------------------------------------------------------------
+def _recorded_mask(work: _Work, height: int) -> np.ndarray:
+    """Which input rows this run recorded."""
+    recorded = np.zeros(height, bool)
+    for rows in work.recorded:
+        recorded[rows.to_numpy()] = True
+    return recorded
+
+
+def _refreshed_from_run(spec: NodeSpec, status: Status, work: _Work) -> Status | None:
+    """:func:`_refreshed` without reading the store: when nobody else committed to the results
+    table during the run, the live results of the packets just computed are the values
+    computed (each was missing before, so the only row is this run's). None when the outputs
+    cannot be placed this way (nested output types, packets shared by entries)."""
+    found = status.found
+    outputs = list(spec.pod.output_keys)
+    if any(found[c].dtype.is_nested() for c in outputs):
+        return None
+    hit, columns = found[HIT].clone(), {c: found[c].clone() for c in outputs}
+    for entries_of, rows, values in work.computed:
+        if entries_of.first is not None:
+            return None
+        where = entries_of.todo[INPUT_ROW].gather(rows)
+        hit.scatter(where, True)
+        values = pl.from_arrow(values)
+        for c in outputs:
+            columns[c].scatter(where, values[c].cast(columns[c].dtype))
+    done = found[DONE] | (hit.is_not_null() & pl.Series(_recorded_mask(work, found.height)))
+    return dataclasses.replace(status, found=found.with_columns(*columns.values(), hit, done.alias(DONE)))
+
+
+def _refreshed(spec: NodeSpec, status: Status, work: _Work) -> Status:
+    """``status`` after a run: the entries this run recorded take their results as now stored.
+
+    An entry that was novel is done if this run recorded it (its result was computed, found in
+    the cache, or committed by another process) and its packet has a live result; a failed
+    entry stays not done, even if another process has meanwhile stored a result for its packet.
+    """
+    found = status.found
+    outputs = list(spec.pod.output_keys)
+    recorded = _recorded_mask(work, found.height)
+    novel = ~found[DONE]
+    keys = [c for c in found.columns if c not in (*outputs, HIT, DONE)]
+    indexed = found.with_row_index(_INDEX)
+    fresh = attach_results(spec, indexed.filter(novel).select(_INDEX, *keys), outputs)
+    done = fresh[HIT].is_not_null() & pl.Series(recorded).gather(fresh[_INDEX])
+    fresh = fresh.with_columns(done.alias(DONE)).select(indexed.columns)
+    if novel.all():
+        return dataclasses.replace(status, found=fresh.drop(_INDEX))
+    return dataclasses.replace(status, found=pl.concat([indexed.filter(~novel), fresh]).sort(_INDEX).drop(_INDEX))
