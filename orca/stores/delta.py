@@ -124,7 +124,7 @@ class DeltaStore(BufferedStore):
         given = os.fspath(path)
         self._empty_path = given == ""  # refused at the first I/O (construction does none)
         self.location = os.path.abspath(given)
-        self._root_checked = False
+        self._root_checked = self._marked = False
         # Reads and (background) commits keep separate handles, so that a read never waits for
         # a commit's hold on a handle (deltalake serialises calls on one DeltaTable).
         self._open_tables: dict[str, DeltaTable] = {}
@@ -211,6 +211,8 @@ class DeltaStore(BufferedStore):
             raise StoreError(f"{self.uri(name)}: orca table keyed by {list(key)} lacks the columns "
                              f"{missing}; it was not written by this orca: remove it or move it away")
         self._check_log(name, table)
+        if writing:  # (reads check the files of every new snapshot, see _read)
+            self._check_files(name, table)
         self._keys_of[name] = key
         handles[name] = table
         return table
@@ -254,11 +256,13 @@ class DeltaStore(BufferedStore):
         return False
 
     def _write_marker(self) -> None:
-        """Make the root and mark it an orca store (before a table is created); a read-only or
-        forbidden location fails here at once, not after retries."""
+        """Make the root and mark it an orca store (before this store object's first commit); a
+        read-only or forbidden location fails here at once, not after retries."""
         marker = os.path.join(self.location, MARKER)
-        if os.path.exists(marker):
+        if self._marked or os.path.exists(marker):
+            self._marked = True
             return
+        self._check_root()  # never mark a directory that is not a store
         try:
             os.makedirs(self.location, exist_ok=True)
             with open(marker, "x") as file:
@@ -267,6 +271,7 @@ class DeltaStore(BufferedStore):
             pass  # another process marked it first
         except OSError as exc:
             raise StoreError(self._unwritable(exc)) from None
+        self._marked = True
 
     def _unwritable(self, exc: BaseException) -> str:
         return (f"{self.location}: cannot write to the store ({clean_message(exc)}); it is "
@@ -301,7 +306,6 @@ class DeltaStore(BufferedStore):
     def _create(self, name: str, schema: pa.Schema, key: tuple[str, ...]) -> DeltaTable:
         if self._state(name) not in ("absent", "delta"):
             raise StoreError(f"{self.uri(name)}: cannot create a table over existing files")
-        self._write_marker()
         try:
             DeltaTable.create(
                 self.uri(name),
@@ -344,6 +348,8 @@ class DeltaStore(BufferedStore):
 
     # ---- writes ------------------------------------------------------------------------------
     def _commit(self, name: str, data: pa.Table, key: tuple[str, ...]) -> None:
+        self._write_marker()
+
         def attempt() -> None:
             table = self._open(name, writing=True) or self._create(name, data.schema, key)
             check_key(self.uri(name), key, self._keys_of[name])
