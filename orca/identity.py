@@ -288,7 +288,7 @@ class _Walk:
             try:
                 self.add(IdentityPart("function", key, module, _source_hash(fn, root=fn is self.root)))
             except _Unencodable as exc:
-                self.unhashed("function", key, module, _describe(fn), str(exc))
+                self.unhashed("function", key, module, fn, str(exc))
         scope = fn.__globals__
         for name in _global_names(fn.__code__):
             if name in scope:
@@ -310,7 +310,7 @@ class _Walk:
         try:
             self.add(IdentityPart("class", klass.__qualname__, klass.__module__, _class_hash(klass)))
         except _Unencodable as exc:
-            self.unhashed("class", klass.__qualname__, klass.__module__, klass.__qualname__, str(exc))
+            self.unhashed("class", klass.__qualname__, klass.__module__, klass, str(exc))
         for base in klass.__mro__[1:]:
             if self.is_user(base):
                 self.cls(base)
@@ -323,7 +323,7 @@ class _Walk:
                 inline = fn.__qualname__.startswith(f"{klass.__qualname__}.")
                 if inline or self.is_user(fn):
                     self.function(fn, own_part=not inline)
-            elif not attr.startswith("__") and _is_plain(member):
+            elif not attr.startswith("_") and _is_plain(member):
                 # class-level constants: their source is in the class text, their value here
                 self.value(member, "constant", f"{klass.__qualname__}.{attr}", klass.__module__, klass)
 
@@ -360,17 +360,26 @@ class _Walk:
         try:
             digest = _hash_value(value)
         except _Unencodable as exc:
-            self.unhashed(kind, key, module, _describe(reader), str(exc))
+            self.unhashed(kind, key, module, reader, str(exc))
             return
         self.add(IdentityPart(kind, key, module, digest, type(value).__name__))
 
-    def unhashed(self, kind: str, key: str, module: str | None, reader: str, why: str) -> None:
+    def unhashed(self, kind: str, key: str, module: str | None, reader: Any, why: str) -> None:
+        """Record that ``key`` was read but left out, and warn once per process."""
         self.add(IdentityPart("unhashed", key, module, None, f"{kind}: {why}"))
-        _warn_once(module, reader, key, (
-            f"function pod {self.pod!r}: {reader} reads {kind} {key!r} (module {module}), which "
-            f"cannot be included in its identity ({why}); changes to it will not invalidate cached "
-            "results. Declare what it depends on with deps=[...] (orca.deps.file/package/env/value) "
-            "or bump version= when it changes."))
+        name = f"{getattr(reader, '__module__', '?')}.{getattr(reader, '__qualname__', '?')}"
+        if (name, key) in _WARNED:
+            return
+        _WARNED.add((name, key))
+        code = getattr(reader, "__code__", None)
+        where = getattr(sys.modules.get(getattr(reader, "__module__", "")), "__file__", None) or "<unknown>"
+        # point at the code that reads it: the walk runs lazily, from anywhere
+        warnings.warn_explicit(
+            f"function pod {self.pod!r}: {name} reads {kind} {key!r}, which cannot be included in "
+            f"its identity ({why}); a change to it will not invalidate cached results. Declare what "
+            "it depends on with deps=[...] (orca.deps.file/package/env/value) or bump version= "
+            "when it changes.", IdentityWarning,
+            code.co_filename if code else where, code.co_firstlineno if code else 1)
 
     def is_user(self, obj: Any) -> bool:
         if isinstance(obj, types.FunctionType) and _is_library_file(obj.__code__.co_filename):
@@ -384,18 +393,7 @@ class _Walk:
         return _is_user_module(module)
 
 
-def _describe(reader: Any) -> str:
-    return f"{getattr(reader, '__module__', '?')}.{getattr(reader, '__qualname__', reader)}"
-
-
-_WARNED: set[tuple[str | None, str, str]] = set()
-
-
-def _warn_once(module: str | None, reader: str, key: str, message: str) -> None:
-    if (module, reader, key) in _WARNED:
-        return
-    _WARNED.add((module, reader, key))
-    warnings.warn(message, IdentityWarning, stacklevel=2)
+_WARNED: set[tuple[str, str]] = set()  # (reader, key): warned once per process
 
 
 def _underlying_function(value: Any) -> types.FunctionType | None:
@@ -490,14 +488,24 @@ class _Unencodable(Exception):
 class _ModuleSource:
     """A source file parsed once, docstrings removed, with its definitions indexed by line."""
 
+    tree: ast.Module
     functions: dict[tuple[int, str], ast.AST]  # (first line incl. decorators, name) -> def
-    lambdas: dict[int, list[ast.Lambda]]
     classes: dict[str, ast.ClassDef]  # qualname -> class
+    lambdas: dict[int, list[ast.Lambda]] | None = None  # by line; indexed on first need
+
+    def lambdas_at(self, line: int) -> list[ast.Lambda]:
+        if self.lambdas is None:
+            self.lambdas = {}
+            for node in ast.walk(self.tree):
+                if isinstance(node, ast.Lambda):
+                    self.lambdas.setdefault(node.lineno, []).append(node)
+        return self.lambdas.get(line, [])
 
 
 _MODULES: dict[str, tuple[str, _ModuleSource]] = {}
 _SOURCES: dict[int, tuple[Any, str]] = {}  # id(code or class) -> (it, hash): kept alive, ids stay unique
 _UNPARSE = threading.Lock()
+_BLOCKS = ("body", "orelse", "finalbody", "handlers", "cases")
 
 
 def _module_source(filename: str, module_globals: dict | None) -> _ModuleSource:
@@ -514,31 +522,33 @@ def _module_source(filename: str, module_globals: dict | None) -> _ModuleSource:
         tree = ast.parse(text, filename)
     except SyntaxError as exc:
         raise _Unencodable(f"{filename!r} does not parse ({exc})") from None
-    index = _ModuleSource({}, {}, {})
-    _index(tree, "", index)
+    index = _ModuleSource(tree, {}, {})
+    _index(tree.body, "", index)
     _MODULES[filename] = (digest, index)
     return index
 
 
-def _index(node: ast.AST, prefix: str, index: _ModuleSource) -> None:
-    for child in ast.iter_child_nodes(node):
-        if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            body = child.body
+def _index(statements: list[ast.AST], prefix: str, index: _ModuleSource) -> None:
+    """Index the defs and classes among ``statements`` (and the blocks nested in them)."""
+    for node in statements:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            body = node.body
             if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
                     and isinstance(body[0].value.value, str):
-                child.body = body[1:] or [ast.Pass()]  # docstrings never count
-            qualname = f"{prefix}{child.name}"
-            if isinstance(child, ast.ClassDef):
-                index.classes.setdefault(qualname, child)
-                _index(child, f"{qualname}.", index)
+                node.body = body[1:] or [ast.Pass()]  # docstrings never count
+            qualname = f"{prefix}{node.name}"
+            if isinstance(node, ast.ClassDef):
+                index.classes.setdefault(qualname, node)
+                _index(node.body, f"{qualname}.", index)
             else:
-                first = min([d.lineno for d in child.decorator_list] + [child.lineno])
-                index.functions[(first, child.name)] = child
-                _index(child, f"{qualname}.<locals>.", index)
-        else:
-            if isinstance(child, ast.Lambda):
-                index.lambdas.setdefault(child.lineno, []).append(child)
-            _index(child, prefix, index)
+                first = min([d.lineno for d in node.decorator_list] + [node.lineno])
+                index.functions[(first, node.name)] = node
+                _index(node.body, f"{qualname}.<locals>.", index)
+        else:  # if/for/while/try/with/match blocks may hold defs too
+            for field in _BLOCKS:
+                block = getattr(node, field, None)
+                if block:
+                    _index(block, prefix, index)
 
 
 def _locate(code: types.CodeType, qualname: str) -> tuple[ast.AST, str]:
@@ -557,7 +567,7 @@ def _locate(code: types.CodeType, qualname: str) -> tuple[ast.AST, str]:
     # co_positions; (0, 0) columns are the synthetic RESUME/RETURN of the frame).
     spans = [(line, col, end_line, end_col) for line, end_line, col, end_col in code.co_positions()
              if line is not None and col is not None and (col, end_col) != (0, 0)]
-    candidates = index.lambdas.get(code.co_firstlineno, [])
+    candidates = list(index.lambdas_at(code.co_firstlineno))
     if spans:
         start, end = min((s[0], s[1]) for s in spans), max((s[2], s[3]) for s in spans)
         candidates = [n for n in candidates
@@ -605,10 +615,15 @@ def _class_hash(klass: type) -> str:
     if cached is not None:
         return cached[1]
     module = sys.modules.get(klass.__module__)
-    filename = getattr(module, "__file__", None)
+    # a method's code names the file (a notebook's __main__ has no __file__, its cells do)
+    codes = [fn.__code__ for fn in map(_underlying_function, vars(klass).values())
+             if fn is not None and fn.__qualname__.startswith(f"{klass.__qualname__}.")]
+    filename = next((c.co_filename for c in codes
+                     if not c.co_filename.startswith("<") and not _is_library_file(c.co_filename)), None) \
+        or getattr(module, "__file__", None)
     if filename is None:
-        raise _Unencodable(f"no source file for module {klass.__module__!r}")
-    node = _module_source(filename, vars(module)).classes.get(klass.__qualname__)
+        raise _Unencodable(f"no source file for class {klass.__qualname__!r}")
+    node = _module_source(filename, vars(module) if module else None).classes.get(klass.__qualname__)
     if node is None:
         raise _Unencodable(f"class {klass.__qualname__!r} not found in {filename!r}")
     digest = hash_bytes(_unparse(node).encode())
