@@ -29,8 +29,8 @@ def module_source() -> str:
              "LIMIT = 100", ""]
     for i in range(HELPERS):
         call = f"h{i + 1}(v) + " if i + 1 < HELPERS else ""
-        lines += [f"def h{i}(v):", f'    """Helper {i}."""', f"    if v > LIMIT:  # clip",
-                  f"        v = LIMIT", f"    return {call}math.floor(v * WEIGHTS['a']) + {i}", ""]
+        lines += [f"def h{i}(v):", f'    """Helper {i}."""', "    if v > LIMIT:  # clip",
+                  "        v = LIMIT", f"    return {call}math.floor(v * WEIGHTS['a']) + {i}", ""]
     lines += ["class Scaler:", "    def __init__(self, k):", "        self.k = k", "",
               "    def apply(self, v):", "        return h0(v) * self.k", "",
               "class Offset(Scaler):", "    def apply(self, v):", "        return super().apply(v) + LIMIT", "",
@@ -61,6 +61,7 @@ def main(repeats: int) -> None:
             assert identity(module.pod).hash == first
             warm.append(time.perf_counter() - start)
     parts = len(identity(module.pod).explain().parts)
+    print(f"first in the process (cold, nothing warmed up): {cold[0] * 1000:.2f} ms")
     print(f"pod with {HELPERS} helpers, 2 classes, 2 constants ({parts} identity parts), {repeats} repeats")
     for label, times in (("cold", cold), ("warm", warm)):
         ms = sorted(t * 1000 for t in times)

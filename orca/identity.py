@@ -502,7 +502,7 @@ class _ModuleSource:
         return self.lambdas.get(line, [])
 
 
-_MODULES: dict[str, tuple[str, _ModuleSource]] = {}
+_MODULES: dict[str, tuple[list[str], _ModuleSource]] = {}  # filename -> (linecache's lines, index)
 _SOURCES: dict[int, tuple[Any, str]] = {}  # id(code or class) -> (it, hash): kept alive, ids stay unique
 _UNPARSE = threading.Lock()
 _BLOCKS = ("body", "orelse", "finalbody", "handlers", "cases")
@@ -513,18 +513,16 @@ def _module_source(filename: str, module_globals: dict | None) -> _ModuleSource:
     lines = linecache.getlines(filename, module_globals)
     if not lines:
         raise _Unencodable(f"no source for {filename!r} (defined in a REPL or by exec?)")
-    text = "".join(lines)
-    digest = hash_bytes(text.encode())
     cached = _MODULES.get(filename)
-    if cached is not None and cached[0] == digest:
+    if cached is not None and cached[0] is lines:  # linecache reads a changed file into a new list
         return cached[1]
     try:
-        tree = ast.parse(text, filename)
+        tree = ast.parse("".join(lines), filename)
     except SyntaxError as exc:
         raise _Unencodable(f"{filename!r} does not parse ({exc})") from None
     index = _ModuleSource(tree, {}, {})
     _index(tree.body, "", index)
-    _MODULES[filename] = (digest, index)
+    _MODULES[filename] = (lines, index)
     return index
 
 

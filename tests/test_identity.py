@@ -197,6 +197,49 @@ def test_source_defined_by_exec_keeps_the_clear_error():
     assert orca.function_pod(output_keys="y", code_hash=False)(scope["f"]).pod.identity.code_hash is None
 
 
+def test_attribute_chains_recursion_and_base_classes(tmp_path):
+    def build(n, base_offset, helper_body):
+        load(tmp_path, f"identity_lib_{n}", f"""
+            def helper(v):
+                return {helper_body}
+        """)
+        return load(tmp_path, f"identity_user_{n}", f"""
+            import enum
+            import identity_lib_{n} as lib
+            import orca
+
+            class Mode(enum.Enum):
+                FAST = 1
+
+            class Base:
+                def offset(self):
+                    return {base_offset}
+
+            class Child(Base):
+                def value(self, v):
+                    return v + self.offset()
+
+            def even(n):
+                return n == 0 or odd(n - 1)
+
+            def odd(n):
+                return n != 0 and even(n - 1)
+
+            MODE = Mode.FAST
+
+            @orca.function_pod(output_keys="y")
+            def f(x: int) -> int:
+                return lib.helper(x) + Child().value(x) + int(even(x)) + MODE.value
+        """)
+
+    base = build(0, 1, "v + 1").f.pod.identity
+    keys = {(p.kind, p.name) for p in base.explain().parts}
+    assert {("function", "helper"), ("class", "Base"), ("class", "Child"), ("class", "Mode"),
+            ("function", "even"), ("function", "odd"), ("constant", "MODE")} <= keys
+    assert base.explain().changed(build(1, 2, "v + 1").f.pod.identity.explain()) == [("class", "Base")]
+    assert base.explain().changed(build(2, 1, "v + 2").f.pod.identity.explain()) == [("function", "helper")]
+
+
 # -- declared deps ---------------------------------------------------------------------------
 
 
