@@ -143,6 +143,14 @@ class FunctionIdentity:
         """What went into :attr:`hash`, one :class:`IdentityPart` per input."""
         return Explanation(self.parts)
 
+    def refreshed(self) -> FunctionIdentity:
+        """The identity as it would be resolved now: globals rebound since (a notebook cell
+        re-run), edited declared files, upgraded packages. Cheap: sources stay memoised.
+        A runner may call it once at the start of a run; within a run the identity is fixed.
+        """
+        return FunctionIdentity(self._function, name=self.name, version=self.version,
+                                output_schema=self.output_schema, deps=self._deps)
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, FunctionIdentity) and other.hash == self.hash
 

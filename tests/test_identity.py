@@ -279,6 +279,19 @@ def test_declared_file_package_env_and_value_enter_the_identity(tmp_path, monkey
     assert unset.explain().changed(other_value.explain()) == [("value", "value[0]")]
 
 
+def test_refreshed_sees_rebound_globals_and_edited_files(tmp_path):
+    data = tmp_path / "table.txt"
+    data.write_text("v1")
+    module = variant(tmp_path, deps=f"[orca.deps.file({str(data)!r})]")
+    identity = module.step.pod.identity
+    assert identity.refreshed() == identity
+    data.write_text("v2")
+    module.K = 99  # what re-running a notebook cell does
+    assert module.step.pod.identity.hash == identity.hash  # fixed for the pod's life...
+    changed = identity.refreshed()
+    assert identity.explain().changed(changed.explain()) == [("constant", "K"), ("file", str(data))]
+
+
 @pytest.mark.parametrize("dep", ["numpy", Path("weights.bin")])
 def test_a_bare_string_or_path_dep_is_refused(dep):
     with pytest.raises(PodError, match=r"ambiguous.*orca\.deps\.file"):
