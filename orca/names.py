@@ -87,11 +87,18 @@ def check_label(kind: str, value: object) -> str:
     return value
 
 
-def check_user_columns(names: Sequence[str], where: str) -> None:
-    """User columns may not use the system prefix."""
-    bad = [n for n in names if n.startswith(SYSTEM_PREFIX)]
+def check_user_columns(names: Sequence[object], where: str) -> None:
+    """User column names are non-empty strings without the system prefix ``__``.
+
+    >>> check_user_columns(["x", "__y"], "demo")
+    Traceback (most recent call last):
+    ...
+    orca.errors.SchemaError: demo: column names must be non-empty strings not starting with '__' (reserved for orca): ['__y']
+    """
+    bad = [n for n in names if not isinstance(n, str) or not n or n.startswith(SYSTEM_PREFIX)]
     if bad:
-        raise SchemaError(f"{where}: column names may not start with '__' (reserved for orca): {bad}")
+        raise SchemaError(
+            f"{where}: column names must be non-empty strings not starting with '__' (reserved for orca): {bad!r}")
 
 
 # -- schemas of the tables orca writes -----------------------------------------------------------

@@ -54,7 +54,7 @@ from orca._operator import (
     normalise_names,
 )
 from orca.errors import SchemaError
-from orca.names import SYSTEM_PREFIX, source_column
+from orca.names import check_user_columns, source_column
 
 if TYPE_CHECKING:
     from orca.streams import Stream
@@ -210,9 +210,7 @@ def _rename(op: RenameTags | RenamePackets, s: Stream, kind: str) -> Stream:
     what, mapping = type(op).__name__, dict(op.mapping)
     own = s.tag_columns if kind == "tag" else s.packet_columns
     check_known(list(mapping), own, what, kind)
-    bad = [n for n in mapping.values() if not isinstance(n, str) or not n or n.startswith(SYSTEM_PREFIX)]
-    if bad:
-        raise SchemaError(f"{what}: new names must be non-empty strings not starting with '__': {bad!r}")
+    check_user_columns(list(mapping.values()), f"{what}: new names")
     final = [mapping.get(n, n) for n in s.columns()]
     clash = sorted({n for n in final if final.count(n) > 1})
     if clash:
@@ -323,9 +321,7 @@ class MapTags(Operator):
 
     @staticmethod
     def _check_names(s: Stream, names: Sequence[str]) -> None:
-        bad = [n for n in names if not isinstance(n, str) or n.startswith(SYSTEM_PREFIX)]
-        if bad:
-            raise SchemaError(f"MapTags: tag names must be strings not starting with '__': {bad!r}")
+        check_user_columns(names, "MapTags: tag names")
         clash = [n for n in names if n in s.packet_columns]
         if clash:
             raise SchemaError(f"MapTags: new tag(s) {clash} are packet columns of the stream "

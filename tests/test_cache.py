@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import importlib.util
-import sys
-import textwrap
 import time
 
 import polars as pl
@@ -13,17 +10,12 @@ import pyarrow as pa
 import pytest
 
 import orca
-from orca.names import FAILURES, PACKET_HASH, RECORD_ID
 from orca.errors import PodError
+from orca.names import FAILURES, PACKET_HASH, RECORD_ID
 from orca.pods import result_record_ids
-from tests.helpers import result_row
+from tests.helpers import load_module, result_row
 
 RESULT_COLUMNS = {"__packet_hash", "__record_id", "__function_hash", "__computed_at", "__duration_s", "__run_id"}
-
-
-@pytest.fixture(params=["memory", "delta"])
-def store(request, tmp_path):
-    return orca.MemoryStore() if request.param == "memory" else orca.DeltaStore(tmp_path / "store")
 
 
 def src(n=4, source_id="s", **fixed):
@@ -109,13 +101,7 @@ def scale(x: int) -> int:
 
 
 def load(tmp_path, name, k):
-    path = tmp_path / f"{name}.py"
-    path.write_text(textwrap.dedent(BODY.format(k=k)))
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_module(tmp_path, name, BODY.format(k=k))
 
 
 def test_editing_the_body_recomputes_and_keeps_old_rows(store, tmp_path):

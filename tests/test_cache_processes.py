@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import time
 
@@ -10,11 +9,11 @@ import polars as pl
 import pytest
 
 import orca
+from tests.helpers import SPAWN
 from tests.pipelines import cached_double
 from tests.pipelines.cached_double import slow_double
 
 pytestmark = pytest.mark.slow
-SPAWN = multiprocessing.get_context("spawn")
 
 
 def packet_of(n: int) -> dict[str, int]:

@@ -19,10 +19,10 @@ def inc(x: int) -> int:
     return x + 1
 
 
-@pytest.fixture(params=["memory", "delta"])
-def store(request, tmp_path):
+@pytest.fixture
+def store(store):
     CALLS.clear()
-    return orca.MemoryStore() if request.param == "memory" else orca.DeltaStore(tmp_path / "store")
+    return store
 
 
 @orca.function_pod(output_keys="z")
