@@ -118,7 +118,11 @@ class FunctionIdentity:
         self._lock = threading.Lock()
         self._parts: tuple[IdentityPart, ...] | None = None
         if function is not None:
-            _source_hash(function, root=True)  # fail now, naming the function, if unreadable
+            root, _ = _unbind(function)
+            if root is None:
+                raise PodError(f"cannot read the source of {name!r} ({type(function).__name__} is not a "
+                               "Python function); pass code_hash=False to identify it by name and version only")
+            _source_hash(root, root=True)  # fail now, naming the function, if unreadable
 
     @property
     def code_hash(self) -> str | None:
@@ -263,16 +267,18 @@ def _dep_parts(pod: str, deps: tuple[Any, ...]) -> list[IdentityPart]:
 class _Walk:
     """One pass over the user code a root function reads; collects its code parts."""
 
-    def __init__(self, pod: str, root: Callable) -> None:
+    def __init__(self, pod: str, function: Callable) -> None:
         self.pod = pod
-        self.root = root
-        self.root_package = (getattr(root, "__module__", None) or "").partition(".")[0]
+        self.root, self.bound = _unbind(function)
+        self.root_package = (getattr(self.root, "__module__", None) or "").partition(".")[0]
         self.parts: dict[tuple[str, str, str | None], IdentityPart] = {}
         self.seen: set[int] = set()
         self.keep: list[Any] = []  # keeps walked objects alive so their ids stay unique
 
     def run(self) -> list[IdentityPart]:
         self.function(self.root)
+        for label, value in self.bound:  # a bound method's instance, a partial's arguments
+            self.value(value, "closure", f"{self.root.__qualname__}.{label}", self.root.__module__, self.root)
         return list(self.parts.values())
 
     def add(self, part: IdentityPart) -> None:
@@ -402,6 +408,19 @@ class _Walk:
 
 
 _WARNED: set[tuple[str, str]] = set()  # (reader, key): warned once per process
+
+
+def _unbind(function: Callable) -> tuple[types.FunctionType | None, list[tuple[str, Any]]]:
+    """The Python function a pod calls, and what is bound to it (method instance, partial args)."""
+    bound: list[tuple[str, Any]] = []
+    while isinstance(function, types.MethodType | functools.partial):
+        if isinstance(function, types.MethodType):
+            bound.append(("__self__", function.__self__))
+            function = function.__func__
+        else:
+            bound.append(("partial", (function.args, function.keywords)))
+            function = function.func
+    return _underlying_function(function), bound
 
 
 def _underlying_function(value: Any) -> types.FunctionType | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -238,6 +239,33 @@ def test_attribute_chains_recursion_and_base_classes(tmp_path):
             ("function", "even"), ("function", "odd"), ("constant", "MODE")} <= keys
     assert base.explain().changed(build(1, 2, "v + 1").f.pod.identity.explain()) == [("class", "Base")]
     assert base.explain().changed(build(2, 1, "v + 2").f.pod.identity.explain()) == [("function", "helper")]
+
+
+def test_bound_methods_and_partials_include_what_is_bound(tmp_path):
+    module = load(tmp_path, "identity_bound", """
+        import functools
+        import orca
+
+        class Scale:
+            def __init__(self, k):
+                self.k = k
+
+            def apply(self, x: int) -> int:
+                return x * self.k
+
+        def add(x: int, k: int) -> int:
+            return x + k
+    """)
+
+    def identity(fn):
+        return function_identity(fn, name="f", version="1", code_hash=True, output_fields=[])
+
+    assert identity(module.Scale(2).apply) != identity(module.Scale(3).apply)
+    by_partial = identity(functools.partial(module.add, k=1)).explain()
+    assert ("closure", "add.partial") in [(p.kind, p.name) for p in by_partial.parts]
+    assert identity(functools.partial(module.add, k=1)) != identity(functools.partial(module.add, k=2))
+    with pytest.raises(PodError, match="code_hash=False"):
+        identity(len)
 
 
 # -- declared deps ---------------------------------------------------------------------------
