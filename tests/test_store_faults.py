@@ -237,8 +237,8 @@ def test_a_panic_while_reading_is_caught_narrowly(tmp_path, monkeypatch):
     def explode(*args, **kwargs):
         raise panic("called `Option::unwrap()` on a `None` value\n\x1b[31mstack backtrace:\n   0: x::y\n")
 
-    monkeypatch.setattr(DeltaTable, "update_incremental", explode)
     store.scan(TABLE)  # opened once, so the next read updates the handle
+    monkeypatch.setattr(DeltaTable, "update_incremental", explode)
     with pytest.raises(StoreError, match="unwrap") as info:
         store.scan(TABLE)
     assert_clean(str(info.value), store.uri(TABLE))

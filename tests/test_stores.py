@@ -520,6 +520,7 @@ def _check_first_commit_wins(store, steps) -> None:
             assert dict(zip(looked["__packet_hash"], looked["value"], strict=True)) == first
 
 
+@hypothesis.settings(deadline=None)
 @hypothesis.given(steps=st.lists(_step, min_size=1, max_size=8))
 def test_the_first_commit_wins_memory(steps):
     _check_first_commit_wins(MemoryStore(), steps)

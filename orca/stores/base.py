@@ -291,10 +291,15 @@ class BufferedStore(abc.ABC):
         if include_invalidated or not key:
             return frame
         live = frame.filter(pl.col(INVALIDATED_AT).is_null())
-        copies = self.collect(name, live.select(*key, RUN_ID).filter(_repeated(key)))
-        if copies.is_empty():  # the common case: every key once, nothing to choose
+        copies = self._copies(name, live, key)
+        if copies is None or copies.is_empty():  # the common case: every key once, nothing to choose
             return live
-        return live_rows(live, key, self._first_commits(name, copies.unique()).lazy())
+        return live_rows(live, key, self._first_commits(name, copies).lazy())
+
+    def _copies(self, name: str, live: pl.LazyFrame, key: tuple[str, ...]) -> pl.DataFrame | None:
+        """Distinct key and ``__run_id`` values of the ``live`` rows whose key has several live
+        rows (None or empty: none has)."""
+        return self.collect(name, live.select(*key, RUN_ID).filter(_repeated(key))).unique()
 
     def keys(self, name: str) -> pl.Series | None:
         """Distinct live key values of keyed table ``name``, or None if it is absent."""

@@ -83,6 +83,7 @@ class _KeyCache:
     version: int
     files: frozenset[str]
     keys: pl.Series
+    rows: int  # live rows: more than len(keys) when some key has several
 
 
 @dataclasses.dataclass
@@ -133,6 +134,7 @@ class DeltaStore(BufferedStore):
         self._key_caches: dict[str, _KeyCache] = {}
         self._checked_files: dict[str, set[str]] = {}  # data files found whole, per table
         self._log_checked: dict[str, int] = {}  # commit files found non-empty up to this version
+        self._read_version: dict[str, int] = {}  # the version the last _read of a table gave
         self._added: dict[str, _Added] = {}
         self._commit_order: dict[str, pl.DataFrame] = {}  # resolved (key, run id) -> first commit
 
@@ -142,6 +144,7 @@ class DeltaStore(BufferedStore):
         new = super().with_options(**options)
         new._open_tables, new._write_tables, new._key_caches = {}, {}, {}  # handles are per store
         new._checked_files, new._added, new._commit_order, new._log_checked = {}, {}, {}, {}
+        new._read_version = {}
         return new
 
     def uri(self, name: str) -> str:
@@ -415,6 +418,7 @@ class DeltaStore(BufferedStore):
         if table is None:
             return None
         self._check_files(name, table)
+        self._read_version[name] = table.version()
         with self._reading(name):
             return pl.scan_delta(table), self._keys_of[name]
 
@@ -488,6 +492,40 @@ class DeltaStore(BufferedStore):
                             added.versions[urllib.parse.unquote(action["add"]["path"])] = version
                 added.parsed = version
         return added.versions
+
+    def keys(self, name: str) -> pl.Series | None:
+        """Distinct live keys, cached: only data files added since the last call are read."""
+        table = self._open(check_name(name))
+        if table is None:
+            return None
+        column = single_key(self.uri(name), self._keys_of[name])
+        cache = self._key_caches.get(name)
+        if cache is not None and cache.version == table.version():
+            return cache.keys
+        self._check_files(name, table)
+        files = frozenset(table.file_uris())
+        if cache is None or not cache.files <= files:  # files removed: rebuild from scratch
+            cache = None
+        keys = cache.keys if cache else pl.Series(column, [], _dtype(table, column))
+        rows = cache.rows if cache else 0
+        new = sorted(files - cache.files) if cache else sorted(files)
+        if new:
+            frame = pl.scan_parquet(new).select(column, INVALIDATED_AT)
+            live = self.collect(name, frame.filter(pl.col(INVALIDATED_AT).is_null()).select(column))
+            rows += live.height
+            keys = pl.concat([keys.to_frame(), live]).unique().to_series()
+        self._key_caches[name] = _KeyCache(table.version(), files, keys, rows)
+        return keys
+
+    def _copies(self, name: str, live: pl.LazyFrame, key: tuple[str, ...]) -> pl.DataFrame | None:
+        """Asks the key cache first: as many live rows as distinct keys means no copies (then a
+        repeated scan costs nothing extra; the first costs what ``keys()`` does)."""
+        if len(key) == 1:
+            keys = self.keys(name)
+            cache = self._key_caches.get(name)
+            if cache is not None and cache.version == self._read_version.get(name) and cache.rows == len(keys):
+                return None
+        return super()._copies(name, live, key)
 
     def exists(self, name: str) -> bool:
         return self._open(check_name(name)) is not None
