@@ -19,7 +19,6 @@ skipped silently. See ``docs/pods-and-caching.md`` ("Identity").
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import datetime
 import decimal
@@ -27,12 +26,9 @@ import enum
 import functools
 import importlib.metadata
 import json
-import linecache
 import logging
 import os
-import site
 import sys
-import sysconfig
 import threading
 import types
 import warnings
@@ -43,6 +39,16 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from orca._source import (
+    Unencodable,
+    class_hash,
+    is_library_file,
+    is_user_module,
+    locate,
+    source_hash,
+    underlying_function,
+    unparse,
+)
 from orca.deps import Dep
 from orca.errors import HashingError, IdentityWarning, PodError
 from orca.hashing import hash_bytes, hash_file, is_path_field
@@ -122,7 +128,7 @@ class FunctionIdentity:
             if root is None:
                 raise PodError(f"cannot read the source of {name!r} ({type(function).__name__} is not a "
                                "Python function); pass code_hash=False to identify it by name and version only")
-            _source_hash(root, root=True)  # fail now, naming the function, if unreadable
+            source_hash(root, root=True)  # fail now, naming the function, if unreadable
 
     @property
     def code_hash(self) -> str | None:
@@ -188,6 +194,10 @@ def function_identity(function: Callable, *, name: str, version: str, code_hash:
             raise PodError(
                 f"function {name!r}: dep {dep!r} is ambiguous; write orca.deps.file({str(dep)!r}), "
                 f"orca.deps.package(...), orca.deps.env(...) or orca.deps.value({str(dep)!r})")
+        if isinstance(dep, Dep) and dep.kind not in ("file", "package", "env", "value"):
+            raise PodError(f"function {name!r}: unknown dep kind {dep.kind!r} in {dep!r}")
+        if not isinstance(dep, Dep) or dep.kind == "value":  # refuse an unencodable value now
+            _dep_parts(name, (dep,))
     return FunctionIdentity(function if code_hash else None, name=name, version=version,
                             output_schema=schema_text, deps=tuple(deps))
 
@@ -198,8 +208,13 @@ def normalised_source(fn: Callable) -> str:
     A lambda is located by its own AST node (line and columns of its code), so two lambdas on
     one line differ and a lambda spanning several lines inside a call is found whole.
     """
-    node, _ = _locate(fn.__code__, fn.__qualname__)
-    return _unparse(node)
+    root, _ = _unbind(fn)
+    if root is None:
+        raise PodError(f"{fn!r} is not a Python function; it has no source to normalise")
+    try:
+        return unparse(locate(root.__code__, root.__qualname__))
+    except Unencodable as exc:
+        raise PodError(f"cannot read the source of {root.__qualname__!r}: {exc}") from None
 
 
 # ------------------------------------------------------------------------- the parts, hashed
@@ -235,7 +250,7 @@ def _dep_parts(pod: str, deps: tuple[Any, ...]) -> list[IdentityPart]:
             try:
                 part = IdentityPart("value", f"value[{values}]", None, _hash_value(target),
                                     type(target).__name__)
-            except _Unencodable as exc:
+            except Unencodable as exc:
                 raise PodError(f"function {pod!r}: declared dep {target!r} cannot be hashed: {exc}") from None
             values += 1
         elif dep.kind == "file":
@@ -249,14 +264,12 @@ def _dep_parts(pod: str, deps: tuple[Any, ...]) -> list[IdentityPart]:
             except importlib.metadata.PackageNotFoundError:
                 raise PodError(f"function {pod!r}: declared package dep {dep.target!r} is not installed") from None
             part = IdentityPart("package", dep.target, None, hash_bytes(installed.encode()), installed)
-        elif dep.kind == "env":
+        else:  # env; function_identity refused other kinds
             setting = os.environ.get(dep.target)
             # the value is hashed, never shown: it may be a secret
             part = IdentityPart("env", dep.target, None,
                                 hash_bytes(b"\x00unset" if setting is None else b"=" + setting.encode()),
                                 "unset" if setting is None else "set")
-        else:
-            raise PodError(f"function {pod!r}: unknown dep kind {dep.kind!r} in {dep!r}")
         parts[(part.kind, part.name)] = part
     return list(parts.values())
 
@@ -300,8 +313,8 @@ class _Walk:
             # a lambda is named by the global or cell it was reached through, not by its line
             key = f"{via}=<lambda>" if fn.__name__ == "<lambda>" and via else fn.__qualname__
             try:
-                self.add(IdentityPart("function", key, module, _source_hash(fn, root=fn is self.root)))
-            except _Unencodable as exc:
+                self.add(IdentityPart("function", key, module, source_hash(fn, root=fn is self.root)))
+            except Unencodable as exc:
                 self.unhashed("function", key, module, fn, str(exc))
         scope = fn.__globals__
         for name in _global_names(fn.__code__):
@@ -322,15 +335,15 @@ class _Walk:
         if not self.once(klass):
             return
         try:
-            self.add(IdentityPart("class", klass.__qualname__, klass.__module__, _class_hash(klass)))
-        except _Unencodable as exc:
+            self.add(IdentityPart("class", klass.__qualname__, klass.__module__, class_hash(klass)))
+        except Unencodable as exc:
             self.unhashed("class", klass.__qualname__, klass.__module__, klass, str(exc))
         for base in klass.__mro__[1:]:
             if self.is_user(base):
                 self.cls(base)
         for attr, member in vars(klass).items():
-            fn = _underlying_function(member)
-            if fn is not None and (fn.__code__.co_filename.startswith("<") or _is_library_file(fn.__code__.co_filename)):
+            fn = underlying_function(member)
+            if fn is not None and (fn.__code__.co_filename.startswith("<") or is_library_file(fn.__code__.co_filename)):
                 continue  # generated from the class body (dataclass, namedtuple): hashed with it
             if fn is not None:
                 # methods written in the class body are in its source already
@@ -356,7 +369,7 @@ class _Walk:
         if isinstance(value, types.MethodType):
             self.value(value.__func__, kind, key, module, reader)
             value = value.__self__
-        fn = _underlying_function(value)
+        fn = underlying_function(value)
         if fn is not None:
             if self.is_user(fn):
                 self.function(fn, via=key)
@@ -373,7 +386,7 @@ class _Walk:
             return
         try:
             digest = _hash_value(value)
-        except _Unencodable as exc:
+        except Unencodable as exc:
             self.unhashed(kind, key, module, reader, str(exc))
             return
         self.add(IdentityPart(kind, key, module, digest, type(value).__name__))
@@ -396,7 +409,7 @@ class _Walk:
             code.co_filename if code else where, code.co_firstlineno if code else 1)
 
     def is_user(self, obj: Any) -> bool:
-        if isinstance(obj, types.FunctionType) and _is_library_file(obj.__code__.co_filename):
+        if isinstance(obj, types.FunctionType) and is_library_file(obj.__code__.co_filename):
             return False  # a library wrapper carrying a user function's __module__ (functools.wraps)
         module = obj if isinstance(obj, types.ModuleType) else sys.modules.get(getattr(obj, "__module__", None) or "")
         if module is None:
@@ -404,7 +417,7 @@ class _Walk:
         name = module.__name__
         if name.partition(".")[0] == self.root_package and self.root_package not in ("", "orca"):
             return True  # the root's own package is user code, even when installed
-        return _is_user_module(module)
+        return is_user_module(module)
 
 
 _WARNED: set[tuple[str, str]] = set()  # (reader, key): warned once per process
@@ -420,19 +433,7 @@ def _unbind(function: Callable) -> tuple[types.FunctionType | None, list[tuple[s
         else:
             bound.append(("partial", (function.args, function.keywords)))
             function = function.func
-    return _underlying_function(function), bound
-
-
-def _underlying_function(value: Any) -> types.FunctionType | None:
-    """The Python function behind a function, static/class method, property or wrapper."""
-    if isinstance(value, staticmethod | classmethod):
-        value = value.__func__
-    elif isinstance(value, property):
-        value = value.fget
-    seen = 0
-    while not isinstance(value, types.FunctionType) and hasattr(value, "__wrapped__") and seen < 8:
-        value, seen = value.__wrapped__, seen + 1  # functools.wraps, lru_cache, ...
-    return value if isinstance(value, types.FunctionType) else None
+    return underlying_function(function), bound
 
 
 def _positional_defaults(fn: types.FunctionType) -> tuple[str, ...]:
@@ -468,201 +469,13 @@ def _is_ignored(value: Any) -> bool:
     return isinstance(value, _IGNORED) or type(value).__module__ == "typing"
 
 
-# ------------------------------------------------------------------------- user code or not
-
-
-def _library_roots() -> tuple[str, ...]:
-    paths = sysconfig.get_paths()
-    roots = {paths["stdlib"], paths["platstdlib"], paths["purelib"], paths["platlib"],
-             *site.getsitepackages(), site.getusersitepackages()}
-    return tuple(sorted(os.path.join(os.path.realpath(r), "") for r in roots if r))
-
-
-_LIBRARY_ROOTS = _library_roots()
-_USER_MODULES: dict[str, bool] = {}
-
-
-def _is_user_module(module: types.ModuleType) -> bool:
-    """True for modules of the user's code: not stdlib, site-packages, builtins or orca."""
-    name = module.__name__
-    if name not in _USER_MODULES:
-        path = getattr(module, "__file__", None)
-        if name == "orca" or name.startswith("orca.") or name in sys.builtin_module_names:
-            user = False
-        elif path is None:
-            user = name == "__main__"  # a REPL or notebook; other file-less modules are built
-        else:
-            user = not _is_library_file(path)
-        _USER_MODULES[name] = user
-    return _USER_MODULES[name]
-
-
-@functools.cache
-def _is_library_file(path: str) -> bool:
-    real = os.path.realpath(path)
-    parts = real.split(os.sep)
-    return real.startswith(_LIBRARY_ROOTS) or "site-packages" in parts or "dist-packages" in parts
-
-
-# ----------------------------------------------------------------------------- source text
-
-
-class _Unencodable(Exception):
-    """Something read by a pod has no stable encoding (the message says why)."""
-
-
-@dataclasses.dataclass
-class _ModuleSource:
-    """A source file parsed once, docstrings removed, with its definitions indexed by line."""
-
-    tree: ast.Module
-    functions: dict[tuple[int, str], ast.AST]  # (first line incl. decorators, name) -> def
-    classes: dict[str, ast.ClassDef]  # qualname -> class
-    lambdas: dict[int, list[ast.Lambda]] | None = None  # by line; indexed on first need
-
-    def lambdas_at(self, line: int) -> list[ast.Lambda]:
-        if self.lambdas is None:
-            self.lambdas = {}
-            for node in ast.walk(self.tree):
-                if isinstance(node, ast.Lambda):
-                    self.lambdas.setdefault(node.lineno, []).append(node)
-        return self.lambdas.get(line, [])
-
-
-_MODULES: dict[str, tuple[list[str], _ModuleSource]] = {}  # filename -> (linecache's lines, index)
-_SOURCES: dict[int, tuple[Any, str]] = {}  # id(code or class) -> (it, hash): kept alive, ids stay unique
-_UNPARSE = threading.Lock()
-_BLOCKS = ("body", "orelse", "finalbody", "handlers", "cases")
-
-
-def _module_source(filename: str, module_globals: dict | None) -> _ModuleSource:
-    linecache.checkcache(filename)
-    lines = linecache.getlines(filename, module_globals)
-    if not lines:
-        raise _Unencodable(f"no source for {filename!r} (defined in a REPL or by exec?)")
-    cached = _MODULES.get(filename)
-    if cached is not None and cached[0] is lines:  # linecache reads a changed file into a new list
-        return cached[1]
-    try:
-        tree = ast.parse("".join(lines), filename)
-    except SyntaxError as exc:
-        raise _Unencodable(f"{filename!r} does not parse ({exc})") from None
-    index = _ModuleSource(tree, {}, {})
-    _index(tree.body, "", index)
-    _MODULES[filename] = (lines, index)
-    return index
-
-
-def _index(statements: list[ast.AST], prefix: str, index: _ModuleSource) -> None:
-    """Index the defs and classes among ``statements`` (and the blocks nested in them)."""
-    for node in statements:
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-                    and isinstance(body[0].value.value, str):
-                node.body = body[1:] or [ast.Pass()]  # docstrings never count
-            qualname = f"{prefix}{node.name}"
-            if isinstance(node, ast.ClassDef):
-                index.classes.setdefault(qualname, node)
-                _index(node.body, f"{qualname}.", index)
-            else:
-                first = min([d.lineno for d in node.decorator_list] + [node.lineno])
-                index.functions[(first, node.name)] = node
-                _index(node.body, f"{qualname}.<locals>.", index)
-        else:  # if/for/while/try/with/match blocks may hold defs too
-            for field in _BLOCKS:
-                block = getattr(node, field, None)
-                if block:
-                    _index(block, prefix, index)
-
-
-def _locate(code: types.CodeType, qualname: str) -> tuple[ast.AST, str]:
-    """The AST node of a function's own code, and its file."""
-    try:
-        index = _module_source(code.co_filename, None)
-    except OSError as exc:
-        raise _Unencodable(str(exc)) from None
-    if code.co_name != "<lambda>":
-        node = index.functions.get((code.co_firstlineno, code.co_name))
-        if node is None:
-            raise _Unencodable(f"{qualname!r} not found at {code.co_filename}:{code.co_firstlineno} "
-                               "(was the file edited after import?)")
-        return node, code.co_filename
-    # A lambda: the innermost lambda whose body spans its instructions' positions (3.11+
-    # co_positions; (0, 0) columns are the synthetic RESUME/RETURN of the frame).
-    spans = [(line, col, end_line, end_col) for line, end_line, col, end_col in code.co_positions()
-             if line is not None and col is not None and (col, end_col) != (0, 0)]
-    candidates = list(index.lambdas_at(code.co_firstlineno))
-    if spans:
-        start, end = min((s[0], s[1]) for s in spans), max((s[2], s[3]) for s in spans)
-        candidates = [n for n in candidates
-                      if (n.body.lineno, n.body.col_offset) <= start
-                      and end <= (n.body.end_lineno, n.body.end_col_offset)]
-        candidates.sort(key=lambda n: (n.body.lineno, n.body.col_offset), reverse=True)
-    if not candidates or (not spans and len(candidates) > 1):
-        raise _Unencodable(f"lambda at {code.co_filename}:{code.co_firstlineno} not found in its source")
-    return candidates[0], code.co_filename
-
-
-def _unparse(node: ast.AST) -> str:
-    """Source of ``node``; a def loses its decorators (what they wrap is walked as objects)."""
-    with _UNPARSE:  # the nodes are shared; decorators are put back at once
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-            decorators, node.decorator_list = node.decorator_list, []
-            try:
-                return ast.unparse(node)
-            finally:
-                node.decorator_list = decorators
-        return ast.unparse(node)
-
-
-def _source_hash(fn: types.FunctionType, *, root: bool = False) -> str:
-    """Hash of ``fn``'s normalised source, memoised per code object; a root fails with PodError."""
-    code = fn.__code__
-    cached = _SOURCES.get(id(code))
-    if cached is not None:
-        return cached[1]
-    try:
-        node, _ = _locate(code, fn.__qualname__)
-    except _Unencodable as exc:
-        if not root:
-            raise
-        raise PodError(
-            f"cannot read the source of {fn.__qualname__!r} to hash it ({exc}); "
-            "pass code_hash=False to identify it by name and version only") from None
-    digest = hash_bytes(_unparse(node).encode())
-    _SOURCES[id(code)] = (code, digest)
-    return digest
-
-
-def _class_hash(klass: type) -> str:
-    cached = _SOURCES.get(id(klass))
-    if cached is not None:
-        return cached[1]
-    module = sys.modules.get(klass.__module__)
-    # a method's code names the file (a notebook's __main__ has no __file__, its cells do)
-    codes = [fn.__code__ for fn in map(_underlying_function, vars(klass).values())
-             if fn is not None and fn.__qualname__.startswith(f"{klass.__qualname__}.")]
-    filename = next((c.co_filename for c in codes
-                     if not c.co_filename.startswith("<") and not _is_library_file(c.co_filename)), None) \
-        or getattr(module, "__file__", None)
-    if filename is None:
-        raise _Unencodable(f"no source file for class {klass.__qualname__!r}")
-    node = _module_source(filename, vars(module) if module else None).classes.get(klass.__qualname__)
-    if node is None:
-        raise _Unencodable(f"class {klass.__qualname__!r} not found in {filename!r}")
-    digest = hash_bytes(_unparse(node).encode())
-    _SOURCES[id(klass)] = (klass, digest)
-    return digest
-
-
 # ---------------------------------------------------------------------------- plain values
 
 
 def _is_plain(value: Any) -> bool:
     try:
         _encode(value, ())
-    except _Unencodable:
+    except Unencodable:
         return False
     return True
 
@@ -677,7 +490,7 @@ def _encode(value: Any, stack: tuple[int, ...]) -> Any:
 
     Floats are encoded by ``float.hex`` (exact), sets and dict items sorted by their encoding,
     so the form depends on neither ``PYTHONHASHSEED`` nor insertion order. Raises
-    ``_Unencodable`` for anything else (never a fallback to ``repr`` or pickle).
+    ``Unencodable`` for anything else (never a fallback to ``repr`` or pickle).
     """
     if value is None or isinstance(value, bool):
         return value
@@ -705,7 +518,7 @@ def _encode(value: Any, stack: tuple[int, ...]) -> Any:
     if isinstance(value, np.generic) and not isinstance(value, np.object_):
         return ["numpy", value.dtype.str, value.tobytes().hex()]
     if id(value) in stack:
-        raise _Unencodable(f"{kind.__name__} contains itself")
+        raise Unencodable(f"{kind.__name__} contains itself")
     inner = (*stack, id(value))
     if isinstance(value, np.ndarray):
         if value.dtype.hasobject:
@@ -725,7 +538,7 @@ def _encode(value: Any, stack: tuple[int, ...]) -> Any:
             and _is_user_module_name(kind.__module__):
         # a plain instance of a user class: its attributes (its class is walked for code)
         return [name, sorted([[k, _encode(v, inner)] for k, v in vars(value).items()], key=lambda kv: kv[0])]
-    raise _Unencodable(f"{name} has no stable encoding")
+    raise Unencodable(f"{name} has no stable encoding")
 
 
 def _sort_key(encoded: Any) -> str:
@@ -734,4 +547,4 @@ def _sort_key(encoded: Any) -> str:
 
 def _is_user_module_name(name: str) -> bool:
     module = sys.modules.get(name)
-    return module is not None and _is_user_module(module)
+    return module is not None and is_user_module(module)

@@ -320,9 +320,14 @@ def test_refreshed_sees_rebound_globals_and_edited_files(tmp_path):
     assert identity.explain().changed(changed.explain()) == [("constant", "K"), ("file", str(data))]
 
 
-@pytest.mark.parametrize("dep", ["numpy", Path("weights.bin")])
-def test_a_bare_string_or_path_dep_is_refused(dep):
-    with pytest.raises(PodError, match=r"ambiguous.*orca\.deps\.file"):
+@pytest.mark.parametrize(("dep", "error"), [
+    ("numpy", r"ambiguous.*orca\.deps\.file"),
+    (Path("weights.bin"), r"ambiguous.*orca\.deps\.file"),
+    (object(), "declared dep .*object.* cannot be hashed"),
+    (orca.deps.Dep("url", "https://example.org"), "unknown dep kind 'url'"),
+])
+def test_a_dep_that_is_ambiguous_or_unencodable_is_refused_when_declared(dep, error):
+    with pytest.raises(PodError, match=error):
         function_identity(len, name="f", version="1", code_hash=False, output_fields=[], deps=[dep])
 
 
