@@ -118,10 +118,6 @@ def build_source(
         raise SourceError(f"source {source_id!r}: tag columns repeat: {tags}")
     if table.num_rows == 0:
         raise SourceError(f"source {source_id!r} ({kind}) is empty")
-    empty_tags = [t for t in tags if table.column(t).null_count == table.num_rows]
-    if empty_tags:
-        raise SourceError(f"source {source_id!r}: tag column(s) {empty_tags} hold only nulls, so they "
-                          "identify no row; drop them from tags=")
     try:  # before any hash: the values hashed must be the values stored
         table = storable_table(table)
     except SchemaError as exc:

@@ -517,11 +517,6 @@ def test_repeated_column_names_are_refused():
         ArrowSource(table, tags=["k"])
 
 
-def test_all_null_tag_column_is_refused_naming_it():
-    with pytest.raises(SourceError, match=r"\['k'\] hold only nulls"):
-        DictSource([{"k": None, "x": 1}, {"k": None, "x": 2}], tags=["k"])
-
-
 def test_glob_with_a_non_utf8_file_name_names_the_file(tmp_path):
     (tmp_path / "ok.txt").write_text("fine")
     try:
