@@ -18,6 +18,7 @@ from orca.hashing import hash_file, hash_packet, hash_packets
 from orca.identity import FunctionIdentity
 from orca.nodes import FunctionNode
 from orca.pipeline import OperatorNode, Pipeline, RunHandle, RunResult
+from orca.plan import NodePlan, Plan
 from orca.pods import FunctionPod, function_pod
 from orca.sources import (
     ArrowSource,
@@ -45,7 +46,7 @@ __all__ = [
     # pods, caching, nodes
     "function_pod", "FunctionPod", "FunctionIdentity", "CachedFunctionPod", "FunctionNode", "Counts",
     # pipelines
-    "Pipeline", "OperatorNode", "RunResult", "RunHandle", "new_run_id",
+    "Pipeline", "OperatorNode", "RunResult", "RunHandle", "new_run_id", "Plan", "NodePlan",
     # stores
     "Store", "DeltaStore", "MemoryStore", "default_store",
     # executors

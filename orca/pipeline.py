@@ -36,6 +36,7 @@ from orca.errors import ExecutorError, OrcaError
 from orca.executors import Executor
 from orca.names import FAILURES, RUN_ID, RUNS, RUNS_SCHEMA, check_label
 from orca.nodes import FunctionNode
+from orca.plan import Plan, plan_nodes
 from orca.pods import FunctionPod
 from orca.stores import DeltaStore, Store, default_store
 from orca.streams import Stream
@@ -270,6 +271,13 @@ class Pipeline:
         log.event("node_finished", "failed" if done.counts.failed else "succeeded", node=node.label,
                   counts=done.counts, commit=False)
         return done
+
+    def plan(self) -> Plan:
+        """What the next run would serve from the store, compute, and why (see :mod:`orca.plan`).
+
+        Computes nothing and writes nothing: it hashes each node's input and reads its tables.
+        """
+        return plan_nodes(self.name, {label: node.spec for label, node in self.function_nodes.items()})
 
     def _failures(self, run_id: str) -> pl.DataFrame:
         failures = self.store.scan(FAILURES)
