@@ -396,6 +396,8 @@ def _round_trip_pipeline(store):
     return pipeline
 
 
+# the pod reads the table of test values, which its identity cannot cover: irrelevant here
+@pytest.mark.filterwarnings("ignore:function pod 'every_type'")
 def test_every_supported_output_type_round_trips_through_a_delta_store(tmp_path):
     store_path = tmp_path / "store"
     first = _round_trip_pipeline(orca.DeltaStore(store_path))
