@@ -295,7 +295,13 @@ class _Walk:
         return list(self.parts.values())
 
     def add(self, part: IdentityPart) -> None:
-        self.parts[(part.kind, part.name, part.module)] = part
+        """Keep ``part``; another part under its key (two lambdas, two closures of one factory)
+        gets ``#2``, ``#3``... in walk order, which the code fixes."""
+        key, n = (part.kind, part.name, part.module), 1
+        while key in self.parts and self.parts[key].hash != part.hash:
+            n += 1
+            key = (part.kind, f"{part.name}#{n}", part.module)
+        self.parts[key] = dataclasses.replace(part, name=key[1])
 
     def once(self, obj: Any) -> bool:
         if id(obj) in self.seen:
@@ -385,11 +391,28 @@ class _Walk:
         elif callable(value) and hasattr(value, "__name__"):  # a library function, ufunc, builtin
             return
         try:
-            digest = _hash_value(value)
+            digest = _hash_value(value, self.refer)
         except Unencodable as exc:
             self.unhashed(kind, key, module, reader, str(exc))
             return
         self.add(IdentityPart(kind, key, module, digest, type(value).__name__))
+
+    def refer(self, obj: Any) -> str | None:
+        """The name of a function or class found inside a value; user code is walked too."""
+        fn = underlying_function(obj)
+        if fn is not None:
+            if self.is_user(fn):
+                self.function(fn)
+                return fn.__qualname__
+            return f"{fn.__module__}.{fn.__qualname__}"
+        if isinstance(obj, type):
+            if self.is_user(obj):
+                self.cls(obj)
+                return obj.__qualname__
+            return f"{obj.__module__}.{obj.__qualname__}"
+        if hasattr(obj, "__name__"):  # a builtin or ufunc
+            return f"{getattr(obj, '__module__', None) or type(obj).__module__}.{obj.__name__}"
+        return None
 
     def unhashed(self, kind: str, key: str, module: str | None, reader: Any, why: str) -> None:
         """Record that ``key`` was read but left out, and warn once per process."""
@@ -480,17 +503,19 @@ def _is_plain(value: Any) -> bool:
     return True
 
 
-def _hash_value(value: Any) -> str:
-    encoded = json.dumps([ENCODING, _encode(value, ())], separators=(",", ":"), ensure_ascii=False)
+def _hash_value(value: Any, refer: Callable[[Any], str | None] | None = None) -> str:
+    encoded = json.dumps([ENCODING, _encode(value, (), refer)], separators=(",", ":"), ensure_ascii=False)
     return hash_bytes(encoded.encode())
 
 
-def _encode(value: Any, stack: tuple[int, ...]) -> Any:
+def _encode(value: Any, stack: tuple[int, ...], refer: Callable[[Any], str | None] | None = None) -> Any:
     """A canonical JSON-able form of plain data: each value tagged with its type.
 
     Floats are encoded by ``float.hex`` (exact), sets and dict items sorted by their encoding,
-    so the form depends on neither ``PYTHONHASHSEED`` nor insertion order. Raises
-    ``Unencodable`` for anything else (never a fallback to ``repr`` or pickle).
+    so the form depends on neither ``PYTHONHASHSEED`` nor insertion order. A function or class
+    inside a container (``STEPS = [clean, scale]``) is encoded by the name ``refer`` gives it
+    (the walk hashes its code). Raises ``Unencodable`` for anything else (never a fallback to
+    ``repr`` or pickle).
     """
     if value is None or isinstance(value, bool):
         return value
@@ -517,27 +542,30 @@ def _encode(value: Any, stack: tuple[int, ...]) -> Any:
         return ["path", value.as_posix()]
     if isinstance(value, np.generic) and not isinstance(value, np.object_):
         return ["numpy", value.dtype.str, value.tobytes().hex()]
+    if refer is not None and callable(value):
+        reference = refer(value)
+        if reference is not None:
+            return ["code", reference]
     if id(value) in stack:
         raise Unencodable(f"{kind.__name__} contains itself")
     inner = (*stack, id(value))
     if isinstance(value, np.ndarray):
         if value.dtype.hasobject:
-            return ["ndarray-object", list(value.shape), [_encode(v, inner) for v in value.ravel().tolist()]]
+            return ["ndarray-object", list(value.shape), [_encode(v, inner, refer) for v in value.ravel().tolist()]]
         return ["ndarray", value.dtype.str, list(value.shape), hash_bytes(np.ascontiguousarray(value).tobytes())]
     name = kind.__qualname__  # no module: the same code imported as __main__ or by name agrees
     if isinstance(value, list | tuple):
-        return [name, [_encode(v, inner) for v in value]]
+        return [name, [_encode(v, inner, refer) for v in value]]
     if isinstance(value, set | frozenset):
-        return [name, sorted((_encode(v, inner) for v in value), key=_sort_key)]
+        return [name, sorted((_encode(v, inner, refer) for v in value), key=_sort_key)]
     if isinstance(value, dict):
-        items = [[_encode(k, inner), _encode(v, inner)] for k, v in value.items()]
+        items = [[_encode(k, inner, refer), _encode(v, inner, refer)] for k, v in value.items()]
         return [name, sorted(items, key=lambda kv: _sort_key(kv[0]))]
     if dataclasses.is_dataclass(value):
-        return [name, [[f.name, _encode(getattr(value, f.name), inner)] for f in dataclasses.fields(value)]]
-    if hasattr(value, "__dict__") and not callable(value) and type(value).__module__ != "builtins" \
-            and _is_user_module_name(kind.__module__):
+        return [name, [[f.name, _encode(getattr(value, f.name), inner, refer)] for f in dataclasses.fields(value)]]
+    if hasattr(value, "__dict__") and kind.__module__ != "builtins" and _is_user_module_name(kind.__module__):
         # a plain instance of a user class: its attributes (its class is walked for code)
-        return [name, sorted([[k, _encode(v, inner)] for k, v in vars(value).items()], key=lambda kv: kv[0])]
+        return [name, sorted([[k, _encode(v, inner, refer)] for k, v in vars(value).items()], key=lambda kv: kv[0])]
     raise Unencodable(f"{name} has no stable encoding")
 
 

@@ -268,6 +268,30 @@ def test_bound_methods_and_partials_include_what_is_bound(tmp_path):
         identity(len)
 
 
+def test_functions_inside_constants_are_walked(tmp_path):
+    def build(n, second):
+        return load(tmp_path, f"identity_steps_{n}", f"""
+            import math
+            import orca
+
+            def clean(v):
+                return v - 1
+
+            STEPS = [clean, lambda v: v * 2, lambda v: v + {second}, math.floor]
+
+            @orca.function_pod(output_keys="y")
+            def f(x: int) -> int:
+                for step in STEPS:
+                    x = step(x)
+                return x
+        """).f.pod.identity
+
+    base = build(0, 1)
+    names = {p.name for p in base.explain().parts if p.kind == "function"}
+    assert {"f", "clean", "<lambda>", "<lambda>#2"} <= names
+    assert base.code_hash != build(1, 2).code_hash
+
+
 # -- declared deps ---------------------------------------------------------------------------
 
 
