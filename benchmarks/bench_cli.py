@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import resource
 import statistics
 import subprocess
 import sys
@@ -50,13 +51,22 @@ def build(path: pathlib.Path, rows: int) -> None:
     done.touch()
 
 
-def timed(fn, repeats: int) -> str:
-    times = []
+def spread(times: list[float]) -> str:
+    return f"{min(times):.2f} / {statistics.median(times):.2f} / {max(times):.2f} s"
+
+
+def timed(fn, repeats: int) -> tuple[str, str]:
+    """Wall time, and CPU time of child processes (user + system: what a loaded machine does not
+    inflate as much), min / median / max."""
+    wall, cpu = [], []
     for _ in range(repeats):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - start)
-    return f"{min(times):.2f} / {statistics.median(times):.2f} / {max(times):.2f} s"
+        wall.append(time.perf_counter() - start)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return spread(wall), spread(cpu)
 
 
 def main() -> None:
@@ -78,14 +88,15 @@ def main() -> None:
         result = runner.invoke(cli, ["--store", store, *command])
         assert result.exit_code == 0, result.output
 
-    print(f"store {store}; min / median / max of {args.repeats}")
-    print(f"{'command':<28} {'fresh process':<24} in process")
+    print(f"store {store}; min / median / max of {args.repeats}; load average {os.getloadavg()[0]:.1f}")
+    print(f"{'command':<28} {'fresh process (wall)':<24} {'fresh process (CPU)':<24} in process (wall)")
     for command in COMMANDS:
         warm(command)  # first call: page cache, lazy imports
-        print(f"{'orca ' + ' '.join(command):<28} {timed(lambda c=command: fresh(c), args.repeats):<24} "
-              f"{timed(lambda c=command: warm(c), args.repeats)}")
-    print(f"python -c 'import orca.cli' {timed(lambda: subprocess.run([sys.executable, '-c', 'import orca.cli'], check=True), args.repeats)}")
-
+        fresh_wall, fresh_cpu = timed(lambda c=command: fresh(c), args.repeats)
+        print(f"{'orca ' + ' '.join(command):<28} {fresh_wall:<24} {fresh_cpu:<24} "
+              f"{timed(lambda c=command: warm(c), args.repeats)[0]}")
+    imports = timed(lambda: subprocess.run([sys.executable, "-c", "import orca.cli"], check=True), args.repeats)
+    print(f"{'python -c import orca.cli':<28} {imports[0]:<24} {imports[1]:<24}")
 
 if __name__ == "__main__":
     main()
