@@ -2,7 +2,7 @@
 
 A run appends events (``started``, ``node_started``, ``node_finished``, ``finished``; see
 ``docs/pipelines.md``). Its status is the ``finished`` event's status once there is one. Until
-then it is ``running`` -- unless nothing was heard from it for ``lost_after`` (default 5
+then (whatever its nodes' events say) it is ``running`` -- unless nothing was heard from it for ``lost_after`` (default 5
 minutes): the process died without writing ``finished`` (killed, machine lost), and the run
 reads as ``lost``. "Heard from" is the newest ``at`` of its events, or of a ``heartbeat_at``
 column when the table has one (heartbeat events are planned; extra columns are ignored).
@@ -58,9 +58,7 @@ def run_status(events: pl.DataFrame, now: datetime.datetime, *,
     finished = events.filter(pl.col("event") == "finished")
     if finished.height:
         return finished["status"][-1]
-    status = events["status"][-1]
-    if status != "running":
-        return status
+    # Without ``finished`` the run is not over, whatever its last node's status says.
     times = [events[c].max() for c in _TIME_COLUMNS if c in events.columns]
     heard = max((t for t in times if t is not None), default=None)
     if heard is None:

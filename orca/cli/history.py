@@ -36,7 +36,8 @@ def run_summaries(events: pl.DataFrame, *, limit: int, at: datetime.datetime | N
         status = run_status(run, at, lost_after=lost_after)
         started = run["started_at"].min()
         finished = run.filter(pl.col("event") == "finished")
-        heard = max(t for t in (run[c].max() for c in ("at", "heartbeat_at") if c in run.columns) if t is not None)
+        heard = max((t for t in (run[c].max() for c in ("at", "heartbeat_at") if c in run.columns)
+                     if t is not None), default=started)
         end = finished["at"][-1] if finished.height else (heard if status == "lost" else at)
         summary = {"run_id": run_id, "pipeline": run["pipeline"][0], "status": status, "started_at": started,
                    "duration_s": (end - started).total_seconds(), "nodes": _node_counts(run, status)}
