@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import os
 import subprocess
 import sys
-import textwrap
 import warnings
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from hypothesis import strategies as st
 import orca
 from orca.errors import IdentityWarning, PodError
 from orca.identity import _hash_value, function_identity, normalised_source
+from tests.helpers import load_module as load
 from tests.pipelines import identity_golden
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,17 +31,6 @@ GOLDEN = {
     "plain": "4ac419f640c6802f213ca4236c61fa62",
     "transitive": "0f6968bc0404259d4fbf54f4d5e38492",
 }
-
-
-def load(tmp_path: Path, name: str, source: str):
-    """Import ``source`` as a new module ``name`` from a file (its functions have readable source)."""
-    path = tmp_path / f"{name}.py"
-    path.write_text(textwrap.dedent(source))
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 # -- golden vectors and processes ----------------------------------------------------------
