@@ -73,7 +73,8 @@ def table_text(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = N
     columns = list(columns or rows[0])
     cells = [[cell(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    numeric = [all(_is_number(r.get(c)) for r in rows) for c in columns]
+    numeric = [all(_is_number(r.get(c)) for r in rows) and any(r.get(c) is not None for r in rows)
+               for c in columns]
 
     def line(values: Sequence[str]) -> str:
         parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True)]
