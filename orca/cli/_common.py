@@ -21,15 +21,20 @@ import click
 import polars as pl
 from deltalake import DeltaTable
 
+from orca.names import (
+    FUNCTION_HASH,
+    INVALIDATED_AT,
+    PACKET_HASH,
+    RECORD_ID,
+    RUNS,
+    SYSTEM_PREFIX,
+    provenance_table,
+    results_table,
+)
 from orca.stores import DeltaStore
 
-# Table names and columns, as documented in docs/stores.md and docs/pipelines.md.
-RUNS = "runs"
-FAILURES = "failures"
-PIPELINES = "pipelines/"
-RESULTS = "results/"
-INVALIDATED_AT = "__invalidated_at"
-SOURCE_PREFIX = "__source__"
+PIPELINES = provenance_table("p", "n").split("/")[0] + "/"  # the folder of provenance tables
+RESULTS = results_table("f", "h").split("/")[0] + "/"
 
 
 class CliError(click.ClickException):
@@ -210,7 +215,7 @@ def require_pipeline(store: DeltaStore, pipeline: str, events: pl.DataFrame) -> 
 
 def require_node(store: DeltaStore, pipeline: str, node: str) -> str:
     """The node's provenance table name; CliError naming the nodes that have one otherwise."""
-    name = f"{PIPELINES}{pipeline}/{node}"
+    name = provenance_table(pipeline, node)
     if not store.exists(name):
         nodes = pipelines(store).get(pipeline, [])
         raise CliError(f"pipeline {pipeline!r} has no node {node!r} with recorded entries"
@@ -228,8 +233,8 @@ def function_hash_expr() -> list[pl.Expr]:
     def half(column: str, start: int) -> pl.Expr:
         return pl.col(column).str.slice(start, 16).str.to_integer(base=16, dtype=pl.UInt64)
 
-    return [(half("__record_id", 0) ^ half("__packet_hash", 0)).alias("__fh_hi"),
-            (half("__record_id", 16) ^ half("__packet_hash", 16)).alias("__fh_lo")]
+    return [(half(RECORD_ID, 0) ^ half(PACKET_HASH, 0)).alias("__fh_hi"),
+            (half(RECORD_ID, 16) ^ half(PACKET_HASH, 16)).alias("__fh_lo")]
 
 
 def distinct_function_hashes(frame: pl.LazyFrame | pl.DataFrame) -> pl.DataFrame:
@@ -237,7 +242,7 @@ def distinct_function_hashes(frame: pl.LazyFrame | pl.DataFrame) -> pl.DataFrame
     ``__function_hash`` (hex)."""
     pairs = frame.lazy().select(function_hash_expr()).unique().collect()
     hexes = [f"{hi:016x}{lo:016x}" for hi, lo in pairs.iter_rows()]
-    return pairs.with_columns(pl.Series("__function_hash", hexes, dtype=pl.String))
+    return pairs.with_columns(pl.Series(FUNCTION_HASH, hexes, dtype=pl.String))
 
 
 def function_hashes(frame: pl.LazyFrame | pl.DataFrame) -> pl.DataFrame:
@@ -256,7 +261,7 @@ def results_tables(store: DeltaStore) -> dict[str, str]:
 
 def tag_columns(frame: pl.LazyFrame) -> list[str]:
     """The user (tag) columns of a provenance table: those not starting with ``__``."""
-    return [c for c in frame.collect_schema().names() if not c.startswith("__")]
+    return [c for c in frame.collect_schema().names() if not c.startswith(SYSTEM_PREFIX)]
 
 
 def drop_table(store: DeltaStore, name: str) -> None:

@@ -8,7 +8,6 @@ import click
 import polars as pl
 
 from orca.cli._common import (
-    INVALIDATED_AT,
     CliError,
     State,
     function_hashes,
@@ -25,6 +24,16 @@ from orca.cli._common import (
     tag_columns,
 )
 from orca.cli.history import run_summaries
+from orca.names import (
+    FUNCTION_HASH,
+    INVALIDATED_AT,
+    PACKET_HASH,
+    RECORD_ID,
+    RECORDED_AT,
+    RUN_ID,
+    SYSTEM_PREFIX,
+    provenance_table,
+)
 from orca.stores import DeltaStore
 
 
@@ -73,7 +82,7 @@ def show(state: State, pipeline: str, node: str | None, limit: int) -> None:
     per_node = {n["node"]: n for n in run["nodes"]} if run else {}
     rows = []
     for label in nodes:
-        name = f"pipelines/{pipeline}/{label}"
+        name = provenance_table(pipeline, label)
         info = table_info(store, name) if store.exists(name) else None
         counts = per_node.get(label, {})
         rows.append({"node": label, "table": name if info else None, "rows": info.rows if info else None,
@@ -107,21 +116,21 @@ def recorded_entries(store: DeltaStore, pipeline: str, node: str, limit: int) ->
     raw = store.scan(table, include_invalidated=True)
     tags = tag_columns(raw)
     latest = (raw.filter(pl.col(INVALIDATED_AT).is_null())
-              .select(*tags, "__packet_hash", "__record_id", "__recorded_at", "__run_id")
-              .top_k(limit, by="__recorded_at")
-              .unique("__record_id", keep="first", maintain_order=True))
+              .select(*tags, PACKET_HASH, RECORD_ID, RECORDED_AT, RUN_ID)
+              .top_k(limit, by=RECORDED_AT)
+              .unique(RECORD_ID, keep="first", maintain_order=True))
     rows = function_hashes(latest)
     tables = results_tables(store)
     parts = []
-    for (fh,), group in rows.group_by("__function_hash", maintain_order=True):
+    for (fh,), group in rows.group_by(FUNCTION_HASH, maintain_order=True):
         name = tables.get(fh)
-        outputs = (store.lookup(name, group["__packet_hash"]) if name else pl.DataFrame())
-        keep = [c for c in outputs.columns if not c.startswith("__") or c == "__packet_hash"]
-        parts.append(group.join(outputs.select(keep), on="__packet_hash", how="left") if keep else group)
+        outputs = (store.lookup(name, group[PACKET_HASH]) if name else pl.DataFrame())
+        keep = [c for c in outputs.columns if not c.startswith(SYSTEM_PREFIX) or c == PACKET_HASH]
+        parts.append(group.join(outputs.select(keep), on=PACKET_HASH, how="left") if keep else group)
     frame = pl.concat(parts, how="diagonal") if parts else rows
-    outputs = [c for c in frame.columns if c not in tags and not c.startswith("__")]
-    order = [*tags, *outputs, "__recorded_at", "__run_id"]
-    return frame.sort("__recorded_at", descending=True).select(order) if frame.height else frame.select(
+    outputs = [c for c in frame.columns if c not in tags and not c.startswith(SYSTEM_PREFIX)]
+    order = [*tags, *outputs, RECORDED_AT, RUN_ID]
+    return frame.sort(RECORDED_AT, descending=True).select(order) if frame.height else frame.select(
         [c for c in order if c in frame.columns])
 
 

@@ -6,8 +6,6 @@ import click
 import polars as pl
 
 from orca.cli._common import (
-    INVALIDATED_AT,
-    PIPELINES,
     CliError,
     State,
     drop_table,
@@ -20,6 +18,14 @@ from orca.cli._common import (
     table_info,
     table_text,
     tag_columns,
+)
+from orca.names import (
+    ENTRY_ID,
+    FUNCTION_HASH,
+    INVALIDATED_AT,
+    PACKET_HASH,
+    RECORD_ID,
+    provenance_table,
 )
 
 
@@ -57,16 +63,16 @@ def invalidate(state: State, pipeline: str, node: str, where_text: str, dry_run:
     where = parse_where(where_text, tag_columns(raw), table)
     try:
         matched = function_hashes(raw.filter(pl.col(INVALIDATED_AT).is_null() & where)
-                                  .select("__entry_id", "__packet_hash", "__record_id"))
+                                  .select(ENTRY_ID, PACKET_HASH, RECORD_ID))
     except pl.exceptions.PolarsError as exc:  # e.g. comparing a number column with text
         raise CliError(f"bad --where expression {where_text!r} for {table}: {exc}") from exc
-    entries = matched["__entry_id"].unique()
+    entries = matched[ENTRY_ID].unique()
     tables = results_tables(store)
     per_results = {}
-    for (fh,), group in matched.group_by("__function_hash"):
+    for (fh,), group in matched.group_by(FUNCTION_HASH):
         name = tables.get(fh)
         if name is not None:  # results already removed (orca maintain --gc-unreferenced): nothing to mark
-            per_results[name] = group["__packet_hash"].unique()
+            per_results[name] = group[PACKET_HASH].unique()
     if dry_run:
         counts = {"entries": entries.len(), "results": {k: v.len() for k, v in per_results.items()}}
         verb = "would invalidate"
@@ -93,7 +99,7 @@ def rm(state: State, pipeline: str, yes: bool) -> None:
     if not nodes:
         known = ", ".join(pipelines(store)) or "none"
         raise CliError(f"no provenance tables for pipeline {pipeline!r} in {store.location} (pipelines: {known})")
-    names = [f"{PIPELINES}{pipeline}/{n}" for n in nodes]
+    names = [provenance_table(pipeline, n) for n in nodes]
     infos = [table_info(store, n) for n in names]
     size = sum(i.bytes for i in infos)
     if not yes:

@@ -10,8 +10,6 @@ import click
 import polars as pl
 
 from orca.cli._common import (
-    FAILURES,
-    PIPELINES,
     State,
     cell,
     human_seconds,
@@ -19,6 +17,15 @@ from orca.cli._common import (
     require_pipeline,
     run_events,
     table_text,
+)
+from orca.names import (
+    COMPUTED_AT,
+    ENTRY_ID,
+    FAILURES,
+    PACKET_HASH,
+    RECORDED_AT,
+    provenance_table,
+    results_table,
 )
 from orca.runs import LOST_AFTER, run_status
 from orca.stores import DeltaStore
@@ -156,9 +163,9 @@ def _open_failures(store: DeltaStore, frame: pl.DataFrame) -> pl.DataFrame:
     kept = []
     for (pipeline, node, fn, fh), group in latest.group_by("pipeline", "node", "function", "function_hash"):
         if node is not None and pipeline is not None:
-            table, key, column, time = f"{PIPELINES}{pipeline}/{node}", "entry_id", "__entry_id", "__recorded_at"
+            table, key, column, time = provenance_table(pipeline, node), "entry_id", ENTRY_ID, RECORDED_AT
         elif node is None:
-            table, key, column, time = f"results/{fn}/{fh}", "packet_hash", "__packet_hash", "__computed_at"
+            table, key, column, time = results_table(fn, fh), "packet_hash", PACKET_HASH, COMPUTED_AT
         else:  # a pipeline node whose run left no event: nothing to compare with
             kept.append(group)
             continue

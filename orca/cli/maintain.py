@@ -20,10 +20,8 @@ import polars as pl
 from deltalake import DeltaTable
 
 from orca.cli._common import (
-    INVALIDATED_AT,
     PIPELINES,
     RESULTS,
-    SOURCE_PREFIX,
     State,
     TableInfo,
     distinct_function_hashes,
@@ -34,6 +32,7 @@ from orca.cli._common import (
     table_info,
     table_text,
 )
+from orca.names import FUNCTION_HASH, INVALIDATED_AT, SOURCE_PREFIX
 from orca.stores import DeltaStore
 
 SMALL_FILE = 32 * 1024**2  # bytes: files under this are worth merging
@@ -155,7 +154,7 @@ def _referenced(store: DeltaStore) -> set[str]:
     found: set[str] = set()
     for name in store.tables(PIPELINES):
         live = store.scan(name, include_invalidated=True).filter(pl.col(INVALIDATED_AT).is_null())
-        found |= set(distinct_function_hashes(live)["__function_hash"])
+        found |= set(distinct_function_hashes(live)[FUNCTION_HASH])
         sources = [c for c in live.collect_schema().names() if c.startswith(SOURCE_PREFIX)]
         if sources:
             refs = (live.select(pl.concat_list(sources).alias("ref")).explode("ref")
