@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from orca._retry import backoff
 from orca.errors import PodError, SchemaError
 from orca.executors import run_async_rows
-from orca.hashing import PATH_METADATA, is_path_field
+from orca.hashing import PATH_METADATA, is_path_field, object_columns
 from orca.names import ATTEMPTS, DURATION, ERROR_COLUMNS, OK, ROW
 from orca.types import is_optional, strip_optional, to_arrow_array, to_python
 
@@ -257,7 +257,14 @@ def _output_arrays(pod: FunctionPod, columns: list[list], errors: dict[int, Base
 
 def input_packets(pod: FunctionPod, frame: pl.DataFrame, path_columns: frozenset[str]) -> pa.Table:
     """The packet columns ``pod`` reads, as Arrow, with path columns marked for hashing."""
-    table = frame.select([p for p in pod.parameters if p in frame.columns]).to_arrow()
+    names = [p for p in pod.parameters if p in frame.columns]
+    if not names:  # a function of no column: one empty packet per row (Arrow keeps the row count)
+        return pa.table({"_": pa.nulls(frame.height)}).drop_columns(["_"])
+    bad = object_columns(frame.select(names).schema)
+    if bad:  # Polars would export them as pointers, different in every process
+        raise PodError(f"function {pod.name!r}: packet column(s) {bad} hold Python objects (Polars Object), "
+                       "which have no stable hash; convert them to Arrow types first")
+    table = frame.select(names).to_arrow()
     fields = [f.with_metadata(PATH_METADATA) if f.name in path_columns else f for f in table.schema]
     return table.cast(pa.schema(fields))
 

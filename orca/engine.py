@@ -39,7 +39,9 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from orca._operator import arrow_schema_of
 from orca.calls import failed_for_tag, input_packets, run_chunk
+from orca.errors import SchemaError
 from orca.executors import Executor
 from orca.hashing import (
     digests_hex,
@@ -72,11 +74,13 @@ from orca.names import (
     RUN_ID,
     SYSTEM_TAGS,
     UPSTREAM_KEY,
+    results_schema,
     source_column,
 )
 from orca.pods import FunctionPod, result_record_ids, result_references
 from orca.stores import Store
 from orca.streams import Stream
+from orca.types import accepts, storable_table, storable_type
 
 __all__ = ["NodeSpec", "RunOptions", "Status", "NodeRun", "Counts", "read_status", "run", "current_status",
            "output_frame", "new_run_id", "shard_filter"]
@@ -351,6 +355,16 @@ def attach_results(spec: NodeSpec, entries: pl.DataFrame, columns: list[str],
     return joined.drop(_POSITION)
 
 
+def failed_packets(spec: NodeSpec) -> pl.Series:
+    """Keys of the packets this function has failed on (any run); reads ``failures``."""
+    failures = spec.store.scan(FAILURES)
+    if failures is None:
+        return pl.Series(KEY, [], dtype=pl.UInt128)
+    hashes = failures.filter(pl.col("function_hash") == spec.pod.identity.hash).select(
+        pl.col("packet_hash").cast(pl.String)).unique().collect().to_series()
+    return hash_keys(hashes).alias(KEY)
+
+
 def output_frame(spec: NodeSpec, status: Status) -> pl.DataFrame:
     """The node's output: tags, system tags, outputs and ``__hash_key`` of the done entries, in
     input order (the output stream derives ``__source__`` references from the key)."""
@@ -381,22 +395,25 @@ def current_status(spec: NodeSpec) -> Status:
 
 # -- running --------------------------------------------------------------------------------
 def run(spec: NodeSpec, options: RunOptions, *, status: Status | None = None, upstream: Status | None = None,
-        progress: Callable[[Counts], None] | None = None,
+        skip: pl.Series | None = None, progress: Callable[[Counts], None] | None = None,
         total: Callable[[int, int], None] | None = None) -> NodeRun:
     """Bring ``spec`` up to date (see the module docs); returns what the run did.
 
     ``status``: read already (two-phase iteration serves its done entries first); else read now,
-    with ``upstream`` as for :func:`read_status`. ``progress`` is called with the running counts
-    as work completes; ``total`` once with (entries in this run, entries already done).
+    with ``upstream`` as for :func:`read_status`. ``skip``: a mask over the entries, those left
+    alone. ``progress`` is called with the running counts as work completes; ``total`` once with
+    (entries in this run, entries already done).
     """
     status = status if status is not None else read_status(spec, upstream)
     novel = status.entries.with_columns(status.found[HIT], status.found[DONE]).with_row_index(INPUT_ROW)
-    novel = novel.filter(~pl.col(DONE))
+    novel = novel.filter(~pl.col(DONE) if skip is None else ~pl.col(DONE) & ~skip)
     if options.shard is not None:
         # Shard by tags + system tags, which pods pass through unchanged: a row falls in the
         # same shard in every node of a chain, so each shard finds its upstream rows done.
         key = hash_packets(novel.select(*spec.input.tag_columns, *spec.input.system_tag_columns).to_arrow())
         novel = novel.with_columns(pl.Series(_SHARD_KEY, key)).filter(shard_filter(options.shard)).drop(_SHARD_KEY)
+    if novel.height:
+        check_tables(spec)  # before any work: a conflict would otherwise surface at the first commit
     work = _Work(spec, options, Counts(cached=status.done))
     if total is not None:
         total(work.counts.cached + novel.height, work.counts.cached)
@@ -413,6 +430,42 @@ def run(spec: NodeSpec, options: RunOptions, *, status: Status | None = None, up
         after = dataclasses.replace(after, versions=table_versions(spec))
         _latest[spec] = after
     return NodeRun(spec.label, work.counts, after)
+
+
+def provenance_schema(spec: NodeSpec) -> pa.Schema:
+    """The columns of the node's provenance table (see ``docs/stores.md``)."""
+    full = spec.input.full_schema
+    tags = [full.field(t).with_type(storable_type(full.field(t).type, t)).remove_metadata()
+            for t in spec.input.tag_columns]
+    sources = [source_column(p) for p in spec.pod.parameters if source_column(p) in full.names]
+    return pa.schema([*tags, (SYSTEM_TAGS, pa.large_string()), (ENTRY_ID, pa.large_string()),
+                      (PACKET_HASH, pa.large_string()), (RECORD_ID, pa.large_string()),
+                      *((c, pa.large_string()) for c in sources),
+                      (RUN_ID, pa.large_string()), (RECORDED_AT, pa.timestamp("us", tz="UTC"))])
+
+
+def check_tables(spec: NodeSpec) -> None:
+    """Refuse, before computing, to write rows a node's existing tables cannot take: e.g. the same
+    pipeline name and label over another graph (a tag renamed, retyped or added)."""
+    tables = [(spec.results_table, results_schema(spec.pod.output_fields), "results")]
+    if spec.provenance_table is not None:
+        tables.append((spec.provenance_table, provenance_schema(spec), "provenance"))
+    for name, expected, what in tables:
+        raw = spec.store.scan(name, include_invalidated=True)
+        if raw is None:
+            continue
+        have = arrow_schema_of(raw.collect_schema())
+        names = [n for n in have.names if n != INVALIDATED_AT]
+        missing = [n for n in expected.names if n not in names]
+        extra = [n for n in names if n not in expected.names]
+        retyped = [f"{f.name} ({have.field(f.name).type} vs {f.type})" for f in expected
+                   if f.name in names and not accepts(have.field(f.name).type, f.type)]
+        if missing or extra or retyped:
+            fix = ("use another pipeline name or label=, or remove the old table (orca rm PIPELINE)"
+                   if what == "provenance" else "the table may be damaged or foreign: restore or remove it")
+            raise SchemaError(
+                f"node {spec.label or spec.pod.name!r}: its {what} table {spec.store.uri(name)} holds other "
+                f"columns than this run writes (missing {missing}, unexpected {extra}, other types {retyped}); {fix}")
 
 
 def drive(store: Store, steps: Iterator[None], on_step: Callable[[], None] | None = None) -> None:
@@ -577,7 +630,11 @@ class _Work:
             pl.lit(self.options.run_id).alias(RUN_ID),
             pl.lit(utc_now()).dt.cast_time_unit("us").alias(RECORDED_AT),
         )
-        spec.store.append(spec.provenance_table, table.to_arrow(), key=[ENTRY_ID], refers_to=spec.results_table)
+        try:  # operators can make tag types Delta cannot hold (UInt32 from pl.len(), ns datetimes)
+            arrow = storable_table(table.to_arrow())
+        except SchemaError as exc:
+            raise SchemaError(f"node {spec.label!r}: {exc}") from exc
+        spec.store.append(spec.provenance_table, arrow, key=[ENTRY_ID], refers_to=spec.results_table)
 
     def _record_failures(self, failed: pl.DataFrame, todo: pl.DataFrame) -> None:
         """Append one ``failures`` row per entry whose packet failed."""

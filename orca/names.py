@@ -56,7 +56,7 @@ INPUT_ROW = "__input_row"  # an entry's row in the node's input
 UPSTREAM_KEY = "__upstream_key"  # the upstream node's packet key of each input row
 
 _TIME = pa.timestamp("us", tz="UTC")
-_NAME_OK = re.compile(r"^[A-Za-z0-9_\-.]+$")
+LABEL_OK = re.compile(r"^[A-Za-z0-9_\-.]+$")
 
 
 def results_table(function: str, function_hash: str) -> str:
@@ -82,7 +82,7 @@ def check_label(kind: str, value: object) -> str:
     ...
     orca.errors.SchemaError: pipeline name 'a b' may hold only letters, digits, '_', '-' and '.'
     """
-    if not isinstance(value, str) or not _NAME_OK.match(value):
+    if not isinstance(value, str) or not LABEL_OK.match(value):
         raise SchemaError(f"{kind} name {value!r} may hold only letters, digits, '_', '-' and '.'")
     return value
 

@@ -43,6 +43,8 @@ from orca.names import (
     DURATION,
     ENTRY_ID,
     FUNCTION_HASH,
+    KEY,
+    LABEL_OK,
     PACKET_HASH,
     RUN_ID,
     check_label,
@@ -52,7 +54,15 @@ from orca.pods import FunctionPod
 from orca.stores import Store, default_store
 from orca.streams import Stream
 
-__all__ = ["FunctionNode", "shard_filter"]
+__all__ = ["FunctionNode", "default_label", "shard_filter"]
+
+
+def default_label(pod: FunctionPod) -> str:
+    """A node's label when none is given: the function's name, which must be a valid label."""
+    if not LABEL_OK.match(pod.name):  # e.g. a lambda
+        raise PodError(f"function {pod.name!r} cannot name a pipeline node (names hold letters, digits, "
+                       "'_', '-' and '.'): pass name= to function_pod, e.g. name='scale'")
+    return pod.name
 
 
 class FunctionNode:
@@ -86,7 +96,7 @@ class FunctionNode:
             raise PodError(f"FunctionNode {label or cached.pod.name!r} needs a Stream as input (e.g. a source), "
                            f"got {type(input_stream).__name__}")
         cached.pod.check_input(input_stream)
-        self.label = check_label("node", label or cached.pod.name)
+        self.label = check_label("node", label) if label is not None else default_label(cached.pod)
         self.pipeline = check_label("pipeline", pipeline)
         self.cached = cached
         self.pod = cached.pod
@@ -132,10 +142,13 @@ class FunctionNode:
 
     # -- reading ----------------------------------------------------------------------------
     def __iter__(self) -> Iterator[tuple[Mapping[str, Any], Mapping[str, Any]]]:
-        """Two-phase iteration: rows already computed for this input at once, then the novel ones."""
+        """Two-phase iteration: rows already computed for this input at once, then the novel ones
+        (computed now, except entries whose packet failed before: :meth:`run` retries those)."""
         status = engine.read_status(self.spec)
         yield from self._rows(status.found.filter(pl.col(DONE)))
-        after = engine.run(self.spec, self.cached.options(), status=status).status
+        # Reading does not retry what failed before (``run()`` does): such entries are left out.
+        failed = status.found[KEY].is_in(engine.failed_packets(self.spec).implode())
+        after = engine.run(self.spec, self.cached.options(), status=status, skip=failed).status
         novel = ~status.found[DONE]
         yield from self._rows(after.found.filter(novel & after.found[DONE]))
 

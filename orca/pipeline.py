@@ -31,11 +31,11 @@ from tqdm.auto import tqdm
 
 from orca import _context, engine
 from orca.cache import CachedFunctionPod
-from orca.engine import Counts, NodeRun, RunOptions, new_run_id, utc_now
+from orca.engine import Counts, NodeRun, NodeSpec, RunOptions, new_run_id, utc_now
 from orca.errors import ExecutorError, OrcaError
 from orca.executors import Executor
 from orca.names import FAILURES, RUN_ID, RUNS, RUNS_SCHEMA, check_label
-from orca.nodes import FunctionNode
+from orca.nodes import FunctionNode, default_label
 from orca.plan import Plan, plan_nodes
 from orca.pods import FunctionPod
 from orca.stores import DeltaStore, Store, default_store
@@ -178,11 +178,16 @@ class Pipeline:
         """Record a pod or operator applied inside ``with pipeline:`` as a node (see
         :class:`orca._context.Recorder`); returns the stream downstream code should use."""
         producer, inputs, output = application.producer, application.inputs, application.output
+        mine = {node.spec for node in self.function_nodes.values()}
+        foreign = [s.producer.label for s in inputs if isinstance(s.producer, NodeSpec) and s.producer not in mine]
+        if foreign:
+            raise OrcaError(f"pipeline {self.name!r}: an input comes from node(s) {foreign} of another pipeline; "
+                            "build connected nodes inside one `with pipeline:` block")
         if isinstance(producer, FunctionPod | CachedFunctionPod):
             # Everything a pipeline records lives in its store; a cached pod keeps its other options.
             pod = (producer.with_options(store=self.store) if isinstance(producer, CachedFunctionPod)
                    else producer.cached(self.store))
-            node = FunctionNode(pod, inputs[0], pipeline=self.name, label=self._label(pod.pod.name))
+            node = FunctionNode(pod, inputs[0], pipeline=self.name, label=self._label(default_label(pod.pod)))
             self.nodes[node.label] = node
             return node.output
         label = self._label(type(producer).__name__.lower())
@@ -224,6 +229,11 @@ class Pipeline:
         """
         if executor is not None and not callable(getattr(executor, "map_chunks", None)):
             raise ExecutorError(f"executor must be an orca executor (e.g. orca.ThreadExecutor()), got {executor!r}")
+        if not self.function_nodes:
+            raise OrcaError(f"pipeline {self.name!r} has no function nodes to run: apply pods to streams "
+                            f"inside `with pipeline:` (pods applied outside it are not recorded)")
+        if run_id is not None:
+            self._check_new_run_id(run_id)
         run_id = run_id or new_run_id()
         # Every node's options, validated before any I/O.
         options = {label: node.cached.options(run_id, executor=executor, on_error=on_error, retries=retries,
@@ -278,6 +288,12 @@ class Pipeline:
         Computes nothing and writes nothing: it hashes each node's input and reads its tables.
         """
         return plan_nodes(self.name, {label: node.spec for label, node in self.function_nodes.items()})
+
+    def _check_new_run_id(self, run_id: str) -> None:
+        runs = self.store.scan(RUNS)
+        if runs is not None and runs.filter(pl.col("run_id") == run_id).select(pl.len()).collect().item():
+            raise OrcaError(f"run id {run_id!r} was already used in store {self.store.location!r}; "
+                            "give each run a new id (orca.new_run_id())")
 
     def _failures(self, run_id: str) -> pl.DataFrame:
         failures = self.store.scan(FAILURES)

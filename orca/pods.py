@@ -48,7 +48,7 @@ from orca.hashing import (
 from orca.identity import FunctionIdentity, function_identity
 from orca.names import KEY, results_table, source_column
 from orca.streams import Stream
-from orca.types import arrow_field
+from orca.types import accepts, arrow_field
 
 __all__ = ["function_pod", "FunctionPod", "FunctionIdentity", "apply_pod"]
 
@@ -155,7 +155,8 @@ class FunctionPod:
 
     # -- applying to streams --------------------------------------------------------------
     def check_input(self, stream: Stream) -> None:
-        """Every parameter without a default must name a packet column of ``stream``."""
+        """Every parameter without a default must name a packet column of ``stream`` whose type
+        the parameter's annotation can take."""
         clash = [k for k in self.output_keys if k in stream.tag_columns]
         if clash:
             raise PodError(f"function {self.name!r}: output key(s) {clash} are tag columns of the input stream")
@@ -163,6 +164,12 @@ class FunctionPod:
         if missing:
             raise PodError(f"function {self.name!r} reads packet column(s) {missing} that the input stream lacks; "
                            f"its packet columns are {list(stream.packet_columns)}")
+        schema = stream.full_schema
+        for name, field in self.input_fields.items():
+            if name in stream.packet_columns and not accepts(field.type, schema.field(name).type):
+                raise PodError(f"function {self.name!r}: parameter {name!r} is annotated "
+                               f"{_annotation_name(self.parameters[name])} ({field.type}) but packet column "
+                               f"{name!r} holds {schema.field(name).type}")
 
     @property
     def path_outputs(self) -> list[str]:
@@ -251,12 +258,20 @@ def function_pod(
     """
 
     def decorate(function: Callable) -> Callable:
+        if inspect.ismethod(function):  # a bound method takes no new attributes
+            raise PodError(f"cannot decorate the bound method {function.__qualname__!r} (a method object "
+                           f"takes no .pod attribute); build the pod with orca.FunctionPod(obj.method, "
+                           f"output_keys=...) instead")
         function.pod = FunctionPod(function, output_keys=output_keys, version=version, name=name,
                                    code_hash=code_hash, input_types=input_types, output_types=output_types,
                                    deps=deps)
         return function
 
     return decorate
+
+
+def _annotation_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation)
 
 
 def apply_pod(producer: Any, pod: FunctionPod, streams: Sequence[Stream],

@@ -407,3 +407,40 @@ def to_arrow_array(values: list, field: pa.Field, failed: Sequence[bool] | None 
         err = SchemaError(f"output {field.name!r}: {exc}")
         err.row = None  # no single value is at fault: the whole column is
         raise err from exc
+
+
+def type_kind(t: pa.DataType) -> str:
+    """A coarse kind of Arrow type: values of one kind convert to another type of that kind."""
+    checks = [("null", pa.types.is_null), ("bool", pa.types.is_boolean), ("int", pa.types.is_integer),
+              ("float", pa.types.is_floating), ("decimal", pa.types.is_decimal),
+              ("string", lambda x: pa.types.is_string(x) or pa.types.is_large_string(x) or pa.types.is_string_view(x)),
+              ("binary", lambda x: pa.types.is_binary(x) or pa.types.is_large_binary(x)
+               or pa.types.is_fixed_size_binary(x) or pa.types.is_binary_view(x)),
+              ("date", pa.types.is_date), ("timestamp", pa.types.is_timestamp),
+              ("list", lambda x: pa.types.is_list(x) or pa.types.is_large_list(x) or pa.types.is_fixed_size_list(x)
+               or pa.types.is_list_view(x)),
+              ("struct", pa.types.is_struct)]
+    if pa.types.is_dictionary(t):
+        return type_kind(t.value_type)
+    return next((name for name, check in checks if check(t)), str(t))
+
+
+def accepts(declared: pa.DataType, actual: pa.DataType) -> bool:
+    """Whether a parameter declared as ``declared`` can take a column of type ``actual``:
+    same kind (an int column for a float parameter too), recursively for lists and structs;
+    an all-null column fits anything.
+
+    >>> accepts(pa.float64(), pa.int32()), accepts(pa.int64(), pa.large_string())
+    (True, False)
+    """
+    have, want = type_kind(actual), type_kind(declared)
+    if have == "null" or have == want and want not in ("list", "struct"):
+        return True
+    if (have, want) in (("int", "float"), ("int", "decimal")):
+        return True
+    if have == want == "list":
+        return accepts(declared.value_type, actual.value_type)
+    if have == want == "struct":
+        fields = {f.name: f.type for f in actual}
+        return all(f.name in fields and accepts(f.type, fields[f.name]) for f in declared)
+    return False
