@@ -70,7 +70,8 @@ def test_ls(demo_store: pathlib.Path) -> None:
     listing = as_json("ls", store=demo_store)
     assert listing["pipelines"] == [{"pipeline": "demo", "nodes": ["inc", "check"], "runs": 1, "last_run": "failed"}]
     tables = {t["name"]: t for t in listing["tables"]}
-    assert tables["pipelines/demo/inc"]["rows"] == 6 and tables["pipelines/demo/check"]["rows"] == 5
+    assert tables["pipelines/demo/inc"]["rows"] == 7 and tables["pipelines/demo/check"]["rows"] == 6
+    assert next(t["rows"] for n, t in tables.items() if n.startswith("results/inc/")) == 6  # k=0, k=6 share one
     assert {n.split("/")[1] for n in tables if n.startswith("results/")} == {"inc", "check", "triple"}
     assert all(t["bytes"] > 0 for t in tables.values())
     text = orca_cli("ls", env={"ORCA_STORE": str(demo_store)}).stdout  # the store from $ORCA_STORE
@@ -81,11 +82,13 @@ def test_show(demo_store: pathlib.Path) -> None:
     text = orca_cli("show", "demo", store=demo_store).stdout
     assert "last run" in text and "failed" in text
     check_line = next(line for line in text.splitlines() if line.startswith("check"))
-    assert check_line.split() == ["check", "pipelines/demo/check", "5", "5", "6", "0", "5", "1", "failed"]
-    shown = as_json("show", "demo", "check", "--limit", "3", store=demo_store)
-    entries = shown["recorded_entries"]
-    assert len(entries) == 3 and all(set(e) == {"k", "group", "ok", "__recorded_at", "__run_id"} for e in entries)
-    assert all(e["ok"] == (e["k"] % 2 == 1) for e in entries)  # outputs joined to the right entry
+    assert check_line.split() == ["check", "pipelines/demo/check", "6", "6", "7", "0", "6", "1", "failed"]
+    entries = as_json("show", "demo", "check", store=demo_store)["recorded_entries"]
+    assert all(set(e) == {"k", "group", "ok", "__recorded_at", "__run_id"} for e in entries)
+    # one row per entry -- k=0 and k=6 share a packet, a result and a record id -- with its output
+    assert sorted(e["k"] for e in entries) == [0, 1, 3, 4, 5, 6]
+    assert all(e["ok"] == (e["k"] in (1, 3, 5)) for e in entries)
+    assert len(as_json("show", "demo", "check", "--limit", "2", store=demo_store)["recorded_entries"]) == 2
     one_line_error(orca_cli("show", "nope", store=demo_store, check=None), "unknown pipeline 'nope'", "demo")
     one_line_error(orca_cli("show", "demo", "nope", store=demo_store, check=None), "no node 'nope'", "inc, check")
 
@@ -94,7 +97,7 @@ def test_runs(demo_store: pathlib.Path, tmp_path: pathlib.Path) -> None:
     (run,) = as_json("runs", "demo", store=demo_store)
     assert run["status"] == "failed" and run["pipeline"] == "demo" and run["duration_s"] > 0
     assert [(n["node"], n["total"], n["computed"], n["failed"]) for n in run["nodes"]] == [
-        ("inc", 6, 6, 0), ("check", 6, 5, 1)]
+        ("inc", 7, 7, 0), ("check", 7, 6, 1)]
     one_line_error(orca_cli("runs", "nope", store=demo_store, check=None), "unknown pipeline 'nope'")
 
     # A runs table with the columns it may gain (environment, heartbeat_at): a run silent for
@@ -134,14 +137,15 @@ def test_failures(store_copy: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> 
 def test_invalidate(store_copy: pathlib.Path) -> None:
     dry = as_json("invalidate", "demo", "inc", "--where", "k >= 4 AND \"group\" = 'b'", "--dry-run",
                   store=store_copy)
-    assert dry["entries"] == 2 and list(dry["results"].values()) == [2]
+    assert dry["entries"] == 3 and list(dry["results"].values()) == [3]
     store = orca.DeltaStore(store_copy)
     (results,) = store.tables("results/inc/")
-    assert live_keys(store, "pipelines/demo/inc") == 6  # a dry run changes nothing
+    assert live_keys(store, "pipelines/demo/inc") == 7  # a dry run changes nothing
 
     text = orca_cli("invalidate", "demo", "inc", "--where", "k >= 4", store=store_copy).stdout
-    assert "invalidated 2 entries of pipelines/demo/inc" in text
-    assert live_keys(store, "pipelines/demo/inc") == 4 and live_keys(store, results) == 4
+    assert "invalidated 3 entries of pipelines/demo/inc" in text
+    # k=6's result is k=0's too: invalidated for both (as pipeline.invalidate does)
+    assert live_keys(store, "pipelines/demo/inc") == 4 and live_keys(store, results) == 3
     assert store.scan("pipelines/demo/inc").filter(pl.col("k") >= 4).collect().height == 0
 
     one_line_error(orca_cli("invalidate", "demo", "inc", "--where", "x = 1", store=store_copy, check=None),
@@ -182,7 +186,7 @@ def test_maintain(store_copy: pathlib.Path) -> None:
     assert not (store_copy / "results" / "triple").exists()
     assert len(list((store_copy / "runs").glob("*.parquet"))) == 1  # compacted, old files vacuumed
     shown = as_json("show", "demo", "check", store=store_copy)  # what pipelines use is intact
-    assert len(shown["recorded_entries"]) == 5
+    assert len(shown["recorded_entries"]) == 6
     assert cli_demo.run(str(store_copy)).counts["inc"].computed == 0
 
 

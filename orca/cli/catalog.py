@@ -25,6 +25,7 @@ from orca.cli._common import (
 )
 from orca.cli.history import run_summaries
 from orca.names import (
+    ENTRY_ID,
     FUNCTION_HASH,
     INVALIDATED_AT,
     PACKET_HASH,
@@ -97,11 +98,10 @@ def show(state: State, pipeline: str, node: str | None, limit: int) -> None:
     if node is not None:
         if node not in nodes:
             raise CliError(f"pipeline {pipeline!r} has no node {node!r}; nodes: {', '.join(nodes)}")
-        title, head = HEAD
+        title, caveat, head = HEAD
         frame = head(store, pipeline, node, limit)
         payload[title.replace(" ", "_")] = frame.to_dicts()
-        text += ["", f"{node}: {title} (latest {limit}, newest first; recorded history, not the exact "
-                     "current output)", _frame_text(frame)]
+        text += ["", f"{node}: {title} (latest {limit}, newest first; {caveat})", _frame_text(frame)]
     state.emit(payload, "\n".join(text))
 
 
@@ -116,9 +116,10 @@ def recorded_entries(store: DeltaStore, pipeline: str, node: str, limit: int) ->
     raw = store.scan(table, include_invalidated=True)
     tags = tag_columns(raw)
     latest = (raw.filter(pl.col(INVALIDATED_AT).is_null())
-              .select(*tags, PACKET_HASH, RECORD_ID, RECORDED_AT, RUN_ID)
+              .select(*tags, ENTRY_ID, PACKET_HASH, RECORD_ID, RECORDED_AT, RUN_ID)
               .top_k(limit, by=RECORDED_AT)
-              .unique(RECORD_ID, keep="first", maintain_order=True))
+              # a duplicate row of one entry (two racing writers) shows once
+              .unique(ENTRY_ID, keep="first", maintain_order=True))
     rows = function_hashes(latest)
     tables = results_tables(store)
     parts = []
@@ -136,7 +137,7 @@ def recorded_entries(store: DeltaStore, pipeline: str, node: str, limit: int) ->
 
 # The source of ``orca show PIPELINE NODE``'s head, with its honest label. When the assets
 # table (``assets/<pipeline>/<node>``, the node's exact current output) exists, point this at it.
-HEAD = ("recorded entries", recorded_entries)
+HEAD = ("recorded entries", "recorded history, not the exact current output", recorded_entries)
 
 
 def _frame_text(frame: pl.DataFrame) -> str:

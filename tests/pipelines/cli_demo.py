@@ -1,6 +1,7 @@
 """The store the CLI tests read: ``python -m tests.pipelines.cli_demo STORE [--bare]``.
 
-Pipeline ``demo``: six rows tagged ``k`` (with a ``group`` tag) go through ``inc`` (x + 1) and
+Pipeline ``demo``: seven rows tagged ``k`` (with a ``group`` tag; ``k=6`` has ``k=0``'s packet)
+go through ``inc`` (x + 1) and
 then ``check``, which fails for ``y == 3`` (``on_error="continue"``), so the run is ``failed``
 with one failure row -- unless ``CLI_DEMO_FIXED`` is set (same code hash, so a rerun with it
 records the failed entry). ``--bare`` also runs the cached pod ``triple`` on its own, outside any
@@ -35,6 +36,7 @@ def triple(x: int) -> int:
 
 def source() -> orca.Source:
     rows = [{"k": k, "group": "a" if k < 3 else "b", "x": k} for k in range(6)]
+    rows.append({"k": 6, "group": "b", "x": 0})  # k=0's packet again: one result, two entries
     return orca.DictSource(rows, tags=["k", "group"], source_id="numbers")
 
 
