@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import pickle
 import subprocess
 import sys
 import warnings
@@ -61,6 +62,12 @@ def test_explain_lists_every_input_with_stable_keys():
     assert helper.module == "tests.pipelines.identity_golden" and len(helper.hash) == 32
     assert explanation.as_dicts()[0].keys() == {"kind", "name", "module", "hash", "detail"}
     assert "helper" in str(explanation) and helper.hash[:12] in str(explanation)
+
+
+def test_an_identity_pickles_with_its_resolved_parts():
+    identity = identity_golden.transitive.pod.identity
+    copy = pickle.loads(pickle.dumps(identity))
+    assert copy == identity and copy.explain() == identity.explain() and copy.code_hash == identity.code_hash
 
 
 # -- lambdas -------------------------------------------------------------------------------
