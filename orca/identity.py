@@ -285,7 +285,7 @@ class _Walk:
         self.root, self.bound = _unbind(function)
         self.root_package = (getattr(self.root, "__module__", None) or "").partition(".")[0]
         self.parts: dict[tuple[str, str, str | None], IdentityPart] = {}
-        self.seen: set[int] = set()
+        self.seen: set[Any] = set()
         self.keep: list[Any] = []  # keeps walked objects alive so their ids stay unique
 
     def run(self) -> list[IdentityPart]:
@@ -301,12 +301,14 @@ class _Walk:
         while key in self.parts and self.parts[key].hash != part.hash:
             n += 1
             key = (part.kind, f"{part.name}#{n}", part.module)
-        self.parts[key] = dataclasses.replace(part, name=key[1])
+        self.parts[key] = part if n == 1 else dataclasses.replace(part, name=key[1])
 
     def once(self, obj: Any) -> bool:
-        if id(obj) in self.seen:
+        """True the first time ``obj`` (or a key tuple) is met in this walk."""
+        mark = obj if isinstance(obj, tuple) else id(obj)
+        if mark in self.seen:
             return False
-        self.seen.add(id(obj))
+        self.seen.add(mark)
         self.keep.append(obj)
         return True
 
@@ -390,6 +392,9 @@ class _Walk:
             self.cls(type(value))  # an instance of a user class: its methods may run
         elif callable(value) and hasattr(value, "__name__"):  # a library function, ufunc, builtin
             return
+        if not self.once((kind, key, module, id(value))):  # read by several functions: hash once
+            return
+        self.keep.append(value)  # its id is in the mark
         try:
             digest = _hash_value(value, self.refer)
         except Unencodable as exc:
