@@ -175,6 +175,22 @@ def test_unrelated_edits_comments_and_docstrings_keep_the_identity(tmp_path, cha
     assert before.step.pod.identity.hash == after.step.pod.identity.hash
 
 
+def test_helpers_defined_below_the_pod_are_seen(tmp_path):
+    def build(n, k):
+        return load(tmp_path, f"identity_below_{n}", f"""
+            import orca
+
+            @orca.function_pod(output_keys="y")
+            def f(x: int) -> int:
+                return later(x)
+
+            def later(v):
+                return v + {k}
+        """).f.pod.identity
+
+    assert build(0, 1).explain().changed(build(1, 2).explain()) == [("function", "later")]
+
+
 def test_code_hash_false_ignores_code_but_not_deps(tmp_path):
     def identity(fn, deps=()):
         return function_identity(fn, name="f", version="1", code_hash=False, output_fields=[], deps=deps)
