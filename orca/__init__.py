@@ -17,9 +17,10 @@ from orca.executors import InProcessExecutor, ProcessExecutor, RayExecutor, Thre
 from orca.hashing import hash_file, hash_packet, hash_packets
 from orca.identity import FunctionIdentity
 from orca.nodes import FunctionNode
-from orca.pipeline import OperatorNode, Pipeline, RunHandle, RunResult
+from orca.pipeline import OperatorNode, Pipeline, RunResult
 from orca.plan import NodePlan, Plan
 from orca.pods import FunctionPod, function_pod
+from orca.runs import RunHandle
 from orca.sources import (
     ArrowSource,
     CSVSource,

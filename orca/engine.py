@@ -39,6 +39,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from orca import assets
 from orca._operator import arrow_schema_of
 from orca.calls import failed_for_tag, input_packets, run_chunk
 from orca.errors import SchemaError
@@ -116,8 +117,9 @@ class Counts:
 class NodeSpec:
     """What the engine runs: ``pod`` over ``input`` into ``store``.
 
-    A node records provenance in ``provenance_table`` and identifies its entries with
-    ``identity``; a cached pod used alone has neither (its entries are its packets).
+    A node records provenance in ``provenance_table``, identifies its entries with ``identity``
+    and materialises its output in ``asset_table``; a cached pod used alone has none of them
+    (its entries are its packets).
     """
 
     pod: FunctionPod
@@ -126,6 +128,7 @@ class NodeSpec:
     label: str | None = None
     provenance_table: str | None = None
     identity: str | None = None
+    asset_table: str | None = None
 
     @property
     def results_table(self) -> str:
@@ -216,6 +219,7 @@ class NodeRun:
     label: str | None
     counts: Counts
     status: Status | None
+    asset_version: int | None = None  # the asset table's version this run made (None: unchanged)
 
 
 # -- status ---------------------------------------------------------------------------------
@@ -315,7 +319,8 @@ def recorded_entries(spec: NodeSpec) -> pl.Series | None:
     prov = spec.store.scan(spec.provenance_table, include_invalidated=True)
     if prov is None:
         return None
-    ids = prov.filter(pl.col(INVALIDATED_AT).is_null()).select(ENTRY_ID).collect().to_series()
+    ids = spec.store.collect(spec.provenance_table, prov.filter(pl.col(INVALIDATED_AT).is_null()).select(ENTRY_ID))
+    ids = ids.to_series()
     return hash_keys(ids.cast(pl.String)).alias(ENTRY_KEY)
 
 
@@ -324,7 +329,8 @@ def results_index(spec: NodeSpec, columns: list[str]) -> pl.DataFrame | None:
     raw = spec.store.scan(spec.results_table, include_invalidated=True)
     if raw is None:
         return None
-    results = raw.filter(pl.col(INVALIDATED_AT).is_null()).select(PACKET_HASH, *columns, pl.lit(True).alias(HIT)).collect()
+    results = spec.store.collect(spec.results_table, raw.filter(pl.col(INVALIDATED_AT).is_null()).select(
+        PACKET_HASH, *columns, pl.lit(True).alias(HIT)))
     return results.with_columns(hash_keys(results[PACKET_HASH])).drop(PACKET_HASH)
 
 
@@ -360,8 +366,8 @@ def failed_packets(spec: NodeSpec) -> pl.Series:
     failures = spec.store.scan(FAILURES)
     if failures is None:
         return pl.Series(KEY, [], dtype=pl.UInt128)
-    hashes = failures.filter(pl.col("function_hash") == spec.pod.identity.hash).select(
-        pl.col("packet_hash").cast(pl.String)).unique().collect().to_series()
+    hashes = spec.store.collect(FAILURES, failures.filter(pl.col("function_hash") == spec.pod.identity.hash).select(
+        pl.col("packet_hash").cast(pl.String)).unique()).to_series()
     return hash_keys(hashes).alias(KEY)
 
 
@@ -429,7 +435,28 @@ def run(spec: NodeSpec, options: RunOptions, *, status: Status | None = None, up
     if after is not None:
         after = dataclasses.replace(after, versions=table_versions(spec))
         _latest[spec] = after
-    return NodeRun(spec.label, work.counts, after)
+    version = None
+    if spec.asset_table is not None:  # 7. materialise: a sharded run writes what all shards did so far
+        asset_status = after if after is not None else read_status(spec, upstream)
+        version = _materialise(spec, asset_status, work, options.run_id).version
+    return NodeRun(spec.label, work.counts, after, version)
+
+
+def asset_rows(spec: NodeSpec, status: Status) -> pl.DataFrame:
+    """The asset rows of ``status``: tags, outputs, entry and record ids of the done entries."""
+    done = status.found.filter(pl.col(DONE))
+    digests = key_digests(done[KEY])
+    return done.select(*spec.input.tag_columns, *spec.pod.output_keys).with_columns(
+        entry_ids(done), pl.Series(RECORD_ID, result_record_ids(spec.pod.identity.hash, digests)))
+
+
+def _materialise(spec: NodeSpec, status: Status, work: _Work, run_id: str) -> assets.Materialisation:
+    rows = asset_rows(spec, status)
+    recorded = np.zeros(status.found.height, bool)
+    for positions in work.recorded:
+        recorded[positions.to_numpy()] = True
+    changed = entry_ids(status.found.filter(pl.Series(recorded) & status.found[DONE]))
+    return assets.materialise(spec.store, spec.asset_table, rows, changed, run_id, spec.pod.identity.hash)
 
 
 def provenance_schema(spec: NodeSpec) -> pa.Schema:

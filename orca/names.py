@@ -69,6 +69,11 @@ def provenance_table(pipeline: str, label: str) -> str:
     return f"pipelines/{pipeline}/{label}"
 
 
+def asset_table(pipeline: str, label: str) -> str:
+    """``assets/<pipeline>/<label>``: a node's current output, one row per current entry."""
+    return f"assets/{pipeline}/{label}"
+
+
 def source_column(packet_column: str) -> str:
     """Name of the source-info column for ``packet_column``."""
     return SOURCE_PREFIX + packet_column
@@ -122,4 +127,5 @@ RUNS_SCHEMA = pa.schema([
     ("event", pa.large_string()), ("status", pa.large_string()), ("node", pa.large_string()),
     ("total", pa.int64()), ("cached", pa.int64()), ("computed", pa.int64()), ("failed", pa.int64()),
     ("started_at", _TIME), ("at", _TIME),
+    ("asset_version", pa.int64()), ("environment", pa.large_string()),
 ])

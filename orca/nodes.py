@@ -47,6 +47,7 @@ from orca.names import (
     LABEL_OK,
     PACKET_HASH,
     RUN_ID,
+    asset_table,
     check_label,
     provenance_table,
 )
@@ -103,7 +104,7 @@ class FunctionNode:
         self.input = input_stream
         identity = hash_bytes(f"node\x00{self.pod.identity.hash}\x00{input_stream.identity}".encode())
         self.spec = NodeSpec(self.pod, input_stream, cached.store, self.label,
-                             provenance_table(pipeline, self.label), identity)
+                             provenance_table(pipeline, self.label), identity, asset_table(pipeline, self.label))
         self.output = self.pod.output_stream(input_stream, self._output, producer=self.spec)
 
     @property

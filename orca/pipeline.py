@@ -21,27 +21,29 @@ the order they were recorded, which is a dependency order -- and :meth:`Pipeline
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 from typing import Any, Literal
 
 import polars as pl
-import pyarrow as pa
-import pydantic
 from tqdm.auto import tqdm
 
-from orca import _context, engine
+from orca import _context, assets, engine
 from orca.cache import CachedFunctionPod
-from orca.engine import Counts, NodeRun, NodeSpec, RunOptions, new_run_id, utc_now
+from orca.engine import Counts, NodeRun, NodeSpec, RunOptions, new_run_id
 from orca.errors import ExecutorError, OrcaError
 from orca.executors import Executor
-from orca.names import FAILURES, RUN_ID, RUNS, RUNS_SCHEMA, check_label
+from orca.hashing import hash_packets
+from orca.names import FAILURES, RUNS, asset_table, check_label
 from orca.nodes import FunctionNode, default_label
 from orca.plan import Plan, plan_nodes
 from orca.pods import FunctionPod
-from orca.stores import DeltaStore, Store, default_store
+from orca.runs import RunHandle, RunLog
+from orca.stores import Store, default_store
 from orca.streams import Stream
+from orca.types import storable_table
 
-__all__ = ["Pipeline", "OperatorNode", "RunResult", "RunHandle"]
+__all__ = ["Pipeline", "OperatorNode", "RunResult"]
 Status = Literal["running", "succeeded", "failed", "interrupted"]
 
 
@@ -57,68 +59,6 @@ class OperatorNode:
     @property
     def identity(self) -> str:
         return self.output.identity
-
-
-class RunHandle(pydantic.BaseModel):
-    """Where to find a run: serialise it with ``to_json()``, poll it from any process.
-
-    >>> h = RunHandle(run_id="r1", pipeline="p", store="/tmp/s", nodes={"f": "pipelines/p/f"})
-    >>> RunHandle.from_json(h.to_json()) == h
-    True
-    """
-
-    run_id: str
-    pipeline: str
-    store: str
-    nodes: dict[str, str]  # label -> provenance table
-    _store: Any = pydantic.PrivateAttr(default=None)
-
-    def to_json(self) -> str:
-        return self.model_dump_json()
-
-    @classmethod
-    def from_json(cls, text: str) -> RunHandle:
-        return cls.model_validate_json(text)
-
-    def _open(self) -> Store:
-        if self._store is None:
-            if self.store == "memory":
-                raise OrcaError("a run on a MemoryStore can only be polled from the process that ran it")
-            self._store = DeltaStore(self.store)
-        return self._store
-
-    def _events(self) -> pl.DataFrame:
-        runs = self._open().scan(RUNS)
-        if runs is None:
-            return pl.DataFrame()
-        return runs.filter(pl.col("run_id") == self.run_id).sort("seq").collect()
-
-    def status(self) -> Status | Literal["unknown"]:
-        """``running``, ``succeeded``, ``failed``, ``interrupted`` -- or ``unknown`` if nothing is committed yet."""
-        events = self._events()
-        if events.height == 0:
-            return "unknown"
-        return events["status"][-1]
-
-    def progress(self) -> dict[str, dict[str, Any]]:
-        """Per node: ``total`` input entries, ``completed``, ``failed``, ``fraction`` (as committed so far)."""
-        store = self._open()
-        events = self._events()
-        failures = store.scan(FAILURES)
-        report = {}
-        for label, table in self.nodes.items():
-            started = events.filter((pl.col("event") == "node_started") & (pl.col("node") == label)) \
-                if events.height else events
-            total = int(started["total"][-1]) if started.height else None
-            done_before = int(started["cached"][-1]) if started.height else 0
-            prov = store.scan(table)
-            done_now = 0 if prov is None else prov.filter(pl.col(RUN_ID) == self.run_id).select(pl.len()).collect().item()
-            failed = 0 if failures is None else failures.filter(
-                (pl.col("run_id") == self.run_id) & (pl.col("node") == label)).select(pl.len()).collect().item()
-            completed = done_before + done_now
-            report[label] = {"total": total, "completed": completed, "failed": failed,
-                             "fraction": (completed / total) if total else (1.0 if total == 0 else 0.0)}
-        return report
 
 
 @dataclasses.dataclass
@@ -239,8 +179,8 @@ class Pipeline:
         options = {label: node.cached.options(run_id, executor=executor, on_error=on_error, retries=retries,
                                               shard=shard, batch_rows=batch_rows)
                    for label, node in self.function_nodes.items()}
-        log = _RunLog(self.store, run_id, self.name)
-        log.event("started", "running")
+        log = RunLog(self.store, run_id, self.name)
+        log.start()
         runs: dict[str, NodeRun] = {}
         status: Status = "failed"
         try:
@@ -251,11 +191,11 @@ class Pipeline:
             status = "interrupted"
             raise
         finally:
-            log.event("finished", status)
+            log.finish(status)
         counts = {label: r.counts for label, r in runs.items()}
         return RunResult(run_id, status, counts, self._failures(run_id), self.handle(run_id))
 
-    def _run_node(self, node: FunctionNode, options: RunOptions, runs: dict[str, NodeRun], log: _RunLog,
+    def _run_node(self, node: FunctionNode, options: RunOptions, runs: dict[str, NodeRun], log: RunLog,
                   progress: bool) -> NodeRun:
         """Run one node, handing it its upstream node's status from this run (if any)."""
         bar = tqdm(desc=node.label, unit="entry", disable=None if progress else True, leave=True)
@@ -279,8 +219,58 @@ class Pipeline:
             bar.close()
         # Committed with the next event (the next node's start or the run's end): one commit fewer.
         log.event("node_finished", "failed" if done.counts.failed else "succeeded", node=node.label,
-                  counts=done.counts, commit=False)
+                  counts=done.counts, asset_version=done.asset_version, commit=False)
         return done
+
+    # -- assets ----------------------------------------------------------------------------------
+    def asset(self, label: str, *, version: int | None = None, run_id: str | None = None,
+              as_of: datetime.datetime | None = None) -> pl.LazyFrame:
+        """Node ``label``'s materialised output (``assets/<pipeline>/<label>``): its latest
+        version, or as of a Delta ``version``, the end of run ``run_id``, or a time ``as_of``.
+
+        Columns: the tags, the outputs, ``__entry_id``, ``__record_id``, ``__function_hash`` and
+        ``__run_id`` (the run that wrote the row). See ``docs/assets.md``.
+        """
+        table = self._asset_table(label)
+        if run_id is not None:
+            if version is not None or as_of is not None:
+                raise OrcaError("give one of version=, run_id= and as_of=")
+            version, as_of = self._asset_version_of_run(label, run_id)
+        return assets.read_asset(self.store, table, version=version, as_of=as_of)
+
+    def history(self, label: str) -> pl.DataFrame:
+        """One row per materialisation of node ``label``'s asset: Delta version, time, the run
+        that made it, rows inserted, updated and deleted."""
+        return assets.asset_history(self.store, self._asset_table(label))
+
+    def materialise(self, label: str) -> int | None:
+        """Write operator node ``label``'s current output to ``assets/<pipeline>/<label>`` (function
+        nodes are materialised by every run). Rows are keyed by ``__row_id``, a hash of their tags
+        and system tags. Returns the new Delta version (None: nothing changed)."""
+        node = self[label]
+        if not isinstance(node, OperatorNode):
+            raise OrcaError(f"node {label!r} is a function node: its asset is written by every run")
+        frame = node.output.to_polars(include_system=True)
+        keys = [*node.output.tag_columns, *node.output.system_tag_columns]
+        row_id = pl.Series("__row_id", hash_packets(frame.select(keys).to_arrow()) if keys else [])
+        rows = frame.select(*node.output.tag_columns, *node.output.packet_columns).with_columns(row_id)
+        return self.store.sync_rows(asset_table(self.name, label), "__row_id", storable_table(rows.to_arrow()),
+                                    pl.Series([], dtype=pl.String), metadata={"orca.run": new_run_id()})
+
+    def _asset_table(self, label: str) -> str:
+        self[label]  # a KeyError naming the nodes when there is no such node
+        return asset_table(self.name, label)
+
+    def _asset_version_of_run(self, label: str, run_id: str) -> tuple[int | None, datetime.datetime | None]:
+        """The asset version run ``run_id`` made, or (when it changed nothing) the time it ended."""
+        runs = self.store.scan(RUNS)
+        events = pl.DataFrame() if runs is None else runs.filter(pl.col("run_id") == run_id).collect()
+        if events.height == 0:
+            raise OrcaError(f"no run {run_id!r} in store {self.store.location!r}")
+        made = events.filter((pl.col("node") == label) & pl.col("asset_version").is_not_null())
+        if made.height:
+            return int(made["asset_version"][-1]), None
+        return None, events["at"].max()
 
     def plan(self) -> Plan:
         """What the next run would serve from the store, compute, and why (see :mod:`orca.plan`).
@@ -307,26 +297,3 @@ class Pipeline:
         if not isinstance(node, FunctionNode):
             raise OrcaError(f"node {label!r} is an operator node; only function nodes hold results")
         return node.invalidate(where)
-
-
-class _RunLog:
-    """Appends run events to the ``runs`` table and commits them at once (pollers read them)."""
-
-    def __init__(self, store: Store, run_id: str, pipeline: str) -> None:
-        self.store, self.run_id, self.pipeline, self.seq = store, run_id, pipeline, 0
-        self.started_at = utc_now()
-
-    def event(self, event: str, status: str, *, node: str | None = None, counts: Counts | None = None,
-              total: int | None = None, commit: bool = True) -> None:
-        c = counts or Counts()
-        row = {
-            "run_id": self.run_id, "pipeline": self.pipeline, "seq": self.seq, "event": event, "status": status,
-            "node": node, "total": total,
-            "cached": c.cached if counts else None, "computed": c.computed if counts else None,
-            "failed": c.failed if counts else None,
-            "started_at": self.started_at, "at": utc_now(),
-        }
-        self.seq += 1
-        self.store.append(RUNS, pa.Table.from_pylist([row], schema=RUNS_SCHEMA))
-        if commit:  # pollers see it within moments; only the run's last event is waited for
-            self.store.flush(wait=event == "finished")

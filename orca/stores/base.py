@@ -24,6 +24,7 @@ import concurrent.futures
 import contextlib
 import copy
 import dataclasses
+import datetime
 import posixpath
 import re
 import threading
@@ -51,7 +52,7 @@ class Store(Protocol):
     location: str
 
     def append(self, name: str, data: pa.Table, *, key: Sequence[str] | None = None,
-               refers_to: str | None = None) -> None: ...
+               refers_to: str | None = None, evolve: bool = False) -> None: ...
     def flush(self, wait: bool = True) -> None: ...
     def scan(self, name: str, *, include_invalidated: bool = False) -> pl.LazyFrame | None: ...
     def keys(self, name: str) -> pl.Series | None: ...
@@ -65,6 +66,11 @@ class Store(Protocol):
     def version(self, name: str) -> int | None: ...
     def only_own_commits(self, name: str, since: int | None) -> bool: ...
     def with_options(self, **options: object) -> Store: ...
+    def sync_rows(self, name: str, key: str, rows: pa.Table, changed: pl.Series, *,
+                  metadata: dict[str, str] | None = None) -> int | None: ...
+    def scan_version(self, name: str, *, version: int | None = None,
+                     as_of: datetime.datetime | None = None) -> pl.LazyFrame | None: ...
+    def history(self, name: str) -> list[dict]: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +117,7 @@ class BufferedStore(abc.ABC):
 
     def _reset_buffer(self) -> None:
         self._pending: dict[str, _Pending] = {}  # insertion order = commit order
+        self._evolving: set[str] = set()  # tables that may gain columns (see append)
         self._oldest: float | None = None
         self._lock = threading.RLock()
         # Buffers sealed for commit, oldest first; each is committed table by table in order.
@@ -138,14 +145,18 @@ class BufferedStore(abc.ABC):
 
     # ---- writes -------------------------------------------------------------------------
     def append(self, name: str, data: pa.Table, *, key: Sequence[str] | None = None,
-               refers_to: str | None = None) -> None:
+               refers_to: str | None = None, evolve: bool = False) -> None:
         """Buffer ``data`` for table ``name``; commit everything pending when a threshold trips.
 
         ``refers_to``: a table these rows point at; they are committed after every row appended
-        to it before this call. If a commit fails here, the rows are already buffered: do not
-        append them again, ``flush()`` retries.
+        to it before this call. ``evolve``: the table may gain the nullable columns ``data`` has
+        and it lacks (rows written before have nulls there; rows without them get nulls). If a
+        commit fails here, the rows are already buffered: do not append them again, ``flush()``
+        retries.
         """
         check_name(name)
+        if evolve:
+            self._evolving.add(name)
         declared = tuple(key or ())
         data = self._prepare(name, data, declared)
         if data.num_rows == 0:
@@ -389,6 +400,16 @@ class BufferedStore(abc.ABC):
         all others)."""
 
 
+def sync_plan(existing: pl.Series, rows: pa.Table, key: str, changed: pl.Series) -> tuple[pl.Series, pa.Table]:
+    """What makes a table whose ``key`` values are ``existing`` hold exactly ``rows``: the keys to
+    delete, and the rows to insert or overwrite (new keys, and keys in ``changed``)."""
+    wanted = pl.Series(key, rows.column(key)).cast(pl.String)
+    existing = existing.cast(pl.String)
+    delete = existing.filter(~existing.is_in(wanted.implode()))
+    fresh = ~wanted.is_in(existing.implode()) | wanted.is_in(changed.cast(pl.String).implode())
+    return delete, rows.filter(fresh.to_arrow())
+
+
 def live_rows(frame: pl.LazyFrame, key: Sequence[str], commits: pl.LazyFrame | None = None) -> pl.LazyFrame:
     """Apply the fixed dedup rule: one live row per key, **the one committed first**.
 
@@ -501,14 +522,23 @@ def _family(dtype: pa.DataType) -> object:
     return str(dtype)
 
 
-def conform(data: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
+def conform(data: pa.Table, schema: pa.Schema, where: str, *, evolve: bool = False) -> pa.Table:
     """Cast ``data`` to ``schema`` (same column names, compatible types) or raise StoreError.
 
     ``string`` vs ``large_string``, ``int32`` vs ``int64`` and the like are normalised; missing,
-    extra or incompatible columns are errors naming ``where`` and the columns.
+    extra or incompatible columns are errors naming ``where`` and the columns. With ``evolve``,
+    missing columns are filled with nulls and extra columns are kept, after the table's.
     """
     if data.schema.equals(schema):
         return data
+    if evolve:
+        extra = [data.schema.field(n) for n in data.column_names if n not in schema.names]
+        filled = [data.column(f.name) if f.name in data.column_names else pa.nulls(data.num_rows, f.type)
+                  for f in schema]
+        base = conform(pa.Table.from_arrays(filled, schema=pa.schema([
+            data.schema.field(f.name) if f.name in data.column_names else f for f in schema])), schema, where)
+        return pa.Table.from_arrays([*base.columns, *(data.column(f.name) for f in extra)],
+                                    schema=pa.schema([*schema, *extra]))
     names = set(data.column_names)
     missing = [n for n in schema.names if n not in names]
     extra = [n for n in data.column_names if n not in set(schema.names)]

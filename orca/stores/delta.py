@@ -50,6 +50,7 @@ from orca.stores.base import (
     is_panic,
     key_frame,
     single_key,
+    sync_plan,
 )
 
 FORMAT = "1"
@@ -356,10 +357,12 @@ class DeltaStore(BufferedStore):
         def attempt() -> None:
             table = self._open(name, writing=True) or self._create(name, data.schema, key)
             check_key(self.uri(name), key, self._keys_of[name])
-            rows = conform(data, pa.schema(table.schema().to_arrow()), self.uri(name))
+            schema = pa.schema(table.schema().to_arrow())
+            rows = conform(data, schema, self.uri(name), evolve=name in self._evolving)
             properties = _writer_properties(rows.schema, key, rows)
             write_deltalake(table, rows, mode="append", writer_properties=properties,
-                            commit_properties=self._mark())
+                            commit_properties=self._mark(),
+                            schema_mode="merge" if len(rows.schema) > len(schema) else None)
 
         try:
             self._retry(name, attempt, self._write_tables)
@@ -548,6 +551,78 @@ class DeltaStore(BufferedStore):
             return True
         commits = [c for c in table.history(newer) if c.get("version", -1) >= first]
         return len(commits) == newer and all(c.get(_WRITER) == self.writer_id for c in commits)
+
+    # ---- mutable tables (assets) ------------------------------------------------------------
+    def sync_rows(self, name: str, key: str, rows: pa.Table, changed: pl.Series, *,
+                  metadata: dict[str, str] | None = None) -> int | None:
+        """Make unkeyed table ``name`` hold exactly ``rows`` (one per ``key`` value), in one commit
+        that touches only what differs: rows whose key is gone are deleted, new keys and keys in
+        ``changed`` are written. Returns the new version, or None when nothing differed.
+
+        The difference is computed on the snapshot the merge commits over; a concurrent commit
+        makes the merge conflict, and it is computed again on the new snapshot.
+        """
+        check_name(name)
+        self._write_marker()
+        properties = CommitProperties(custom_metadata={_WRITER: self.writer_id, **(metadata or {})})
+
+        def attempt() -> int | None:
+            table = self._open(name, writing=True) or self._create(name, rows.schema, ())
+            data = conform(rows, pa.schema(table.schema().to_arrow()), self.uri(name))
+            existing = pl.scan_delta(table).select(key).collect().to_series()
+            delete, upsert = sync_plan(existing, data, key, changed)
+            if delete.len() == 0 and upsert.num_rows == 0:
+                return None
+            op = "__orca_op"
+            gone = pa.table({c: (delete.cast(pl.String).to_arrow().cast(f.type) if c == key
+                                 else pa.nulls(delete.len(), f.type)) for c, f in zip(data.column_names, data.schema, strict=True)})
+            source = pa.concat_tables([upsert, gone]).append_column(
+                op, pa.array(["upsert"] * upsert.num_rows + ["delete"] * delete.len(), pa.large_string()))
+            columns = {f'"{c}"': f's."{c}"' for c in data.column_names}
+            merger = (table.merge(source, predicate=f't."{key}" = s."{key}"', source_alias="s", target_alias="t",
+                                  commit_properties=properties)
+                      .when_matched_delete(predicate=f"s.{op} = 'delete'")
+                      .when_matched_update(updates=columns, predicate=f"s.{op} = 'upsert'")
+                      .when_not_matched_insert(updates=columns, predicate=f"s.{op} = 'upsert'"))
+            merger.execute()
+            return table.version()
+
+        try:
+            return self._retry(name, attempt, self._write_tables)
+        except (DeltaError, OSError, pa.ArrowException) as exc:
+            if _is_unwritable(exc):
+                raise StoreError(self._unwritable(exc)) from None
+            raise StoreError(f"{self.uri(name)}: write failed: {clean_message(exc)}") from None
+
+    def scan_version(self, name: str, *, version: int | None = None,
+                     as_of: datetime.datetime | None = None) -> pl.LazyFrame | None:
+        """Table ``name`` as of a version, or of the version current at ``as_of`` (time travel)."""
+        if self._open(check_name(name)) is None:
+            return None
+        with self._reading(name):
+            table = DeltaTable(self.uri(name))
+            if version is not None:
+                table.load_as_version(version)
+            elif as_of is not None:
+                table.load_as_version(as_of)
+        return pl.scan_delta(table)
+
+    def history(self, name: str) -> list[dict]:
+        """One dict per commit of ``name``: version, time, the run that made it (``orca.run``
+        commit metadata), operation, rows inserted, updated and deleted (for merges)."""
+        table = self._open(check_name(name))
+        if table is None:
+            return []
+        rows = []
+        for c in table.history():
+            metrics = c.get("operationMetrics") or {}
+            rows.append({"version": c.get("version"),
+                         "at": datetime.datetime.fromtimestamp(c.get("timestamp", 0) / 1000, datetime.UTC),
+                         "run_id": c.get("orca.run"), "operation": c.get("operation"),
+                         "inserted": int(metrics.get("num_target_rows_inserted", 0) or 0),
+                         "updated": int(metrics.get("num_target_rows_updated", 0) or 0),
+                         "deleted": int(metrics.get("num_target_rows_deleted", 0) or 0)})
+        return rows
 
     def tables(self, prefix: str = "") -> list[str]:
         """Names of the Delta tables under the store whose name starts with ``prefix``."""

@@ -9,6 +9,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from orca.errors import StoreError
 from orca.stores.base import (
     COMMIT,
     INVALIDATED_AT,
@@ -20,6 +21,7 @@ from orca.stores.base import (
     conform,
     key_frame,
     single_key,
+    sync_plan,
 )
 
 
@@ -31,6 +33,8 @@ class _Table:
     # Keyed tables: key, __run_id and the version of every appended row (the dedup rule's
     # commit order; invalidate and compact rewrite `data` but never this).
     added: pl.DataFrame | None = None
+    # Unkeyed tables synced with sync_rows: every version's rows and commit details (time travel).
+    versions: list[tuple[pa.Table, dict]] = dataclasses.field(default_factory=list)
 
 
 class MemoryStore(BufferedStore):
@@ -71,7 +75,9 @@ class MemoryStore(BufferedStore):
         if table is None:
             table = self._tables[name] = _Table(key, data.slice(0, 0))
         check_key(self.uri(name), key, table.key)
-        data = conform(data, table.data.schema, self.uri(name))
+        data = conform(data, table.data.schema, self.uri(name), evolve=name in self._evolving)
+        if len(data.schema) > len(table.data.schema):  # new columns: earlier rows get nulls
+            table.data = conform(table.data, data.schema, self.uri(name), evolve=True)
         if key:
             version = len(table.writers)
             added = pl.from_arrow(data.select([*key, RUN_ID])).with_columns(pl.lit(version, pl.Int64).alias(COMMIT))
@@ -129,6 +135,44 @@ class MemoryStore(BufferedStore):
 
     def tables(self, prefix: str = "") -> list[str]:
         return sorted(n for n in self._tables if n.startswith(prefix))
+
+    def sync_rows(self, name: str, key: str, rows: pa.Table, changed: pl.Series, *,
+                  metadata: dict[str, str] | None = None) -> int | None:
+        """As :meth:`DeltaStore.sync_rows`: make ``name`` hold exactly ``rows``, in one version."""
+        table = self._tables.get(check_name(name))
+        if table is None:
+            table = self._tables[name] = _Table((), rows.slice(0, 0))
+        data = conform(rows, table.data.schema, self.uri(name))
+        delete, upsert = sync_plan(pl.Series(key, table.data.column(key)), data, key, changed)
+        if delete.len() == 0 and upsert.num_rows == 0 and table.writers:
+            return None
+        kept = pl.Series(key, table.data.column(key)).cast(pl.String)
+        keep = ~kept.is_in(pl.concat([delete.cast(pl.String), pl.Series(key, upsert.column(key)).cast(pl.String)])
+                           .implode())
+        updated = int((~keep).sum()) - delete.len()
+        table.data = pa.concat_tables([table.data.filter(keep.to_arrow()), upsert])
+        table.writers.append(self.writer_id)
+        table.versions.append((table.data, {
+            "version": len(table.writers) - 1, "at": datetime.datetime.now(datetime.UTC),
+            "run_id": (metadata or {}).get("orca.run"), "operation": "MERGE",
+            "inserted": upsert.num_rows - updated, "updated": updated, "deleted": delete.len()}))
+        return len(table.writers) - 1
+
+    def scan_version(self, name: str, *, version: int | None = None,
+                     as_of: datetime.datetime | None = None) -> pl.LazyFrame | None:
+        table = self._tables.get(check_name(name))
+        if table is None:
+            return None
+        if version is None and as_of is None:
+            return pl.from_arrow(table.data).lazy()
+        for data, info in reversed(table.versions):
+            if (version is not None and info["version"] <= version) or (as_of is not None and info["at"] <= as_of):
+                return pl.from_arrow(data).lazy()
+        raise StoreError(f"{self.uri(name)}: no version {version if version is not None else as_of}")
+
+    def history(self, name: str) -> list[dict]:
+        table = self._tables.get(check_name(name))
+        return [] if table is None else [dict(info) for _, info in table.versions]
 
     def compact(self, name: str) -> None:
         """Merge the committed chunks of ``name``; every row is kept."""

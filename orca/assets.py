@@ -1,0 +1,71 @@
+"""Assets: each function node's current output, materialised as a versioned Delta table.
+
+``assets/<pipeline>/<node>`` holds exactly one row per current entry of the node: its tag
+columns, output columns, ``__entry_id``, ``__record_id``, ``__function_hash`` and ``__run_id``
+(the run that wrote the row). After a run it equals ``node.results()`` row for row. Each Delta
+version of the table is a *materialisation*: time travel reads an earlier one, and the ``runs``
+table records which version each run produced. See ``docs/assets.md``.
+
+A run changes only what changed: it reads the asset's entry ids, deletes the rows whose entry is
+no longer current (or that this run recorded again) and inserts the new ones, in one commit. A
+run that changes nothing writes nothing (no new version). Concurrent writers: each commit is a
+Delta merge on ``__entry_id``; a conflicting commit is retried on the new version, so the table
+never holds two rows for an entry and always equals one writer's complete view.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+
+import polars as pl
+
+from orca.errors import OrcaError
+from orca.names import ENTRY_ID, FUNCTION_HASH, RUN_ID
+from orca.stores import Store
+from orca.types import storable_table
+
+__all__ = ["Materialisation", "materialise", "read_asset", "asset_history"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Materialisation:
+    """What one run did to an asset table: its new version (None: nothing changed)."""
+
+    table: str
+    version: int | None
+
+
+def materialise(store: Store, table: str, current: pl.DataFrame, recorded: pl.Series, run_id: str,
+                function_hash: str) -> Materialisation:
+    """Make asset ``table`` hold exactly ``current`` (one row per entry: tags, outputs and
+    ``__entry_id``, ``__record_id``), in one commit, touching only the rows that changed.
+
+    ``recorded``: entry ids this run recorded; their rows are written again even if present
+    (an invalidated entry recomputed keeps its id but may have a new value).
+    """
+    rows = current.with_columns(pl.lit(function_hash).alias(FUNCTION_HASH), pl.lit(run_id).alias(RUN_ID))
+    version = store.sync_rows(table, ENTRY_ID, storable_table(rows.to_arrow()), recorded,
+                              metadata={"orca.run": run_id})
+    return Materialisation(table, version)
+
+
+def read_asset(store: Store, table: str, *, version: int | None = None,
+               as_of: datetime.datetime | None = None) -> pl.LazyFrame:
+    """The asset as of its latest version, a given ``version``, or the version current at ``as_of``."""
+    if version is not None and as_of is not None:
+        raise OrcaError("give version= or as_of=, not both")
+    frame = store.scan_version(table, version=version, as_of=as_of)
+    if frame is None:
+        raise OrcaError(f"no asset table {store.uri(table)} yet: run the pipeline first")
+    return frame
+
+
+def asset_history(store: Store, table: str) -> pl.DataFrame:
+    """One row per materialisation: version, time, run id, rows inserted, updated and deleted."""
+    rows = [r for r in store.history(table) if r["operation"] != "CREATE TABLE"]  # (made empty, then merged)
+    schema = {"version": pl.Int64, "at": pl.Datetime("us", "UTC"), "run_id": pl.String,
+              "operation": pl.String, "inserted": pl.Int64, "updated": pl.Int64, "deleted": pl.Int64}
+    return pl.DataFrame(rows, schema=schema, orient="row").sort("version") if rows else pl.DataFrame(schema=schema)
+
+

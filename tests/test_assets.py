@@ -1,0 +1,146 @@
+"""Assets: each node's current output as a versioned Delta table (issue 11)."""
+
+from __future__ import annotations
+
+import datetime
+import pathlib
+
+import polars as pl
+import pytest
+
+import orca
+from tests.helpers import SPAWN, load_module
+from tests.pipelines import assets_files
+from tests.pipelines.assets_files import build
+
+ASSET_COLUMNS = ["__entry_id", "__record_id", "__function_hash", "__run_id"]
+
+
+def write(folder: pathlib.Path, **files: str) -> None:
+    folder.mkdir(exist_ok=True)
+    for name, text in files.items():
+        (folder / f"{name}.txt").write_text(text)
+
+
+def same(pipeline: orca.Pipeline, label: str) -> pl.DataFrame:
+    """The asset equals node.results() row for row; returns it sorted by tags."""
+    node = pipeline[label]
+    tags, outputs = list(node.input.tag_columns), list(node.pod.output_keys)
+    asset = pipeline.asset(label).collect()
+    assert asset.columns == [*tags, *outputs, *ASSET_COLUMNS]
+    assert asset["__entry_id"].n_unique() == asset.height
+    results = node.results().collect()
+    assert asset.select(*tags, *outputs).sort(tags).equals(results.sort(tags))
+    return asset.sort(tags)
+
+
+@pytest.fixture
+def data(tmp_path) -> pathlib.Path:
+    folder = tmp_path / "data"
+    write(folder, a="x", b="yy", c="zzz")
+    return folder
+
+
+@pytest.fixture(params=["memory", "delta"])
+def store(request, tmp_path):
+    return orca.MemoryStore() if request.param == "memory" else orca.DeltaStore(tmp_path / "store")
+
+
+def test_assets_follow_every_kind_of_change(store, data):
+    pipeline = build(store, data)
+    first = pipeline.run(progress=False)
+    assert same(pipeline, "double")["m"].to_list() == [2, 4, 6]
+    versions = {label: len(pipeline.history(label)) for label in ("size", "double")}
+
+    pipeline.run(progress=False)  # nothing changed: no new materialisation
+    assert {label: len(pipeline.history(label)) for label in versions} == versions
+
+    write(data, d="dddd")  # a new file
+    write(data, a="xxxxx")  # an edited file
+    (data / "c.txt").unlink()  # a deleted file: its row leaves the asset (its result stays cached)
+    pipeline = build(store, data)
+    pipeline.run(progress=False)
+    asset = same(pipeline, "double")
+    assert dict(zip(asset["name"], asset["m"], strict=True)) == {"a": 10, "b": 4, "d": 8}
+    assert pipeline.history("double")["deleted"].sum() >= 1
+    assert store.scan(assets_files.size.pod.results_table).collect().height == 5  # nothing forgotten
+
+    pipeline.invalidate("size", pl.col("name") == "b")
+    pipeline.run(progress=False)
+    asset = same(pipeline, "size")
+    assert asset.filter(pl.col("name") == "b")["__run_id"].item() != first.run_id
+
+    # the first materialisation is still there, exactly
+    old = pipeline.asset("double", run_id=first.run_id).collect().sort("name")
+    assert dict(zip(old["name"], old["m"], strict=True)) == {"a": 2, "b": 4, "c": 6}
+    assert pipeline.asset("double", version=int(pipeline.history("double")["version"][0])).collect().height == 3
+
+
+def test_a_code_change_replaces_the_rows(tmp_path, data):
+    store = orca.DeltaStore(tmp_path / "store")
+    body = '''
+import orca
+
+@orca.function_pod(output_keys="m")
+def double(n: int) -> int:
+    return {k} * n
+'''
+    v1, v2 = (load_module(tmp_path, f"assets_double_v{k}", body.format(k=k)) for k in (2, 3))
+    for module in (v1, v2):
+        pipeline = orca.Pipeline("code", store=store)
+        with pipeline:
+            module.double.pod(assets_files.size.pod(orca.GlobSource(str(data / "{name}.txt"))))
+        pipeline.run(progress=False)
+    asset = same(pipeline, "double")
+    assert asset["m"].to_list() == [3, 6, 9]
+    assert set(asset["__function_hash"]) == {v2.double.pod.identity.hash}
+    history = pipeline.history("double")
+    assert history["inserted"].to_list()[-1] + history["updated"].to_list()[-1] == 3
+
+
+def test_runs_record_the_asset_version_and_time_travel_by_time(tmp_path, data):
+    store = orca.DeltaStore(tmp_path / "store")
+    first = build(store, data).run(progress=False)
+    between = datetime.datetime.now(datetime.UTC)
+    write(data, e="eeeeeeeee")
+    pipeline = build(store, data)
+    second = pipeline.run(progress=False)
+    events = store.scan("runs").collect().filter(pl.col("event") == "node_finished")
+    made = dict(events.filter(pl.col("run_id") == second.run_id).select("node", "asset_version").iter_rows())
+    assert made["double"] == int(pipeline.history("double")["version"][-1])
+    assert pipeline.asset("double", as_of=between).collect().height == 3
+    assert pipeline.asset("double", run_id=first.run_id).collect().height == 3
+    assert pipeline.asset("double").collect().height == 4
+    # an analyst reads the same table without orca
+    assert pl.scan_delta(store.uri("assets/files/double")).collect().height == 4
+
+
+def test_operator_nodes_are_materialised_on_request(store, data):
+    meta = orca.DictSource([{"name": n, "group": g} for n, g in (("a", 1), ("b", 2), ("c", 1))],
+                           tags=["name"], source_id="meta")
+    pipeline = orca.Pipeline("ops", store=store)
+    with pipeline:
+        joined = assets_files.size.pod(orca.GlobSource(str(data / "{name}.txt"))).join(meta)
+    pipeline.run(progress=False)
+    label = [k for k, v in pipeline.nodes.items() if isinstance(v, orca.OperatorNode)][0]
+    assert pipeline.materialise(label) is not None
+    assert pipeline.materialise(label) is None  # unchanged: no new version
+    asset = pipeline.asset(label).collect().sort("name")
+    assert asset.select("name", "n", "group").equals(joined.to_polars().select("name", "n", "group").sort("name"))
+    with pytest.raises(orca.OrcaError, match="function node"):
+        pipeline.materialise("size")
+
+
+def test_two_processes_leave_consistent_assets(tmp_path, data):
+    write(data, **{f"f{i}": "q" * i for i in range(40)})
+    path = str(tmp_path / "store")
+    procs = [SPAWN.Process(target=assets_files.run, args=(path, str(data))) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=180)
+    assert [p.exitcode for p in procs] == [0, 0]
+    pipeline = build(orca.DeltaStore(path), data)
+    for label in ("size", "double"):
+        asset = same(pipeline, label)
+        assert asset.height == 43
