@@ -463,20 +463,25 @@ def run(module, store, rows):
     return {label: (c.cached, c.computed) for label, c in result.counts.items()}
 
 
-@pytest.mark.parametrize("change", [{"deep": 2}, {"k": 11}, {"method": 1}, "file", {"unrelated": 2}])
-def test_a_run_recomputes_exactly_the_changed_pod_and_its_downstream(tmp_path, change):
+@pytest.mark.parametrize("change", [{"helper": 20}, {"deep": 2}, {"k": 11}, {"method": 1}, "file", "package",
+                                    {"unrelated": 2}, {"comment": "edited"}])
+def test_a_run_recomputes_exactly_the_changed_pod_and_its_downstream(tmp_path, monkeypatch, change):
     data = tmp_path / "table.txt"
     data.write_text("v1")
-    deps = f"[orca.deps.file({str(data)!r})]"
+    monkeypatch.syspath_prepend(str(fake_distribution(tmp_path / "v1", "1.0")))
+    deps = f"[orca.deps.file({str(data)!r}), orca.deps.package('orca-identity-fixture')]"
     store = orca.DeltaStore(tmp_path / "store")
     rows = [{"i": i, "x": i} for i in range(6)]
     assert run(variant(tmp_path, deps=deps), store, rows) == {"step": (0, 6), "down": (0, 6), "other": (0, 6)}
     if change == "file":
         data.write_text("v2")
-        change = {}
-    counts = run(variant(tmp_path, deps=deps, **change), store, rows)
-    if "unrelated" in change:
+    elif change == "package":
+        monkeypatch.syspath_prepend(str(fake_distribution(tmp_path / "v2", "2.0")))
+    edits = change if isinstance(change, dict) else {}
+    counts = run(variant(tmp_path, deps=deps, **edits), store, rows)
+    if "unrelated" in edits or "comment" in edits:
         assert counts == {"step": (6, 0), "down": (6, 0), "other": (6, 0)}
-    else:
-        assert counts["step"] == (0, 6) and counts["other"] == (6, 0)
-        assert counts["down"] == ((6, 0) if change == {} else (0, 6))  # a file edit: same y, down cached
+    elif edits:  # the code changed every y (to values not seen before): down computes them all
+        assert counts == {"step": (0, 6), "down": (0, 6), "other": (6, 0)}
+    else:  # a declared dep changed: step recomputes, returns the same y, so down is served
+        assert counts == {"step": (0, 6), "down": (6, 0), "other": (6, 0)}
