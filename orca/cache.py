@@ -59,13 +59,16 @@ class CachedFunctionPod:
         results other processes committed, between batches.
     recheck_seconds
         How often (at most) a long run looks for results other processes committed meanwhile.
+    timeout
+        Seconds each call may take (overrides the pod's ``timeout``); a call that runs longer
+        is a failure row (``TimeoutError``). See ``docs/executors.md``.
 
     Constructing one performs no I/O.
     """
 
     def __init__(self, pod: FunctionPod, *, store: Store | None = None, on_error: OnError = "raise",
                  retries: int = 0, executor: Executor | None = None, batch_rows: int = 100_000,
-                 recheck_seconds: float = 10.0) -> None:
+                 recheck_seconds: float = 10.0, timeout: float | None = None) -> None:
         if not isinstance(pod, FunctionPod):
             raise PodError(f"CachedFunctionPod needs a FunctionPod (f.pod), got {type(pod).__name__}")
         self.pod = pod
@@ -73,7 +76,7 @@ class CachedFunctionPod:
         self.executor = executor or InProcessExecutor()
         # Validated now (RunOptions checks them), kept as the defaults of every run.
         self._defaults = RunOptions("", self.executor, on_error, retries, batch_rows=batch_rows,
-                                    recheck_seconds=recheck_seconds)
+                                    recheck_seconds=recheck_seconds, timeout=timeout)
 
     @property
     def on_error(self) -> OnError:
@@ -98,10 +101,10 @@ class CachedFunctionPod:
 
     def with_options(self, **options: Any) -> CachedFunctionPod:
         """A copy with some of ``store``, ``on_error``, ``retries``, ``executor``, ``batch_rows``,
-        ``recheck_seconds`` changed."""
+        ``recheck_seconds``, ``timeout`` changed."""
         d = self._defaults
         current = dict(store=self.store, on_error=d.on_error, retries=d.retries, executor=self.executor,
-                       batch_rows=d.batch_rows, recheck_seconds=d.recheck_seconds)
+                       batch_rows=d.batch_rows, recheck_seconds=d.recheck_seconds, timeout=d.timeout)
         unknown = sorted(set(options) - set(current))
         if unknown:
             raise TypeError(f"unknown option(s) {unknown}; valid: {sorted(current)}")

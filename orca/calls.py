@@ -3,15 +3,26 @@ backoff, timing, output validation and error capture -- the one place orca calls
 
 :func:`run_chunk` never raises for a failing row: it returns one row per input with ``__ok``,
 the outputs (null when failed), ``__duration_s``, ``__attempts`` and the error's type, message
-and traceback. Executors ship it (with the pod) to wherever calls run.
+and traceback. Executors ship it (with the pod) to wherever calls run, as a :class:`ChunkCall`.
+
+A call can be given a time limit (``timeout=``, seconds per call). A synchronous call is then
+made with a ``SIGALRM`` timer (``signal.setitimer``), so it must run on a process's main
+thread: the in-process executor on the main thread, or a process-pool worker. The timer fires
+only when Python bytecode runs; a call stuck in native code (no bytecode running) is noticed
+by the process executor's watchdog, which kills and replaces the worker. A coroutine function
+is awaited under ``asyncio.timeout``. With no ``timeout`` the hot loop neither reads the clock
+nor sets a timer per call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import signal
+import threading
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from orca._retry import backoff
-from orca.errors import PodError, SchemaError
+from orca.errors import ExecutorError, PodError, SchemaError
 from orca.executors import run_async_rows
 from orca.hashing import PATH_METADATA, is_path_field, object_columns
 from orca.names import ATTEMPTS, DURATION, ERROR_COLUMNS, OK, ROW
@@ -29,7 +40,7 @@ from orca.types import is_optional, strip_optional, to_arrow_array, to_python
 if TYPE_CHECKING:
     from orca.pods import FunctionPod
 
-__all__ = ["run_chunk", "input_packets", "compute_all", "failed_for_tag", "error_text"]
+__all__ = ["run_chunk", "ChunkCall", "chunk_call", "input_packets", "compute_all", "failed_for_tag", "error_text"]
 
 ASYNC_CONCURRENCY = 32
 _FAST_CALL = 20e-6  # seconds: calls faster than this on average are timed in blocks
@@ -71,6 +82,12 @@ def _as_outputs(pod: FunctionPod, result: Any) -> tuple:
     raise SchemaError(f"should return a tuple or dict of the {len(keys)} outputs {list(keys)}, got {got}")
 
 
+def _bound(pod: FunctionPod) -> Callable:
+    """The function, called with one argument per parameter in signature order."""
+    names = list(pod.parameters)
+    return pod.function if pod.positional else (lambda *a: pod.function(**dict(zip(names, a, strict=True))))
+
+
 def _call_sync(pod: FunctionPod, columns: list[list], n: int, retries: int) -> tuple[list, dict, dict, np.ndarray]:
     """Call the function on each of ``n`` rows of argument ``columns`` (signature order),
     retrying failures with backoff.
@@ -83,8 +100,7 @@ def _call_sync(pod: FunctionPod, columns: list[list], n: int, retries: int) -> t
     its block's mean: reading the clock costs about as much as such a call, and halves the
     rate of a cheap function. A block slower than that on average switches back.
     """
-    names = list(pod.parameters)
-    fn = pod.function if pod.positional else (lambda *a: pod.function(**dict(zip(names, a, strict=True))))
+    fn = _bound(pod)
     if not columns:  # no parameters: map() needs at least one column to walk
         fn, columns = (lambda _: pod.function()), [[None] * n]
     values: list = []
@@ -128,8 +144,85 @@ def _call_sync(pod: FunctionPod, columns: list[list], n: int, retries: int) -> t
     return values, errors, attempts, seconds
 
 
-def _call_async(pod: FunctionPod, columns: list[list], n: int, retries: int) -> tuple[list, dict, dict, np.ndarray]:
-    """Like :func:`_call_sync` for a coroutine function: up to ``ASYNC_CONCURRENCY`` at once.
+class _Expired(BaseException):
+    """Raised by the ``SIGALRM`` handler inside a call that ran past its timeout. A
+    ``BaseException``, so that the function's own ``except Exception`` does not swallow it."""
+
+
+def _expire(signum: int, frame: Any) -> None:
+    raise _Expired
+
+
+# The call under way in this process while calls are timed: (row in its chunk, monotonic start).
+# A process executor's watchdog thread reads it (ChunkCall.current) to find a call stuck in
+# native code, where SIGALRM cannot interrupt it.
+_calling: tuple[int, float] | None = None
+
+
+def timed_out(function: str, timeout: float) -> TimeoutError:
+    """The error a call that ran past ``timeout`` seconds records."""
+    return TimeoutError(f"function {function!r} did not return within timeout={timeout:g} s")
+
+
+def _call_timed(pod: FunctionPod, columns: list[list], rows: np.ndarray, retries: int,
+                timeout: float) -> tuple[list, dict, dict, np.ndarray]:
+    """Like :func:`_call_sync`, each call (and each retry) limited to ``timeout`` seconds by a
+    ``SIGALRM`` timer; ``rows``: each call's row in the chunk (for :meth:`ChunkCall.current`).
+
+    Calls are made one by one and timed one by one: setting a timer costs about as much as
+    reading the clock. Any ``SIGALRM`` handler of the caller is restored afterwards.
+    """
+    global _calling
+    if threading.current_thread() is not threading.main_thread():
+        raise ExecutorError(
+            f"function {pod.name!r}: timeout= needs its calls on a process's main thread (a timer signal "
+            f"interrupts them), but they run on thread {threading.current_thread().name!r} (a cached pod's "
+            "output is computed on a Polars thread when collected); use executor=ProcessExecutor(...), "
+            "or run it as a pipeline node from the main thread, or drop timeout=")
+    fn = _bound(pod)
+    n = len(rows)
+    values: list = []
+    seconds = np.zeros(n)
+    errors: dict[int, BaseException] = {}
+    attempts: dict[int, int] = {}
+    previous = signal.signal(signal.SIGALRM, _expire)
+    try:
+        for k in range(n):
+            args = [column[k] for column in columns] if columns else []
+            started = time.perf_counter()
+            for attempt in range(retries + 1):
+                if attempt:
+                    time.sleep(backoff(attempt))
+                _calling = (int(rows[k]), time.monotonic())
+                try:
+                    try:
+                        signal.setitimer(signal.ITIMER_REAL, timeout)
+                        value, error = fn(*args), None
+                    finally:  # an alarm that fires in here still lands in the handlers below
+                        signal.setitimer(signal.ITIMER_REAL, 0)
+                except _Expired as expired:  # keep the traceback: it shows where the call was
+                    value, error = None, timed_out(pod.name, timeout).with_traceback(expired.__traceback__)
+                except Exception as exc:  # noqa: BLE001 - the user's function may raise anything
+                    value, error = None, exc
+                if error is None:
+                    break
+            seconds[k] = time.perf_counter() - started
+            values.append(value)
+            if error is not None:
+                errors[k] = error
+            if attempt:
+                attempts[k] = attempt + 1
+    finally:
+        _calling = None
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    return values, errors, attempts, seconds
+
+
+def _call_async(pod: FunctionPod, columns: list[list], n: int, retries: int,
+                timeout: float | None = None) -> tuple[list, dict, dict, np.ndarray]:
+    """Like :func:`_call_sync` for a coroutine function: up to ``ASYNC_CONCURRENCY`` at once,
+    each call (and each retry) limited to ``timeout`` seconds by ``asyncio.timeout``.
 
     Runs on :func:`orca.executors.run_async_rows`, which also works where an event loop is
     already running (a Jupyter cell).
@@ -141,11 +234,14 @@ def _call_async(pod: FunctionPod, columns: list[list], n: int, retries: int) -> 
         for attempt in range(retries + 1):
             if attempt:
                 await asyncio.sleep(backoff(attempt))
+            limit = asyncio.timeout(timeout)
             try:
-                value = await pod.function(**dict(zip(names, args, strict=True)))
+                async with limit:
+                    value = await pod.function(**dict(zip(names, args, strict=True)))
                 return value, None, attempt + 1, time.perf_counter() - start
             except Exception as exc:  # noqa: BLE001 - the user's function may raise anything
-                error = exc
+                # (a TimeoutError the function raised itself is kept as it is)
+                error = timed_out(pod.name, timeout).with_traceback(exc.__traceback__) if limit.expired() else exc
         return None, error, retries + 1, time.perf_counter() - start
 
     calls = list(zip(*columns, strict=True)) if columns else [()] * n
@@ -176,18 +272,24 @@ def _arguments(pod: FunctionPod, chunk: pa.Table) -> tuple[list[list], dict[int,
     return columns, errors
 
 
-def run_chunk(pod: FunctionPod, retries: int, chunk: pa.Table) -> pa.Table:
+def run_chunk(pod: FunctionPod, retries: int, chunk: pa.Table, timeout: float | None = None) -> pa.Table:
     """Run the function on every packet of ``chunk`` (parameter columns plus ``__row``).
 
     Never raises for a failing row: returns one row per input with ``__ok``, the outputs
-    (null when failed), ``__duration_s``, ``__attempts`` and error details.
+    (null when failed), ``__duration_s``, ``__attempts`` and error details. ``timeout``:
+    seconds each call may take (a call past it fails with ``TimeoutError``).
     """
     n = chunk.num_rows
     columns, errors = _arguments(pod, chunk)
     called = np.array([i for i in range(n) if i not in errors], np.int64) if errors else np.arange(n)
     if errors:
         columns = [[column[i] for i in called] for column in columns]
-    values, failed, tries, seconds = (_call_async if pod.is_async else _call_sync)(pod, columns, len(called), retries)
+    if pod.is_async:
+        values, failed, tries, seconds = _call_async(pod, columns, len(called), retries, timeout)
+    elif timeout is None:
+        values, failed, tries, seconds = _call_sync(pod, columns, len(called), retries)
+    else:
+        values, failed, tries, seconds = _call_timed(pod, columns, called, retries, timeout)
     durations = np.zeros(n)
     durations[called] = seconds
     attempts = np.zeros(n, np.int64)
@@ -211,6 +313,63 @@ def run_chunk(pod: FunctionPod, retries: int, chunk: pa.Table) -> pa.Table:
         ATTEMPTS: pa.array(attempts, pa.int64()),
         **_error_columns(error_list, n),
     })
+
+
+class ChunkCall(functools.partial):
+    """:func:`run_chunk` bound to a pod, its retries and its timeout: the chunk function an
+    executor runs (build one with :func:`chunk_call`).
+
+    Besides computing a chunk it tells an executor what it needs to keep a run live when a
+    call hangs or crashes its process: the ``timeout``, the ``longest`` a chunk may take, the
+    call under way (``current``), and the output that records packets as failed (``failed``).
+    An executor given a plain function has none of these and raises instead.
+    """
+
+    __slots__ = ()
+
+    @property
+    def pod(self) -> FunctionPod:
+        return self.args[0]
+
+    @property
+    def timeout(self) -> float | None:
+        return self.keywords.get("timeout")
+
+    def longest(self, rows: int) -> float | None:
+        """Seconds past which a chunk of ``rows`` packets can only be stuck (None: no limit):
+        every call and retry at its timeout, plus backoff and a margin for start-up."""
+        if self.timeout is None:
+            return None
+        retries = self.args[1]
+        per_call = (retries + 1) * (self.timeout + 1.0) + sum(backoff(a) for a in range(1, retries + 1))
+        return rows * per_call + 5.0
+
+    @staticmethod
+    def current() -> tuple[int, float] | None:
+        """The timed call under way in this process: (its row in the chunk, its
+        ``time.monotonic()`` start), or None."""
+        return _calling
+
+    def failed(self, chunk: pa.Table, error_type: str, message: str) -> pa.Table:
+        """The output recording every packet of ``chunk`` as failed with this error (for
+        packets whose calls never returned: a worker that crashed or was killed)."""
+        n = chunk.num_rows
+        return pa.table({
+            ROW: chunk.column(ROW),
+            OK: pa.repeat(pa.scalar(False), n),
+            **{f.name: pa.nulls(n, f.type) for f in self.pod.output_fields},
+            DURATION: pa.array(np.zeros(n), pa.float64()),
+            ATTEMPTS: pa.array(np.ones(n, np.int64), pa.int64()),
+            ERROR_COLUMNS[0]: pa.repeat(pa.scalar(error_type, pa.large_string()), n),
+            ERROR_COLUMNS[1]: pa.repeat(pa.scalar(message, pa.large_string()), n),
+            ERROR_COLUMNS[2]: pa.repeat(pa.scalar(f"{error_type}: {message}", pa.large_string()), n),
+        })
+
+
+def chunk_call(pod: FunctionPod, retries: int = 0, timeout: float | None = None) -> ChunkCall:
+    """The chunk function executors run for ``pod``: ``chunk -> run_chunk(pod, retries, chunk,
+    timeout=timeout)``."""
+    return ChunkCall(run_chunk, pod, retries, timeout=timeout)
 
 
 def _output_columns(pod: FunctionPod, values: list, errors: dict[int, BaseException]) -> list[list]:

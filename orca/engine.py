@@ -27,7 +27,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import datetime
-import functools
 import os
 import time
 import weakref
@@ -41,7 +40,7 @@ import pyarrow.compute as pc
 
 from orca import assets
 from orca._operator import arrow_schema_of
-from orca.calls import failed_for_tag, input_packets, run_chunk
+from orca.calls import chunk_call, failed_for_tag, input_packets
 from orca.errors import SchemaError
 from orca.executors import Executor
 from orca.hashing import (
@@ -78,7 +77,7 @@ from orca.names import (
     results_schema,
     source_column,
 )
-from orca.pods import FunctionPod, result_record_ids, result_references
+from orca.pods import FunctionPod, check_timeout, result_record_ids, result_references
 from orca.stores import Store
 from orca.streams import Stream
 from orca.types import accepts, storable_table, storable_type
@@ -153,9 +152,11 @@ class RunOptions:
     batch_rows: int = 100_000  # packets computed per batch; provenance appended at least this often
     recheck_seconds: float = 10.0  # how often a long run looks for results other processes committed
     flush_seconds: float = 1.0  # provenance of computed entries is appended at least this often
+    timeout: float | None = None  # seconds per call (None: the pod's own timeout, if any)
 
     def __post_init__(self) -> None:
         check_on_error(self.on_error, self.retries)
+        check_timeout(self.timeout)
         shard_filter(self.shard)
         if not isinstance(self.batch_rows, int) or self.batch_rows < 1:
             raise ValueError(f"batch_rows must be an integer >= 1, got {self.batch_rows!r}")
@@ -574,7 +575,8 @@ class _Work:
         look, packets whose results other processes committed meanwhile are yielded as served."""
         spec, options = self.spec, self.options
         packets = first_rows(todo.with_row_index(_ENTRY_ROW), distinct)
-        fn = functools.partial(run_chunk, spec.pod, options.retries)
+        timeout = options.timeout if options.timeout is not None else spec.pod.timeout  # the run's overrides the pod's
+        fn = chunk_call(spec.pod, options.retries, timeout)
         checked = time.monotonic()
         for start in range(0, packets.height, options.batch_rows):
             batch = packets.slice(start, options.batch_rows)

@@ -126,15 +126,15 @@ class FunctionNode:
     def run(self, *, executor: Executor | None = None, on_error: str | None = None, retries: int | None = None,
             shard: tuple[int, int] | None = None, run_id: str | None = None,
             progress: Callable[[Counts], None] | None = None, total: Callable[[int, int], None] | None = None,
-            batch_rows: int | None = None) -> Counts:
+            batch_rows: int | None = None, timeout: float | None = None) -> Counts:
         """Bring this node up to date; returns what was served from the store, computed and failed.
 
         Options not given are the pod's (see :class:`CachedFunctionPod`). ``progress`` is called
         with the running counts as work completes; ``total`` once with (entries in this run,
-        entries already done).
+        entries already done). ``timeout``: seconds each call may take (overrides the pod's).
         """
         options = self.cached.options(run_id, executor=executor, on_error=on_error, retries=retries,
-                                      shard=shard, batch_rows=batch_rows)
+                                      shard=shard, batch_rows=batch_rows, timeout=timeout)
         return engine.run(self.spec, options, progress=progress, total=total).counts
 
     def status(self) -> engine.Status:

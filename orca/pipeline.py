@@ -149,12 +149,13 @@ class Pipeline:
     # -- running -------------------------------------------------------------------------------
     def run(self, executor: Executor | None = None, *, on_error: Literal["raise", "continue"] | None = None,
             retries: int | None = None, progress: bool = True, shard: tuple[int, int] | None = None,
-            run_id: str | None = None, batch_rows: int | None = None) -> RunResult:
+            run_id: str | None = None, batch_rows: int | None = None, timeout: float | None = None) -> RunResult:
         """Run every function node in dependency order, each in two phases.
 
         ``on_error`` (``"raise"`` or ``"continue"``) and ``retries`` override, for this run, what
         each node's pod was given (default ``"raise"`` and 0). ``batch_rows`` is how many packets
-        a node computes between commits (default 100,000).
+        a node computes between commits (default 100,000). ``timeout``: seconds each call may take
+        (overrides each pod's ``timeout``); a call that runs longer is a failure (``TimeoutError``).
 
         ``shard=(i, n)`` computes only the novel entries in shard ``i`` of ``n`` (by a hash of
         tags and system tags), so ``n`` independent processes split one run. A run that fails
@@ -177,7 +178,7 @@ class Pipeline:
         run_id = run_id or new_run_id()
         # Every node's options, validated before any I/O.
         options = {label: node.cached.options(run_id, executor=executor, on_error=on_error, retries=retries,
-                                              shard=shard, batch_rows=batch_rows)
+                                              shard=shard, batch_rows=batch_rows, timeout=timeout)
                    for label, node in self.function_nodes.items()}
         log = RunLog(self.store, run_id, self.name)
         log.start()

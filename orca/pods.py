@@ -99,8 +99,10 @@ class FunctionPod:
         input_types: Mapping[str, Any] | None = None,
         output_types: Mapping[str, Any] | None = None,
         deps: Sequence[Any] = (),
+        timeout: float | None = None,
     ) -> None:
         self.function = function
+        self.timeout = check_timeout(timeout)  # how long a call may take; not part of the identity
         self.name = name or function.__name__
         self.version = str(version)
         self.output_keys: tuple[str, ...] = (output_keys,) if isinstance(output_keys, str) else tuple(output_keys)
@@ -236,6 +238,7 @@ def function_pod(
     input_types: Mapping[str, Any] | None = None,
     output_types: Mapping[str, Any] | None = None,
     deps: Sequence[Any] = (),
+    timeout: float | None = None,
 ) -> Callable[[Callable], Callable]:
     """Decorate a function to make it a function pod, available as ``f.pod``.
 
@@ -255,6 +258,10 @@ def function_pod(
     deps
         What the function depends on that its code does not show (see
         ``docs/pods-and-caching.md``); part of its identity.
+    timeout
+        Seconds each call may take; a call that runs longer is a failure (``TimeoutError``)
+        and the run goes on as ``on_error`` says. A run's ``timeout=`` overrides it. Not part
+        of the identity. See ``docs/executors.md`` for what each executor can interrupt.
     """
 
     def decorate(function: Callable) -> Callable:
@@ -264,10 +271,18 @@ def function_pod(
                            f"output_keys=...) instead")
         function.pod = FunctionPod(function, output_keys=output_keys, version=version, name=name,
                                    code_hash=code_hash, input_types=input_types, output_types=output_types,
-                                   deps=deps)
+                                   deps=deps, timeout=timeout)
         return function
 
     return decorate
+
+
+def check_timeout(timeout: float | None) -> float | None:
+    """``timeout`` if it is None or a number of seconds > 0, else a ``ValueError``."""
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)
+                                or not timeout > 0):
+        raise ValueError(f"timeout must be None or a number of seconds > 0, got {timeout!r}")
+    return timeout
 
 
 def _annotation_name(annotation: Any) -> str:
