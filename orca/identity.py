@@ -122,7 +122,7 @@ class FunctionIdentity:
         self._function = function  # None: code_hash=False
         self._deps = deps
         self._lock = threading.Lock()
-        self._parts: tuple[IdentityPart, ...] | None = None
+        self._resolved: tuple[tuple[IdentityPart, ...], str, str | None] | None = None
         if function is not None:
             root, _ = _unbind(function)
             if root is None:
@@ -133,21 +133,25 @@ class FunctionIdentity:
     @property
     def code_hash(self) -> str | None:
         """Hash of the code parts (function, classes, constants, closures, defaults), or None."""
-        if self._function is None:
-            return None
-        return _hash_parts([p for p in self.parts if p.kind in _CODE_KINDS])
+        return self._resolve()[2]
 
     @property
     def hash(self) -> str:
         """The identity: keys the results table and every result record."""
-        return _hash_parts(self.parts)
+        return self._resolve()[1]
 
     @property
     def parts(self) -> tuple[IdentityPart, ...]:
-        with self._lock:
-            if self._parts is None:
-                self._parts = _identity_parts(self)
-            return self._parts
+        """Every input of the identity, sorted by ``(kind, name)`` (see :meth:`explain`)."""
+        return self._resolve()[0]
+
+    def _resolve(self) -> tuple[tuple[IdentityPart, ...], str, str | None]:
+        with self._lock:  # resolved once, by one thread
+            if self._resolved is None:
+                parts = _identity_parts(self)
+                code = _hash_parts([p for p in parts if p.kind in _CODE_KINDS]) if self._function else None
+                self._resolved = (parts, _hash_parts(parts), code)
+            return self._resolved
 
     def explain(self) -> Explanation:
         """What went into :attr:`hash`, one :class:`IdentityPart` per input."""
@@ -172,7 +176,7 @@ class FunctionIdentity:
                 f"code_hash={self.code_hash!r}, hash={self.hash!r})")
 
     def __getstate__(self) -> dict:
-        state = dict(self.__dict__, _parts=self.parts)  # resolved here; workers never re-walk
+        state = dict(self.__dict__, _resolved=self._resolve())  # resolved here; workers never re-walk
         del state["_lock"]
         return state
 
