@@ -6,8 +6,8 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import uuid
-import weakref
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
 from types import MappingProxyType
@@ -20,7 +20,6 @@ from orca.errors import ExecutorError
 from orca.executors._chunking import (
     ChunkFn,
     ChunkingExecutor,
-    RemoteError,
     check_workers,
     describe,
     drive,
@@ -34,12 +33,18 @@ from orca.executors._chunking import (
 class RayExecutor(ChunkingExecutor):
     """Run chunks as Ray tasks.
 
-    On first use, calls ``ray.init(address=address, ignore_reinit_error=True)`` unless Ray
-    is already initialised (``num_cpus`` is passed only when starting a local Ray, i.e.
-    ``address`` is None). ``max_workers`` is how many chunks run at once (None: the
-    cluster's CPU count); ``task_options`` go to ``.options()`` of each task (e.g.
-    ``{"num_cpus": 2, "num_gpus": 1}``). The function is cloudpickled and put in the object
-    store once per `map_chunks` call; each worker process unpickles it once.
+    On first use, calls ``ray.init(address=address, ignore_reinit_error=True,
+    **init_options)`` unless Ray is already initialised (``num_cpus`` is passed only when
+    starting a local Ray, i.e. ``address`` is None). ``init_options`` are further
+    ``ray.init`` arguments, e.g. ``{"runtime_env": {"pip": ["scipy"]}, "namespace": "lab"}``.
+    ``max_workers`` is how many chunks run at once (None: the cluster's CPU count);
+    ``task_options`` go to ``.options()`` of each task (e.g. ``{"num_cpus": 2}``,
+    ``{"max_retries": 0}``). The function is cloudpickled and put in the object store once
+    per `map_chunks` call; each worker process unpickles it once.
+
+    A task whose worker or node died is retried by Ray (``max_retries``, default 3); when
+    the retries run out, `map_chunks` raises `ExecutorError` naming the task, its chunk and
+    the lost node, after yielding every chunk that finished before.
 
     Examples
     --------
@@ -52,11 +57,13 @@ class RayExecutor(ChunkingExecutor):
     num_cpus: int | None = None
     max_workers: int | None = None
     task_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    init_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_workers(self.max_workers)
-        object.__setattr__(self, "task_options", MappingProxyType(dict(self.task_options)))
+        for name in ("task_options", "init_options"):
+            object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
 
     def map_chunks(self, fn: ChunkFn, table: pa.Table) -> Iterator[pa.Table]:
         """Yield ``fn(chunk)`` for chunks of ``table`` as Ray tasks finish them.
@@ -69,38 +76,96 @@ class RayExecutor(ChunkingExecutor):
         return self._run(payload, describe(fn), table)
 
     def _run(self, payload: bytes, name: str, table: pa.Table) -> Iterator[pa.Table]:
-        ray = _connect(self.address, self.num_cpus)
+        ray = _connect(self.address, self.num_cpus, self.init_options)
         workers = self.max_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         task = _remote_task(ray)
         if self.task_options:
             task = task.options(**self.task_options)
         token, fn_ref = uuid.uuid4().hex, ray.put(payload)
-        refs: weakref.WeakKeyDictionary[Future, Any] = weakref.WeakKeyDictionary()
+        refs: dict[Future, Any] = {}
 
         def submit(chunk: pa.Table) -> Future:
-            ref = task.remote(token, [fn_ref], own_buffers(chunk))
-            future = ref.future()
+            # A chunk over Ray's inline limit (100 KiB) is put in the driver's object store
+            # once, and the node running the task pulls it from there: the data does not
+            # travel through the driver's sockets, only the reference does.
+            ref = task.remote(token, name, [fn_ref], own_buffers(chunk))
+            future: Future = Future()
             refs[future] = ref
+
+            def settle(done: Future) -> None:
+                _settle(ray, future, done, name, chunk.num_rows, ref)
+                refs.pop(future, None)  # a finished task's ref would pin its output in Ray
+
+            ref.future().add_done_callback(settle)
             return future
 
         def cancel(futures: set[Future]) -> None:
             for future in futures:
-                ray.cancel(refs[future])
+                ref = refs.get(future)
+                if ref is not None:  # not finished meanwhile
+                    ray.cancel(ref)
 
-        try:
-            yield from drive(submit, cancel, table, self._plan(workers), 2 * workers)
-        except ray.exceptions.RayTaskError as err:
-            cause = getattr(err, "cause", None)
-            if isinstance(cause, RemoteError):
-                raise cause.original() from cause
-            if isinstance(cause, Exception):
-                raise cause from err
-            raise ExecutorError(f"a Ray task running {name} failed: {err}") from err
-        except ray.exceptions.RayError as err:
-            raise ExecutorError(f"Ray could not run {name}: {type(err).__name__}: {err}") from err
+        yield from drive(submit, cancel, table, self._plan(workers), 2 * workers)
 
 
-def _connect(address: str | None, num_cpus: int | None):
+def _settle(ray, future: Future, done: Future, name: str, rows: int, ref) -> None:
+    """Resolve ``future`` from a Ray task's ``done`` future, turning Ray's errors into ours.
+
+    The function's own exception goes on as the `RemoteError` it left the worker as (`drive`
+    re-raises the original); a lost worker, node or object becomes an `ExecutorError` that
+    names the task, the chunk and (from Ray's message) the node.
+    """
+    try:
+        future.set_result(done.result())
+        return
+    except ray.exceptions.RayTaskError as err:
+        cause = getattr(err, "cause", None)
+        if isinstance(cause, Exception):
+            future.set_exception(cause)
+            return
+        error = ExecutorError(f"a Ray task running {name} on {rows} rows failed: {err}")
+    except ray.exceptions.TaskCancelledError as err:
+        error = ExecutorError(f"the Ray task running {name} on {rows} rows was cancelled")
+        error.__cause__ = err
+    except ray.exceptions.RayError as err:
+        error = ExecutorError(_lost_message(ray, err, name, rows, ref))
+        error.__cause__ = err
+    except Exception as err:  # e.g. a result that cannot be deserialised in the driver
+        error = ExecutorError(
+            f"the result of the Ray task running {name} on {rows} rows could not be read: "
+            f"{type(err).__name__}: {err}"
+        )
+        error.__cause__ = err
+    future.set_exception(error)
+
+
+_NODE = re.compile(r"Node IP: (?P<ip>[^,\s]+), node ID: (?P<id>[0-9a-f]+)")
+
+
+def _lost_message(ray, err: Exception, name: str, rows: int, ref) -> str:
+    """What was lost and why, for a Ray system error (the task did not fail by itself)."""
+    task = f"Ray task {ref.task_id().hex()} running {name} on a chunk of {rows} rows"
+    exceptions = ray.exceptions
+    node = _NODE.search(str(err))
+    if isinstance(err, exceptions.NodeDiedError) or node:
+        where = f"node {node['ip']} (node id {node['id']})" if node else "its node"
+        what = f"{where} died or became unreachable while running it"
+    elif isinstance(err, exceptions.WorkerCrashedError):
+        what = "the worker process running it died (killed, out of memory or a native crash)"
+    elif isinstance(err, exceptions.ObjectLostError):
+        what = "its input or output was lost from the object store (the node holding it died)"
+    elif isinstance(err, exceptions.OutOfMemoryError):
+        what = "Ray killed its worker because the node ran out of memory"
+    else:
+        what = f"Ray could not run it ({type(err).__name__})"
+    return (
+        f"{task} was lost: {what}, and Ray's retries (task option max_retries, default 3) "
+        "are used up. Chunks that finished before were returned; run again to compute the "
+        f"rest. Ray said: {type(err).__name__}: {err}"
+    )
+
+
+def _connect(address: str | None, num_cpus: int | None, init_options: Mapping[str, Any]):
     try:
         import ray
     except ImportError as err:
@@ -108,10 +173,16 @@ def _connect(address: str | None, num_cpus: int | None):
             "RayExecutor needs Ray: pip install 'orca[ray]' (or pip install ray)"
         ) from err
     if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"address": address, "ignore_reinit_error": True}
+        kwargs: dict[str, Any] = {**init_options, "address": address, "ignore_reinit_error": True}
         if address is None and num_cpus is not None:
             kwargs["num_cpus"] = num_cpus
-        ray.init(**kwargs)
+        try:
+            ray.init(**kwargs)
+        except Exception as err:
+            where = f"the Ray cluster at {address!r}" if address else "a local Ray"
+            raise ExecutorError(
+                f"RayExecutor could not start or connect to {where}: {type(err).__name__}: {err}"
+            ) from err
     return ray
 
 
@@ -130,13 +201,25 @@ def _remote_task(ray):
 _loaded: dict[str, ChunkFn] = {}
 
 
-def _run_chunk(token: str, fn_ref: list, chunk: pa.Table) -> tuple[pa.Table, float]:
-    """Ray task body: load the function once per worker and map call, then run one chunk."""
+def _run_chunk(token: str, name: str, fn_ref: list, chunk: pa.Table) -> tuple[pa.Table, float]:
+    """Ray task body: load the function once per worker and map call, then run one chunk.
+
+    ``fn_ref`` is a list so Ray passes the reference itself, not the value, and the
+    function is fetched only by a worker that has not loaded it yet.
+    """
     fn = _loaded.get(token)
     if fn is None:
         import ray
 
-        fn = cloudpickle.loads(ray.get(fn_ref[0]))
+        try:
+            fn = cloudpickle.loads(ray.get(fn_ref[0]))
+        except Exception as err:
+            raise ExecutorError(
+                f"a Ray worker on node {ray.util.get_node_ip_address()} could not load function "
+                f"{name}: {type(err).__name__}: {err}. Its module must be importable on every "
+                "node (install it there, ship it with runtime_env, or register it with "
+                "cloudpickle.register_pickle_by_value)"
+            ) from None
         _loaded.clear()  # keep only the current map call's function
         _loaded[token] = fn
     return run_shipped(fn, chunk)
