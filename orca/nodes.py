@@ -30,7 +30,7 @@ from typing import Any
 
 import polars as pl
 
-from orca import engine
+from orca import engine, views
 from orca._operator import check_expr
 from orca.cache import CachedFunctionPod
 from orca.engine import Counts, NodeSpec, shard_filter
@@ -121,6 +121,9 @@ class FunctionNode:
 
     def __repr__(self) -> str:
         return f"FunctionNode({self.label!r}, pod={self.pod.name!r}, table={self.provenance_table!r})"
+
+    def _repr_html_(self) -> str:
+        return views.node_html(self)
 
     # -- running ----------------------------------------------------------------------------
     def run(self, *, executor: Executor | None = None, on_error: str | None = None, retries: int | None = None,

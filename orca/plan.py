@@ -42,7 +42,7 @@ from collections.abc import Iterator, Mapping
 
 import polars as pl
 
-from orca import engine
+from orca import engine, views
 from orca.engine import NodeSpec, Status
 from orca.hashing import hash_keys, keys_hex
 from orca.names import (
@@ -105,6 +105,9 @@ class Plan(Mapping[str, NodePlan]):
 
     def __len__(self) -> int:
         return len(self.nodes)
+
+    def _repr_html_(self) -> str:
+        return views.plan_html(self)
 
     def summary(self) -> pl.DataFrame:
         """One row per node: totals, cached, to compute, and the reasons."""

@@ -34,6 +34,7 @@ import polars as pl
 import pyarrow as pa
 
 from orca import operators as _ops
+from orca import views
 from orca._operator import arrow_schema_of
 from orca.hashing import PATH_METADATA
 from orca.names import SOURCE_PREFIX, SYSTEM_PREFIX, SYSTEM_TAG_PREFIX, source_column
@@ -168,6 +169,9 @@ class Stream:
 
     def __repr__(self) -> str:
         return f"Stream(tags={list(self.tag_columns)}, packets={list(self.packet_columns)})"
+
+    def _repr_html_(self) -> str:
+        return views.stream_html(self)
 
     def derive(self, frame: pl.LazyFrame | Callable[[], pl.DataFrame], **fields: Any) -> Stream:
         """A new plain :class:`Stream` made from this one (``fields`` as for the constructor).
