@@ -3,10 +3,12 @@
 Public API, grouped. Everything here is documented in ``docs/``.
 """
 
+from orca import deps
 from orca.cache import CachedFunctionPod, Counts, new_run_id
 from orca.errors import (
     ExecutorError,
     HashingError,
+    IdentityWarning,
     OrcaError,
     PodError,
     SchemaError,
@@ -39,13 +41,14 @@ __version__ = "0.1.0"
 __all__ = [
     # errors
     "OrcaError", "HashingError", "SchemaError", "SourceError", "PodError", "StoreError", "ExecutorError",
+    "IdentityWarning",
     # hashing
     "hash_packet", "hash_packets", "hash_file",
     # streams and sources
     "Stream", "Source", "DictSource", "ArrowSource", "PolarsSource", "CSVSource", "ParquetSource",
     "DeltaSource", "GlobSource",
     # pods, caching, nodes
-    "function_pod", "FunctionPod", "FunctionIdentity", "CachedFunctionPod", "FunctionNode", "Counts",
+    "function_pod", "FunctionPod", "FunctionIdentity", "deps", "CachedFunctionPod", "FunctionNode", "Counts",
     # pipelines
     "Pipeline", "OperatorNode", "RunResult", "RunHandle", "new_run_id", "Plan", "NodePlan",
     # stores

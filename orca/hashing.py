@@ -96,6 +96,37 @@ def hash_file(path: str | os.PathLike) -> str:
     return _content_digest(path).hex()
 
 
+def file_facts(paths: Sequence[str]) -> list[tuple[int, int, str] | None]:
+    """(size, mtime_ns, content hash) of each file, from the memo where the file is unchanged
+    (else read and hashed now); None for a path that is not a regular file."""
+    facts: list[tuple[int, int, str] | None] = []
+    for path in paths:
+        try:
+            resolved = str(Path(path).resolve())
+            st = os.stat(resolved)
+        except OSError:
+            facts.append(None)
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            facts.append(None)
+            continue
+        facts.append((st.st_size, st.st_mtime_ns, _file_digest(resolved, st).hex()))
+    return facts
+
+
+def remember_files(paths: Sequence[str], sizes: Sequence[int], mtimes: Sequence[int],
+                   digests: Sequence[str]) -> None:
+    """Seed the memo of file content hashes (e.g. from a store's ``sources/`` tables), so that a
+    new process re-reads only files whose size or mtime changed. ``forget_files()`` undoes it."""
+    for path, size, mtime, digest in zip(paths, sizes, mtimes, digests, strict=True):
+        _FILE_DIGESTS.setdefault(str(Path(path).resolve()), (int(size), int(mtime), bytes.fromhex(digest)))
+
+
+def forget_files() -> None:
+    """Empty the memo of file content hashes: every file is read again when next hashed."""
+    _FILE_DIGESTS.clear()
+
+
 def hash_packets(
     table: pa.Table | pa.RecordBatch, columns: Sequence[str] | None = None
 ) -> pa.Array:

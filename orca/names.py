@@ -74,6 +74,11 @@ def asset_table(pipeline: str, label: str) -> str:
     return f"assets/{pipeline}/{label}"
 
 
+def sources_table(source_id: str) -> str:
+    """``sources/<source id>``: the rows a source delivered (record ids, tags, files)."""
+    return f"sources/{source_id}"
+
+
 def source_column(packet_column: str) -> str:
     """Name of the source-info column for ``packet_column``."""
     return SOURCE_PREFIX + packet_column

@@ -22,23 +22,33 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import importlib.util
 import os
+import sys
 from typing import Any, Literal
 
 import polars as pl
-from tqdm.auto import tqdm
 
-from orca import _context, assets, engine
+# tqdm.auto picks the notebook bar in Jupyter, which needs ipywidgets and warns ("IProgress not
+# found") without it: use it only when ipywidgets is installed; the text bar works everywhere.
+if importlib.util.find_spec("ipywidgets") is not None:
+    from tqdm.auto import tqdm
+else:
+    from tqdm.std import tqdm
+
+from orca import _context, assets, engine, lineage, views
 from orca.cache import CachedFunctionPod
 from orca.engine import Counts, NodeRun, NodeSpec, RunOptions, new_run_id
 from orca.errors import ExecutorError, OrcaError
 from orca.executors import Executor
-from orca.hashing import hash_packets
-from orca.names import FAILURES, RUNS, asset_table, check_label
+from orca.graph import Graph, pipeline_graph
+from orca.hashing import forget_files, hash_packets
+from orca.names import FAILURES, RECORD_ID, RUNS, asset_table, check_label, sources_table
 from orca.nodes import FunctionNode, default_label
 from orca.plan import Plan, plan_nodes
 from orca.pods import FunctionPod
 from orca.runs import RunHandle, RunLog
+from orca.sources import Source
 from orca.stores import Store, default_store
 from orca.streams import Stream
 from orca.types import storable_table
@@ -71,6 +81,9 @@ class RunResult:
     failures: pl.DataFrame
     handle: RunHandle
 
+    def _repr_html_(self) -> str:
+        return views.run_html(self)
+
 
 class Pipeline:
     """A named graph of nodes over one store.
@@ -93,6 +106,18 @@ class Pipeline:
 
     def __repr__(self) -> str:
         return f"Pipeline({self.name!r}, nodes={list(self.nodes)}, store={self.store.location!r})"
+
+    def _repr_html_(self) -> str:
+        return views.pipeline_html(self.graph())
+
+    def graph(self, annotate: RunResult | Plan | None = None) -> Graph:
+        """The pipeline as a picture: sources, operators and function nodes, and the edges
+        between them (:class:`orca.graph.Graph`: ``to_mermaid()``, ``to_dot()``, ``to_svg()``).
+
+        Function nodes carry the counts of ``annotate`` (a run result or a plan), else of this
+        pipeline's latest run in its store (none if it has not run).
+        """
+        return pipeline_graph(self.name, self.nodes, self.store, annotate)
 
     def __enter__(self) -> Pipeline:
         self._tokens.append(_context.enter(self))
@@ -149,7 +174,8 @@ class Pipeline:
     # -- running -------------------------------------------------------------------------------
     def run(self, executor: Executor | None = None, *, on_error: Literal["raise", "continue"] | None = None,
             retries: int | None = None, progress: bool = True, shard: tuple[int, int] | None = None,
-            run_id: str | None = None, batch_rows: int | None = None, timeout: float | None = None) -> RunResult:
+            run_id: str | None = None, batch_rows: int | None = None, timeout: float | None = None,
+            rehash_files: bool = False) -> RunResult:
         """Run every function node in dependency order, each in two phases.
 
         ``on_error`` (``"raise"`` or ``"continue"``) and ``retries`` override, for this run, what
@@ -180,6 +206,11 @@ class Pipeline:
         options = {label: node.cached.options(run_id, executor=executor, on_error=on_error, retries=retries,
                                               shard=shard, batch_rows=batch_rows, timeout=timeout)
                    for label, node in self.function_nodes.items()}
+        sources = self._sources()
+        if rehash_files:
+            forget_files()
+        else:
+            lineage.remember_source_files(self.store, sources)
         log = RunLog(self.store, run_id, self.name)
         log.start()
         runs: dict[str, NodeRun] = {}
@@ -187,6 +218,7 @@ class Pipeline:
         try:
             for label, node in self.function_nodes.items():
                 runs[label] = self._run_node(node, options[label], runs, log, progress)
+            lineage.record_sources(self.store, sources, run_id)
             status = "failed" if any(r.counts.failed for r in runs.values()) else "succeeded"
         except KeyboardInterrupt:
             status = "interrupted"
@@ -199,7 +231,10 @@ class Pipeline:
     def _run_node(self, node: FunctionNode, options: RunOptions, runs: dict[str, NodeRun], log: RunLog,
                   progress: bool) -> NodeRun:
         """Run one node, handing it its upstream node's status from this run (if any)."""
-        bar = tqdm(desc=node.label, unit="entry", disable=None if progress else True, leave=True)
+        # disable=None hides the bar when stderr is not a terminal -- a Jupyter kernel's is not,
+        # yet its front end draws the text bar well: there, show it.
+        hide = (False if "ipykernel" in sys.modules else None) if progress else True
+        bar = tqdm(desc=node.label, unit="entry", disable=hide, leave=True)
 
         def total(n: int, done: int) -> None:
             bar.reset(total=n)
@@ -216,6 +251,11 @@ class Pipeline:
         try:
             done = engine.run(node.spec, options, upstream=before.status if before else None,
                               progress=update, total=total)
+            # The engine's last progress call may precede its last counts (cache hits found
+            # after the compute, a run with nothing to compute): end the bar on the final counts.
+            c = done.counts
+            bar.total = max(bar.total or 0, c.cached + c.computed + c.failed)
+            update(c)
         finally:
             bar.close()
         # Committed with the next event (the next node's start or the run's end): one commit fewer.
@@ -257,6 +297,31 @@ class Pipeline:
         rows = frame.select(*node.output.tag_columns, *node.output.packet_columns).with_columns(row_id)
         return self.store.sync_rows(asset_table(self.name, label), "__row_id", storable_table(rows.to_arrow()),
                                     pl.Series([], dtype=pl.String), metadata={"orca.run": new_run_id()})
+
+    def lineage(self, label: str, where: pl.Expr | None = None) -> pl.DataFrame:
+        """For each row of node ``label``'s asset matching ``where`` (a Polars expression over its
+        columns), every step back to the sources: the node entries (node, entry id, record id,
+        function hash, run) and the source records (source id, tags, file path and content
+        hash). ``row`` numbers the selected rows; ``depth`` counts the steps from them."""
+        rows = self.asset(label)
+        rows = (rows if where is None else rows.filter(where)).collect()
+        return lineage.lineage(self.store, self._specs(), label, rows)
+
+    def downstream(self, source_id: str, where: pl.Expr | None = None) -> pl.DataFrame:
+        """The asset rows of every node that depend on the rows of source ``source_id`` matching
+        ``where`` (a Polars expression over the recorded source rows: tags, file path...)."""
+        recorded = lineage.source_rows(self.store, source_id)
+        records = self.store.collect(sources_table(source_id),
+                                     (recorded if where is None else recorded.filter(where)).select(RECORD_ID))
+        return lineage.downstream(self.store, self._specs(), source_id, records[RECORD_ID])
+
+    def _specs(self) -> dict[str, NodeSpec]:
+        return {label: node.spec for label, node in self.function_nodes.items()}
+
+    def _sources(self) -> dict[str, Source]:
+        streams = [s for node in self.nodes.values()
+                   for s in ((node.input,) if isinstance(node, FunctionNode) else node.inputs)]
+        return lineage.sources_in(s.producer if isinstance(s.producer, Source) else s for s in streams)
 
     def _asset_table(self, label: str) -> str:
         self[label]  # a KeyError naming the nodes when there is no such node

@@ -144,3 +144,84 @@ def test_two_processes_leave_consistent_assets(tmp_path, data):
     for label in ("size", "double"):
         asset = same(pipeline, label)
         assert asset.height == 43
+
+
+# -- sources and lineage ---------------------------------------------------------------------
+def joined_pipeline(store, data):
+    meta = orca.DictSource([{"name": n, "group": g} for n, g in (("a", 1), ("b", 2), ("c", 1))],
+                           tags=["name"], source_id="meta")
+    pipeline = orca.Pipeline("lin", store=store)
+    with pipeline:
+        sized = assets_files.size.pod(orca.GlobSource(str(data / "{name}.txt"), source_id="files"))
+        assets_files.double.pod(sized.join(meta).rename_packets({"group": "g"}).drop_packets("g"))
+    return pipeline
+
+
+def test_sources_are_recorded_once_per_content(store, data):
+    pipeline = joined_pipeline(store, data)
+    pipeline.run(progress=False)
+    pipeline.run(progress=False)
+    files = store.scan("sources/files").collect().sort("name")
+    assert files["name"].to_list() == ["a", "b", "c"]
+    assert files["path_size"].to_list() == [1, 2, 3]
+    assert files["path_content_hash"].to_list() == [orca.hash_file(data / f"{n}.txt") for n in "abc"]
+    assert store.scan("sources/meta").collect().height == 3
+    write(data, a="changed")
+    joined_pipeline(store, data).run(progress=False)
+    assert store.scan("sources/files").collect().height == 4  # the new content of a.txt
+
+
+def test_lineage_through_a_join_and_two_pods_names_the_files(store, data):
+    pipeline = joined_pipeline(store, data)
+    pipeline.run(progress=False)
+    steps = pipeline.lineage("double", pl.col("name") == "b")
+    nodes = steps.filter(pl.col("kind") == "node")
+    assert nodes.sort("depth")["node"].to_list() == ["double", "size"]
+    sources = steps.filter(pl.col("kind") == "source")
+    assert set(sources["source_id"]) == {"files"}  # the join's meta columns were dropped before double
+    files = sources.filter(pl.col("source_id") == "files")
+    assert files["path"].to_list() == [str((data / "b.txt").resolve())]
+    assert files["content_hash"].to_list() == [orca.hash_file(data / "b.txt")]
+    whole = pipeline.lineage("double")
+    assert whole["row"].n_unique() == 3
+
+
+def test_downstream_lists_exactly_the_dependent_rows(store, data):
+    pipeline = joined_pipeline(store, data)
+    pipeline.run(progress=False)
+    rows = pipeline.downstream("files", pl.col("name") == "c")
+    assert sorted(zip(rows["node"], rows["name"], strict=True)) == [("double", "c"), ("size", "c")]
+    with pytest.raises(orca.StoreError, match="group"):  # sources record tags and files, not data
+        pipeline.downstream("meta", pl.col("group") == 1)
+    meta_rows = pipeline.downstream("meta", pl.col("name").is_in(["a", "c"]))
+    assert sorted(zip(meta_rows["node"], meta_rows["name"], strict=True)) == [("double", "a"), ("double", "c")]
+
+
+RERUN = '''
+import sys
+from tests.pipelines.assets_files import build
+import orca
+result = build(orca.DeltaStore(sys.argv[1]), sys.argv[2]).run(progress=False, rehash_files=sys.argv[3] == "1")
+print(result.counts["size"].computed)
+'''
+
+
+def test_a_new_process_trusts_recorded_file_hashes_until_asked(tmp_path, data):
+    import os
+    import subprocess
+    import sys
+
+    store = tmp_path / "store"
+    build(orca.DeltaStore(store), data).run(progress=False)
+    target = data / "b.txt"
+    stat = target.stat()
+    target.write_text("QQ")  # same size, and the mtime put back: only a re-read can tell
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    def rerun(rehash: str) -> int:
+        done = subprocess.run([sys.executable, "-c", RERUN, str(store), str(data), rehash], capture_output=True,
+                              text=True, cwd=str(pathlib.Path(__file__).parent.parent), check=True)
+        return int(done.stdout.strip().splitlines()[-1])
+
+    assert rerun("0") == 0  # the recorded (size, mtime, hash) spared reading the files
+    assert rerun("1") == 1  # rehash_files=True reads them all again and finds the change

@@ -1,0 +1,229 @@
+"""Lineage: the source rows and files behind every output row, and the reverse.
+
+When a pipeline runs, each source's rows are recorded in ``sources/<source id>``: the record
+id (``__record_id``, the value of the ``__tag__<source id>`` system tag), the tag values, the
+packet's hash, and for path columns the file's size, mtime and content hash. A row is added
+only when something about it is new (a new record, or new content for a known one), so the
+table is the history of what the source delivered. It is also the persistent memo of file
+hashes: a later process re-reads only files whose size or mtime changed
+(:func:`remember_source_files`; ``run(rehash_files=True)`` forgets it).
+
+:func:`lineage` walks from selected asset rows back to the sources, through the provenance
+tables: a provenance row's ``__source__<column>`` references name either a source record
+(``<source id>#<record id>``) or an upstream node's result (``results/<fn>/<hash>#<record id>``),
+whose provenance row is the one with that record id and system tags the downstream row carries.
+:func:`downstream` goes the other way, by the ``__tag__<source id>`` system tags every derived
+row keeps. See ``docs/assets.md``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+
+from orca.engine import NodeSpec, utc_now
+from orca.errors import OrcaError
+from orca.hashing import file_facts, hash_packets, remember_files
+from orca.names import (
+    ENTRY_ID,
+    INVALIDATED_AT,
+    PACKET_HASH,
+    RECORD_ID,
+    RUN_ID,
+    SOURCE_PREFIX,
+    SYSTEM_TAG_PREFIX,
+    SYSTEM_TAGS,
+    sources_table,
+)
+from orca.sources import Source
+
+if TYPE_CHECKING:
+    from orca.stores import Store
+    from orca.streams import Stream
+
+__all__ = ["record_sources", "remember_source_files", "lineage", "downstream", "sources_in"]
+
+_ROW_KEY = "__row_key"
+_RECORDED_AT = "__recorded_at"
+
+
+def sources_in(streams: Iterable[Stream]) -> dict[str, Source]:
+    """The sources among ``streams`` (by source id)."""
+    return {s.source_id: s for s in streams if isinstance(s, Source)}
+
+
+def _file_columns(column: str) -> tuple[str, str, str]:
+    return f"{column}_size", f"{column}_mtime_ns", f"{column}_content_hash"
+
+
+def record_sources(store: Store, sources: Mapping[str, Source], run_id: str) -> None:
+    """Append to ``sources/<id>`` the rows of each source that are new (record or content)."""
+    for source_id, source in sources.items():
+        frame = source.to_polars(include_system=True)
+        record = SYSTEM_TAG_PREFIX + source_id
+        packets = source.to_arrow().select(list(source.packet_columns))
+        columns: dict[str, Any] = {c: frame[c] for c in source.tag_columns}
+        columns[RECORD_ID] = frame[record]
+        columns[PACKET_HASH] = pl.Series(hash_packets(packets)) if packets.num_columns else pl.Series(
+            [""] * frame.height)
+        for path in sorted(source.path_columns):
+            facts = file_facts(frame[path].to_list())
+            size, mtime, digest = _file_columns(path)
+            columns[path] = frame[path]
+            columns[size] = pl.Series([f[0] if f else None for f in facts], dtype=pl.Int64)
+            columns[mtime] = pl.Series([f[1] if f else None for f in facts], dtype=pl.Int64)
+            columns[digest] = pl.Series([f[2] if f else None for f in facts], dtype=pl.String)
+        rows = pl.DataFrame(columns)
+        rows = rows.with_columns(pl.Series(_ROW_KEY, hash_packets(rows.select(RECORD_ID, PACKET_HASH).to_arrow())))
+        known = store.keys(sources_table(source_id))
+        if known is not None:
+            rows = rows.filter(~pl.col(_ROW_KEY).is_in(known.cast(pl.String).implode()))
+        if rows.height:
+            rows = rows.with_columns(pl.lit(run_id).alias(RUN_ID), pl.lit(utc_now()).dt.cast_time_unit("us")
+                                     .alias(_RECORDED_AT))
+            store.append(sources_table(source_id), rows.to_arrow(), key=[_ROW_KEY])
+
+
+def remember_source_files(store: Store, sources: Mapping[str, Source]) -> None:
+    """Seed the file-hash memo from the recorded sources, so unchanged files are not re-read."""
+    for source_id, source in sources.items():
+        table = store.scan(sources_table(source_id))
+        if table is None or not source.path_columns:
+            continue
+        names = table.collect_schema().names()
+        for path in source.path_columns:
+            size, mtime, digest = _file_columns(path)
+            if not {path, size, mtime, digest} <= set(names):
+                continue
+            # (latest last: remember_files keeps the first it is given per path, so reverse)
+            known = store.collect(sources_table(source_id), table.sort(_RECORDED_AT, descending=True)
+                                  .select(path, size, mtime, digest).drop_nulls())
+            remember_files(known[path].to_list(), known[size].to_list(), known[mtime].to_list(),
+                           known[digest].to_list())
+
+
+# -- lineage ----------------------------------------------------------------------------------
+_LINEAGE_SCHEMA = {
+    "row": pl.Int64, "depth": pl.Int64, "kind": pl.String, "node": pl.String, "entry_id": pl.String,
+    "record_id": pl.String, "function_hash": pl.String, "run_id": pl.String, "source_id": pl.String,
+    "source_tags": pl.String, "path": pl.String, "content_hash": pl.String,
+}
+
+
+def lineage(store: Store, specs: Mapping[str, NodeSpec], label: str, rows: pl.DataFrame) -> pl.DataFrame:
+    """For each row of ``rows`` (asset rows of node ``label``, with ``__entry_id``), every step back
+    to the sources: one row per node entry and per source record, with the row's position in
+    ``rows`` (``row``) and its distance from it (``depth``)."""
+    by_results = {spec.results_table: name for name, spec in specs.items()}
+    out: list[dict] = []
+    frontier = [(i, 0, label, entry, None) for i, entry in enumerate(rows[ENTRY_ID].to_list())]
+    seen: set[tuple] = set()
+    while frontier:
+        wanted: dict[str, list] = {}
+        for step in frontier:
+            wanted.setdefault(step[2], []).append(step)
+        frontier = []
+        for name, steps in wanted.items():
+            spec = specs[name]
+            prov = _provenance(store, spec, [s[3] for s in steps if s[3] is not None],
+                               [s[4] for s in steps if s[3] is None])
+            for row, depth, _, entry, by_record in steps:
+                matches = prov.filter(pl.col(ENTRY_ID) == entry) if entry is not None else \
+                    prov.filter(pl.col(RECORD_ID) == by_record[0]).filter(
+                        pl.col(SYSTEM_TAGS).map_elements(lambda t, c=by_record[1]: _within(t, c), pl.Boolean))
+                for p in matches.iter_rows(named=True):
+                    if (row, name, p[ENTRY_ID]) in seen:
+                        continue
+                    seen.add((row, name, p[ENTRY_ID]))
+                    out.append({"row": row, "depth": depth, "kind": "node", "node": name, "entry_id": p[ENTRY_ID],
+                                "record_id": p[RECORD_ID], "function_hash": spec.pod.identity.hash,
+                                "run_id": p[RUN_ID]})
+                    carried = _values(json.loads(p[SYSTEM_TAGS]))
+                    for ref in _refs(p):
+                        table, _, record = ref.rpartition("#")
+                        if table in by_results:
+                            frontier.append((row, depth + 1, by_results[table], None, (record, carried)))
+                        else:
+                            out.append(_source_step(store, row, depth + 1, table, record))
+    return pl.DataFrame(out, schema=_LINEAGE_SCHEMA).unique(maintain_order=True)
+
+
+def _provenance(store: Store, spec: NodeSpec, entries: list[str], records: list[tuple]) -> pl.DataFrame:
+    """Live provenance rows of ``spec`` with these entry ids or record ids."""
+    prov = store.scan(spec.provenance_table, include_invalidated=True)
+    if prov is None:
+        raise OrcaError(f"node {spec.label!r} has no provenance table yet: run the pipeline first")
+    prov = prov.filter(pl.col(INVALIDATED_AT).is_null())
+    wanted = pl.col(ENTRY_ID).is_in(entries) | pl.col(RECORD_ID).is_in([r[0] for r in records])
+    return store.collect(spec.provenance_table, prov.filter(wanted))
+
+
+def _refs(row: Mapping[str, Any]) -> list[str]:
+    refs: list[str] = []
+    for column, value in row.items():
+        if column.startswith(SOURCE_PREFIX) and value is not None:
+            refs.extend(value if isinstance(value, list) else [value])
+    return sorted(set(refs))
+
+
+def _values(system_tags: Mapping[str, Any]) -> set[str]:
+    """Every record id a row's system tags hold (lists after a batch)."""
+    found: set[str] = set()
+    for value in system_tags.values():
+        found.update(v for v in (value if isinstance(value, list) else [value]) if v is not None)
+    return found
+
+
+def _within(system_tags: str, carried: set[str]) -> bool:
+    """Whether an upstream row's system tags are among those the downstream row carries."""
+    return _values(json.loads(system_tags)) <= carried
+
+
+def _source_step(store: Store, row: int, depth: int, source_id: str, record: str) -> dict:
+    step = {"row": row, "depth": depth, "kind": "source", "source_id": source_id, "record_id": record}
+    table = store.scan(sources_table(source_id))
+    if table is None:
+        return step
+    found = store.collect(sources_table(source_id), table.filter(pl.col(RECORD_ID) == record))
+    if found.height == 0:
+        return step
+    latest = found.sort(_RECORDED_AT).row(-1, named=True)
+    system = {RECORD_ID, PACKET_HASH, _ROW_KEY, RUN_ID, _RECORDED_AT, INVALIDATED_AT}
+    digests = [c for c in latest if c.endswith("_content_hash")]
+    step["content_hash"] = latest[digests[0]] if digests else None
+    step["path"] = latest[digests[0].removesuffix("_content_hash")] if digests else None
+    step["source_tags"] = json.dumps({k: v for k, v in latest.items() if k not in system and not k.startswith(
+        tuple(c.removesuffix("_content_hash") for c in digests))}, default=str, sort_keys=True)
+    return step
+
+
+def downstream(store: Store, specs: Mapping[str, NodeSpec], source_id: str, records: pl.Series) -> pl.DataFrame:
+    """The asset rows of every node that depend on source ``source_id``'s records ``records``:
+    ``node`` plus the asset columns."""
+    wanted = set(records.cast(pl.String).to_list())
+    prefix = SYSTEM_TAG_PREFIX + source_id
+    found = []
+    for name, spec in specs.items():
+        prov = store.scan(spec.provenance_table)
+        asset = store.scan(spec.asset_table) if spec.asset_table else None
+        if prov is None or asset is None:
+            continue
+        ids = store.collect(spec.provenance_table, prov.select(ENTRY_ID, SYSTEM_TAGS))
+        hit = ids.filter(pl.col(SYSTEM_TAGS).map_elements(
+            lambda t: bool(_values({k: v for k, v in json.loads(t).items()
+                                    if k == prefix or k.startswith(prefix + "__")}) & wanted), pl.Boolean))
+        if hit.height:
+            rows = store.collect(spec.asset_table, asset.join(hit.select(ENTRY_ID).lazy(), on=ENTRY_ID, how="semi"))
+            found.append(rows.with_columns(pl.lit(name).alias("node")))
+    return pl.concat(found, how="diagonal_relaxed") if found else pl.DataFrame(schema={"node": pl.String})
+
+
+def source_rows(store: Store, source_id: str) -> pl.LazyFrame:
+    """The recorded rows of source ``source_id`` (``sources/<source id>``)."""
+    table = store.scan(sources_table(source_id))
+    if table is None:
+        raise OrcaError(f"no recorded rows for source {source_id!r}: run a pipeline that reads it first")
+    return table
