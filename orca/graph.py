@@ -156,9 +156,10 @@ class Graph:
         layer: dict[str, int] = {}
         for node in self.nodes:  # nodes come in dependency order: parents are placed first
             layer[node.id] = 1 + max((layer[p] for p in parents[node.id]), default=-1)
-        for a, b in self.edges:  # a source sits just above its first reader (short edges cross less)
-            if not parents[a] and layer[a] == 0:
-                layer[a] = min(layer[c] for x, c in self.edges if x == a) - 1
+        for node in self.nodes:  # a source sits just above its first reader (short edges cross less)
+            readers = [layer[b] for a, b in self.edges if a == node.id]
+            if not parents[node.id] and readers:
+                layer[node.id] = min(readers) - 1
         layers: list[list[str]] = [[] for _ in range(max(layer.values(), default=-1) + 1)]
         for node in self.nodes:
             layers[layer[node.id]].append(node.id)
