@@ -16,8 +16,9 @@ from deltalake.exceptions import DeltaError
 from orca.cli._common import CliError, State
 from orca.cli.catalog import ls, show
 from orca.cli.edit import invalidate, rm
-from orca.cli.history import failures, runs
+from orca.cli.history import failures, history, runs
 from orca.cli.maintain import maintain
+from orca.cli.script import graph, plan
 from orca.errors import OrcaError
 
 __all__ = ["main"]
@@ -46,5 +47,5 @@ def main(ctx: click.Context, store_path: str, as_json: bool) -> None:
     ctx.obj = State(store_path, as_json)
 
 
-for command in (ls, show, runs, failures, invalidate, rm, maintain):
+for command in (ls, show, runs, failures, history, plan, graph, invalidate, rm, maintain):
     main.add_command(command)

@@ -7,6 +7,7 @@ from typing import Any
 import click
 import polars as pl
 
+from orca.assets import read_asset
 from orca.cli._common import (
     CliError,
     State,
@@ -33,6 +34,7 @@ from orca.names import (
     RECORDED_AT,
     RUN_ID,
     SYSTEM_PREFIX,
+    asset_table,
     provenance_table,
 )
 from orca.stores import DeltaStore
@@ -70,11 +72,12 @@ def ls(state: State) -> None:
 @click.argument("pipeline")
 @click.argument("node", required=False)
 @click.option("--limit", default=10, show_default=True, type=click.IntRange(min=0),
-              help="Recorded entries to show with NODE.")
+              help="Rows of NODE's output to show.")
 @click.pass_obj
 def show(state: State, pipeline: str, node: str | None, limit: int) -> None:
-    """Show a pipeline's nodes with the counts of its last run; with NODE, also the latest
-    recorded entries of that node joined to their outputs."""
+    """Show a pipeline's nodes with the counts of its last run; with NODE, also the head of that
+    node's current output (its asset table; for a node never materialised, its latest recorded
+    entries joined to their outputs)."""
     store = state.store()
     events = run_events(store, pipeline)
     nodes = require_pipeline(store, pipeline, events)
@@ -98,10 +101,15 @@ def show(state: State, pipeline: str, node: str | None, limit: int) -> None:
     if node is not None:
         if node not in nodes:
             raise CliError(f"pipeline {pipeline!r} has no node {node!r}; nodes: {', '.join(nodes)}")
-        title, caveat, head = HEAD
-        frame = head(store, pipeline, node, limit)
-        payload[title.replace(" ", "_")] = frame.to_dicts()
-        text += ["", f"{node}: {title} (latest {limit}, newest first; {caveat})", _frame_text(frame)]
+        if store.exists(asset_table(pipeline, node)):
+            frame, rows_in_asset = current_output(store, pipeline, node, limit)
+            payload["current_output"] = frame.to_dicts()
+            title = f"current output ({asset_table(pipeline, node)}: {rows_in_asset} rows; first {limit} by tags)"
+        else:  # an older store, or a node never materialised: what provenance says, labelled as such
+            frame = recorded_entries(store, pipeline, node, limit)
+            payload["recorded_entries"] = frame.to_dicts()
+            title = f"recorded entries (latest {limit}, newest first; recorded history, not the exact current output)"
+        text += ["", f"{node}: {title}", _frame_text(frame)]
     state.emit(payload, "\n".join(text))
 
 
@@ -135,9 +143,18 @@ def recorded_entries(store: DeltaStore, pipeline: str, node: str, limit: int) ->
         [c for c in order if c in frame.columns])
 
 
-# The source of ``orca show PIPELINE NODE``'s head, with its honest label. When the assets
-# table (``assets/<pipeline>/<node>``, the node's exact current output) exists, point this at it.
-HEAD = ("recorded entries", "recorded history, not the exact current output", recorded_entries)
+def current_output(store: DeltaStore, pipeline: str, node: str, limit: int) -> tuple[pl.DataFrame, int]:
+    """The first ``limit`` rows (by tags) of a node's asset -- its exact current output -- as
+    tags, outputs and ``__run_id`` (the run that wrote each row), and the asset's row count."""
+    asset = read_asset(store, asset_table(pipeline, node))
+    columns = asset.collect_schema().names()
+    user = [c for c in columns if not c.startswith(SYSTEM_PREFIX)]
+    tags = [c for c in user if c in tag_columns(store.scan(provenance_table(pipeline, node)))] \
+        if store.exists(provenance_table(pipeline, node)) else []
+    rows = asset.select(pl.len()).collect().item()
+    head = asset.select(*user, RUN_ID)
+    head = head.sort(tags, nulls_last=True) if tags else head
+    return head.head(limit).collect(), rows
 
 
 def _frame_text(frame: pl.DataFrame) -> str:

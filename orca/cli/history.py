@@ -1,4 +1,5 @@
-"""``orca runs`` and ``orca failures``: what runs did, from the ``runs`` and ``failures`` tables."""
+"""``orca runs``, ``orca failures`` and ``orca history``: what runs did, from the ``runs`` and
+``failures`` tables and the Delta history of the asset tables."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from typing import Any
 import click
 import polars as pl
 
+from orca.assets import asset_history
 from orca.cli._common import (
+    CliError,
     State,
     cell,
     human_seconds,
@@ -24,6 +27,7 @@ from orca.names import (
     FAILURES,
     PACKET_HASH,
     RECORDED_AT,
+    asset_table,
     provenance_table,
     results_table,
 )
@@ -73,6 +77,19 @@ def _node_counts(run: pl.DataFrame, status: str) -> list[dict[str, Any]]:
     return nodes
 
 
+def environment_text(env: Any) -> str:
+    """A run's environment in a few words: ``orca 0.1.0 py 3.12.3 on host (git 1a2b3c4+)``
+    (``+``: uncommitted changes); ``-`` when not recorded."""
+    if not isinstance(env, dict) or not env:
+        return "-" if env is None else str(env)
+    words = [f"orca {env['orca']}" if env.get("orca") else None,
+             f"py {env['python']}" if env.get("python") else None,
+             f"on {env['host']}" if env.get("host") else None]
+    if env.get("git_commit"):
+        words.append(f"(git {str(env['git_commit'])[:7]}{'+' if env.get('git_dirty') else ''})")
+    return " ".join(w for w in words if w) or "-"
+
+
 def _json_or_text(value: str) -> Any:
     try:
         return json.loads(value)
@@ -87,7 +104,7 @@ def _json_or_text(value: str) -> Any:
               type=click.FloatRange(min=0), help="Minutes of silence after which a running run is 'lost'.")
 @click.pass_obj
 def runs(state: State, pipeline: str | None, limit: int, lost_after: float) -> None:
-    """Recent runs (of PIPELINE), newest first: status, duration and per-node counts."""
+    """Recent runs (of PIPELINE), newest first: status, duration, environment and per-node counts."""
     store = state.store()
     events = run_events(store, pipeline)
     if pipeline is not None:
@@ -96,7 +113,8 @@ def runs(state: State, pipeline: str | None, limit: int, lost_after: float) -> N
     rows = []
     for s in summaries:
         run_cells = {"run": s["run_id"], "pipeline": s["pipeline"], "status": s["status"],
-                     "started": cell(s["started_at"]), "duration": human_seconds(s["duration_s"])}
+                     "started": cell(s["started_at"]), "duration": human_seconds(s["duration_s"]),
+                     "environment": environment_text(s.get("environment"))}
         blank = dict.fromkeys(run_cells, "")
         for i, n in enumerate(s["nodes"] or [{}]):
             rows.append({**(blank if i else run_cells), "node": n.get("node"), "total": n.get("total"),
@@ -134,6 +152,27 @@ def failures(state: State, pipeline: str | None, open_only: bool, with_traceback
         for r in records:
             text += f"\n\n--- {r['node'] or r['function']} {r['tag']} ({cell(r['failed_at'])})\n{r['traceback'].rstrip()}"
     state.emit(records, text)
+
+
+@click.command()
+@click.argument("pipeline")
+@click.argument("node")
+@click.pass_obj
+def history(state: State, pipeline: str, node: str) -> None:
+    """Materialisations of NODE's asset (``assets/PIPELINE/NODE``), oldest first: Delta version,
+    time, the run that made it, rows inserted, updated and deleted."""
+    store = state.store()
+    table = asset_table(pipeline, node)
+    if not store.exists(table):
+        nodes = require_pipeline(store, pipeline, run_events(store, pipeline))
+        with_assets = [n for n in nodes if store.exists(asset_table(pipeline, n))]
+        raise CliError(f"pipeline {pipeline!r} has no asset table for node {node!r}"
+                       + (f"; nodes with assets: {', '.join(with_assets)}" if with_assets else
+                          " (no node has been materialised: run the pipeline)"))
+    frame = asset_history(store, table)
+    records = frame.to_dicts()
+    rows = [{**r, "at": cell(r["at"])} for r in records]
+    state.emit(records, f"{table}: {frame.height} materialisations\n\n" + table_text(rows, frame.columns))
 
 
 def _failures(store: DeltaStore, events: pl.DataFrame) -> pl.DataFrame:
