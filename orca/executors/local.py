@@ -7,21 +7,23 @@ so constructing and configuring an executor starts nothing.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import functools
-import multiprocessing
-import multiprocessing.forkserver
+import math
+import multiprocessing.connection
 import os
+import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal
 
-import cloudpickle
 import pyarrow as pa
 
 from orca.errors import ExecutorError
+from orca.executors import _workers
 from orca.executors._chunking import (
     ChunkFn,
     ChunkingExecutor,
@@ -30,13 +32,9 @@ from orca.executors._chunking import (
     drive,
     dump_fn,
     own_buffers,
-    run_shipped,
 )
 
-StartMethod = Literal["spawn", "forkserver"]
-_DEFAULT_START_METHOD: StartMethod = (
-    "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-)
+StartMethod = Literal["loky", "spawn", "forkserver"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +53,20 @@ class InProcessExecutor(ChunkingExecutor):
     """
 
     def map_chunks(self, fn: ChunkFn, table: pa.Table) -> Iterator[pa.Table]:
-        """Yield ``fn(chunk)`` for consecutive chunks of ``table``."""
+        """Yield ``fn(chunk)`` for consecutive chunks of ``table``.
+
+        A chunk function with a ``timeout`` (see :mod:`orca.calls`) is refused at once off the
+        main thread: only there can a timer signal interrupt a call.
+        """
+        if getattr(fn, "timeout", None) is not None and threading.current_thread() is not threading.main_thread():
+            raise ExecutorError(
+                f"InProcessExecutor cannot time out calls of {describe(fn)} on thread "
+                f"{threading.current_thread().name!r}: a call is interrupted by a timer signal, which only the "
+                "main thread receives (a cached pod's output is computed on a Polars thread when collected); "
+                "use executor=ProcessExecutor(...), run it as a pipeline node from the main thread, or drop timeout=")
+        return self._run(fn, table)
+
+    def _run(self, fn: ChunkFn, table: pa.Table) -> Iterator[pa.Table]:
         plan = self._plan(workers=1)
         offset = 0
         while offset < table.num_rows:
@@ -88,7 +99,16 @@ class ThreadExecutor(ChunkingExecutor):
         check_workers(self.max_workers)
 
     def map_chunks(self, fn: ChunkFn, table: pa.Table) -> Iterator[pa.Table]:
-        """Yield ``fn(chunk)`` for chunks of ``table`` as worker threads finish them."""
+        """Yield ``fn(chunk)`` for chunks of ``table`` as worker threads finish them.
+
+        A chunk function with a ``timeout`` (see :mod:`orca.calls`) is refused: nothing can
+        interrupt a Python call on another thread, and a call abandoned there would run on.
+        """
+        if getattr(fn, "timeout", None) is not None:
+            raise ExecutorError(
+                f"ThreadExecutor cannot time out calls of {describe(fn)}: nothing can interrupt a call "
+                "on another thread (an abandoned call would run on, holding its thread); use "
+                "ProcessExecutor (a stuck worker is killed and replaced) or InProcessExecutor, or drop timeout=")
         if table.num_rows == 0:
             return iter(())
         workers = self.max_workers or min(32, _cpu_count() + 4)
@@ -110,14 +130,23 @@ class ThreadExecutor(ChunkingExecutor):
 
 @dataclasses.dataclass(frozen=True)
 class ProcessExecutor(ChunkingExecutor):
-    """Run chunks on a pool of worker processes: for CPU-bound pure-Python functions.
+    """Run chunks on worker processes: for CPU-bound pure-Python functions.
 
-    The function is cloudpickled once and loaded once per worker, so lambdas and functions
-    defined in ``__main__`` or a notebook work. Workers start with ``forkserver`` (the
-    default where the platform has it; the fork server imports pyarrow and orca once, so
-    workers start in milliseconds after the first pool) or ``spawn`` (default elsewhere);
-    ``fork`` is refused because deltalake breaks in a forked child.
-    ``max_workers=None`` uses one worker per available CPU.
+    The function is cloudpickled once per call and loaded once per worker, so lambdas and
+    functions defined in ``__main__`` or a notebook work. Workers are fresh interpreters
+    started by loky (``start_method="loky"``, the default): they do not import the script's
+    ``__main__``, so a script needs no ``if __name__ == "__main__":`` guard, and never fork the
+    driver (deltalake breaks in a forked child). ``"spawn"`` and ``"forkserver"`` use the
+    standard library's start methods instead, which run ``__main__`` in the workers (scripts
+    then need the guard). ``fork`` is refused. ``max_workers=None`` uses one worker per CPU.
+
+    Workers outlive the call that started them and are reused by the next call (with the
+    same start method) for up to four minutes, so only the first call of a session pays for
+    starting interpreters. A worker that dies while computing a chunk is replaced, and when
+    the chunk function is a :class:`orca.calls.ChunkCall` its chunk is retried in halves until
+    the packet that kills workers is found and reported as failed (``WorkerCrashed``); a
+    worker stuck in a call past the call's timeout is killed and replaced likewise
+    (``TimeoutError``). See ``docs/executors.md``.
 
     Examples
     --------
@@ -127,7 +156,7 @@ class ProcessExecutor(ChunkingExecutor):
     """
 
     max_workers: int | None = None
-    start_method: StartMethod = _DEFAULT_START_METHOD
+    start_method: StartMethod = "loky"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -135,12 +164,12 @@ class ProcessExecutor(ChunkingExecutor):
         if self.start_method == "fork":
             raise ExecutorError(
                 "ProcessExecutor does not support start_method='fork': deltalake (and any "
-                "library holding threads or locks) breaks in a forked child; use 'spawn' "
-                "or 'forkserver'"
+                "library holding threads or locks) breaks in a forked child; use 'loky', "
+                "'spawn' or 'forkserver'"
             )
-        if self.start_method not in ("spawn", "forkserver"):
+        if self.start_method not in ("loky", "spawn", "forkserver"):
             raise ExecutorError(
-                f"ProcessExecutor start_method must be 'spawn' or 'forkserver', "
+                f"ProcessExecutor start_method must be 'loky', 'spawn' or 'forkserver', "
                 f"got {self.start_method!r}"
             )
 
@@ -154,33 +183,132 @@ class ProcessExecutor(ChunkingExecutor):
         if table.num_rows == 0:
             return iter(())
         workers = min(self.max_workers or _cpu_count(), table.num_rows)
-        return self._run(payload, describe(fn), table, workers)
+        return _ProcessRun(self, fn, payload, workers).chunks(table)
 
-    def _run(self, payload: bytes, name: str, table: pa.Table, workers: int) -> Iterator[pa.Table]:
-        context = multiprocessing.get_context(self.start_method)
-        if self.start_method == "forkserver":
-            _preload_forkserver(context)
-        pool = ProcessPoolExecutor(
-            workers,
-            mp_context=context,
-            initializer=_load_worker_fn,
-            initargs=(payload, name),
-        )
+
+@dataclasses.dataclass
+class _Job:
+    """A chunk a worker is computing: ``planned`` chunks come from the chunk plan (their time
+    sizes the next ones); others are pieces of a chunk whose worker died."""
+
+    chunk: pa.Table
+    planned: bool
+    deadline: float
+
+
+class _ProcessRun:
+    """One `ProcessExecutor.map_chunks` call: feeds chunks to workers, one chunk per worker at a
+    time, and settles each worker's reply, death or hang."""
+
+    def __init__(self, executor: ProcessExecutor, fn: ChunkFn, payload: bytes, workers: int) -> None:
+        self.executor, self.fn, self.payload, self.workers = executor, fn, payload, workers
+        self.name = describe(fn)
+        pod = getattr(fn, "pod", None)
+        self.function = repr(pod.name) if pod is not None else self.name
+        # Only a chunk function that can record packets as failed (orca.calls.ChunkCall) lets a
+        # dead or stuck worker's packets be isolated; for any other, a death is an error.
+        self.failed = getattr(fn, "failed", None)
+        self.longest = getattr(fn, "longest", None)
+        self.token = os.urandom(8)
+        self.busy: dict[_workers.Worker, _Job] = {}
+        self.free: list[_workers.Worker] = []
+        self.retry: collections.deque[pa.Table] = collections.deque()
+
+    def chunks(self, table: pa.Table) -> Iterator[pa.Table]:
+        plan = self.executor._plan(self.workers)
+        offset, total, clean = 0, table.num_rows, False
         try:
-            yield from drive(
-                lambda chunk: pool.submit(_call_worker_fn, own_buffers(chunk)),
-                _cancel_futures,
-                table,
-                self._plan(workers),
-                2 * workers,
-            )
-        except BrokenProcessPool as err:
-            raise ExecutorError(
-                f"a ProcessExecutor worker running {name} died unexpectedly "
-                "(killed, out of memory, or crashed in native code)"
-            ) from err
+            while offset < total or self.retry or self.busy:
+                while len(self.busy) < self.workers and (self.retry or offset < total):
+                    if self.retry:
+                        self._submit(self.retry.popleft(), planned=False)
+                    else:
+                        rows = plan.next_rows(total - offset)
+                        self._submit(table.slice(offset, rows), planned=True)
+                        offset += rows
+                for worker, overdue in self._wait():
+                    reply = worker.receive()
+                    if reply is None and worker.process.exitcode is None and not overdue:
+                        continue  # only said it started: still computing
+                    job = self.busy.pop(worker)
+                    if reply is not None and reply[0] == "ok":
+                        if job.planned:
+                            plan.record(job.chunk.num_rows, reply[2])
+                        self.free.append(worker)
+                        yield reply[1]
+                    elif reply is not None and reply[0] == "error":
+                        self.free.append(worker)
+                        raise reply[1].original() from reply[1]
+                    else:
+                        yield from self._lost(worker, job, reply, overdue)
+            clean = True
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            for worker in self.busy:  # abandoned chunks: workers never write, so stop them now
+                worker.kill()
+            for worker in self.free:
+                _workers.give_back(worker) if clean else worker.kill()
+
+    def _submit(self, chunk: pa.Table, planned: bool) -> None:
+        """Hand ``chunk`` to a free, reused or new worker (loading this call's function)."""
+        for _ in range(3):  # a reused worker may have died while idle: take another
+            worker = self.free.pop() if self.free else _workers.take(self.executor.start_method)
+            if worker.token != self.token:
+                if not worker.send(("load", self.token, self.payload, self.name)):
+                    worker.kill()
+                    continue
+                worker.token = self.token
+            if worker.send(("run", own_buffers(chunk))):
+                longest = self.longest(chunk.num_rows) if self.longest is not None else None
+                self.busy[worker] = _Job(chunk, planned, math.inf if longest is None else time.monotonic() + longest)
+                return
+            worker.kill()
+        raise ExecutorError(f"ProcessExecutor could not start a worker process for {self.name}")
+
+    def _wait(self) -> list[tuple[_workers.Worker, bool]]:
+        """Busy workers that sent something, died, or ran past their chunk's deadline (and
+        whether they did the latter)."""
+        deadline = min(job.deadline for job in self.busy.values())
+        timeout = None if deadline == math.inf else max(0.0, deadline - time.monotonic())
+        handles = [h for w in self.busy for h in (w.conn, w.process.sentinel)]
+        ready = set(multiprocessing.connection.wait(handles, timeout))
+        now = time.monotonic()
+        return [(w, now >= job.deadline) for w, job in self.busy.items()
+                if w.conn in ready or w.process.sentinel in ready or now >= job.deadline]
+
+    def _lost(self, worker: _workers.Worker, job: _Job, reply: tuple | None, overdue: bool) -> Iterator[pa.Table]:
+        """A worker that died, was stopped by its watchdog, or missed its deadline: replace it,
+        record the packet at fault as failed and send the chunk's other packets again."""
+        overdue = overdue and reply is None and worker.process.exitcode is None
+        if not worker.ready and not overdue:  # it never started: no packet is at fault
+            raise ExecutorError(
+                f"a ProcessExecutor worker process could not start ({worker.ended()}); its error is printed "
+                f"above (stderr). Check that `{sys.executable} -c 'import orca'` works in {os.getcwd()}")
+        worker.kill()
+        chunk = job.chunk
+        if reply is not None:  # ("hung", row, seconds): the watchdog names the stuck call
+            row = int(reply[1])
+            yield self.failed(chunk.slice(row, 1), "TimeoutError", (
+                f"function {self.function} did not return within timeout={self.fn.timeout:g} s: the call "
+                f"was still running after {reply[2]:.1f} s in native code, where the timer cannot interrupt it, so its worker "
+                "process was killed"))
+            self.retry.extend(part for part in (chunk.slice(0, row), chunk.slice(row + 1)) if part.num_rows)
+            return
+        how = "stopped responding past its timeout (stuck in native code holding the GIL) and was killed" \
+            if overdue else f"died ({worker.ended()})"
+        if self.failed is None:
+            raise ExecutorError(
+                f"a ProcessExecutor worker running {self.name} {how} (killed, out of memory, "
+                "or crashed in native code)")
+        if chunk.num_rows == 1:  # found it: this packet kills (or hangs) its worker
+            yield self.failed(chunk, "TimeoutError" if overdue else "WorkerCrashed",
+                              f"the worker process calling function {self.function} on this packet {how}: "
+                              "the call crashed its process (e.g. a segfault, os.abort(), os._exit(), or "
+                              "the out-of-memory killer)" if not overdue else
+                              f"function {self.function} did not return within timeout={self.fn.timeout:g} s "
+                              f"and its worker process {how}")
+            return
+        half = chunk.num_rows // 2  # bisect: the halves go to fresh workers
+        self.retry.extend((chunk.slice(0, half), chunk.slice(half)))
 
 
 async def _gather_limited(
@@ -223,31 +351,7 @@ def run_async_rows(
         return helper.submit(lambda: asyncio.run(work())).result()
 
 
-# --- worker side ---------------------------------------------------------------------
-
-_worker_fn: ChunkFn | None = None
-_worker_load_error: BaseException | None = None
-_worker_fn_name = ""
-
-
-def _load_worker_fn(payload: bytes, name: str) -> None:
-    """Process-pool initializer: unpickle the chunk function once per worker."""
-    global _worker_fn, _worker_load_error, _worker_fn_name
-    _worker_fn_name = name
-    try:
-        _worker_fn = cloudpickle.loads(payload)
-    except BaseException as err:  # reported on the first chunk, not as a broken pool
-        _worker_load_error = err
-
-
-def _call_worker_fn(chunk: pa.Table) -> tuple[pa.Table, float]:
-    if _worker_fn is None:
-        raise ExecutorError(
-            f"a worker process could not load function {_worker_fn_name}: "
-            f"{type(_worker_load_error).__name__}: {_worker_load_error} (is the module that "
-            "defines it importable in the worker?)"
-        ) from _worker_load_error
-    return run_shipped(_worker_fn, chunk)
+# --- helpers -------------------------------------------------------------------------
 
 
 def _timed(fn: ChunkFn, chunk: pa.Table) -> tuple[pa.Table, float]:
@@ -259,18 +363,6 @@ def _timed(fn: ChunkFn, chunk: pa.Table) -> tuple[pa.Table, float]:
 def _cancel_futures(futures: set[Future]) -> None:
     for future in futures:
         future.cancel()
-
-
-def _preload_forkserver(context: Any) -> None:
-    """Have the fork server import this module (pyarrow, cloudpickle) once, not each worker.
-
-    Only takes effect before the fork server starts; keeps the modules already listed
-    (``__main__`` by default) by reading the stdlib's private list when it is there.
-    """
-    server = getattr(multiprocessing.forkserver, "_forkserver", None)
-    modules = list(getattr(server, "_preload_modules", None) or ["__main__"])
-    if __name__ not in modules:
-        context.set_forkserver_preload([*modules, __name__])
 
 
 def _cpu_count() -> int:
