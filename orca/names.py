@@ -133,4 +133,12 @@ RUNS_SCHEMA = pa.schema([
     ("total", pa.int64()), ("cached", pa.int64()), ("computed", pa.int64()), ("failed", pa.int64()),
     ("started_at", _TIME), ("at", _TIME),
     ("asset_version", pa.int64()), ("environment", pa.large_string()),
+    ("function_hash", pa.large_string()), ("identity", pa.large_string()),
+])
+
+ADOPTIONS = "adoptions"
+ADOPTIONS_SCHEMA = pa.schema([
+    ("pipeline", pa.large_string()), ("node", pa.large_string()), ("function", pa.large_string()),
+    ("old_function_hash", pa.large_string()), ("new_function_hash", pa.large_string()),
+    ("rows", pa.int64()), ("changed", pa.large_string()), ("adopted_at", _TIME),
 ])

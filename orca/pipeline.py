@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import importlib.util
+import json
 import os
 import sys
 from typing import Any, Literal
@@ -36,7 +37,7 @@ if importlib.util.find_spec("ipywidgets") is not None:
 else:
     from tqdm.std import tqdm
 
-from orca import _context, assets, engine, lineage, views
+from orca import _context, adoption, assets, engine, lineage, views
 from orca.cache import CachedFunctionPod
 from orca.engine import Counts, NodeRun, NodeSpec, RunOptions, new_run_id
 from orca.errors import ExecutorError, OrcaError
@@ -199,6 +200,7 @@ class Pipeline:
         if not self.function_nodes:
             raise OrcaError(f"pipeline {self.name!r} has no function nodes to run: apply pods to streams "
                             f"inside `with pipeline:` (pods applied outside it are not recorded)")
+        self._check_identities()
         if run_id is not None:
             self._check_new_run_id(run_id)
         run_id = run_id or new_run_id()
@@ -259,8 +261,10 @@ class Pipeline:
         finally:
             bar.close()
         # Committed with the next event (the next node's start or the run's end): one commit fewer.
+        identity = node.pod.identity
         log.event("node_finished", "failed" if done.counts.failed else "succeeded", node=node.label,
-                  counts=done.counts, asset_version=done.asset_version, commit=False)
+                  counts=done.counts, asset_version=done.asset_version, function_hash=identity.hash,
+                  identity=json.dumps(identity.explain().as_dicts(), sort_keys=True), commit=False)
         return done
 
     # -- assets ----------------------------------------------------------------------------------
@@ -338,12 +342,43 @@ class Pipeline:
             return int(made["asset_version"][-1]), None
         return None, events["at"].max()
 
+    def adopt(self, label: str, from_hash: str | None = None) -> int:
+        """Declare the code change of node ``label`` compatible: its function's current identity
+        reuses the results of the old one (``from_hash``; default: the one the node's recorded
+        entries were made by, when there is exactly one). Recorded in the ``adoptions`` table.
+        Returns the number of results adopted; the next run serves them from the store.
+        """
+        node = self[label]
+        if not isinstance(node, FunctionNode):
+            raise OrcaError(f"node {label!r} is an operator node; only function nodes hold results")
+        if from_hash is None:
+            old = self.plan()[label].old_function_hashes
+            if len(old) != 1:
+                raise OrcaError(f"node {label!r}: {'no' if not old else 'several'} earlier function hashes "
+                                f"recorded {list(old)}; pass from_hash=")
+            from_hash = old[0]
+        changed = adoption.identity_change(self.store, self.name, label, node.pod, from_hash)
+        return adoption.adopt_results(self.store, self.name, label, node.pod, from_hash, changed)
+
     def plan(self) -> Plan:
         """What the next run would serve from the store, compute, and why (see :mod:`orca.plan`).
 
         Computes nothing and writes nothing: it hashes each node's input and reads its tables.
         """
         return plan_nodes(self.name, {label: node.spec for label, node in self.function_nodes.items()})
+
+    def _check_identities(self) -> None:
+        """Refuse to run a pod whose code or declared deps changed since it was declared (a
+        helper re-defined in a notebook, an edited deps file): its results would be keyed by
+        the old identity."""
+        for label, node in self.function_nodes.items():
+            declared = node.pod.identity
+            now = declared.refreshed()
+            if now.hash != declared.hash:
+                changed = ", ".join(f"{kind} {name}" for kind, name in declared.explain().changed(now.explain()))
+                raise OrcaError(f"node {label!r}: what function {node.pod.name!r} depends on changed since the "
+                                f"pod was declared ({changed}); declare the pipeline again so its results are "
+                                "keyed by the new code")
 
     def _check_new_run_id(self, run_id: str) -> None:
         runs = self.store.scan(RUNS)

@@ -43,6 +43,7 @@ from collections.abc import Iterator, Mapping
 import polars as pl
 
 from orca import engine, views
+from orca.adoption import identity_change
 from orca.engine import NodeSpec, Status
 from orca.hashing import hash_keys, keys_hex
 from orca.names import (
@@ -84,6 +85,7 @@ class NodePlan:
     function_hash: str
     old_function_hashes: tuple[str, ...]
     entries: pl.DataFrame = dataclasses.field(repr=False)
+    identity_changes: tuple[tuple[str, str], ...] = ()  # (kind, name) of identity parts that changed
 
     @property
     def cached(self) -> int:
@@ -127,7 +129,7 @@ def plan_nodes(pipeline: str, specs: Mapping[str, NodeSpec]) -> Plan:
         up = planned.get(spec.upstream) if spec.upstream is not None else None
         status = engine.read_status(spec, _after_run(up[0]) if up else None)
         pending = (up[0].to_compute + up[1]) if up else 0  # what upstream computes flows on
-        nodes[label] = _node_plan(label, spec, status, pending)
+        nodes[label] = _node_plan(pipeline, label, spec, status, pending)
         planned[spec] = (status, pending)
     return Plan(pipeline, nodes)
 
@@ -139,15 +141,19 @@ def _after_run(status: Status) -> Status:
     return dataclasses.replace(status, found=found)
 
 
-def _node_plan(label: str, spec: NodeSpec, status: Status, pending: int) -> NodePlan:
+def _node_plan(pipeline: str, label: str, spec: NodeSpec, status: Status, pending: int) -> NodePlan:
     found = status.found
     todo = found.filter(pl.col(HIT).is_null())
     reasons, old = _reasons(spec, todo)
     counts = reasons[_REASON].value_counts()
     by_reason = dict(zip(counts[_REASON].to_list(), counts["count"].to_list(), strict=True))
+    changes: set[tuple[str, str]] = set()
+    for old_hash in old:  # which parts of the code changed, as recorded by the runs that used it
+        changes.update(identity_change(spec.store, pipeline, label, spec.pod, old_hash) or ())
     return NodePlan(label=label, total=found.height + pending, done=status.done, hits=status.hits,
                     to_compute=todo.height, pending=pending, reasons=by_reason,
-                    function_hash=spec.pod.identity.hash, old_function_hashes=old, entries=reasons)
+                    function_hash=spec.pod.identity.hash, old_function_hashes=old, entries=reasons,
+                    identity_changes=tuple(sorted(changes)))
 
 
 def _reasons(spec: NodeSpec, todo: pl.DataFrame) -> tuple[pl.DataFrame, tuple[str, ...]]:

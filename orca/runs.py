@@ -158,6 +158,7 @@ class RunLog:
 
     def event(self, event: str, status: str, *, node: str | None = None, counts: Any = None,
               total: int | None = None, asset_version: int | None = None, environment: str | None = None,
+              function_hash: str | None = None, identity: str | None = None,
               commit: bool = True, wait: bool | None = None) -> None:
         row = {
             "run_id": self.run_id, "pipeline": self.pipeline, "event": event, "status": status,
@@ -166,6 +167,7 @@ class RunLog:
             "failed": counts.failed if counts else None,
             "started_at": self.started_at, "at": datetime.datetime.now(datetime.UTC),
             "asset_version": asset_version, "environment": environment,
+            "function_hash": function_hash, "identity": identity,
         }
         with self._lock:  # (the heartbeat thread writes events too)
             row["seq"] = self.seq

@@ -138,3 +138,62 @@ def test_plan_summary_is_a_frame(tmp_path, steps):
     summary = build(orca.MemoryStore(), data, steps).plan().summary()
     assert summary.columns == ["node", "total", "cached", "to_compute", "pending", "reasons"]
     assert summary["node"].to_list() == ["size", "double"]
+
+
+ADOPTED = '''
+import pathlib
+import orca
+
+@orca.function_pod(output_keys="n")
+def size(path: pathlib.Path) -> int:
+    text = path.read_text()
+    if "boom" in text:
+        raise ValueError("boom")
+    return {k} * len(text)  # refactored: {note}
+
+@orca.function_pod(output_keys="m")
+def double(n: int) -> int:
+    return 2 * n
+'''
+
+
+def test_adopting_a_compatible_change_reuses_results_and_is_audited(tmp_path, steps):
+    data = tmp_path / "data"
+    write(data, a="xx", b="yyy")
+    store = orca.DeltaStore(tmp_path / "s")
+    build(store, data, steps).run(progress=False)
+    refactored = load_module(tmp_path, "plan_steps_refactored", ADOPTED.format(k=1, note="same outputs"))
+    pipeline = build(store, data, refactored)
+    plan = pipeline.plan()
+    assert plan["size"].reasons == {"code changed": 2}
+    assert ("function", "size") in plan["size"].identity_changes
+    assert pipeline.adopt("size") == 2
+    after = pipeline.plan()
+    assert after["size"].to_compute == 0 and after["size"].cached == 2
+    result = pipeline.run(progress=False)
+    assert result.counts["size"] == orca.Counts(cached=2, computed=0, failed=0)
+    assert result.counts["double"].computed == 0
+    audit = store.scan("adoptions").collect()
+    assert audit.select("node", "old_function_hash", "new_function_hash", "rows").row(0) == (
+        "size", steps.size.pod.identity.hash, refactored.size.pod.identity.hash, 2)
+    assert "size" in audit["changed"][0]
+    with pytest.raises(orca.OrcaError, match="nothing to adopt|earlier function hashes"):
+        pipeline.adopt("size")
+
+
+def test_a_pod_whose_helper_changed_after_declaration_is_refused(tmp_path):
+    module = load_module(tmp_path, "plan_helper_v1", """
+import orca
+
+FACTOR = 2
+
+@orca.function_pod(output_keys="y")
+def scale(x: int) -> int:
+    return x * FACTOR
+""")
+    pipeline = orca.Pipeline("p", store=orca.MemoryStore())
+    with pipeline:
+        module.scale.pod(orca.DictSource([{"k": 1, "x": 1}], tags=["k"], source_id="s"))
+    module.FACTOR = 3  # a notebook cell re-run after the pipeline was declared
+    with pytest.raises(orca.OrcaError, match="changed since the pod was declared.*FACTOR"):
+        pipeline.run(progress=False)
