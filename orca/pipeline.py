@@ -26,6 +26,7 @@ import importlib.util
 import json
 import os
 import sys
+import warnings
 from typing import Any, Literal
 
 import polars as pl
@@ -40,7 +41,7 @@ else:
 from orca import _context, adoption, assets, engine, lineage, views
 from orca.cache import CachedFunctionPod
 from orca.engine import Counts, NodeRun, NodeSpec, RunOptions, new_run_id
-from orca.errors import ExecutorError, OrcaError
+from orca.errors import ExecutorError, IdentityWarning, OrcaError
 from orca.executors import Executor
 from orca.graph import Graph, pipeline_graph
 from orca.hashing import forget_files, hash_packets
@@ -55,6 +56,8 @@ from orca.streams import Stream
 from orca.types import storable_table
 
 __all__ = ["Pipeline", "OperatorNode", "RunResult"]
+
+_VALUE_PARTS = {"constant", "closure", "default", "unhashed"}  # identity parts that are values, not code
 Status = Literal["running", "succeeded", "failed", "interrupted"]
 
 
@@ -369,16 +372,25 @@ class Pipeline:
 
     def _check_identities(self) -> None:
         """Refuse to run a pod whose code or declared deps changed since it was declared (a
-        helper re-defined in a notebook, an edited deps file): its results would be keyed by
-        the old identity."""
+        helper re-defined in a notebook, an edited deps file): its results would be keyed by the
+        old identity. A module value it reads that changed since (a config dict edited, or
+        state the function mutates itself) gives an IdentityWarning: results stay keyed by the
+        values at declaration."""
         for label, node in self.function_nodes.items():
             declared = node.pod.identity
             now = declared.refreshed()
-            if now.hash != declared.hash:
-                changed = ", ".join(f"{kind} {name}" for kind, name in declared.explain().changed(now.explain()))
+            if now.hash == declared.hash:
+                continue
+            changed = declared.explain().changed(now.explain())
+            code = [f"{kind} {name}" for kind, name in changed if kind not in _VALUE_PARTS]
+            if code:
                 raise OrcaError(f"node {label!r}: what function {node.pod.name!r} depends on changed since the "
-                                f"pod was declared ({changed}); declare the pipeline again so its results are "
-                                "keyed by the new code")
+                                f"pod was declared ({', '.join(code)}); declare the pipeline again so its results "
+                                "are keyed by the new code")
+            values = ", ".join(f"{kind} {name}" for kind, name in changed)
+            warnings.warn(f"node {label!r}: values function {node.pod.name!r} reads changed since the pod was "
+                          f"declared ({values}); its results stay keyed by the values it was declared with. "
+                          "Declare the pipeline again if they are configuration.", IdentityWarning, stacklevel=3)
 
     def _check_new_run_id(self, run_id: str) -> None:
         runs = self.store.scan(RUNS)

@@ -187,13 +187,19 @@ import orca
 
 FACTOR = 2
 
+def helper(x):
+    return x * FACTOR
+
 @orca.function_pod(output_keys="y")
 def scale(x: int) -> int:
-    return x * FACTOR
+    return helper(x)
 """)
     pipeline = orca.Pipeline("p", store=orca.MemoryStore())
     with pipeline:
         module.scale.pod(orca.DictSource([{"k": 1, "x": 1}], tags=["k"], source_id="s"))
-    module.FACTOR = 3  # a notebook cell re-run after the pipeline was declared
-    with pytest.raises(orca.OrcaError, match="changed since the pod was declared.*FACTOR"):
+    module.FACTOR = 3  # a value changed after the pipeline was declared: a warning
+    with pytest.warns(orca.IdentityWarning, match="values function 'scale' reads changed.*FACTOR"):
+        pipeline.run(progress=False)
+    exec("def helper(x):\n    return x + FACTOR\n", module.__dict__)  # a notebook cell re-run
+    with pytest.raises(orca.OrcaError, match="changed since the pod was declared.*function"):
         pipeline.run(progress=False)
