@@ -45,7 +45,16 @@ from orca.errors import ExecutorError, IdentityWarning, OrcaError
 from orca.executors import Executor
 from orca.graph import Graph, pipeline_graph
 from orca.hashing import forget_files, hash_packets
-from orca.names import FAILURES, RECORD_ID, RUNS, asset_table, check_label, sources_table
+from orca.names import (
+    DONE,
+    FAILURES,
+    FAILURES_SCHEMA,
+    RECORD_ID,
+    RUNS,
+    asset_table,
+    check_label,
+    sources_table,
+)
 from orca.nodes import FunctionNode, default_label
 from orca.plan import Plan, plan_nodes
 from orca.pods import FunctionPod
@@ -216,6 +225,7 @@ class Pipeline:
             forget_files()
         else:
             lineage.remember_source_files(self.store, sources)
+        self.store.ensure(FAILURES, FAILURES_SCHEMA)  # readers find the table from the first run on
         log = RunLog(self.store, run_id, self.name)
         log.start()
         runs: dict[str, NodeRun] = {}
@@ -397,6 +407,26 @@ class Pipeline:
         if runs is not None and runs.filter(pl.col("run_id") == run_id).select(pl.len()).collect().item():
             raise OrcaError(f"run id {run_id!r} was already used in store {self.store.location!r}; "
                             "give each run a new id (orca.new_run_id())")
+
+    def failures(self, *, open_only: bool = False) -> pl.DataFrame:
+        """The failures recorded by this pipeline's nodes, oldest first. ``open_only``: the latest
+        failure of each entry of the current input that is still not done -- what the next run
+        tries again (a failure of an entry that has since succeeded, or that no longer exists
+        because the input or the code changed, is closed)."""
+        table = self.store.scan(FAILURES)
+        if table is None:
+            return pl.DataFrame(schema=pl.from_arrow(FAILURES_SCHEMA.empty_table()).schema)
+        found = self.store.collect(FAILURES, table.filter(pl.col("node").is_in(list(self.function_nodes)))
+                                   .sort("failed_at"))
+        if not open_only or found.height == 0:
+            return found
+        pending = []
+        for label, node in self.function_nodes.items():
+            found_status = engine.current_status(node.spec).found
+            pending.append(pl.DataFrame({"node": label, "entry_id": engine.entry_ids(
+                found_status.filter(~pl.col(DONE))).cast(pl.String)}))
+        still = found.join(pl.concat(pending), on=["node", "entry_id"], how="semi", maintain_order="left")
+        return still.unique(["node", "entry_id"], keep="last", maintain_order=True)  # its latest failure
 
     def _failures(self, run_id: str) -> pl.DataFrame:
         failures = self.store.scan(FAILURES)

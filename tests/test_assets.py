@@ -225,3 +225,47 @@ def test_a_new_process_trusts_recorded_file_hashes_until_asked(tmp_path, data):
 
     assert rerun("0") == 0  # the recorded (size, mtime, hash) spared reading the files
     assert rerun("1") == 1  # rehash_files=True reads them all again and finds the change
+
+
+def test_open_failures_close_when_their_entry_succeeds(tmp_path, data):
+    flaky_body = '''
+import pathlib
+import orca
+
+@orca.function_pod(output_keys="n")
+def size(path: pathlib.Path) -> int:
+    text = path.read_text()
+    if "boom" in text:
+        raise ValueError("boom")
+    return len(text)
+'''
+    module = load_module(tmp_path, "assets_flaky", flaky_body)
+    store_path = tmp_path / "store"
+
+    def run():
+        pipeline = orca.Pipeline("f", store=orca.DeltaStore(store_path))
+        with pipeline:
+            module.size.pod(orca.GlobSource(str(data / "{name}.txt")))
+        pipeline.run(progress=False, on_error="continue")
+        return pipeline
+
+    write(data, b="boom", c="boom")
+    pipeline = run()
+    assert pl.scan_delta(str(store_path / "failures")).collect().height == 2  # readable without orca
+    assert sorted(json_tags(pipeline.failures(open_only=True))) == ["b", "c"]
+    write(data, b="fine now")
+    pipeline = run()
+    assert sorted(json_tags(pipeline.failures())) == ["b", "c", "c"]  # every failure is kept
+    assert sorted(json_tags(pipeline.failures(open_only=True))) == ["c"]
+
+
+def json_tags(failures: pl.DataFrame) -> list[str]:
+    import json
+
+    return [json.loads(t)["name"] for t in failures["tag"]]
+
+
+def test_the_failures_table_exists_after_a_first_run(tmp_path, data):
+    store_path = tmp_path / "store"
+    build(orca.DeltaStore(store_path), data).run(progress=False)
+    assert pl.scan_delta(str(store_path / "failures")).collect().height == 0

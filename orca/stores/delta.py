@@ -533,6 +533,17 @@ class DeltaStore(BufferedStore):
     def exists(self, name: str) -> bool:
         return self._open(check_name(name)) is not None
 
+    def ensure(self, name: str, schema: pa.Schema) -> None:
+        """Create table ``name`` (unkeyed, empty) if it does not exist, so readers find it."""
+        if self._open(check_name(name)) is None:
+            self._write_marker()
+            try:
+                self._retry(name, lambda: self._create(name, schema, ()), self._write_tables)
+            except (DeltaError, OSError) as exc:
+                if _is_unwritable(exc):
+                    raise StoreError(self._unwritable(exc)) from None
+                raise StoreError(f"{self.uri(name)}: cannot create the table: {clean_message(exc)}") from None
+
     def _mark(self) -> CommitProperties:
         return CommitProperties(custom_metadata={_WRITER: self.writer_id})
 

@@ -133,6 +133,11 @@ class MemoryStore(BufferedStore):
     def exists(self, name: str) -> bool:
         return check_name(name) in self._tables
 
+    def ensure(self, name: str, schema: pa.Schema) -> None:
+        """Create table ``name`` (unkeyed, empty) if it does not exist."""
+        if check_name(name) not in self._tables:
+            self._tables[name] = _Table((), schema.empty_table())
+
     def tables(self, prefix: str = "") -> list[str]:
         return sorted(n for n in self._tables if n.startswith(prefix))
 
