@@ -2,18 +2,21 @@
 
 The store (``tests/pipelines/cli_demo.py``: pipeline ``demo`` with nodes ``inc`` and ``check``,
 ``check`` failing for the row ``k == 2``, plus the cached pod ``triple`` run on its own) is
-built once per module; tests that change it work on a copy.
+built once per module; tests that change it work on a copy. ``orca plan`` and ``orca graph``
+load ``tests/pipelines/cli_script.py``, whose store is made by running that script once.
 """
 
 from __future__ import annotations
 
 import datetime
+import importlib.metadata
 import json
 import os
 import pathlib
 import shutil
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 
 import polars as pl
 import pyarrow as pa
@@ -25,6 +28,7 @@ from orca.cli.edit import parse_where
 from tests.pipelines import cli_demo
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+SCRIPT = "tests/pipelines/cli_script.py"
 
 
 def orca_cli(*args: str, store: pathlib.Path | None = None, env: dict[str, str] | None = None,
@@ -61,6 +65,21 @@ def demo_store(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def script_store(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """The store of ``cli_script.py``'s pipeline after one run of the script (6 rows)."""
+    path = tmp_path_factory.mktemp("cli_script") / "store"
+    done = subprocess.run([sys.executable, SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "CLI_SCRIPT_STORE": str(path)})
+    assert done.stdout == "succeeded\n", done.stderr
+    return path
+
+
+def snapshot(store: pathlib.Path) -> dict[str, tuple[int, int]]:
+    """Every file of a store with its size and modification time (to show nothing was written)."""
+    return {str(p.relative_to(store)): (p.stat().st_size, p.stat().st_mtime_ns) for p in store.rglob("*")}
+
+
 @pytest.fixture
 def store_copy(demo_store: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
     return pathlib.Path(shutil.copytree(demo_store, tmp_path / "store"))
@@ -83,12 +102,18 @@ def test_show(demo_store: pathlib.Path) -> None:
     assert "last run" in text and "failed" in text
     check_line = next(line for line in text.splitlines() if line.startswith("check"))
     assert check_line.split() == ["check", "pipelines/demo/check", "6", "6", "7", "0", "6", "1", "failed"]
-    entries = as_json("show", "demo", "check", store=demo_store)["recorded_entries"]
-    assert all(set(e) == {"k", "group", "ok", "__recorded_at", "__run_id"} for e in entries)
+    # The head of the node's current output, from its asset table, in tag order.
+    shown = as_json("show", "demo", "check", store=demo_store)
+    entries = shown["current_output"]
+    assert "recorded_entries" not in shown
+    assert all(set(e) == {"k", "group", "ok", "__run_id"} for e in entries)
     # one row per entry -- k=0 and k=6 share a packet, a result and a record id -- with its output
-    assert sorted(e["k"] for e in entries) == [0, 1, 3, 4, 5, 6]
+    assert [e["k"] for e in entries] == [0, 1, 3, 4, 5, 6]
     assert all(e["ok"] == (e["k"] in (1, 3, 5)) for e in entries)
-    assert len(as_json("show", "demo", "check", "--limit", "2", store=demo_store)["recorded_entries"]) == 2
+    assert [e["k"] for e in as_json("show", "demo", "check", "--limit", "2", store=demo_store)["current_output"]
+            ] == [0, 1]
+    text = orca_cli("show", "demo", "inc", store=demo_store).stdout
+    assert "inc: current output (assets/demo/inc: 7 rows; first 10 by tags)" in text and "recorded" not in text
     one_line_error(orca_cli("show", "nope", store=demo_store, check=None), "unknown pipeline 'nope'", "demo")
     one_line_error(orca_cli("show", "demo", "nope", store=demo_store, check=None), "no node 'nope'", "inc, check")
 
@@ -98,6 +123,12 @@ def test_runs(demo_store: pathlib.Path, tmp_path: pathlib.Path) -> None:
     assert run["status"] == "failed" and run["pipeline"] == "demo" and run["duration_s"] > 0
     assert [(n["node"], n["total"], n["computed"], n["failed"]) for n in run["nodes"]] == [
         ("inc", 7, 7, 0), ("check", 7, 6, 1)]
+    env = run["environment"]
+    assert env["orca"] == importlib.metadata.version("orca") and env["host"] and env["python"]
+    text = orca_cli("runs", "demo", store=demo_store).stdout
+    assert f"orca {env['orca']} py {env['python']} on {env['host']}" in text
+    if env.get("git_commit"):
+        assert f"(git {env['git_commit'][:7]}" in text
     one_line_error(orca_cli("runs", "nope", store=demo_store, check=None), "unknown pipeline 'nope'")
 
     # A runs table with the columns it may gain (environment, heartbeat_at): a run silent for
@@ -186,7 +217,7 @@ def test_maintain(store_copy: pathlib.Path) -> None:
     assert not (store_copy / "results" / "triple").exists()
     assert len(list((store_copy / "runs").glob("*.parquet"))) == 1  # compacted, old files vacuumed
     shown = as_json("show", "demo", "check", store=store_copy)  # what pipelines use is intact
-    assert len(shown["recorded_entries"]) == 6
+    assert len(shown["current_output"]) == 6
     assert cli_demo.run(str(store_copy)).counts["inc"].computed == 0
 
 
@@ -208,3 +239,81 @@ def test_missing_and_empty_store(tmp_path: pathlib.Path) -> None:
     assert as_json("failures", "--open", store=empty) == []
     one_line_error(orca_cli("show", "demo", store=empty, check=None), "unknown pipeline 'demo'", "(no pipelines)")
     assert "Usage:" in orca_cli("--bogus", check=2).stderr
+
+
+def test_history(demo_store: pathlib.Path, script_store: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    (made,) = as_json("history", "demo", "check", store=demo_store)
+    (run,) = as_json("runs", "demo", store=demo_store)
+    assert (made["version"], made["run_id"], made["inserted"], made["deleted"]) == (1, run["run_id"], 6, 0)
+    assert "assets/demo/inc: 1 materialisations" in orca_cli("history", "demo", "inc", store=demo_store).stdout
+
+    # A second run over more rows makes a second version, which inserts just the new rows.
+    store = pathlib.Path(shutil.copytree(script_store, tmp_path / "store"))
+    done = subprocess.run([sys.executable, SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "CLI_SCRIPT_STORE": str(store), "CLI_SCRIPT_ROWS": "9"})
+    assert done.returncode == 0, done.stderr
+    assert [(h["version"], h["inserted"]) for h in as_json("history", "script", "square", store=store)] == [
+        (1, 6), (2, 3)]
+
+    one_line_error(orca_cli("history", "nope", "inc", store=demo_store, check=None), "unknown pipeline 'nope'")
+    one_line_error(orca_cli("history", "demo", "nope", store=demo_store, check=None),
+                   "no asset table for node 'nope'", "nodes with assets: inc, check")
+    assert "Missing argument 'NODE'" in orca_cli("history", "demo", store=demo_store, check=2).stderr
+
+
+def test_plan(script_store: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    before = snapshot(script_store)
+    env = {"CLI_SCRIPT_STORE": str(script_store)}
+    text = orca_cli("plan", SCRIPT, env=env).stdout  # the one pipeline the script defines
+    assert text.startswith(f"pipeline script (store {script_store}): up to date")
+    more = orca_cli("--json", "plan", f"{SCRIPT}:pipeline", env={**env, "CLI_SCRIPT_ROWS": "8"}).stdout
+    planned = {n["node"]: n for n in json.loads(more)["nodes"]}
+    assert (planned["square"]["cached"], planned["square"]["to_compute"], planned["square"]["reasons"]) == (
+        6, 2, {"new input": 2})
+    assert planned["halve"]["to_compute"] == 0 and planned["halve"]["cached"] == 5
+    text = orca_cli("plan", SCRIPT, env={**env, "CLI_SCRIPT_ROWS": "8"}).stdout
+    assert "2 entries to compute" in text and "square      8       6           2        0  new input: 2" in text
+    assert snapshot(script_store) == before  # computed nothing, wrote nothing; the __main__ block never ran
+
+    fresh = tmp_path / "fresh"
+    assert "6 entries to compute" in orca_cli("plan", SCRIPT, env={"CLI_SCRIPT_STORE": str(fresh)}).stdout
+    assert not fresh.exists()
+
+
+def test_plan_and_graph_script_errors(tmp_path: pathlib.Path, script_store: pathlib.Path) -> None:
+    env = {"CLI_SCRIPT_STORE": str(script_store)}
+    none = tmp_path / "none.py"
+    none.write_text("import orca\n\ndef make():\n    return orca.Pipeline('p')\n")
+    two = tmp_path / "two.py"
+    two.write_text("import orca\na = orca.Pipeline('a')\nb = orca.Pipeline('b')\nx = 1\n")
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise RuntimeError('no data here')\n")
+    for command in ("plan", "graph"):
+        one_line_error(orca_cli(command, str(tmp_path / "missing.py"), check=None), "no script")
+        one_line_error(orca_cli(command, str(none), check=None), "defines no orca.Pipeline")
+        one_line_error(orca_cli(command, str(two), check=None), "several pipelines (a, b)", "SCRIPT:NAME")
+        one_line_error(orca_cli(command, f"{two}:x", check=None), "'x'", "is a int, not an orca.Pipeline")
+        one_line_error(orca_cli(command, f"{two}:c", check=None), "defines no 'c'", "pipelines: a, b")
+        one_line_error(orca_cli(command, str(broken), check=None), "raised RuntimeError: no data here")
+        one_line_error(orca_cli(command, f"{SCRIPT}:numbers", env=env, check=None), "is a DictSource")
+    assert "Missing argument" in orca_cli("plan", check=2).stderr
+
+
+def test_graph(script_store: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    before = snapshot(script_store)
+    env = {"CLI_SCRIPT_STORE": str(script_store)}
+    mermaid = orca_cli("graph", SCRIPT, env=env).stdout.splitlines()
+    assert mermaid[:4] == ["flowchart TD", '    n0[("numbers")]', '    n1["square<br/>cached 0 · computed 6 · failed 0"]',
+                           '    n2{{"filter"}}']
+    assert mermaid[-3:] == ["    n0 --> n1", "    n1 --> n2", "    n2 --> n3"]
+    dot = orca_cli("graph", f"{SCRIPT}:pipeline", "--format", "dot", env=env).stdout
+    assert all(edge in dot for edge in ('"source:numbers" -> "square";', '"square" -> "filter";',
+                                        '"filter" -> "halve";'))
+    out = tmp_path / "pipeline.svg"
+    done = orca_cli("graph", SCRIPT, "--format", "svg", "-o", str(out), env=env)
+    assert done.stdout == "" and f"wrote svg of pipeline script to {out}" in done.stderr
+    svg = ET.fromstring(out.read_text())
+    titles = [t.text for t in svg.iter("{http://www.w3.org/2000/svg}title")]
+    assert titles == ["pipeline script", "source numbers", "function square", "operator filter", "function halve"]
+    assert snapshot(script_store) == before
+    assert "Invalid value for '--format'" in orca_cli("graph", SCRIPT, "--format", "png", env=env, check=2).stderr
