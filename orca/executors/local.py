@@ -186,6 +186,9 @@ class ProcessExecutor(ChunkingExecutor):
         return _ProcessRun(self, fn, payload, workers).chunks(table)
 
 
+_ONE_BY_ONE = 16  # a chunk this small whose worker died is retried one packet at a time
+
+
 @dataclasses.dataclass
 class _Job:
     """A chunk a worker is computing: ``planned`` chunks come from the chunk plan (their time
@@ -307,8 +310,13 @@ class _ProcessRun:
                               f"function {self.function} did not return within timeout={self.fn.timeout:g} s "
                               f"and its worker process {how}")
             return
-        half = chunk.num_rows // 2  # bisect: the halves go to fresh workers
-        self.retry.extend((chunk.slice(0, half), chunk.slice(half)))
+        # Find the packet at fault: a small chunk one packet at a time (one more death), a large
+        # one by halves (a death per halving, but never one call per packet of 50,000).
+        if chunk.num_rows <= _ONE_BY_ONE:
+            self.retry.extend(chunk.slice(i, 1) for i in range(chunk.num_rows))
+        else:
+            half = chunk.num_rows // 2
+            self.retry.extend((chunk.slice(0, half), chunk.slice(half)))
 
 
 async def _gather_limited(

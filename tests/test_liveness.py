@@ -1,0 +1,226 @@
+"""Liveness and process safety of function calls: scripts without a ``__main__`` guard under the
+process executor, per-call timeouts (in process, in workers, in native code), and packets that
+crash their worker process. Real processes and real Delta stores throughout."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import polars as pl
+import pyarrow as pa
+import pytest
+
+import orca
+from orca.errors import ExecutorError, PodError
+from orca.executors import InProcessExecutor, ProcessExecutor, ThreadExecutor
+from tests.pipelines import liveness_pods as pods
+from tests.pipelines.liveness_pods import ABORT, EXIT, HANG, NATIVE
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "tests" / "pipelines" / "liveness_unguarded.py"
+
+
+def failures(store: orca.Store) -> pl.DataFrame:
+    return store.scan("failures").collect().sort("tag")
+
+
+def results(store: orca.Store, pod: orca.FunctionPod) -> pl.DataFrame:
+    return store.scan(pod.results_table).collect()
+
+
+def runs_recorded(store: orca.Store) -> set[str]:
+    return set(store.scan("runs").collect()["run_id"].to_list())
+
+
+# -- scripts without a __main__ guard (item 10) ---------------------------------------------
+def run_script(folder: pathlib.Path, store: pathlib.Path, n: int, **env: str) -> dict:
+    script = folder / SCRIPT.name
+    shutil.copy(SCRIPT, script)
+    proc = subprocess.run([sys.executable, str(script), str(store), str(n)], cwd=folder, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def check_one_correct_run(store_path: pathlib.Path, counts: dict, n: int) -> None:
+    assert counts["square"] == {"cached": 0, "computed": n, "failed": 0}
+    store = orca.DeltaStore(store_path)
+    assert runs_recorded(store) == {counts["run_id"]}  # the script did not run again in a worker
+    (table,) = store.tables("results/square")
+    assert sorted(store.scan(table).collect()["y"].to_list()) == sorted(i * i for i in range(n))
+
+
+@pytest.mark.slow
+def test_a_script_without_a_main_guard_runs_once(tmp_path):
+    counts = run_script(tmp_path, tmp_path / "store", 60)
+    check_one_correct_run(tmp_path / "store", counts, 60)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("package", [False, True], ids=["empty-folder", "package"])
+def test_a_script_beside_a_folder_named_orca(tmp_path, package):
+    # The script's folder (its working directory) holds a folder named ``orca``; Python is run
+    # with PYTHONSAFEPATH so that the driver itself imports the real package, as it does when
+    # orca is installed and the script is started from elsewhere. Workers must import it too.
+    (tmp_path / "orca").mkdir()
+    if package:
+        (tmp_path / "orca" / "__init__.py").write_text("raise ImportError('the wrong orca')\n")
+    counts = run_script(tmp_path, tmp_path / "store", 30, PYTHONSAFEPATH="1")
+    check_one_correct_run(tmp_path / "store", counts, 30)
+
+
+def test_workers_that_would_import_another_orca_are_refused_at_once(tmp_path, monkeypatch):
+    (tmp_path / "orca").mkdir()
+    (tmp_path / "orca" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))  # now a fresh interpreter finds this one first
+    with pytest.raises(ExecutorError, match=f"another 'orca'.*{tmp_path}.*rename that folder"):
+        next(ProcessExecutor(1).map_chunks(len, pa.table({"x": [1, 2]})))
+
+
+# -- timeouts (item 16) ---------------------------------------------------------------------
+def test_a_hanging_call_times_out_in_process_and_the_run_goes_on(tmp_path):
+    store = orca.DeltaStore(tmp_path / "store")
+    start = time.monotonic()
+    result = pods.pipeline(pods.sleepy.pod, store).run(InProcessExecutor(), on_error="continue", timeout=0.5,
+                                                        progress=False)
+    assert time.monotonic() - start < 20
+    assert vars(result.counts["sleepy"]) == {"cached": 0, "computed": 39, "failed": 1}
+    (row,) = failures(store).rows(named=True)
+    assert row["tag"] == f'{{"i":{HANG}}}' and row["error_type"] == "TimeoutError"
+    assert row["message"] == "function 'sleepy' did not return within timeout=0.5 s"
+    assert "time.sleep(60)" in row["traceback"]  # where the call was when it timed out
+    assert results(store, pods.sleepy.pod).height == 39
+
+
+def test_the_pods_timeout_applies_and_a_runs_timeout_overrides_it(tmp_path):
+    store = orca.DeltaStore(tmp_path / "store")
+    start = time.monotonic()
+    counts = pods.pipeline(pods.sleepy_pod_timeout.pod, store).run(on_error="continue", progress=False).counts
+    assert time.monotonic() - start < 20
+    assert counts["sleepy_pod_timeout"].failed == 1
+    slow = pods.pipeline(pods.a_bit_slow.pod, orca.DeltaStore(tmp_path / "other"), n=8)
+    assert slow.run(on_error="continue", progress=False).counts["a_bit_slow"].failed == 1  # 0.5 s > 0.2 s
+    assert slow.run(on_error="continue", timeout=5, progress=False).counts["a_bit_slow"].computed == 1
+
+
+def test_a_timed_out_call_under_raise_commits_what_succeeded(tmp_path):
+    store = orca.DeltaStore(tmp_path / "store")
+    with pytest.raises(PodError, match=rf"'sleepy' failed for tag {{'i': {HANG}}}: TimeoutError: .*timeout=0.5 s"):
+        pods.pipeline(pods.sleepy.pod, store).run(timeout=0.5, progress=False)
+    done = results(store, pods.sleepy.pod)
+    assert set(range(HANG)) <= {round(y ** 0.5) for y in done["y"].to_list()}  # computed before it
+    assert failures(store)["error_type"].to_list() == ["TimeoutError"]
+
+
+def test_an_async_call_times_out(tmp_path):
+    store = orca.DeltaStore(tmp_path / "store")
+    start = time.monotonic()
+    counts = pods.pipeline(pods.async_sleepy.pod, store, n=10).run(on_error="continue", timeout=0.5,
+                                                                   progress=False).counts
+    assert time.monotonic() - start < 20
+    assert vars(counts["async_sleepy"]) == {"cached": 0, "computed": 9, "failed": 1}
+    assert failures(store)["message"].to_list() == ["function 'async_sleepy' did not return within timeout=0.5 s"]
+
+
+@pytest.mark.slow
+def test_hanging_calls_time_out_in_worker_processes(tmp_path):
+    # Packet HANG sleeps (SIGALRM interrupts it in the worker); packet NATIVE is stuck in C code
+    # with the GIL released (the worker's watchdog reports it and the worker is replaced).
+    store = orca.DeltaStore(tmp_path / "store")
+    start = time.monotonic()
+    result = pods.pipeline(pods.stuck_in_native_code.pod, store).run(
+        ProcessExecutor(2), on_error="continue", timeout=0.5, progress=False)
+    assert time.monotonic() - start < 60
+    assert vars(result.counts["stuck_in_native_code"]) == {"cached": 0, "computed": 38, "failed": 2}
+    rows = failures(store).rows(named=True)
+    assert [r["tag"] for r in rows] == [f'{{"i":{HANG}}}', f'{{"i":{NATIVE}}}']
+    assert {r["error_type"] for r in rows} == {"TimeoutError"}
+    assert rows[0]["message"] == "function 'stuck_in_native_code' did not return within timeout=0.5 s"
+    assert "in native code" in rows[1]["message"] and "worker process was killed" in rows[1]["message"]
+    assert results(store, pods.stuck_in_native_code.pod).height == 38
+
+
+@pytest.mark.slow
+def test_a_worker_stuck_holding_the_gil_is_killed_past_the_chunks_deadline(tmp_path):
+    store = orca.DeltaStore(tmp_path / "store")
+    start = time.monotonic()
+    result = pods.pipeline(pods.stuck_holding_the_gil.pod, store, n=10).run(
+        ProcessExecutor(2, initial_chunk_rows=1), on_error="continue", timeout=0.5, progress=False)
+    assert time.monotonic() - start < 60
+    assert vars(result.counts["stuck_holding_the_gil"]) == {"cached": 0, "computed": 9, "failed": 1}
+    (row,) = failures(store).rows(named=True)
+    assert row["tag"] == f'{{"i":{NATIVE}}}' and row["error_type"] == "TimeoutError"
+    assert "stopped responding" in row["message"]
+
+
+def test_threads_refuse_a_timeout_they_cannot_enforce(tmp_path):
+    store = orca.DeltaStore(tmp_path / "store")
+    with pytest.raises(ExecutorError, match="ThreadExecutor cannot time out calls.*ProcessExecutor"):
+        pods.pipeline(pods.sleepy.pod, store).run(ThreadExecutor(2), timeout=0.5, progress=False)
+
+
+def test_in_process_timeouts_need_the_main_thread(tmp_path):
+    # A cached pod's output is computed on a Polars thread when collected.
+    cached = pods.sleepy.pod.cached(orca.DeltaStore(tmp_path / "store"), timeout=0.5)
+    with pytest.raises(Exception, match="InProcessExecutor cannot time out calls.*main thread"):
+        cached(pods.source(3)).to_polars()
+
+
+def test_no_timer_is_set_without_a_timeout(tmp_path, monkeypatch):
+    def no_timers(*args):
+        raise AssertionError("a timer was set")
+
+    monkeypatch.setattr(signal, "setitimer", no_timers)
+    counts = pods.pipeline(pods.sleepy.pod, orca.DeltaStore(tmp_path / "store"), n=HANG).run(progress=False).counts
+    assert counts["sleepy"].computed == HANG
+
+
+def test_timeout_must_be_positive():
+    with pytest.raises(ValueError, match="timeout must be"):
+        orca.function_pod(output_keys="y", timeout=0)(lambda x: x)
+    with pytest.raises(ValueError, match="timeout must be"):
+        pods.sleepy.pod.cached(orca.MemoryStore(), timeout=-1)
+
+
+# -- packets that crash their worker (item 18) ----------------------------------------------
+@pytest.mark.slow
+def test_a_packet_that_crashes_its_worker_is_one_failure_row(tmp_path):
+    store = orca.DeltaStore(tmp_path / "store")
+    pipeline = pods.pipeline(pods.crashing.pod, store)
+    result = pipeline.run(ProcessExecutor(2), on_error="continue", progress=False)
+    assert vars(result.counts["crashing"]) == {"cached": 0, "computed": 38, "failed": 2}
+    rows = failures(store).rows(named=True)
+    assert [r["tag"] for r in rows] == [f'{{"i":{ABORT}}}', f'{{"i":{EXIT}}}']
+    assert {r["error_type"] for r in rows} == {"WorkerCrashed"}
+    assert "killed by signal SIGABRT" in rows[0]["message"] and "exit code 3" in rows[1]["message"]
+    assert "'crashing'" in rows[0]["message"]
+    assert results(store, pods.crashing.pod).height == 38
+    # A rerun computes nothing new: it tries the two failed packets again, which fail again.
+    again = pipeline.run(ProcessExecutor(2), on_error="continue", progress=False)
+    assert vars(again.counts["crashing"]) == {"cached": 38, "computed": 0, "failed": 2}
+    assert results(store, pods.crashing.pod).height == 38
+
+
+@pytest.mark.slow
+def test_a_crashing_packet_under_raise_names_its_tag_and_commits_what_succeeded(tmp_path):
+    store = orca.DeltaStore(tmp_path / "store")
+    with pytest.raises(PodError, match=r"'crashing' failed for tag {'i': (13|17)}: WorkerCrashed"):
+        pods.pipeline(pods.crashing.pod, store).run(ProcessExecutor(2), progress=False)
+    assert results(store, pods.crashing.pod).height > 0
+
+
+def abort(chunk: pa.Table) -> pa.Table:
+    os.abort()
+
+
+@pytest.mark.slow
+def test_a_plain_chunk_function_that_kills_its_worker_is_an_error():
+    with pytest.raises(ExecutorError, match=r"worker running .*abort.* died \(killed by signal SIGABRT\)"):
+        list(ProcessExecutor(1).map_chunks(abort, pa.table({"x": [1, 2, 3]})))
