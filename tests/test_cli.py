@@ -25,6 +25,7 @@ import pytest
 import orca
 from orca.cli._common import CliError
 from orca.cli.edit import parse_where
+from orca.cli.script import load_pipeline
 from tests.pipelines import cli_demo
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -280,23 +281,26 @@ def test_plan(script_store: pathlib.Path, tmp_path: pathlib.Path) -> None:
     assert not fresh.exists()
 
 
-def test_plan_and_graph_script_errors(tmp_path: pathlib.Path, script_store: pathlib.Path) -> None:
-    env = {"CLI_SCRIPT_STORE": str(script_store)}
+def test_plan_and_graph_script_errors(tmp_path: pathlib.Path, script_store: pathlib.Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLI_SCRIPT_STORE", str(script_store))
     none = tmp_path / "none.py"
     none.write_text("import orca\n\ndef make():\n    return orca.Pipeline('p')\n")
     two = tmp_path / "two.py"
     two.write_text("import orca\na = orca.Pipeline('a')\nb = orca.Pipeline('b')\nx = 1\n")
     broken = tmp_path / "broken.py"
     broken.write_text("raise RuntimeError('no data here')\n")
-    for command in ("plan", "graph"):
-        one_line_error(orca_cli(command, str(tmp_path / "missing.py"), check=None), "no script")
+    for command in ("plan", "graph"):  # one loader; as the user sees it
         one_line_error(orca_cli(command, str(none), check=None), "defines no orca.Pipeline")
-        one_line_error(orca_cli(command, str(two), check=None), "several pipelines (a, b)", "SCRIPT:NAME")
-        one_line_error(orca_cli(command, f"{two}:x", check=None), "'x'", "is a int, not an orca.Pipeline")
-        one_line_error(orca_cli(command, f"{two}:c", check=None), "defines no 'c'", "pipelines: a, b")
-        one_line_error(orca_cli(command, str(broken), check=None), "raised RuntimeError: no data here")
-        one_line_error(orca_cli(command, f"{SCRIPT}:numbers", env=env, check=None), "is a DictSource")
     assert "Missing argument" in orca_cli("plan", check=2).stderr
+    for target, message in [(tmp_path / "missing.py", "no script"),
+                            (two, r"several pipelines \(a, b\): give SCRIPT:NAME"),
+                            (f"{two}:x", "'x' in .* is a int, not an orca.Pipeline"),
+                            (f"{two}:c", "defines no 'c'; pipelines: a, b"),
+                            (broken, "raised RuntimeError: no data here"),
+                            (f"{SCRIPT}:numbers", "is a DictSource")]:
+        with pytest.raises(CliError, match=message):
+            load_pipeline(str(target))
 
 
 def test_graph(script_store: pathlib.Path, tmp_path: pathlib.Path) -> None:
