@@ -246,7 +246,7 @@ def test_history(demo_store: pathlib.Path, script_store: pathlib.Path, tmp_path:
     (made,) = as_json("history", "demo", "check", store=demo_store)
     (run,) = as_json("runs", "demo", store=demo_store)
     assert (made["version"], made["run_id"], made["inserted"], made["deleted"]) == (1, run["run_id"], 6, 0)
-    assert "assets/demo/inc: 1 materialisations" in orca_cli("history", "demo", "inc", store=demo_store).stdout
+    assert "assets/demo/inc: 1 materialisation\n" in orca_cli("history", "demo", "inc", store=demo_store).stdout
 
     # A second run over more rows makes a second version, which inserts just the new rows.
     store = pathlib.Path(shutil.copytree(script_store, tmp_path / "store"))

@@ -172,7 +172,8 @@ def history(state: State, pipeline: str, node: str) -> None:
     frame = asset_history(store, table)
     records = frame.to_dicts()
     rows = [{**r, "at": cell(r["at"])} for r in records]
-    state.emit(records, f"{table}: {frame.height} materialisations\n\n" + table_text(rows, frame.columns))
+    count = f"{frame.height} materialisation{'' if frame.height == 1 else 's'}"
+    state.emit(records, f"{table}: {count}\n\n" + table_text(rows, frame.columns))
 
 
 def _failures(store: DeltaStore, events: pl.DataFrame) -> pl.DataFrame:
