@@ -37,17 +37,26 @@ class Materialisation:
 
 
 def materialise(store: Store, table: str, current: pl.DataFrame, recorded: pl.Series, run_id: str,
-                function_hash: str) -> Materialisation:
+                function_hash: str, reflects: str) -> Materialisation:
     """Make asset ``table`` hold exactly ``current`` (one row per entry: tags, outputs and
     ``__entry_id``, ``__record_id``), in one commit, touching only the rows that changed.
 
     ``recorded``: entry ids this run recorded; their rows are written again even if present
-    (an invalidated entry recomputed keeps its id but may have a new value).
+    (an invalidated entry recomputed keeps its id but may have a new value). ``reflects``: the
+    versions of the node's tables ``current`` was read from, kept in the commit's metadata
+    (see :func:`in_sync`).
     """
     rows = current.with_columns(pl.lit(function_hash).alias(FUNCTION_HASH), pl.lit(run_id).alias(RUN_ID))
     version = store.sync_rows(table, ENTRY_ID, storable_table(rows.to_arrow()), recorded,
-                              metadata={"orca.run": run_id})
+                              metadata={"orca.run": run_id, "orca.versions": reflects})
     return Materialisation(table, version)
+
+
+def in_sync(store: Store, table: str, reflects: str) -> bool:
+    """Whether asset ``table`` was last materialised from tables at the versions ``reflects``:
+    then nothing it depends on changed, and a run need not read it (a no-change run is O(1))."""
+    latest = [r for r in store.history(table, limit=1) if r["operation"] != "CREATE TABLE"]
+    return bool(latest) and latest[0].get("versions") == reflects
 
 
 def read_asset(store: Store, table: str, *, version: int | None = None,

@@ -27,6 +27,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import datetime
+import json
 import os
 import time
 import weakref
@@ -452,12 +453,16 @@ def asset_rows(spec: NodeSpec, status: Status) -> pl.DataFrame:
 
 
 def _materialise(spec: NodeSpec, status: Status, work: _Work, run_id: str) -> assets.Materialisation:
+    reflects = json.dumps(table_versions(spec))
+    if not work.recorded and assets.in_sync(spec.store, spec.asset_table, reflects):
+        return assets.Materialisation(spec.asset_table, None)
     rows = asset_rows(spec, status)
     recorded = np.zeros(status.found.height, bool)
     for positions in work.recorded:
         recorded[positions.to_numpy()] = True
     changed = entry_ids(status.found.filter(pl.Series(recorded) & status.found[DONE]))
-    return assets.materialise(spec.store, spec.asset_table, rows, changed, run_id, spec.pod.identity.hash)
+    return assets.materialise(spec.store, spec.asset_table, rows, changed, run_id, spec.pod.identity.hash,
+                              reflects)
 
 
 def provenance_schema(spec: NodeSpec) -> pa.Schema:
@@ -520,6 +525,11 @@ class _Chunk:
     outputs: pa.Table | None = None
     served: bool = False
 
+    @property
+    def heartbeat(self) -> bool:
+        """An empty output: the executor's sign that nothing finished for a while."""
+        return not self.served and self.rows.size == 0 and self.failed.height == 0
+
 
 class _Work:
     """The mutable state of one run of one node: created and dropped inside :func:`run`."""
@@ -560,6 +570,8 @@ class _Work:
                 if pending >= self.options.batch_rows or time.monotonic() - last >= self.options.flush_seconds:
                     self.counts.computed += self._record_computed(entries_of, done)
                     done, pending, last = [], 0, time.monotonic()
+                    if chunk.heartbeat:  # the run is stalled (a call hangs): commit what it holds now,
+                        self.spec.store.flush()  # so that a scheduler's SIGKILL loses none of it
                 if chunk.failed.height:
                     self._record_failures(chunk.failed, todo)
                     self.counts.failed += todo.join(chunk.failed.select(KEY), on=KEY, how="semi").height

@@ -26,7 +26,7 @@ import polars as pl
 
 from orca.engine import NodeSpec, utc_now
 from orca.errors import OrcaError
-from orca.hashing import file_facts, hash_packets, remember_files
+from orca.hashing import file_facts, hash_keys, hash_packets, remember_files
 from orca.names import (
     ENTRY_ID,
     INVALIDATED_AT,
@@ -60,15 +60,12 @@ def _file_columns(column: str) -> tuple[str, str, str]:
 
 
 def record_sources(store: Store, sources: Mapping[str, Source], run_id: str) -> None:
-    """Append to ``sources/<id>`` the rows of each source that are new (record or content)."""
+    """Append to ``sources/<id>`` the rows of each source that are new: a new record, or for a
+    source of files, new content for a known record (``__row_key`` covers both)."""
     for source_id, source in sources.items():
         frame = source.to_polars(include_system=True)
-        record = SYSTEM_TAG_PREFIX + source_id
-        packets = source.to_arrow().select(list(source.packet_columns))
         columns: dict[str, Any] = {c: frame[c] for c in source.tag_columns}
-        columns[RECORD_ID] = frame[record]
-        columns[PACKET_HASH] = pl.Series(hash_packets(packets)) if packets.num_columns else pl.Series(
-            [""] * frame.height)
+        columns[RECORD_ID] = frame[SYSTEM_TAG_PREFIX + source_id]
         for path in sorted(source.path_columns):
             facts = file_facts(frame[path].to_list())
             size, mtime, digest = _file_columns(path)
@@ -77,10 +74,16 @@ def record_sources(store: Store, sources: Mapping[str, Source], run_id: str) -> 
             columns[mtime] = pl.Series([f[1] if f else None for f in facts], dtype=pl.Int64)
             columns[digest] = pl.Series([f[2] if f else None for f in facts], dtype=pl.String)
         rows = pl.DataFrame(columns)
-        rows = rows.with_columns(pl.Series(_ROW_KEY, hash_packets(rows.select(RECORD_ID, PACKET_HASH).to_arrow())))
+        if source.path_columns:  # the packet's hash tells contents apart (files hash by content)
+            packets = source.to_arrow().select(list(source.packet_columns))
+            rows = rows.with_columns(pl.Series(PACKET_HASH, hash_packets(packets)))
+            key = pl.Series(_ROW_KEY, hash_packets(rows.select(RECORD_ID, PACKET_HASH).to_arrow()))
+        else:  # tags only: a record id is the row
+            key = rows[RECORD_ID].alias(_ROW_KEY)
+        rows = rows.with_columns(key)
         known = store.keys(sources_table(source_id))
-        if known is not None:
-            rows = rows.filter(~pl.col(_ROW_KEY).is_in(known.cast(pl.String).implode()))
+        if known is not None and known.len():
+            rows = rows.filter(~hash_keys(rows[_ROW_KEY]).is_in(hash_keys(known.cast(pl.String)).implode()))
         if rows.height:
             rows = rows.with_columns(pl.lit(run_id).alias(RUN_ID), pl.lit(utc_now()).dt.cast_time_unit("us")
                                      .alias(_RECORDED_AT))
@@ -90,8 +93,10 @@ def record_sources(store: Store, sources: Mapping[str, Source], run_id: str) -> 
 def remember_source_files(store: Store, sources: Mapping[str, Source]) -> None:
     """Seed the file-hash memo from the recorded sources, so unchanged files are not re-read."""
     for source_id, source in sources.items():
+        if not source.path_columns:
+            continue
         table = store.scan(sources_table(source_id))
-        if table is None or not source.path_columns:
+        if table is None:
             continue
         names = table.collect_schema().names()
         for path in source.path_columns:

@@ -37,6 +37,7 @@ import polars as pl
 import pyarrow as pa
 
 from orca.errors import StoreError
+from orca.hashing import hash_keys, keys_hex
 
 INVALIDATED_AT = "__invalidated_at"
 RUN_ID = "__run_id"
@@ -70,7 +71,7 @@ class Store(Protocol):
                   metadata: dict[str, str] | None = None) -> int | None: ...
     def scan_version(self, name: str, *, version: int | None = None,
                      as_of: datetime.datetime | None = None) -> pl.LazyFrame | None: ...
-    def history(self, name: str) -> list[dict]: ...
+    def history(self, name: str, limit: int | None = None) -> list[dict]: ...
     def ensure(self, name: str, schema: pa.Schema) -> None: ...
 
 
@@ -403,12 +404,30 @@ class BufferedStore(abc.ABC):
 
 def sync_plan(existing: pl.Series, rows: pa.Table, key: str, changed: pl.Series) -> tuple[pl.Series, pa.Table]:
     """What makes a table whose ``key`` values are ``existing`` hold exactly ``rows``: the keys to
-    delete, and the rows to insert or overwrite (new keys, and keys in ``changed``)."""
+    delete, and the rows to insert or overwrite (new keys, and keys in ``changed``).
+
+    Keys are compared as ``UInt128`` when they are 32-digit hashes (several times faster than
+    comparing text), else as text.
+    """
     wanted = pl.Series(key, rows.column(key)).cast(pl.String)
-    existing = existing.cast(pl.String)
+    hashes = all(_hashes(k) for k in (wanted, existing, changed))
+    wanted, existing, changed = ((hash_keys(k.cast(pl.String)) if hashes else k.cast(pl.String))
+                                 for k in (wanted, existing, changed))
     delete = existing.filter(~existing.is_in(wanted.implode()))
-    fresh = ~wanted.is_in(existing.implode()) | wanted.is_in(changed.cast(pl.String).implode())
-    return delete, rows.filter(fresh.to_arrow())
+    fresh = ~wanted.is_in(existing.implode())
+    if changed.len():
+        fresh = fresh | wanted.is_in(changed.implode())
+    return _as_text(delete), rows.filter(fresh.to_arrow())
+
+
+def _hashes(keys: pl.Series) -> bool:
+    """Whether every key is 32 hex digits (then keys compare as ``UInt128``)."""
+    text = keys.cast(pl.String)
+    return text.null_count() == 0 and bool(text.str.contains("^[0-9a-f]{32}$").all())
+
+
+def _as_text(keys: pl.Series) -> pl.Series:
+    return pl.Series(keys_hex(keys)) if keys.dtype == pl.UInt128 else keys
 
 
 def live_rows(frame: pl.LazyFrame, key: Sequence[str], commits: pl.LazyFrame | None = None) -> pl.LazyFrame:

@@ -579,11 +579,20 @@ class DeltaStore(BufferedStore):
 
         def attempt() -> int | None:
             table = self._open(name, writing=True) or self._create(name, rows.schema, ())
+            table.update_incremental()  # the difference is computed on the latest snapshot
             data = conform(rows, pa.schema(table.schema().to_arrow()), self.uri(name))
             existing = pl.scan_delta(table).select(key).collect().to_series()
             delete, upsert = sync_plan(existing, data, key, changed)
             if delete.len() == 0 and upsert.num_rows == 0:
                 return None
+            present = pl.Series(key, upsert.column(key)).cast(pl.String).is_in(existing.cast(pl.String).implode())
+            if delete.len() == 0 and not present.any():
+                # Only new keys (a first materialisation): an insert-only merge, streamed, costs
+                # about what an append does, and still conflicts with a concurrent writer's merge.
+                (table.merge(upsert, predicate=f't."{key}" = s."{key}"', source_alias="s", target_alias="t",
+                             commit_properties=properties, streamed_exec=True)
+                 .when_not_matched_insert_all().execute())
+                return table.version()
             op = "__orca_op"
             gone = pa.table({c: (delete.cast(pl.String).to_arrow().cast(f.type) if c == key
                                  else pa.nulls(delete.len(), f.type)) for c, f in zip(data.column_names, data.schema, strict=True)})
@@ -618,18 +627,20 @@ class DeltaStore(BufferedStore):
                 table.load_as_version(as_of)
         return pl.scan_delta(table)
 
-    def history(self, name: str) -> list[dict]:
-        """One dict per commit of ``name``: version, time, the run that made it (``orca.run``
-        commit metadata), operation, rows inserted, updated and deleted (for merges)."""
+    def history(self, name: str, limit: int | None = None) -> list[dict]:
+        """One dict per commit of ``name`` (the latest ``limit``): version, time, the run that
+        made it and what it reflects (``orca.run``, ``orca.versions`` commit metadata),
+        operation, rows inserted, updated and deleted (for merges)."""
         table = self._open(check_name(name))
         if table is None:
             return []
         rows = []
-        for c in table.history():
+        for c in table.history(limit):
             metrics = c.get("operationMetrics") or {}
             rows.append({"version": c.get("version"),
                          "at": datetime.datetime.fromtimestamp(c.get("timestamp", 0) / 1000, datetime.UTC),
-                         "run_id": c.get("orca.run"), "operation": c.get("operation"),
+                         "run_id": c.get("orca.run"), "versions": c.get("orca.versions"),
+                         "operation": c.get("operation"),
                          "inserted": int(metrics.get("num_target_rows_inserted", 0) or 0),
                          "updated": int(metrics.get("num_target_rows_updated", 0) or 0),
                          "deleted": int(metrics.get("num_target_rows_deleted", 0) or 0)})

@@ -159,7 +159,8 @@ class MemoryStore(BufferedStore):
         table.writers.append(self.writer_id)
         table.versions.append((table.data, {
             "version": len(table.writers) - 1, "at": datetime.datetime.now(datetime.UTC),
-            "run_id": (metadata or {}).get("orca.run"), "operation": "MERGE",
+            "run_id": (metadata or {}).get("orca.run"), "versions": (metadata or {}).get("orca.versions"),
+            "operation": "MERGE",
             "inserted": upsert.num_rows - updated, "updated": updated, "deleted": delete.len()}))
         return len(table.writers) - 1
 
@@ -175,9 +176,10 @@ class MemoryStore(BufferedStore):
                 return pl.from_arrow(data).lazy()
         raise StoreError(f"{self.uri(name)}: no version {version if version is not None else as_of}")
 
-    def history(self, name: str) -> list[dict]:
+    def history(self, name: str, limit: int | None = None) -> list[dict]:
         table = self._tables.get(check_name(name))
-        return [] if table is None else [dict(info) for _, info in table.versions]
+        found = [] if table is None else [dict(info) for _, info in table.versions]
+        return found if limit is None else found[-limit:]
 
     def compact(self, name: str) -> None:
         """Merge the committed chunks of ``name``; every row is kept."""
