@@ -291,10 +291,10 @@ def test_files_are_read_by_the_driver_once_to_hash_and_never_shipped(cluster, ex
         content = rng.integers(0, 256, 10 * MB, dtype=np.uint8).tobytes()
         (data / f"f{i}.bin").write_bytes(content)
         expected[f"f{i}"] = (len(content), zlib.crc32(content))
+    before = driver_io()  # from before the source is built, wherever it reads the files
     pipeline = orca.Pipeline("files", store=orca.DeltaStore(tmp_path / "store"))
     with pipeline:
         file_digest.pod(orca.GlobSource(str(data / "{name}.bin"), source_id="files"))
-    before = driver_io()
     result = pipeline.run(executor=executor, progress=False)
     moved = driver_io() - before
     assert result.counts["file_digest"] == orca.Counts(0, 4, 0)
@@ -319,13 +319,17 @@ def test_a_function_the_workers_cannot_load_raises_executor_error(cluster, execu
 # --- a worker node dies mid-run ----------------------------------------------------------
 
 
+# Enough work (~3 s on three 1-CPU nodes) that the kill lands well before the run ends.
+ROWS = 180
+
+
 @orca.function_pod(output_keys=["y", "node"])
 def slow_square(x: int) -> tuple[int, str]:
     time.sleep(0.05)
     return x * x, ray.util.get_node_ip_address()
 
 
-def run_and_kill(cluster, store, executor, victim: str, rows: int = 120):
+def run_and_kill(cluster, store, executor, victim: str, rows: int = ROWS):
     """Run ``slow_square`` over ``rows`` rows on the cluster plus a fresh node at ``victim``,
     and kill that node once results computed on it are committed. Returns the run's
     outcome (a RunResult or the exception it raised) and the nodes alive after it."""
@@ -368,13 +372,13 @@ def test_a_killed_worker_node_fails_clearly_and_a_rerun_computes_only_what_is_mi
     assert "127.0.0.5" in str(outcome) and "slow_square" in str(outcome)
     assert "run again" in str(outcome)
     kept = pipeline["slow_square"].results().collect()
-    assert 0 < kept.height < 120
+    assert 0 < kept.height < ROWS
     assert "127.0.0.5" in set(kept["node"])  # committed before the node died, and kept
 
     again = pipeline.run(executor=executor, progress=False)
-    assert again.counts["slow_square"] == orca.Counts(kept.height, 120 - kept.height, 0)
+    assert again.counts["slow_square"] == orca.Counts(kept.height, ROWS - kept.height, 0)
     final = pipeline["slow_square"].results().collect().sort("k")
-    assert final["y"].to_list() == [k * k for k in range(120)]
+    assert final["y"].to_list() == [k * k for k in range(ROWS)]
     assert final.join(kept, on="k", suffix="_kept").filter(pl.col("node") != pl.col("node_kept")).is_empty()
 
 
@@ -383,8 +387,8 @@ def test_a_killed_worker_node_is_retried_by_ray_and_the_run_finishes(cluster, ex
                                      victim="127.0.0.6")
     assert isinstance(outcome, orca.RunResult), outcome
     assert outcome.status == "succeeded"
-    assert outcome.counts["slow_square"] == orca.Counts(0, 120, 0)
+    assert outcome.counts["slow_square"] == orca.Counts(0, ROWS, 0)
     final = pipeline["slow_square"].results().collect().sort("k")
-    assert final["y"].to_list() == [k * k for k in range(120)]
+    assert final["y"].to_list() == [k * k for k in range(ROWS)]
     assert "127.0.0.6" in set(final["node"])
 
