@@ -28,6 +28,7 @@ import concurrent.futures
 import dataclasses
 import datetime
 import json
+import math
 import os
 import time
 import weakref
@@ -39,7 +40,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from orca import assets
+from orca import assets, claims
 from orca._operator import arrow_schema_of
 from orca.calls import chunk_call, failed_for_tag, input_packets
 from orca.errors import SchemaError
@@ -129,6 +130,7 @@ class NodeSpec:
     provenance_table: str | None = None
     identity: str | None = None
     asset_table: str | None = None
+    claims_table: str | None = None
 
     @property
     def results_table(self) -> str:
@@ -154,6 +156,9 @@ class RunOptions:
     recheck_seconds: float = 10.0  # how often a long run looks for results other processes committed
     flush_seconds: float = 1.0  # provenance of computed entries is appended at least this often
     timeout: float | None = None  # seconds per call (None: the pod's own timeout, if any)
+    claim: bool = False  # share the novel entries with other processes through leases (orca.claims)
+    claim_rows: int = 10_000  # entries per claimed chunk
+    lease_seconds: float = 60.0  # a chunk whose holder has not renewed for this long is taken over
 
     def __post_init__(self) -> None:
         check_on_error(self.on_error, self.retries)
@@ -163,6 +168,10 @@ class RunOptions:
             raise ValueError(f"batch_rows must be an integer >= 1, got {self.batch_rows!r}")
         if self.recheck_seconds < 0 or self.flush_seconds < 0:
             raise ValueError("recheck_seconds and flush_seconds must be >= 0")
+        if self.claim and self.shard is not None:
+            raise ValueError("give claim=True or shard=, not both")
+        if not isinstance(self.claim_rows, int) or self.claim_rows < 1 or not self.lease_seconds > 0:
+            raise ValueError("claim_rows must be an integer >= 1 and lease_seconds > 0")
 
 
 def check_on_error(on_error: str, retries: int) -> None:
@@ -425,9 +434,15 @@ def run(spec: NodeSpec, options: RunOptions, *, status: Status | None = None, up
     work = _Work(spec, options, Counts(cached=status.done))
     if total is not None:
         total(work.counts.cached + novel.height, work.counts.cached)
-    drive(spec.store, work.steps(novel), on_step=(lambda: progress(work.counts)) if progress else None)
+    on_step = (lambda: progress(work.counts)) if progress else None
+    if options.claim and novel.height and spec.claims_table is not None:
+        _claimed(spec, options, status, novel, work, on_step)
+    else:
+        drive(spec.store, work.steps(novel), on_step=on_step)
     if novel.height == 0:  # nothing changed: the status already holds the output
         after: Status | None = status
+    elif options.claim:  # other processes did part of the work: read what is stored
+        after = read_status(spec, upstream)
     elif options.shard is None:
         after = _refreshed_from_run(spec, status, work) if spec.store.only_own_commits(
             spec.results_table, status.versions[0]) else None
@@ -499,6 +514,35 @@ def check_tables(spec: NodeSpec) -> None:
             raise SchemaError(
                 f"node {spec.label or spec.pod.name!r}: its {what} table {spec.store.uri(name)} holds other "
                 f"columns than this run writes (missing {missing}, unexpected {extra}, other types {retyped}); {fix}")
+
+
+def _claimed(spec: NodeSpec, options: RunOptions, status: Status, novel: pl.DataFrame, work: _Work,
+             on_step: Callable[[], None] | None) -> None:
+    """Phase 2 shared with other processes: the entries split into chunks by the hash of their
+    tags and system tags (the same split everywhere); each chunk is computed by the process that
+    holds its lease (:mod:`orca.claims`), after looking again at what is already stored."""
+    of = max(1, math.ceil(status.found.height / options.claim_rows))
+    key = hash_packets(novel.select(*spec.input.tag_columns, *spec.input.system_tag_columns).to_arrow())
+    chunk = pl.Series(_SHARD_KEY, key).str.slice(0, 8).str.to_integer(base=16) % of
+    novel = novel.with_columns(chunk.alias(_SHARD_KEY))
+    chunks = novel[_SHARD_KEY].unique().sort().to_list()
+    for lease in claims.take_chunks(spec.store, spec.claims_table, chunks, of, options.run_id,
+                                    lease_seconds=options.lease_seconds):
+        rows = _still_novel(spec, novel.filter(pl.col(_SHARD_KEY) == lease.chunk).drop(_SHARD_KEY))
+        drive(spec.store, work.steps(rows), on_step=on_step)
+        lease.done()
+
+
+def _still_novel(spec: NodeSpec, rows: pl.DataFrame) -> pl.DataFrame:
+    """``rows`` without the entries recorded since the status was read (by a worker whose lease
+    expired mid-chunk), and with cache hits for packets computed meanwhile."""
+    if rows.height == 0:
+        return rows
+    recorded = spec.store.lookup(spec.provenance_table, entry_ids(rows))
+    if recorded.height:
+        rows = rows.filter(~entry_ids(rows).is_in(recorded[ENTRY_ID].cast(pl.String).implode()))
+    found = attach_results(spec, rows.select(KEY), [])
+    return rows.with_columns(found[HIT])
 
 
 def drive(store: Store, steps: Iterator[None], on_step: Callable[[], None] | None = None) -> None:

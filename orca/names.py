@@ -79,6 +79,11 @@ def sources_table(source_id: str) -> str:
     return f"sources/{source_id}"
 
 
+def claims_table(pipeline: str, label: str) -> str:
+    """``claims/<pipeline>/<label>``: leases on chunks of a node's entries (``run(claim=True)``)."""
+    return f"claims/{pipeline}/{label}"
+
+
 def source_column(packet_column: str) -> str:
     """Name of the source-info column for ``packet_column``."""
     return SOURCE_PREFIX + packet_column

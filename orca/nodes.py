@@ -49,6 +49,7 @@ from orca.names import (
     RUN_ID,
     asset_table,
     check_label,
+    claims_table,
     provenance_table,
 )
 from orca.pods import FunctionPod
@@ -104,7 +105,8 @@ class FunctionNode:
         self.input = input_stream
         identity = hash_bytes(f"node\x00{self.pod.identity.hash}\x00{input_stream.identity}".encode())
         self.spec = NodeSpec(self.pod, input_stream, cached.store, self.label,
-                             provenance_table(pipeline, self.label), identity, asset_table(pipeline, self.label))
+                             provenance_table(pipeline, self.label), identity, asset_table(pipeline, self.label),
+                             claims_table(pipeline, self.label))
         self.output = self.pod.output_stream(input_stream, self._output, producer=self.spec)
 
     @property

@@ -188,7 +188,8 @@ class Pipeline:
     def run(self, executor: Executor | None = None, *, on_error: Literal["raise", "continue"] | None = None,
             retries: int | None = None, progress: bool = True, shard: tuple[int, int] | None = None,
             run_id: str | None = None, batch_rows: int | None = None, timeout: float | None = None,
-            rehash_files: bool = False) -> RunResult:
+            rehash_files: bool = False, claim: bool = False, claim_rows: int | None = None,
+            lease_seconds: float | None = None) -> RunResult:
         """Run every function node in dependency order, each in two phases.
 
         ``on_error`` (``"raise"`` or ``"continue"``) and ``retries`` override, for this run, what
@@ -200,6 +201,12 @@ class Pipeline:
         tags and system tags), so ``n`` independent processes split one run. A run that fails
         with ``on_error="raise"`` commits what succeeded and raises; Ctrl-C commits what
         finished and re-raises.
+
+        ``claim=True`` shares the work dynamically instead: any number of processes running the
+        same pipeline on one store each take chunks of ``claim_rows`` entries (default 10,000)
+        with a lease in ``claims/<pipeline>/<node>``, renew it while they work, and go on until
+        every chunk is done; a chunk whose holder stopped renewing for ``lease_seconds``
+        (default 60) is taken over (see :mod:`orca.claims` and ``docs/scaling.md``).
 
         To poll a run from elsewhere before it ends, make its id first and hand out the handle::
 
@@ -218,7 +225,8 @@ class Pipeline:
         run_id = run_id or new_run_id()
         # Every node's options, validated before any I/O.
         options = {label: node.cached.options(run_id, executor=executor, on_error=on_error, retries=retries,
-                                              shard=shard, batch_rows=batch_rows, timeout=timeout)
+                                              shard=shard, batch_rows=batch_rows, timeout=timeout, claim=claim,
+                                              claim_rows=claim_rows, lease_seconds=lease_seconds)
                    for label, node in self.function_nodes.items()}
         sources = self._sources()
         if rehash_files:

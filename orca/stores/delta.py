@@ -646,6 +646,63 @@ class DeltaStore(BufferedStore):
                          "deleted": int(metrics.get("num_target_rows_deleted", 0) or 0)})
         return rows
 
+    # ---- leases (claimed work) -------------------------------------------------------------
+    def claim(self, name: str, chunk: int, of: int, owner: str, lease_seconds: float) -> bool:
+        """Take chunk ``chunk`` of ``of`` in claims table ``name`` for ``owner`` if nobody holds
+        it (never claimed, or its holder's lease expired) and it is not done; True if taken.
+
+        One Delta merge decides: two workers claiming at once commit concurrently, the loser's
+        merge conflicts, is retried on the new version, finds the chunk held and takes nothing.
+        """
+        now = datetime.datetime.now(datetime.UTC)
+        row = pa.Table.from_pylist([{"chunk": chunk, "of": of, "owner": owner, "state": "working",
+                                     "claimed_at": now, "expires_at": now + datetime.timedelta(seconds=lease_seconds),
+                                     "now": now}], schema=_CLAIM_SOURCE)
+
+        def attempt() -> bool:
+            table = self._open(name, writing=True) or self._create(name, _CLAIMS, ())
+            table.update_incremental()
+            metrics = (table.merge(row, predicate='t."chunk" = s."chunk" AND t."of" = s."of"', source_alias="s",
+                                   target_alias="t", commit_properties=self._mark())
+                       .when_matched_update(updates={f'"{c}"': f's."{c}"' for c in _CLAIMS.names},
+                                            predicate="t.\"state\" = 'working' AND t.\"expires_at\" < s.\"now\"")
+                       .when_not_matched_insert(updates={f'"{c}"': f's."{c}"' for c in _CLAIMS.names})
+                       .execute())
+            return metrics.get("num_target_rows_inserted", 0) + metrics.get("num_target_rows_updated", 0) == 1
+
+        self._write_marker()
+        return self._retry(name, attempt, self._write_tables)
+
+    def claims(self, name: str, of: int) -> dict[int, str]:
+        """The state (``working`` or ``done``) of each claimed chunk of ``of`` in table ``name``."""
+        table = self._read(check_name(name))
+        if table is None:
+            return {}
+        rows = self.collect(name, table[0].filter(pl.col("of") == of).select("chunk", "state"))
+        return dict(zip(rows["chunk"].to_list(), rows["state"].to_list(), strict=True))
+
+    def update_claim(self, name: str, chunk: int, of: int, owner: str, *, lease_seconds: float | None = None,
+                     done: bool = False) -> bool:
+        """Renew ``owner``'s lease on a chunk (``lease_seconds`` from now) or mark it done; False
+        if ``owner`` no longer holds it (its lease expired and another worker took it over)."""
+        now = datetime.datetime.now(datetime.UTC)
+        expires = now + datetime.timedelta(seconds=lease_seconds or 0)
+        row = pa.Table.from_pylist([{"chunk": chunk, "of": of, "owner": owner, "expires_at": expires}],
+                                   schema=pa.schema([_CLAIMS.field(c) for c in ("chunk", "of", "owner", "expires_at")]))
+        updates = {'"state"': "'done'"} if done else {'"expires_at"': 's."expires_at"'}
+
+        def attempt() -> bool:
+            table = self._open(name, writing=True)
+            if table is None:
+                return False
+            table.update_incremental()
+            metrics = (table.merge(row, predicate='t."chunk" = s."chunk" AND t."of" = s."of" AND t."owner" = s."owner"',
+                                   source_alias="s", target_alias="t", commit_properties=self._mark())
+                       .when_matched_update(updates=updates, predicate="t.\"state\" = 'working'").execute())
+            return metrics.get("num_target_rows_updated", 0) == 1
+
+        return self._retry(name, attempt, self._write_tables)
+
     def tables(self, prefix: str = "") -> list[str]:
         """Names of the Delta tables under the store whose name starts with ``prefix``."""
         found = []
@@ -654,6 +711,12 @@ class DeltaStore(BufferedStore):
                 subfolders.clear()
                 found.append(os.path.relpath(folder, self.location).replace(os.sep, "/"))
         return sorted(n for n in found if n.startswith(prefix) and n != ".")
+
+
+_CLAIMS = pa.schema([("chunk", pa.int64()), ("of", pa.int64()), ("owner", pa.large_string()),
+                     ("state", pa.large_string()), ("claimed_at", pa.timestamp("us", tz="UTC")),
+                     ("expires_at", pa.timestamp("us", tz="UTC"))])
+_CLAIM_SOURCE = pa.schema([*_CLAIMS, ("now", pa.timestamp("us", tz="UTC"))])
 
 
 def _is_unwritable(exc: BaseException) -> bool:

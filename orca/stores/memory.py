@@ -61,6 +61,7 @@ class MemoryStore(BufferedStore):
         super().__init__(max_rows=max_rows, max_seconds=max_seconds, max_retries=max_retries,
                          background=background)
         self._tables: dict[str, _Table] = {}
+        self._claims: dict[str, dict[tuple[int, int], dict]] = {}  # (see claim)
 
     def uri(self, name: str) -> str:
         """A label for messages; memory tables cannot be read by ``pl.scan_delta``."""
@@ -137,6 +138,32 @@ class MemoryStore(BufferedStore):
         """Create table ``name`` (unkeyed, empty) if it does not exist."""
         if check_name(name) not in self._tables:
             self._tables[name] = _Table((), schema.empty_table())
+
+    def claim(self, name: str, chunk: int, of: int, owner: str, lease_seconds: float) -> bool:
+        """As :meth:`DeltaStore.claim` (one process: a dict decides)."""
+        claims = self._claims.setdefault(check_name(name), {})
+        now = datetime.datetime.now(datetime.UTC)
+        held = claims.get((chunk, of))
+        if held is not None and (held["state"] == "done" or held["expires_at"] >= now):
+            return False
+        claims[(chunk, of)] = {"chunk": chunk, "of": of, "owner": owner, "state": "working", "claimed_at": now,
+                               "expires_at": now + datetime.timedelta(seconds=lease_seconds)}
+        return True
+
+    def claims(self, name: str, of: int) -> dict[int, str]:
+        held = self._claims.get(check_name(name), {})
+        return {chunk: c["state"] for (chunk, n), c in held.items() if n == of}
+
+    def update_claim(self, name: str, chunk: int, of: int, owner: str, *, lease_seconds: float | None = None,
+                     done: bool = False) -> bool:
+        held = self._claims.get(check_name(name), {}).get((chunk, of))
+        if held is None or held["owner"] != owner or held["state"] != "working":
+            return False
+        if done:
+            held["state"] = "done"
+        else:
+            held["expires_at"] = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=lease_seconds or 0)
+        return True
 
     def tables(self, prefix: str = "") -> list[str]:
         return sorted(n for n in self._tables if n.startswith(prefix))
