@@ -87,7 +87,8 @@ def record_sources(store: Store, sources: Mapping[str, Source], run_id: str) -> 
         if rows.height:
             rows = rows.with_columns(pl.lit(run_id).alias(RUN_ID), pl.lit(utc_now()).dt.cast_time_unit("us")
                                      .alias(_RECORDED_AT))
-            store.append(sources_table(source_id), rows.to_arrow(), key=[_ROW_KEY])
+            # (evolve: two pipelines may give one source id different tag columns)
+            store.append(sources_table(source_id), rows.to_arrow(), key=[_ROW_KEY], evolve=True)
 
 
 def remember_source_files(store: Store, sources: Mapping[str, Source]) -> None:

@@ -269,3 +269,14 @@ def test_the_failures_table_exists_after_a_first_run(tmp_path, data):
     store_path = tmp_path / "store"
     build(orca.DeltaStore(store_path), data).run(progress=False)
     assert pl.scan_delta(str(store_path / "failures")).collect().height == 0
+
+
+def test_one_source_id_in_two_pipelines_with_other_tags(tmp_path):
+    store_path = tmp_path / "store"
+    for tags, rows in ((["k"], [{"k": 1, "x": 1}]), (["j"], [{"j": "a", "x": 2}])):
+        pipeline = orca.Pipeline("p" + tags[0], store=orca.DeltaStore(store_path))
+        with pipeline:
+            assets_files.double.pod(orca.DictSource(rows, tags=tags, source_id="numbers").rename_packets({"x": "n"}))
+        pipeline.run(progress=False)
+    recorded = pl.scan_delta(str(store_path / "sources" / "numbers")).collect()
+    assert recorded.height == 2 and {"k", "j"} <= set(recorded.columns)
