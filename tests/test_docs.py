@@ -1,7 +1,16 @@
-"""Every Python block of the docs pages listed here runs, top to bottom, as one script."""
+"""Every Python block of every docs page runs, top to bottom, as one script per page.
+
+A page's ```python blocks are joined into one script written to a temp file (so that orca can
+read the source of the functions the page defines) and run in a fresh temp directory. A block
+made of ``>>>`` examples is run as a doctest inside that same script, so it sees what the blocks
+before it defined and its printed output is checked. A block whose fence says
+``title="not run: <reason>"`` (it needs a Ray cluster, object storage…) is skipped and counted;
+``test_not_run_blocks_are_rare`` keeps them few.
+"""
 
 from __future__ import annotations
 
+import doctest
 import pathlib
 import re
 import runpy
@@ -9,20 +18,77 @@ import runpy
 import pytest
 
 DOCS = pathlib.Path(__file__).parent.parent / "docs"
-PAGES = ["assets.md"]
-_BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+_BLOCK = re.compile(r"^```python([^\n]*)\n(.*?)^```", re.S | re.M)
+_NOT_RUN = re.compile(r'title="not run: [^"]+"')
+MAX_NOT_RUN = 8  # across the whole site
+# Pages whose python blocks are interface listings or fragments, not scripts; their owners
+# are changing them now. Each stays listed (and visibly skipped) until its blocks run.
+FRAGMENTS = {
+    "cli.md": "the script example uses names defined in the text (numbers, square, halve)",
+    "executors.md": "the interface blocks are signatures; the Ray block needs a cluster",
+    "pods-and-caching.md": "the blocks are fragments (stream, store, f are not defined)",
+    "stores.md": "the Store interface is listed as signatures",
+}
 
 
-def python_blocks(page: pathlib.Path) -> str:
-    return "\n\n".join(_BLOCK.findall(page.read_text()))
+def blocks(page: pathlib.Path) -> list[tuple[str, str]]:
+    """The page's python blocks as (fence attributes, code), in order."""
+    return [(attrs.strip(), code) for attrs, code in _BLOCK.findall(page.read_text())]
 
 
-@pytest.mark.parametrize("page", PAGES)
+def pages() -> list[str]:
+    return sorted(str(p.relative_to(DOCS)) for p in DOCS.rglob("*.md") if blocks(p))
+
+
+def run_doctest_block(text: str, globs: dict, name: str) -> None:
+    """Run one block of ``>>>`` examples in the script's globals; fail on any mismatch."""
+    test = doctest.DocTestParser().get_doctest(text, globs, name, name, 0)
+    test.globs = globs  # DocTest copies its globals; the next blocks must see these names
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    runner.run(test, clear_globs=False)
+    if runner.failures:
+        raise AssertionError(f"{name}: {runner.failures} doctest example(s) failed (see stdout)")
+
+
+def script(page: str) -> tuple[str, int]:
+    """The page as one Python script, and how many blocks it leaves out as not run."""
+    parts, skipped = [], 0
+    for n, (attrs, code) in enumerate(blocks(DOCS / page), start=1):
+        if _NOT_RUN.search(attrs):
+            skipped += 1
+        elif code.lstrip().startswith(">>>"):
+            name = f"{page} block {n}"
+            parts.append(f"__run_doctest_block__({code!r}, globals(), {name!r})")
+        else:
+            parts.append(code)
+    return "\n\n".join(parts), skipped
+
+
+@pytest.mark.parametrize("page", pages())
 def test_page_runs(page, tmp_path, monkeypatch):
-    source = python_blocks(DOCS / page)
-    assert source.strip(), f"{page} has no python blocks"
-    # A real file, so that orca can read the source of the functions the page defines.
-    script = tmp_path / f"doc_{page.replace('.', '_').replace('-', '_')}.py"
-    script.write_text(source)
+    if page in FRAGMENTS:
+        pytest.skip(f"{page}: not runnable yet: {FRAGMENTS[page]}")
+    source, _ = script(page)
+    assert source.strip(), f"{page}: every python block is marked not run"
+    path = tmp_path / f"doc_{re.sub(r'[^a-z0-9]', '_', page)}.py"
+    path.write_text(source)
     monkeypatch.chdir(tmp_path)
-    runpy.run_path(str(script), run_name="__main__")
+    monkeypatch.delenv("ORCA_STORE", raising=False)
+    runpy.run_path(str(path), init_globals={"__run_doctest_block__": run_doctest_block},
+                   run_name="__main__")
+
+
+def test_not_run_blocks_are_rare():
+    counts = {page: script(page)[1] for page in pages()}
+    skipped = {page: n for page, n in counts.items() if n}
+    print(f"python blocks not run: {sum(skipped.values())} {skipped}")
+    assert sum(skipped.values()) <= MAX_NOT_RUN, skipped
+
+
+def test_every_python_fence_is_recognised():
+    # A fence the runner does not parse (```py, ```python3, a missing newline) would silently
+    # not run; only ```python blocks and non-Python fences are allowed.
+    for page in DOCS.rglob("*.md"):
+        for line in page.read_text().splitlines():
+            if line.startswith("```py"):
+                assert re.match(r"^```python( .*)?$", line), f"{page}: unrecognised fence {line!r}"
