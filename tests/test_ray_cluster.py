@@ -272,9 +272,11 @@ def test_ten_megabyte_packets_go_through_the_object_store_not_the_driver(cluster
 
     list(executor.map_chunks(reverse, table.slice(0, 2)))  # start the workers, load the code
     before = driver_io()
-    out = pa.concat_tables(executor.with_options(max_chunk_rows=1).map_chunks(reverse, table))
+    outputs = list(executor.map_chunks(reverse, table))
     moved = driver_io() - before
-    out = out.sort_by("i")
+    # Chunks are capped so 4 in flight, in and out, fit the head's 200 MB object store.
+    assert max(o.num_rows for o in outputs) <= 200 * MB // (4 * 2) // (10 * MB)
+    out = pa.concat_tables(outputs).sort_by("i")
     assert [b.as_py() for b in out.column("rev")] == [b[::-1] for b in blobs]
     assert set(out.column("node").to_pylist()) == set(WORKERS)
     assert moved < 2 * MB, f"the driver moved {moved:,} bytes through syscalls for 120 MB of packets"
@@ -314,6 +316,13 @@ def test_a_function_the_workers_cannot_load_raises_executor_error(cluster, execu
             list(executor.map_chunks(module.ghost, pa.table({"id": [1, 2, 3]})))
     finally:
         del sys.modules[module.__name__]
+
+
+def test_max_chunk_bytes_is_checked_at_construction():
+    assert RayExecutor().with_options(max_chunk_bytes=2**20).max_chunk_bytes == 2**20
+    for bad in (0, -1, 1.5, "1MB"):
+        with pytest.raises(ExecutorError, match="max_chunk_bytes must be None or an integer >= 1"):
+            RayExecutor(max_chunk_bytes=bad)
 
 
 # --- a worker node dies mid-run ----------------------------------------------------------
