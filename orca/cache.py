@@ -63,6 +63,8 @@ class CachedFunctionPod:
         Seconds each call may take (overrides the pod's ``timeout``); a call that runs longer
         is a failure row (``TimeoutError``). See ``docs/executors.md``.
 
+    Notes
+    -----
     Constructing one performs no I/O.
     """
 

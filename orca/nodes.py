@@ -83,6 +83,8 @@ class FunctionNode:
         Name the provenance table ``pipelines/<pipeline>/<label>``; label defaults to the
         function's name.
 
+    Notes
+    -----
     Constructing a node performs no I/O.
     """
 

@@ -108,6 +108,8 @@ class Pipeline:
     store
         Default :func:`orca.default_store` (``$ORCA_STORE`` or ``./.orca``).
 
+    Notes
+    -----
     Constructing a pipeline performs no I/O.
     """
 
