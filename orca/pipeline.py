@@ -250,6 +250,7 @@ class Pipeline:
             raise
         finally:
             log.finish(status)
+        self.store.upkeep(self._tables())
         counts = {label: r.counts for label, r in runs.items()}
         return RunResult(run_id, status, counts, self._failures(run_id), self.handle(run_id))
 
@@ -341,6 +342,13 @@ class Pipeline:
         records = self.store.collect(sources_table(source_id),
                                      (recorded if where is None else recorded.filter(where)).select(RECORD_ID))
         return lineage.downstream(self.store, self._specs(), source_id, records[RECORD_ID])
+
+    def _tables(self) -> list[str]:
+        """Every table a run of this pipeline writes (for the store's upkeep)."""
+        tables = [RUNS, FAILURES, *(sources_table(s) for s in self._sources())]
+        for spec in self._specs().values():
+            tables += [spec.results_table, spec.provenance_table, spec.asset_table]
+        return tables
 
     def _specs(self) -> dict[str, NodeSpec]:
         return {label: node.spec for label, node in self.function_nodes.items()}

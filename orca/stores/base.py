@@ -73,6 +73,7 @@ class Store(Protocol):
                      as_of: datetime.datetime | None = None) -> pl.LazyFrame | None: ...
     def history(self, name: str, limit: int | None = None) -> list[dict]: ...
     def ensure(self, name: str, schema: pa.Schema) -> None: ...
+    def upkeep(self, names: Sequence[str]) -> None: ...
     def claim(self, name: str, chunk: int, of: int, owner: str, lease_seconds: float) -> bool: ...
     def update_claim(self, name: str, chunk: int, of: int, owner: str, *, lease_seconds: float | None = None,
                      done: bool = False) -> bool: ...
@@ -87,9 +88,12 @@ class StoreOptions:
     max_seconds: float = 30.0
     max_retries: int = 10
     background: bool = True  # commit a full buffer on a background thread (stores with slow I/O)
+    # Upkeep after a run (see DeltaStore.upkeep): a checkpoint of a table's log every this
+    # many versions.
+    checkpoint_every: int = 50
 
     def __post_init__(self) -> None:
-        if self.max_rows < 1 or self.max_seconds < 0 or self.max_retries < 1:
+        if self.max_rows < 1 or self.max_seconds < 0 or self.max_retries < 1 or self.checkpoint_every < 1:
             raise ValueError(f"invalid store options: {self}")
 
 

@@ -21,7 +21,8 @@ import random
 import re
 import time
 import urllib.parse
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import polars as pl
@@ -532,6 +533,40 @@ class DeltaStore(BufferedStore):
 
     def exists(self, name: str) -> bool:
         return self._open(check_name(name)) is not None
+
+    def upkeep(self, names: Sequence[str]) -> None:
+        """Keep the cost of opening ``names`` bounded as runs accumulate: checkpoint a table's
+        log every ``checkpoint_every`` versions, so opening it replays a bounded log.
+
+        Compaction is *not* done here: deltalake 1.6's ``optimize`` does not detect a concurrent
+        commit that removed the same files (two compactions, or a compaction beside an
+        invalidation or an asset merge, both commit and rows come back twice -- reproduced in
+        ``tests/test_upkeep.py``), so it runs only when asked (:meth:`compact`, ``orca
+        maintain``), with no other writer on the store. A checkpoint only summarises the log.
+        """
+        for name in names:
+            table = self._open(check_name(name), writing=True)
+            if table is None:
+                continue
+            try:
+                table.update_incremental()
+                if table.version() - self._checkpointed(name) >= self.options.checkpoint_every:
+                    table.create_checkpoint()
+            except (DeltaError, OSError) as exc:  # upkeep is best effort: the next run tries again
+                warnings.warn(f"{self.uri(name)}: upkeep skipped: {clean_message(exc)}", stacklevel=2)
+
+    def _checkpointed(self, name: str) -> int:
+        """The version of the table's latest checkpoint (-1: none). Read from the local log; for
+        a store elsewhere, assumed at the last multiple of ``checkpoint_every``."""
+        if "://" in self.uri(name):
+            version, every = self.version(name) or 0, self.options.checkpoint_every
+            return version - version % every - (every if version % every == 0 else 0)
+        path = os.path.join(self.uri(name), "_delta_log", "_last_checkpoint")
+        try:
+            with open(path) as f:
+                return int(json.load(f)["version"])
+        except (OSError, ValueError, KeyError):
+            return -1
 
     def ensure(self, name: str, schema: pa.Schema) -> None:
         """Create table ``name`` (unkeyed, empty) if it does not exist, so readers find it."""

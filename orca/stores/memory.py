@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+from collections.abc import Sequence
 
 import polars as pl
 import pyarrow as pa
@@ -133,6 +134,9 @@ class MemoryStore(BufferedStore):
 
     def exists(self, name: str) -> bool:
         return check_name(name) in self._tables
+
+    def upkeep(self, names: Sequence[str]) -> None:
+        """Nothing to do: in memory there are no files or logs to grow."""
 
     def ensure(self, name: str, schema: pa.Schema) -> None:
         """Create table ``name`` (unkeyed, empty) if it does not exist."""

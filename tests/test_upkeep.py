@@ -1,0 +1,60 @@
+"""Automatic upkeep (checkpoints) keeps opening tables cheap and loses nothing (issue 10); why
+compaction is not automatic."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+import orca
+from tests.helpers import SPAWN
+from tests.pipelines import upkept
+
+
+def test_upkeep_checkpoints_the_logs(tmp_path):
+    store = orca.DeltaStore(tmp_path / "s").with_options(checkpoint_every=3)
+    for r in range(8):
+        pipeline = orca.Pipeline("u", store=store)
+        with pipeline:
+            upkept.triple.pod(orca.DictSource([{"k": i, "x": i} for i in range(10 * (r + 1))], tags=["k"],
+                                              source_id="n"))
+        pipeline.run(progress=False)
+    for table in ("runs", "pipelines/u/triple", "assets/u/triple"):
+        assert (tmp_path / "s" / table / "_delta_log" / "_last_checkpoint").exists(), table
+    final = pipeline.asset("triple").collect()
+    assert sorted(final["y"].to_list()) == [3 * i for i in range(80)]
+
+
+def test_why_compaction_is_not_automatic(tmp_path):
+    """deltalake's optimize commits over a concurrent compaction of the same files: rows double.
+    If this starts failing (a conflict is raised), deltalake fixed it and upkeep may compact."""
+    import pyarrow as pa
+    from deltalake import DeltaTable, write_deltalake
+
+    path = str(tmp_path / "t")
+    for i in range(6):
+        write_deltalake(path, pa.table({"a": [i]}), mode="append")
+    first, second = DeltaTable(path), DeltaTable(path)
+    first.optimize.compact()
+    second.optimize.compact()
+    assert DeltaTable(path).to_pyarrow_table().num_rows == 12
+
+
+@pytest.mark.slow
+def test_upkeep_under_four_writers_loses_nothing(tmp_path):
+    path = str(tmp_path / "s")
+    workers = [SPAWN.Process(target=upkept.run, args=(path, w, 4)) for w in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=240)
+    assert [w.exitcode for w in workers] == [0] * 4
+    store = orca.DeltaStore(path)
+    n = 20 * 4 + 5 * 3  # the largest input any worker ran
+    results = store.scan(upkept.triple.pod.results_table).collect()
+    assert sorted(results["y"].to_list()) == [3 * i for i in range(n)]  # each packet's result, once
+    prov = store.scan("pipelines/upkept/triple").collect()
+    assert set(prov["__record_id"]) <= set(results["__record_id"])  # provenance resolves
+    assert set(prov["k"]) == set(range(n))
+    runs = store.scan("runs").collect()
+    assert runs.filter(pl.col("event") == "finished").height == 16 and set(runs["status"]) >= {"succeeded"}
