@@ -5,7 +5,12 @@ read the source of the functions the page defines) and run in a fresh temp direc
 made of ``>>>`` examples is run as a doctest inside that same script, so it sees what the blocks
 before it defined and its printed output is checked. A block whose fence says
 ``title="not run: <reason>"`` (it needs a Ray cluster, object storage…) is skipped and counted;
-``test_not_run_blocks_are_rare`` keeps them few.
+``test_not_run_blocks_are_rare`` keeps them few. A block titled ``title="<name>.py"`` also goes
+into that file (blocks with one title are appended in order), so the page's commands can load it.
+
+The ``$ orca ...`` lines of the ```console blocks of ``CONSOLE_PAGES`` run after the page's
+script, in its folder, against the store it made: each must exit 0, and each output line the
+page shows must match a line of the real output (``...`` stands for anything).
 """
 
 from __future__ import annotations
@@ -14,12 +19,18 @@ import doctest
 import pathlib
 import re
 import runpy
+import shlex
+import subprocess
+import sys
 
 import pytest
 
 DOCS = pathlib.Path(__file__).parent.parent / "docs"
 _BLOCK = re.compile(r"^```python([^\n]*)\n(.*?)^```", re.S | re.M)
 _NOT_RUN = re.compile(r'title="not run: [^"]+"')
+_FILE = re.compile(r'title="([\w.-]+\.py)"')
+_CONSOLE = re.compile(r"^```console\n(.*?)^```", re.S | re.M)
+CONSOLE_PAGES = ["tutorial.md"]
 MAX_NOT_RUN = 8  # across the whole site
 # Pages whose python blocks are interface listings or fragments, not scripts; their owners
 # are changing them now. Each stays listed (and visibly skipped) until its blocks run.
@@ -64,6 +75,44 @@ def script(page: str) -> tuple[str, int]:
     return "\n\n".join(parts), skipped
 
 
+def write_files(page: str, folder: pathlib.Path) -> None:
+    """Write the blocks titled ``<name>.py`` to those files (appended in page order)."""
+    for attrs, code in blocks(DOCS / page):
+        if match := _FILE.search(attrs):
+            with open(folder / match.group(1), "a") as f:
+                f.write(code + "\n\n")
+
+
+def commands(page: str) -> list[tuple[str, list[str]]]:
+    """The ``$ orca ...`` lines of the page's console blocks, each with the output it shows."""
+    found: list[tuple[str, list[str]]] = []
+    for block in _CONSOLE.findall((DOCS / page).read_text()):
+        for line in block.splitlines():
+            if line.startswith("$ "):
+                found.append((line[2:], []))
+            elif found:
+                found[-1][1].append(line)
+    return [(cmd, shown) for cmd, shown in found if cmd.startswith("orca ")]
+
+
+def shown_line_pattern(line: str) -> re.Pattern:
+    parts = [r"\s+".join(map(re.escape, piece.split())) for piece in line.split("...")]
+    return re.compile(".*".join(parts))
+
+
+def run_commands(page: str, folder: pathlib.Path) -> None:
+    for command, shown in commands(page):
+        argv = [sys.executable, "-m", "orca", *shlex.split(command)[1:]]
+        done = subprocess.run(argv, cwd=folder, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"{page}: `{command}` failed: {done.stderr}"
+        real = done.stdout.splitlines()
+        for line in shown:
+            if line.strip() and line.strip() != "...":
+                pattern = shown_line_pattern(line)
+                assert any(pattern.search(r) for r in real), \
+                    f"{page}: `{command}` printed no line like {line!r}:\n{done.stdout}"
+
+
 @pytest.mark.parametrize("page", pages())
 def test_page_runs(page, tmp_path, monkeypatch):
     if page in FRAGMENTS:
@@ -72,10 +121,14 @@ def test_page_runs(page, tmp_path, monkeypatch):
     assert source.strip(), f"{page}: every python block is marked not run"
     path = tmp_path / f"doc_{re.sub(r'[^a-z0-9]', '_', page)}.py"
     path.write_text(source)
+    write_files(page, tmp_path)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("ORCA_STORE", raising=False)
     runpy.run_path(str(path), init_globals={"__run_doctest_block__": run_doctest_block},
                    run_name="__main__")
+    if page in CONSOLE_PAGES:
+        assert commands(page), f"{page} shows no orca command"
+        run_commands(page, tmp_path)
 
 
 def test_not_run_blocks_are_rare():
