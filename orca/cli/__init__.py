@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import click
@@ -14,18 +15,32 @@ import polars as pl
 from deltalake.exceptions import DeltaError
 
 from orca.cli._common import CliError, State
-from orca.cli.catalog import ls, show
-from orca.cli.edit import invalidate, rm
-from orca.cli.history import failures, history, runs
-from orca.cli.maintain import maintain
-from orca.cli.script import graph, plan
 from orca.errors import OrcaError
 
 __all__ = ["main"]
 
+# Each command's module is imported only when the command runs, so that `orca ls` does not pay
+# for importing the run engine (`orca plan` and `orca graph` load a user's pipeline and do).
+_COMMANDS = {
+    "ls": "orca.cli.catalog:ls", "show": "orca.cli.catalog:show", "runs": "orca.cli.history:runs",
+    "failures": "orca.cli.history:failures", "history": "orca.cli.history:history",
+    "plan": "orca.cli.script:plan", "graph": "orca.cli.script:graph", "invalidate": "orca.cli.edit:invalidate",
+    "rm": "orca.cli.edit:rm", "maintain": "orca.cli.maintain:maintain",
+}
+
 
 class _Group(click.Group):
-    """Turns the library's and the table readers' errors into one-line user errors."""
+    """Loads commands lazily (click's documented pattern) and turns the library's and the table
+    readers' errors into one-line user errors."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in _COMMANDS:
+            return None
+        module, attr = _COMMANDS[name].split(":")
+        return getattr(importlib.import_module(module), attr)
 
     def invoke(self, ctx: click.Context) -> object:
         try:
@@ -46,6 +61,3 @@ def main(ctx: click.Context, store_path: str, as_json: bool) -> None:
     """Inspect and maintain an orca store (a directory of Delta tables)."""
     ctx.obj = State(store_path, as_json)
 
-
-for command in (ls, show, runs, failures, history, plan, graph, invalidate, rm, maintain):
-    main.add_command(command)
