@@ -1,7 +1,7 @@
 """`RayExecutor` on a real multi-node Ray cluster on this machine.
 
-The cluster is a head and two worker nodes, each a separate ``ray start --block`` (its own
-raylet and object store) on its own loopback address (127.0.0.2-4), so every byte stays on
+The cluster is a head and four worker nodes, each a separate ``ray start --block`` (its own
+raylet and object store) on its own loopback address (127.0.0.2-6), so every byte stays on
 this machine while tasks, objects and node failures cross real node boundaries. The head
 has no CPUs: every task runs on a worker node and every chunk crosses from the driver's
 object store to another node's.
@@ -13,6 +13,7 @@ stop every Ray on the machine and is never used.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import pathlib
 import shutil
@@ -44,7 +45,8 @@ pytestmark = pytest.mark.slow
 # by value, as a notebook's would be.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-HEAD, WORKERS = "127.0.0.2", ("127.0.0.3", "127.0.0.4")
+# Two of the worker nodes are killed by the tests below, one each; all start together.
+HEAD, WORKERS = "127.0.0.2", ("127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6")
 START_TIMEOUT = 40.0  # seconds for one node to come up
 MB = 1_000_000
 
@@ -67,6 +69,12 @@ def _sessions_processes(sids: set[int]) -> list[int]:
             if fields[0] != "Z" and int(fields[3]) in sids:
                 found.append(int(entry.name))
     return found
+
+
+def _terminate_with_parent() -> None:
+    """In the child: get SIGTERM when this test process dies, even by SIGKILL (which skips
+    the fixture's teardown); ``ray start --block`` then stops the processes it started."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
 
 
 class LocalCluster:
@@ -129,7 +137,8 @@ class LocalCluster:
                    f"--temp-dir={node_dir}", "--disable-usage-stats", *ports]
         with log.open("w") as out:
             self.nodes[ip] = subprocess.Popen(command, env=self.env, start_new_session=True,
-                                              stdout=out, stderr=subprocess.STDOUT)
+                                              stdout=out, stderr=subprocess.STDOUT,
+                                              preexec_fn=_terminate_with_parent)
         return log
 
     def kill(self, *ips: str) -> None:
@@ -152,13 +161,6 @@ class LocalCluster:
         if not ray.is_initialized():  # the executors connect lazily, on their first chunk
             ray.init(address=self.address, log_to_driver=False)
         return {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
-
-    def wait_alive(self, expected: set[str]) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while self.alive() != expected:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"nodes alive: {self.alive()}, expected {expected}")
-            time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +234,8 @@ def test_a_pipeline_computes_on_several_nodes_and_matches_the_in_process_run(clu
     result = build(orca.DeltaStore(tmp_path / "ray"), 300).run(executor=executor, progress=False)
     assert result.counts["where"] == orca.Counts(0, 300, 0)
     on_ray = build(orca.DeltaStore(tmp_path / "ray"), 300)["where"].results().collect().sort("k")
-    assert set(on_ray["node"]) == set(WORKERS)  # the head has no CPUs
+    assert set(on_ray["node"]) <= set(WORKERS)  # never the head: it has no CPUs
+    assert on_ray["node"].n_unique() >= 2
     assert on_ray["pid"].n_unique() >= 2
     assert os.getpid() not in set(on_ray["pid"])
 
@@ -246,6 +249,7 @@ def test_closures_and_lambdas_are_shipped_by_cloudpickle(cluster, executor):
     offset, table_of = 7, np.arange(1000) * 3  # captured by the closure, shipped by value
 
     def add_and_look_up(chunk: pa.Table) -> pa.Table:
+        time.sleep(0.01)  # long enough that the 4 chunks in flight need both nodes
         ids = chunk.column("id").to_numpy()
         return pa.table({"id": ids, "z": ids + offset + table_of[ids],
                          "node": [ray.util.get_node_ip_address()] * len(ids)})
@@ -254,7 +258,8 @@ def test_closures_and_lambdas_are_shipped_by_cloudpickle(cluster, executor):
     out = pa.concat_tables(executor.with_options(max_chunk_rows=50).map_chunks(add_and_look_up, table))
     out = out.sort_by("id")
     assert out.column("z").to_pylist() == [i + 7 + 3 * i for i in range(1000)]
-    assert set(out.column("node").to_pylist()) == set(WORKERS)
+    assert set(out.column("node").to_pylist()) <= set(WORKERS)
+    assert len(set(out.column("node").to_pylist())) >= 2
 
     doubled = executor.map_chunks(lambda chunk: chunk.set_column(0, "id", pc.multiply(chunk["id"], 2)), table)
     assert sorted(pa.concat_tables(doubled).column("id").to_pylist()) == list(range(0, 2000, 2))
@@ -283,7 +288,7 @@ def test_ten_megabyte_packets_go_through_the_object_store_not_the_driver(cluster
     assert max(o.num_rows for o in outputs) <= 200 * MB // (4 * 2) // (10 * MB)
     out = pa.concat_tables(outputs).sort_by("i")
     assert [b.as_py() for b in out.column("rev")] == [b[::-1] for b in blobs]
-    assert set(out.column("node").to_pylist()) == set(WORKERS)
+    assert set(out.column("node").to_pylist()) <= set(WORKERS)  # not the driver's node
     assert moved < 2 * MB, f"the driver moved {moved:,} bytes through syscalls for 120 MB of packets"
 
 
@@ -305,7 +310,7 @@ def test_a_pipeline_over_ten_megabyte_packets_runs_on_the_cluster(cluster, execu
     assert moved < 6 * MB, f"the driver moved {moved:,} bytes for 60 MB of packets"
     got = pipeline["blob_digest"].results().collect().sort("k")
     assert got["crc"].to_list() == [zlib.crc32(b) for b in blobs]
-    assert set(got["node"]) == set(WORKERS)
+    assert set(got["node"]) <= set(WORKERS)  # not the driver's node: the packets crossed nodes
 
 
 def test_files_are_read_by_the_driver_once_to_hash_and_never_shipped(cluster, executor, tmp_path):
@@ -338,7 +343,7 @@ def test_a_function_the_workers_cannot_load_raises_executor_error(cluster, execu
     exec("def ghost(chunk):\n    return chunk\n", module.__dict__)
     sys.modules[module.__name__] = module  # importable here, not on the worker nodes
     try:
-        with pytest.raises(ExecutorError, match=r"127\.0\.0\.[34] could not load function .*ghost"):
+        with pytest.raises(ExecutorError, match=r"127\.0\.0\.[3-6] could not load function .*ghost"):
             list(executor.map_chunks(module.ghost, pa.table({"id": [1, 2, 3]})))
     finally:
         del sys.modules[module.__name__]
@@ -354,8 +359,8 @@ def test_max_chunk_bytes_is_checked_at_construction():
 # --- a worker node dies mid-run ----------------------------------------------------------
 
 
-# Enough work (~3 s on three 1-CPU nodes) that the kill lands well before the run ends.
-ROWS = 180
+# Enough work (~3 s on four 1-CPU nodes) that the kill lands well before the run ends.
+ROWS = 240
 
 
 @orca.function_pod(output_keys=["y", "node"])
@@ -365,11 +370,11 @@ def slow_square(x: int) -> tuple[int, str]:
 
 
 def run_and_kill(cluster, store, executor, victim: str, rows: int = ROWS):
-    """Run ``slow_square`` over ``rows`` rows on the cluster plus a fresh node at ``victim``,
-    and kill that node once results computed on it are committed. Returns the run's
-    outcome (a RunResult or the exception it raised) and the nodes alive after it."""
-    cluster.start(victim)
-    cluster.wait_alive({HEAD, *WORKERS, victim})
+    """Run ``slow_square`` over ``rows`` rows on the cluster and kill the worker node at
+    ``victim`` once results computed on it are committed. Returns the run's outcome (a
+    RunResult or the exception it raised) and the pipeline."""
+    if victim not in cluster.alive():
+        pytest.fail(f"worker node {victim} is not alive before the test kills it")
     pipeline = orca.Pipeline("kill", store=store)
     with pipeline:
         slow_square.pod(orca.DictSource([{"k": i, "x": i} for i in range(rows)], tags=["k"], source_id="xs"))
