@@ -124,8 +124,9 @@ def test_page_runs(page, tmp_path, monkeypatch):
     write_files(page, tmp_path)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("ORCA_STORE", raising=False)
+    # Not "__main__": a page's script file (``work.py``) guards what only a worker runs.
     runpy.run_path(str(path), init_globals={"__run_doctest_block__": run_doctest_block},
-                   run_name="__main__")
+                   run_name="docs_page")
     if page in CONSOLE_PAGES:
         assert commands(page), f"{page} shows no orca command"
         run_commands(page, tmp_path)
