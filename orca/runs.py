@@ -180,6 +180,10 @@ class RunLog:
 class RunHandle(pydantic.BaseModel):
     """Where to find a run: serialise it with ``to_json()``, poll it from any process.
 
+    The JSON carries the store's location (a path or an object-storage URL), never its
+    credentials: a poller gives them again, ``RunHandle.from_json(text, storage_options=...)``,
+    or lets deltalake read them from the standard environment variables (see ``docs/scaling.md``).
+
     >>> h = RunHandle(run_id="r1", pipeline="p", store="/tmp/s", nodes={"f": "pipelines/p/f"})
     >>> RunHandle.from_json(h.to_json()) == h
     True
@@ -190,19 +194,25 @@ class RunHandle(pydantic.BaseModel):
     store: str
     nodes: dict[str, str]  # label -> provenance table
     _store: Any = pydantic.PrivateAttr(default=None)
+    _storage_options: dict[str, str] | None = pydantic.PrivateAttr(default=None)
 
     def to_json(self) -> str:
+        """The handle as JSON: run id, pipeline, store location, nodes -- no credentials."""
         return self.model_dump_json()
 
     @classmethod
-    def from_json(cls, text: str) -> RunHandle:
-        return cls.model_validate_json(text)
+    def from_json(cls, text: str, *, storage_options: dict[str, str] | None = None) -> RunHandle:
+        """The handle ``to_json`` wrote; ``storage_options`` reach a store on object storage
+        (without them, the environment's credentials are used)."""
+        handle = cls.model_validate_json(text)
+        handle._storage_options = storage_options
+        return handle
 
     def _open(self) -> Store:
         if self._store is None:
             if self.store == "memory":
                 raise OrcaError("a run on a MemoryStore can only be polled from the process that ran it")
-            self._store = DeltaStore(self.store)
+            self._store = DeltaStore(self.store, storage_options=self._storage_options)
         return self._store
 
     def _events(self) -> pl.DataFrame:

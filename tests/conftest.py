@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import pathlib
 import shutil
 import socket
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 
 import pyarrow.fs as pafs
 import pytest
@@ -33,7 +35,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 AZURITE = ROOT / ".ci" / "node" / "node_modules" / "azurite" / "dist" / "src" / "blob" / "main.js"
 # Azurite's documented development account (public, the same in every installation).
 AZURITE_ACCOUNT = "devstoreaccount1"
-AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEuaG9jk7T+a4YKuJqJR+Hc2jQGYEpAwFBPtbZD/ZgTxPkC3Hfsm3nTRLPTL9lQ=="
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 _START_SECONDS = 30.0
 
 
@@ -86,7 +88,7 @@ class ObjectStore:
 
 
 @pytest.fixture(scope="session")
-def s3_server() -> ObjectStore:
+def s3_server() -> Iterator[ObjectStore]:
     """An S3 server (moto's, in a subprocess: deltalake's file listing holds the GIL, so an
     in-process server thread could not answer it) with bucket ``orca-test``."""
     if importlib.util.find_spec("moto") is None:
@@ -100,7 +102,7 @@ def s3_server() -> ObjectStore:
         env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1",
                "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
         pafs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1", scheme="http",
-                          endpoint_override=f"127.0.0.1:{port}").create_dir("orca-test")
+                          endpoint_override=f"127.0.0.1:{port}", allow_bucket_creation=True).create_dir("orca-test")
         options = {**env, "aws_conditional_put": "etag"}
         yield ObjectStore("s3", "orca-test", options, {**env, "AWS_CONDITIONAL_PUT": "etag"})
     finally:
@@ -108,11 +110,15 @@ def s3_server() -> ObjectStore:
 
 
 @pytest.fixture(scope="session")
-def azure_server(tmp_path_factory: pytest.TempPathFactory) -> ObjectStore:
+def azure_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectStore]:
     """Azurite's blob service (``.ci/node``, installed by ``.ci/run``) with container ``orca-test``."""
     node = shutil.which("node")
     if node is None or not AZURITE.exists():
-        pytest.skip("Azurite is not installed: run `npm install --prefix .ci/node azurite` (.ci/run does)")
+        pytest.skip("Azurite is not installed: run `npm install --prefix .ci/node azurite@3.37.0` (.ci/run does)")
+    version = json.loads((AZURITE.parents[3] / "package.json").read_text())["version"]
+    if tuple(int(p) for p in version.split(".")[:2]) < (3, 37):
+        # Older Azurite ignores the blob listing's startFrom, which deltalake's log reads rely on.
+        pytest.skip(f"Azurite {version} is too old (3.37 or later is needed): rerun the npm install in .ci/run")
     port = _free_port()
     proc = subprocess.Popen([node, str(AZURITE), "--blobHost", "127.0.0.1", "--blobPort", str(port),
                              "--location", str(tmp_path_factory.mktemp("azurite")), "--skipApiVersionCheck",
@@ -121,7 +127,7 @@ def azure_server(tmp_path_factory: pytest.TempPathFactory) -> ObjectStore:
     try:
         _wait_for_port(proc, port, "Azurite")
         endpoint = f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}"
-        pafs.AzureFileSystem(AZURITE_ACCOUNT, AZURITE_KEY, blob_storage_authority=f"127.0.0.1:{port}",
+        pafs.AzureFileSystem(AZURITE_ACCOUNT, account_key=AZURITE_KEY, blob_storage_authority=f"127.0.0.1:{port}",
                              blob_storage_scheme="http").create_dir("orca-test")
         options = {"azure_storage_account_name": AZURITE_ACCOUNT, "azure_storage_account_key": AZURITE_KEY,
                    "azure_storage_endpoint": endpoint, "allow_http": "true"}

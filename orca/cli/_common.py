@@ -55,11 +55,13 @@ class State:
     _store: DeltaStore | None = None
 
     def store(self) -> DeltaStore:
-        """The store at ``--store``; a missing path (or a file) is an error."""
+        """The store at ``--store``; a missing path (or a file) is an error. A URL
+        (``s3://``, ``az://``, ``gs://``...) is reached with the environment's credentials."""
         if self._store is None:
-            if not os.path.isdir(self.store_path):
+            store = DeltaStore(self.store_path)
+            if not store.remote and not os.path.isdir(self.store_path):
                 raise CliError(f"no orca store at {self.store_path}")
-            self._store = DeltaStore(self.store_path)
+            self._store = store
         return self._store
 
     def emit(self, payload: Any, text: str) -> None:
@@ -155,7 +157,7 @@ class TableInfo:
 
 
 def table_info(store: DeltaStore, name: str) -> TableInfo:
-    table = DeltaTable(store.uri(name))
+    table = DeltaTable(store.uri(name), storage_options=store.storage_options)
     actions = pl.DataFrame(table.get_add_actions(flatten=True))
     nulls = f"null_count.{INVALIDATED_AT}"
     live = None

@@ -1,5 +1,9 @@
 """DeltaStore: a directory of Delta tables, safe for many concurrent writer processes.
 
+The directory is local, or a URL on object storage (``s3://``, ``az://``/``abfss://``,
+``gs://``) read and written through deltalake's own object-store support; an S3 store refuses
+to commit unless deltalake makes concurrent commits safe there (see ``docs/scaling.md``).
+
 Every commit is an append (never ``mode="overwrite"``) in a capped retry loop with randomised
 exponential backoff; creation races are treated as "someone else created it". A table made by
 orca carries ``orca.format`` and ``orca.key`` in its Delta table configuration; the store's
@@ -12,6 +16,7 @@ each is a StoreError naming the table, raised at the first read (before any work
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import errno
@@ -22,7 +27,7 @@ import re
 import time
 import urllib.parse
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 import polars as pl
@@ -36,6 +41,8 @@ from deltalake import (
     write_deltalake,
 )
 from deltalake.exceptions import CommitFailedError, DeltaError
+from deltalake.fs import DeltaStorageHandler
+from pyarrow.fs import FileSelector, FileType
 
 from orca.errors import StoreError
 from orca.stores.base import (
@@ -70,6 +77,12 @@ MARKER = ".orca-store"  # at the store root: says "this directory is an orca sto
 _CHECKED_FIRST = ("failures", "runs")
 _LOG_FILE = re.compile(r"^(\d{20})\.json$")
 _READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+# S3 has no put-if-absent unless the client asks for conditional writes: without it two writers
+# committing the same version both succeed and one commit is lost silently.
+_S3_SCHEMES = ("s3", "s3a")
+_CONDITIONAL_PUT = ("aws_conditional_put", "conditional_put")
+_MANY_FILES = 64  # more unchecked data files than this: one listing beats a request per file
 T = TypeVar("T")
 
 
@@ -103,6 +116,14 @@ class DeltaStore(BufferedStore):
     At the first I/O the store refuses an empty path and an existing non-empty directory that
     is not an orca store (see ``docs/stores.md``).
 
+    ``path`` may be an object-storage URL (``s3://bucket/prefix``, ``az://container/prefix``,
+    ``abfss://...``, ``gs://bucket/prefix``): ``storage_options`` (deltalake's keys, e.g.
+    ``AWS_ENDPOINT_URL``, ``azure_storage_account_key``) are handed to deltalake and Polars;
+    without them both read the standard environment variables. They never appear in messages
+    or in ``repr``. An S3 store commits only with conditional writes
+    (``aws_conditional_put="etag"``, in the options or as ``AWS_CONDITIONAL_PUT``): otherwise
+    its first commit raises ``StoreError`` (see ``docs/scaling.md``).
+
     A full buffer is committed on a background thread (``background=False``: in the caller).
 
     >>> import tempfile, pyarrow as pa
@@ -117,6 +138,7 @@ class DeltaStore(BufferedStore):
         self,
         path: str | os.PathLike[str],
         *,
+        storage_options: dict[str, str] | None = None,
         max_rows: int = 200_000,
         max_seconds: float = 30.0,
         max_retries: int = 10,
@@ -126,7 +148,23 @@ class DeltaStore(BufferedStore):
                          background=background)
         given = os.fspath(path)
         self._empty_path = given == ""  # refused at the first I/O (construction does none)
-        self.location = os.path.abspath(given)
+        scheme = _URL.match(given)
+        self._scheme = scheme[1].lower() if scheme and scheme[1].lower() != "file" else None
+        if self._scheme is None:
+            if storage_options:
+                raise StoreError(f"{given}: storage_options apply to object-storage URLs "
+                                 f"(s3://, az://, abfss://, gs://), not to a local path")
+            self.location = os.path.abspath(given[len("file://"):] if scheme else given)
+        else:
+            self.location = given.rstrip("/")
+        self._options = {str(k): str(v) for k, v in (storage_options or {}).items()}
+        if self._scheme in _S3_SCHEMES and _option(self._options, _CONDITIONAL_PUT) is None:
+            # Taken from the environment into the options, so that deltalake surely uses what
+            # the safety check saw (a read handle opened before a commit commits too).
+            from_env = _option(dict(os.environ), _CONDITIONAL_PUT)
+            if from_env is not None:
+                self._options["aws_conditional_put"] = from_env
+        self._fs: DeltaStorageHandler | None = None  # opened at the first listing
         self._root_checked = self._marked = False
         # Reads and (background) commits keep separate handles, so that a read never waits for
         # a commit's hold on a handle (deltalake serialises calls on one DeltaTable).
@@ -149,9 +187,117 @@ class DeltaStore(BufferedStore):
         new._read_version = {}
         return new
 
+    @property
+    def remote(self) -> bool:
+        """Whether the store lives on object storage (a URL), not in a local directory."""
+        return self._scheme is not None
+
+    @property
+    def storage_options(self) -> dict[str, str] | None:
+        """What deltalake and Polars are given to reach the store (None for a local one): the
+        options passed in, plus ``aws_conditional_put`` when it came from the environment.
+        Pass them to ``pl.scan_delta(store.uri(name), storage_options=...)``."""
+        return dict(self._options) if self.remote else None
+
     def uri(self, name: str) -> str:
-        """The table's path, readable directly with ``pl.scan_delta`` or DuckDB."""
+        """The table's path or URL, readable directly with ``pl.scan_delta`` or DuckDB."""
+        if self.remote:
+            return f"{self.location}/{check_name(name)}"
         return os.path.join(self.location, check_name(name))
+
+    def _delta(self, name: str) -> DeltaTable:
+        return DeltaTable(self.uri(name), storage_options=self.storage_options)
+
+    # ---- the store's files: local calls, or deltalake's object-store file system ------------
+    # Local paths keep their direct os calls (fast); on object storage a "folder" is a key prefix.
+    def _clean(self, exc: BaseException) -> str:
+        """``exc``'s message on one line, with every storage option's value (and any SAS
+        signature in a URL) masked: a secret never reaches a message or a log."""
+        return self._scrub(clean_message(exc))
+
+    def _scrub(self, text: str) -> str:
+        for value in self._options.values():
+            if len(value) >= 4 and value.lower() not in ("true", "false", "etag"):
+                text = text.replace(value, "***")
+        return re.sub(r"(sig|signature|token)=[^&\s]+", r"\1=***", text, flags=re.I)
+
+    @contextlib.contextmanager
+    def _reading(self, name: str) -> Iterator[None]:
+        try:
+            with super()._reading(name):
+                yield
+        except StoreError as exc:
+            if not self._options:
+                raise
+            raise StoreError(self._scrub(str(exc))) from None
+
+    def _call(self, action: Callable[[], T]) -> T:
+        """An object-store call; its errors become a StoreError naming the store (not the key)."""
+        try:
+            return action()
+        except StoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any transport or auth error, reported as ours
+            raise StoreError(f"{self.location}: cannot reach the store ({self._clean(exc)}); check "
+                             f"the URL, the network and the credentials") from None
+
+    def _handler(self) -> DeltaStorageHandler:
+        if self._fs is None:
+            self._fs = DeltaStorageHandler(self.location, self._options or None)
+        return self._fs
+
+    def _key(self, path: str) -> str:
+        """``path`` (the store root or under it) as the object store names it: relative to the root."""
+        return path[len(self.location):].lstrip("/")
+
+    def _kind(self, path: str) -> str | None:
+        """'file', 'dir' or None (nothing there)."""
+        if not self.remote:
+            return "dir" if os.path.isdir(path) else "file" if os.path.exists(path) else None
+        info = self._call(lambda: self._handler().get_file_info([self._key(path)])[0])
+        return {FileType.File: "file", FileType.Directory: "dir"}.get(info.type)
+
+    def _entries(self, path: str) -> dict[str, bool] | None:
+        """What folder ``path`` holds: name -> is a folder; None if it is no folder (on object
+        storage: no key starts with it)."""
+        if not self.remote:
+            try:
+                with os.scandir(path) as entries:
+                    return {e.name: e.is_dir() for e in entries}
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+        found = self._call(lambda: self._handler().get_file_info_selector(
+            FileSelector(self._key(path), allow_not_found=True, recursive=False)))
+        return {i.path.rsplit("/", 1)[-1]: i.type == FileType.Directory for i in found} or None
+
+    def _sizes(self, paths: list[str], folder: str | None = None) -> list[int | None]:
+        """Each file's size in bytes, None if it is not there. On object storage, many files
+        under ``folder`` are sized by listing it (a request per thousand) instead of one
+        request each."""
+        if not self.remote:
+            sizes: list[int | None] = []
+            for path in paths:
+                try:
+                    sizes.append(os.path.getsize(path))
+                except FileNotFoundError:
+                    sizes.append(None)
+            return sizes
+        if folder is not None and len(paths) > _MANY_FILES:
+            listed = self._call(lambda: self._handler().get_file_info_selector(
+                FileSelector(self._key(folder), allow_not_found=True, recursive=True)))
+            known = {i.path: i.size for i in listed if i.type == FileType.File}
+            return [known.get(self._key(p)) for p in paths]
+        infos = self._call(lambda: self._handler().get_file_info([self._key(p) for p in paths]))
+        return [i.size if i.type == FileType.File else None for i in infos]
+
+    def _read_text(self, path: str) -> str:
+        if not self.remote:
+            with open(path, encoding="utf-8") as file:
+                return file.read()
+        return self._call(lambda: self._handler().open_input_stream(self._key(path)).read()).decode()
+
+    def _join(self, *parts: str) -> str:
+        return "/".join(parts) if self.remote else os.path.join(*parts)
 
     # ---- opening and creating ------------------------------------------------------------
     def _state(self, name: str) -> str:
@@ -160,19 +306,23 @@ class DeltaStore(BufferedStore):
         blocker = self._file_in_the_way(name)
         if blocker is not None:
             raise StoreError(f"{path}: {blocker} is a file, not a directory of orca tables")
-        if not os.path.exists(path):
+        kind = self._kind(path)
+        if kind is None:
             return "absent"
-        if not os.path.isdir(path):
+        if kind == "file":
             return "junk"
-        if DeltaTable.is_deltatable(path):
+        if self._call(lambda: DeltaTable.is_deltatable(path, storage_options=self.storage_options)):
             return "delta"
-        entries = [e for e in os.scandir(path) if e.name != "_delta_log"]
-        if any(not e.is_dir() for e in entries):
+        entries = {n: d for n, d in (self._entries(path) or {}).items() if n != "_delta_log"}
+        if not all(entries.values()):
             return "junk"
         return "namespace" if entries else "absent"
 
     def _file_in_the_way(self, name: str) -> str | None:
-        """The store root or a folder on the way to ``name`` that exists as a file, if any."""
+        """The store root or a folder on the way to ``name`` that exists as a file, if any. (On
+        object storage a key never stands in the way of keys under it.)"""
+        if self.remote:
+            return None
         path = self.location
         for part in ["", *check_name(name).split("/")[:-1]]:
             path = os.path.join(path, part) if part else path
@@ -197,14 +347,14 @@ class DeltaStore(BufferedStore):
         self._check_root()
         state = self._state(name)
         if state == "junk":
-            if os.path.isdir(os.path.join(self.uri(name), "_delta_log")):
+            if self._kind(self._join(self.uri(name), "_delta_log")) == "dir":
                 raise StoreError(f"{self.uri(name)}: the commit log has no readable first commit "
                                  f"(version 0); restore the table from a backup, or remove it")
             raise StoreError(f"{self.uri(name)}: holds files that are not a Delta table")
         if state != "delta":
             return None
         with self._reading(name):
-            table = DeltaTable(self.uri(name))
+            table = self._delta(name)
             config = table.metadata().configuration
             schema = pa.schema(table.schema().to_arrow())
         if config.get("orca.format") != FORMAT or "orca.key" not in config:
@@ -230,10 +380,9 @@ class DeltaStore(BufferedStore):
             raise StoreError(f"the store path is empty: orca would write its tables into the "
                              f"current directory ({self.location}); give a directory, e.g. '.orca'")
         root = self.location
-        if os.path.isdir(root) and not os.path.exists(os.path.join(root, MARKER)):
-            with os.scandir(root) as entries:
-                occupied = any(True for _ in entries)
-            if occupied and not self._holds_orca_tables():
+        entries = self._entries(root)
+        if entries and MARKER not in entries:
+            if not self._holds_orca_tables():
                 raise StoreError(
                     f"{root}: is a non-empty directory that is not an orca store (no {MARKER} "
                     f"file, no orca tables); orca will not write beside other files: choose a new "
@@ -247,27 +396,48 @@ class DeltaStore(BufferedStore):
         """Whether the root holds a table orca made (a store written before the marker existed).
 
         Looks at most three folders deep (``results/<fn>/<hash>``), never into a table."""
-        for folder, subfolders, _ in os.walk(self.location):
-            if "_delta_log" in subfolders:
-                try:
-                    config = DeltaTable(folder).metadata().configuration
-                except Exception:  # noqa: BLE001 - unreadable: not evidence of an orca store
-                    config = {}
-                if config.get("orca.format") == FORMAT:
-                    return True
-                subfolders.clear()
-            elif os.path.relpath(folder, self.location).count(os.sep) >= 2:
-                subfolders.clear()
+        for folder in self._table_folders(depth=3):
+            try:
+                config = DeltaTable(folder, storage_options=self.storage_options).metadata().configuration
+            except Exception:  # noqa: BLE001 - unreadable: not evidence of an orca store
+                config = {}
+            if config.get("orca.format") == FORMAT:
+                return True
         return False
+
+    def _table_folders(self, depth: int | None = None) -> Iterator[str]:
+        """The folders under the root that hold a ``_delta_log`` folder (never looking into
+        them), at most ``depth`` folders deep."""
+        pending = [(self.location, 0)]
+        while pending:
+            folder, level = pending.pop()
+            entries = self._entries(folder) or {}
+            if entries.get("_delta_log"):
+                yield folder
+            elif depth is None or level < depth:
+                pending.extend((self._join(folder, n), level + 1) for n, d in entries.items() if d)
 
     def _write_marker(self) -> None:
         """Make the root and mark it an orca store (before this store object's first commit); a
         read-only or forbidden location fails here at once, not after retries."""
-        marker = os.path.join(self.location, MARKER)
-        if self._marked or os.path.exists(marker):
+        self._check_safe()
+        marker = self._join(self.location, MARKER)
+        if self._marked or self._kind(marker) == "file":
             self._marked = True
             return
         self._check_root()  # never mark a directory that is not a store
+        if self.remote:
+            # (no folders to make; a marker written twice by racing writers says the same thing)
+            frame = pl.LazyFrame({"orca.format": [FORMAT]})
+            try:
+                frame.sink_ndjson(marker, storage_options=self.storage_options, check_extension=False)
+            except Exception as exc:  # noqa: BLE001 - any transport or auth error
+                if _is_unwritable(exc):
+                    raise StoreError(self._unwritable(exc)) from None
+                raise StoreError(f"{self.location}: cannot write the store marker {MARKER} "
+                                 f"({self._clean(exc)})") from None
+            self._marked = True
+            return
         try:
             os.makedirs(self.location, exist_ok=True)
             with open(marker, "x") as file:
@@ -278,8 +448,22 @@ class DeltaStore(BufferedStore):
             raise StoreError(self._unwritable(exc)) from None
         self._marked = True
 
+    def _check_safe(self) -> None:
+        """Refuse to commit to S3 without conditional writes: deltalake would then commit by
+        overwriting, and of two writers committing the same version one commit would vanish."""
+        if self._scheme not in _S3_SCHEMES:
+            return
+        mode = _option(self._options, _CONDITIONAL_PUT)
+        if mode is None or mode.lower() != "etag":
+            raise StoreError(
+                f"{self.location}: orca commits to S3 only with conditional writes, so that two "
+                f"writers can never overwrite each other's commit; set the storage option "
+                f"aws_conditional_put='etag' (or the environment variable AWS_CONDITIONAL_PUT=etag; "
+                f"AWS S3, MinIO and Cloudflare R2 support it). Reads work without it"
+                + (f" (aws_conditional_put is {mode!r})" if mode is not None else ""))
+
     def _unwritable(self, exc: BaseException) -> str:
-        return (f"{self.location}: cannot write to the store ({clean_message(exc)}); it is "
+        return (f"{self.location}: cannot write to the store ({self._clean(exc)}); it is "
                 f"read-only or not yours: reads still work, use a writable path to compute")
 
     def _check_log(self, name: str, table: DeltaTable) -> None:
@@ -287,18 +471,13 @@ class DeltaStore(BufferedStore):
         nothing (or stops before it), so its rows would vanish silently. Each commit file is
         checked once (a stat) per store object. (A commit file with bad content makes the load
         itself fail.)"""
-        log = os.path.join(self.uri(name), "_delta_log")
-        following = os.path.join(log, f"{table.version() + 1:020d}.json")
-        if os.path.exists(following) and os.path.getsize(following) == 0:
-            # (commits are written atomically: an empty file is never one being written)
-            self._damaged_commit(name, following)
-        for version in range(self._log_checked.get(name, -1) + 1, table.version() + 1):
-            path = os.path.join(log, f"{version:020d}.json")
-            try:
-                empty = os.path.getsize(path) == 0
-            except FileNotFoundError:  # cleaned up after a checkpoint
-                continue
-            if empty:
+        log = self._join(self.uri(name), "_delta_log")
+        # (commits are written atomically: an empty file is never one being written)
+        following = self._join(log, f"{table.version() + 1:020d}.json")
+        versions = range(self._log_checked.get(name, -1) + 1, table.version() + 1)
+        paths = [following, *(self._join(log, f"{v:020d}.json") for v in versions)]
+        for path, size in zip(paths, self._sizes(paths), strict=True):
+            if size == 0:  # (None: no next commit, or one cleaned up after a checkpoint)
                 self._damaged_commit(name, path)
         self._log_checked[name] = table.version()
 
@@ -315,6 +494,7 @@ class DeltaStore(BufferedStore):
             DeltaTable.create(
                 self.uri(name),
                 schema,
+                storage_options=self.storage_options,
                 mode="error",
                 description="orca table",
                 configuration={"orca.format": FORMAT, "orca.key": json.dumps(list(key))},
@@ -336,6 +516,7 @@ class DeltaStore(BufferedStore):
 
     def _retry(self, name: str, action: Callable[[], T], handles: dict[str, DeltaTable] | None = None) -> T:
         """Run ``action`` until it commits, reloading the table after each conflict."""
+        self._check_safe()
         last: Exception | None = None
         for attempt in range(self.options.max_retries):
             if attempt:
@@ -348,7 +529,7 @@ class DeltaStore(BufferedStore):
                 (self._open_tables if handles is None else handles).pop(name, None)
         raise StoreError(
             f"{self.uri(name)}: commit failed after {self.options.max_retries} tries "
-            f"(the rows stay pending; flush again later): {last}"
+            f"(the rows stay pending; flush again later): {self._clean(last) if last else ''}"
         )
 
     # ---- writes ------------------------------------------------------------------------------
@@ -370,11 +551,11 @@ class DeltaStore(BufferedStore):
         except (DeltaError, OSError, pa.ArrowException) as exc:
             if _is_unwritable(exc):
                 raise StoreError(self._unwritable(exc)) from None
-            raise StoreError(f"{self.uri(name)}: write failed: {clean_message(exc)}") from None
+            raise StoreError(f"{self.uri(name)}: write failed: {self._clean(exc)}") from None
         except BaseException as exc:
             if not is_panic(exc):
                 raise
-            raise StoreError(f"{self.uri(name)}: write failed: {clean_message(exc)}") from None
+            raise StoreError(f"{self.uri(name)}: write failed: {self._clean(exc)}") from None
 
     def invalidate(self, name: str, keys: pl.Series | pa.Array) -> int:
         """Mark live rows whose key is in ``keys`` invalidated (one merge); return rows hit."""
@@ -433,13 +614,11 @@ class DeltaStore(BufferedStore):
         with self._reading(name):
             adds = pa.table(table.get_add_actions(flatten=True)).select(["path", "size_bytes"])
         root = self.uri(name)
-        for path, size in zip(adds["path"].to_pylist(), adds["size_bytes"].to_pylist(), strict=True):
-            if path in checked:
-                continue
-            full = os.path.join(root, urllib.parse.unquote(path))
-            try:
-                actual = os.path.getsize(full)
-            except FileNotFoundError:
+        todo = [(p, s) for p, s in zip(adds["path"].to_pylist(), adds["size_bytes"].to_pylist(), strict=True)
+                if p not in checked]
+        fulls = [self._join(root, urllib.parse.unquote(p)) for p, _ in todo]
+        for (path, size), full, actual in zip(todo, fulls, self._sizes(fulls, root), strict=True):
+            if actual is None:
                 raise StoreError(f"{root}: data file {full} is missing; restore it from a backup, "
                                  f"or remove the table (orca recomputes what it held)") from None
             if actual != size:
@@ -464,13 +643,15 @@ class DeltaStore(BufferedStore):
 
     def _find_commits(self, name: str, pairs: pl.DataFrame, on: list[str]) -> pl.DataFrame:
         root = self.uri(name)
-        files = {os.path.join(root, p): v for p, v in self._appended_files(name).items()
-                 if os.path.exists(os.path.join(root, p))}
+        appended = {self._join(root, p): v for p, v in self._appended_files(name).items()}
+        sizes = self._sizes(list(appended), root)
+        files = {p: v for (p, v), size in zip(appended.items(), sizes, strict=True) if size is not None}
         if not files:
             return pairs.with_columns(pl.lit(None, pl.Int64).alias(COMMIT))
         versions = pl.DataFrame({"__orca_file": list(files), COMMIT: list(files.values())},
                                 schema={"__orca_file": pl.String, COMMIT: pl.Int64})
-        rows = pl.scan_parquet(list(files), include_file_paths="__orca_file").select(*on, "__orca_file")
+        rows = pl.scan_parquet(list(files), include_file_paths="__orca_file",
+                               storage_options=self.storage_options).select(*on, "__orca_file")
         rows = rows.join(pairs.lazy(), on=on, how="semi", nulls_equal=True).join(versions.lazy(), on="__orca_file")
         # The latest append of a pair: an earlier one was invalidated before it was appended
         # again (the driver never appends a live row's key twice in one run).
@@ -484,12 +665,12 @@ class DeltaStore(BufferedStore):
         file is gone (cleaned up after a checkpoint, 30 days by default) are unknown: their rows
         count as older than every known one."""
         added = self._added.setdefault(name, _Added())
-        log = os.path.join(self.uri(name), "_delta_log")
-        new = sorted(int(m[1]) for e in os.scandir(log) if (m := _LOG_FILE.match(e.name)) and int(m[1]) > added.parsed)
+        log = self._join(self.uri(name), "_delta_log")
+        new = sorted(int(m[1]) for e in self._entries(log) or {} if (m := _LOG_FILE.match(e)) and int(m[1]) > added.parsed)
         with self._reading(name):
             for version in new:
-                with open(os.path.join(log, f"{version:020d}.json"), encoding="utf-8") as file:
-                    actions = [json.loads(line) for line in file if line.strip()]
+                text = self._read_text(self._join(log, f"{version:020d}.json"))
+                actions = [json.loads(line) for line in text.splitlines() if line.strip()]
                 if any(a.get("commitInfo", {}).get("operation") == "WRITE" for a in actions):
                     for action in actions:
                         if "add" in action:
@@ -514,7 +695,7 @@ class DeltaStore(BufferedStore):
         rows = cache.rows if cache else 0
         new = sorted(files - cache.files) if cache else sorted(files)
         if new:
-            frame = pl.scan_parquet(new).select(column, INVALIDATED_AT)
+            frame = pl.scan_parquet(new, storage_options=self.storage_options).select(column, INVALIDATED_AT)
             live = self.collect(name, frame.filter(pl.col(INVALIDATED_AT).is_null()).select(column))
             rows += live.height
             keys = pl.concat([keys.to_frame(), live]).unique().to_series()
@@ -577,7 +758,7 @@ class DeltaStore(BufferedStore):
             except (DeltaError, OSError) as exc:
                 if _is_unwritable(exc):
                     raise StoreError(self._unwritable(exc)) from None
-                raise StoreError(f"{self.uri(name)}: cannot create the table: {clean_message(exc)}") from None
+                raise StoreError(f"{self.uri(name)}: cannot create the table: {self._clean(exc)}") from None
 
     def _mark(self) -> CommitProperties:
         return CommitProperties(custom_metadata={_WRITER: self.writer_id})
@@ -647,7 +828,7 @@ class DeltaStore(BufferedStore):
         except (DeltaError, OSError, pa.ArrowException) as exc:
             if _is_unwritable(exc):
                 raise StoreError(self._unwritable(exc)) from None
-            raise StoreError(f"{self.uri(name)}: write failed: {clean_message(exc)}") from None
+            raise StoreError(f"{self.uri(name)}: write failed: {self._clean(exc)}") from None
 
     def scan_version(self, name: str, *, version: int | None = None,
                      as_of: datetime.datetime | None = None) -> pl.LazyFrame | None:
@@ -655,7 +836,7 @@ class DeltaStore(BufferedStore):
         if self._open(check_name(name)) is None:
             return None
         with self._reading(name):
-            table = DeltaTable(self.uri(name))
+            table = self._delta(name)
             if version is not None:
                 table.load_as_version(version)
             elif as_of is not None:
@@ -740,12 +921,9 @@ class DeltaStore(BufferedStore):
 
     def tables(self, prefix: str = "") -> list[str]:
         """Names of the Delta tables under the store whose name starts with ``prefix``."""
-        found = []
-        for folder, subfolders, _ in os.walk(self.location):
-            if "_delta_log" in subfolders:
-                subfolders.clear()
-                found.append(os.path.relpath(folder, self.location).replace(os.sep, "/"))
-        return sorted(n for n in found if n.startswith(prefix) and n != ".")
+        root = len(self.location) + 1
+        found = [folder[root:].replace(os.sep, "/") for folder in self._table_folders()]
+        return sorted(n for n in found if n.startswith(prefix) and n)
 
 
 _CLAIMS = pa.schema([("chunk", pa.int64()), ("of", pa.int64()), ("owner", pa.large_string()),
@@ -754,13 +932,20 @@ _CLAIMS = pa.schema([("chunk", pa.int64()), ("of", pa.int64()), ("owner", pa.lar
 _CLAIM_SOURCE = pa.schema([*_CLAIMS, ("now", pa.timestamp("us", tz="UTC"))])
 
 
+def _option(options: dict[str, str], names: tuple[str, ...]) -> str | None:
+    """The value of the first of ``names`` in ``options`` (keys in any case), None if absent."""
+    lowered = {k.lower(): v for k, v in options.items()}
+    return next((lowered[n] for n in names if n in lowered), None)
+
+
 def _is_unwritable(exc: BaseException) -> bool:
     """Whether ``exc`` says the location cannot be written (read-only, permissions): retrying
     cannot help, so it is reported at once."""
     if isinstance(exc, OSError) and exc.errno in _READ_ONLY:
         return True
     text = str(exc).lower()
-    return any(s in text for s in ("read-only file system", "permission denied", "operation not permitted"))
+    return any(s in text for s in ("read-only file system", "permission denied", "operation not permitted",
+                                   "access denied", "accessdenied", "forbidden", "authorizationpermissionmismatch"))
 
 
 def _writer_properties(schema: pa.Schema, key: tuple[str, ...], data: pa.Table | None = None) -> WriterProperties:
