@@ -16,11 +16,12 @@ from typing import Any
 import cloudpickle
 import pyarrow as pa
 
-from orca.errors import ExecutorError
+from orca.errors import ExecutorError, OrcaError
 from orca.executors._chunking import (
     ChunkFn,
     ChunkingExecutor,
     ChunkPlan,
+    RemoteError,
     check_workers,
     describe,
     drive,
@@ -43,9 +44,8 @@ class RayExecutor(ChunkingExecutor):
     ``{"max_retries": 0}``). ``max_chunk_bytes`` caps a chunk's size (by the table's
     average bytes per row); None: the driver node's object store divided among the
     inputs and outputs of the ``2 x max_workers`` chunks in flight, so they fit in it even
-    when rows are large. The function is
-    cloudpickled and put in the object store once per `map_chunks` call; each worker
-    process unpickles it once.
+    when rows are large. The function is cloudpickled and put in the object store once
+    per `map_chunks` call; each worker process unpickles it once.
 
     A task whose worker or node died is retried by Ray (``max_retries``, default 3); when
     the retries run out, `map_chunks` raises `ExecutorError` naming the task, its chunk and
@@ -161,10 +161,14 @@ def _settle(ray, future: Future, done: Future, name: str, rows: int, ref) -> Non
         return
     except ray.exceptions.RayTaskError as err:
         cause = getattr(err, "cause", None)
-        if isinstance(cause, Exception):
+        if isinstance(cause, (RemoteError, OrcaError)):  # the function's, or ours
             future.set_exception(cause)
             return
-        error = ExecutorError(f"a Ray task running {name} on {rows} rows failed: {err}")
+        error = ExecutorError(
+            f"a Ray task running {name} on {rows} rows failed in the worker: "
+            f"{type(cause or err).__name__}: {cause or err}"
+        )
+        error.__cause__ = err
     except ray.exceptions.TaskCancelledError as err:
         error = ExecutorError(f"the Ray task running {name} on {rows} rows was cancelled")
         error.__cause__ = err
