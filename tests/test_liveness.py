@@ -160,6 +160,32 @@ def test_a_worker_stuck_holding_the_gil_is_killed_past_the_chunks_deadline(tmp_p
     assert "stopped responding" in row["message"]
 
 
+@pytest.mark.slow
+def test_results_computed_before_a_hang_are_committed_on_time(tmp_path):
+    # The run hangs on its last packet (timeout 300 s) with a store that commits every 60 s at
+    # most; the executor's heartbeat makes the engine commit the chunks computed before the
+    # hang, so a scheduler's SIGKILL loses none of them.
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "tests.pipelines.liveness_stall", str(tmp_path / "store"), "20"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, committed = time.monotonic() + 60, 0
+        while time.monotonic() < deadline and committed < 8:
+            assert proc.poll() is None, proc.communicate()[1]
+            time.sleep(0.5)
+            store = orca.DeltaStore(tmp_path / "store")
+            tables = store.tables("results/stalls_at_the_end")
+            committed = store.scan(tables[0]).collect().height if tables else 0
+        assert proc.poll() is None  # still stuck in the hanging call
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+    store = orca.DeltaStore(tmp_path / "store")
+    (table,) = store.tables("results/stalls_at_the_end")
+    assert store.scan(table).collect().height >= 8  # the first chunk (8 packets) and its provenance
+    assert store.scan("pipelines/stall/stalls_at_the_end").collect().height >= 8
+
+
 def test_threads_refuse_a_timeout_they_cannot_enforce(tmp_path):
     store = orca.DeltaStore(tmp_path / "store")
     with pytest.raises(ExecutorError, match="ThreadExecutor cannot time out calls.*ProcessExecutor"):

@@ -9,8 +9,8 @@ scripts without an ``if __name__ == "__main__":`` guard work and are not run twi
 Workers that finish a call cleanly wait, idle, for the next call in this process (starting
 an interpreter and importing orca takes about a second); one idle for ``_IDLE_SECONDS``
 exits by itself, and the driver stops handing out workers idle for ``_REUSE_SECONDS`` (well
-before, so it never sends work to one that is exiting). A worker whose driver goes away reads
-end-of-file on its pipe and exits.
+before, so it never sends work to one that is exiting). A worker whose driver goes away (even one
+killed with SIGKILL in the middle of a call) exits: its watchdog thread sees its parent change.
 
 Messages, driver to worker: ``("load", token, payload, name)`` (a cloudpickled chunk
 function, once per call), ``("run", chunk)``, ``None`` (exit). Worker to driver, one per
@@ -43,6 +43,7 @@ _REUSE_SECONDS = 240.0  # the driver reuses workers idle for less than this
 _GRACE = 1.0  # seconds past a call's timeout before the watchdog deems it stuck in native code
 _WATCH_SECONDS = 0.1  # how often the watchdog looks at the call under way
 _HUNG_EXIT = 70  # exit code of a worker whose watchdog stopped it
+_ORPHAN_EXIT = 71  # exit code of a worker whose driver went away
 
 
 class Worker:
@@ -183,7 +184,8 @@ def worker_main(conn: Any) -> None:
     :mod:`orca.calls` can time calls out with ``SIGALRM``."""
     lock = threading.Lock()  # the main thread and the watchdog both send on ``conn``
     loaded: list[Any] = [None]  # the chunk function (the driver loads one before any chunk)
-    watching = False
+    threading.Thread(target=_watch, args=(conn, lock, loaded, os.getppid()), daemon=True,
+                     name="orca-watchdog").start()
     try:
         conn.send(("ready",))  # a worker that dies before this failed to start: no packet is at fault
         while conn.poll(_IDLE_SECONDS):
@@ -193,10 +195,6 @@ def worker_main(conn: Any) -> None:
             if message[0] == "load":
                 _, _, payload, name = message
                 loaded[0] = _load(payload, name)
-                if not watching and getattr(loaded[0], "timeout", None) is not None:
-                    threading.Thread(target=_watch, args=(conn, lock, loaded), daemon=True,
-                                     name="orca-watchdog").start()
-                    watching = True
                 continue
             reply = _run(loaded[0], message[1])
             with lock:
@@ -228,12 +226,16 @@ def _run(fn: ChunkFn, chunk: pa.Table) -> tuple:
     return ("ok", output, seconds)
 
 
-def _watch(conn: Any, lock: threading.Lock, loaded: list) -> None:
-    """Watchdog thread: when the call under way has run ``_GRACE`` seconds past its timeout,
-    the ``SIGALRM`` timer could not stop it (it is in native code): report its row and exit,
-    so the driver records it as timed out and replaces this worker."""
+def _watch(conn: Any, lock: threading.Lock, loaded: list, parent: int) -> None:
+    """Watchdog thread. When the driver is gone (this process's parent changed: it was killed,
+    e.g. by a scheduler's SIGKILL), exit, even in the middle of a call, rather than compute for
+    nobody. When the call under way has run ``_GRACE`` seconds past its timeout, the
+    ``SIGALRM`` timer could not stop it (it is in native code): report its row and exit, so the
+    driver records it as timed out and replaces this worker."""
     while True:
         time.sleep(_WATCH_SECONDS)
+        if os.getppid() != parent:
+            os._exit(_ORPHAN_EXIT)
         fn = loaded[0]
         timeout = getattr(fn, "timeout", None)
         now = fn.current() if timeout is not None else None

@@ -187,6 +187,7 @@ class ProcessExecutor(ChunkingExecutor):
 
 
 _ONE_BY_ONE = 16  # a chunk this small whose worker died is retried one packet at a time
+_HEARTBEAT_SECONDS = 1.0  # with nothing finished for this long, yield an empty output
 
 
 @dataclasses.dataclass
@@ -229,7 +230,12 @@ class _ProcessRun:
                         rows = plan.next_rows(total - offset)
                         self._submit(table.slice(offset, rows), planned=True)
                         offset += rows
-                for worker, overdue in self._wait():
+                ready = self._wait()
+                if not ready and self.failed is not None:
+                    # A heartbeat: nothing finished for a while (a call may hang). An empty
+                    # output lets the caller commit what it holds (see docs/executors.md).
+                    yield self.failed(table.slice(0, 0), "", "")
+                for worker, overdue in ready:
                     reply = worker.receive()
                     if reply is None and worker.process.exitcode is None and not overdue:
                         continue  # only said it started: still computing
@@ -272,6 +278,8 @@ class _ProcessRun:
         whether they did the latter)."""
         deadline = min(job.deadline for job in self.busy.values())
         timeout = None if deadline == math.inf else max(0.0, deadline - time.monotonic())
+        if self.failed is not None:
+            timeout = _HEARTBEAT_SECONDS if timeout is None else min(timeout, _HEARTBEAT_SECONDS)
         handles = [h for w in self.busy for h in (w.conn, w.process.sentinel)]
         ready = set(multiprocessing.connection.wait(handles, timeout))
         now = time.monotonic()
