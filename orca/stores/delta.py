@@ -345,7 +345,10 @@ class DeltaStore(BufferedStore):
                 self._check_log(name, table)
             return table
         self._check_root()
-        state = self._state(name)
+        # On object storage every probe is a request: a table is opened first, and only what
+        # does not open is looked at more closely (absent, a folder of tables, or junk).
+        table = self._open_remote(name) if self.remote else None
+        state = "delta" if table is not None else self._state(name)
         if state == "junk":
             if self._kind(self._join(self.uri(name), "_delta_log")) == "dir":
                 raise StoreError(f"{self.uri(name)}: the commit log has no readable first commit "
@@ -354,7 +357,7 @@ class DeltaStore(BufferedStore):
         if state != "delta":
             return None
         with self._reading(name):
-            table = self._delta(name)
+            table = table or self._delta(name)
             config = table.metadata().configuration
             schema = pa.schema(table.schema().to_arrow())
         if config.get("orca.format") != FORMAT or "orca.key" not in config:
@@ -371,6 +374,12 @@ class DeltaStore(BufferedStore):
         self._keys_of[name] = key
         handles[name] = table
         return table
+
+    def _open_remote(self, name: str) -> DeltaTable | None:
+        try:
+            return self._delta(name)
+        except Exception:  # noqa: BLE001 - absent or damaged: _state and _reading tell which
+            return None
 
     def _check_root(self) -> None:
         """At the first I/O: refuse a store path that would mix orca's tables with other files."""
@@ -470,12 +479,17 @@ class DeltaStore(BufferedStore):
         """Refuse a table with an empty commit file: deltalake reads it as a commit that did
         nothing (or stops before it), so its rows would vanish silently. Each commit file is
         checked once (a stat) per store object. (A commit file with bad content makes the load
-        itself fail.)"""
+        itself fail.) On object storage, where each check is a request, the file after the
+        latest version is checked once per version, not at every read."""
         log = self._join(self.uri(name), "_delta_log")
         # (commits are written atomically: an empty file is never one being written)
         following = self._join(log, f"{table.version() + 1:020d}.json")
         versions = range(self._log_checked.get(name, -1) + 1, table.version() + 1)
-        paths = [following, *(self._join(log, f"{v:020d}.json") for v in versions)]
+        paths = [self._join(log, f"{v:020d}.json") for v in versions]
+        if not (self.remote and self._log_checked.get(name) == table.version()):
+            paths.append(following)
+        if not paths:
+            return
         for path, size in zip(paths, self._sizes(paths), strict=True):
             if size == 0:  # (None: no next commit, or one cleaned up after a checkpoint)
                 self._damaged_commit(name, path)
@@ -737,16 +751,12 @@ class DeltaStore(BufferedStore):
                 warnings.warn(f"{self.uri(name)}: upkeep skipped: {clean_message(exc)}", stacklevel=2)
 
     def _checkpointed(self, name: str) -> int:
-        """The version of the table's latest checkpoint (-1: none). Read from the local log; for
-        a store elsewhere, assumed at the last multiple of ``checkpoint_every``."""
-        if "://" in self.uri(name):
-            version, every = self.version(name) or 0, self.options.checkpoint_every
-            return version - version % every - (every if version % every == 0 else 0)
-        path = os.path.join(self.uri(name), "_delta_log", "_last_checkpoint")
+        """The version of the table's latest checkpoint (-1: none, or unreadable), from its
+        ``_delta_log/_last_checkpoint`` (on object storage: one request)."""
+        path = self._join(self.uri(name), "_delta_log", "_last_checkpoint")
         try:
-            with open(path) as f:
-                return int(json.load(f)["version"])
-        except (OSError, ValueError, KeyError):
+            return int(json.loads(self._read_text(path))["version"])
+        except (OSError, StoreError, ValueError, KeyError):
             return -1
 
     def ensure(self, name: str, schema: pa.Schema) -> None:
