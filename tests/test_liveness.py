@@ -64,6 +64,19 @@ def test_a_script_without_a_main_guard_runs_once(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
+def test_an_unguarded_script_with_a_standard_start_method_fails_at_once(tmp_path, start_method):
+    shutil.copy(SCRIPT, tmp_path / SCRIPT.name)
+    proc = subprocess.run([sys.executable, str(tmp_path / SCRIPT.name), str(tmp_path / "store"), "10", start_method],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode != 0
+    assert f"ProcessExecutor(start_method='{start_method}') was called from the top level" in proc.stderr
+    assert "outside `if __name__ == \"__main__\":`" in proc.stderr and "start_method='loky'" in proc.stderr
+    assert len(runs_recorded(orca.DeltaStore(tmp_path / "store"))) == 1  # only the script's own (failed) run
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("package", [False, True], ids=["empty-folder", "package"])
 def test_a_script_beside_a_folder_named_orca(tmp_path, package):
     # The script's folder (its working directory) holds a folder named ``orca``; Python is run

@@ -21,10 +21,12 @@ native code, where the ``SIGALRM`` timer of :mod:`orca.calls` cannot interrupt i
 
 from __future__ import annotations
 
+import ast
 import atexit
 import multiprocessing
 import multiprocessing.forkserver
 import os
+import pathlib
 import signal
 import sys
 import threading
@@ -53,6 +55,7 @@ class Worker:
         if start_method == "loky":
             context: Any = loky_context("loky")
         else:
+            check_main_guard(start_method)
             context = multiprocessing.get_context(start_method)
             if start_method == "forkserver":
                 _preload_forkserver(context)
@@ -163,6 +166,34 @@ def check_importable() -> None:
             f"the package at {', '.join(loaded)} (a folder or module named 'orca' on sys.path, e.g. beside "
             f"your script or in the working directory {os.getcwd()}, shadows it in a fresh interpreter); "
             "rename that folder or module, or run from another directory")
+
+
+def check_main_guard(start_method: str) -> None:
+    """Refuse, before any process starts, to start ``spawn``/``forkserver`` workers from a
+    script's unguarded top-level code: they run the script again (a second pipeline run)."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    frame = sys._getframe()
+    while frame is not None and not (frame.f_code.co_name == "<module>" and frame.f_globals is vars(main)):
+        frame = frame.f_back
+    if frame is None or not path or not path.endswith(".py"):
+        return  # not called from a script's top level (a notebook, a function, a test)
+    try:
+        tree = ast.parse(pathlib.Path(path).read_text())
+    except (OSError, SyntaxError, ValueError):
+        return
+    line = frame.f_lineno
+    if not any(isinstance(node, ast.If) and _is_main_test(node.test) and node.lineno <= line <= node.end_lineno
+               for node in ast.walk(tree)):
+        raise ExecutorError(
+            f"ProcessExecutor(start_method={start_method!r}) was called from the top level of {path} (line "
+            f"{line}) outside `if __name__ == \"__main__\":`; its workers would run the script again. Use the "
+            "default start_method='loky', which does not run the script in workers, or move the code that "
+            "runs the pipeline under `if __name__ == \"__main__\":`")
+
+
+def _is_main_test(test: ast.expr) -> bool:
+    return ast.unparse(test).replace("'", '"') in ('__name__ == "__main__"', '"__main__" == __name__')
 
 
 def _preload_forkserver(context: Any) -> None:
