@@ -201,14 +201,14 @@ def test_results_computed_before_a_hang_are_committed_on_time(tmp_path):
 
 def test_threads_refuse_a_timeout_they_cannot_enforce(tmp_path):
     store = orca.DeltaStore(tmp_path / "store")
-    with pytest.raises(ExecutorError, match="ThreadExecutor cannot time out calls.*ProcessExecutor"):
+    with pytest.raises(ExecutorError, match="ThreadExecutor cannot time out calls of function 'sleepy'.*ProcessExecutor"):
         pods.pipeline(pods.sleepy.pod, store).run(ThreadExecutor(2), timeout=0.5, progress=False)
 
 
 def test_in_process_timeouts_need_the_main_thread(tmp_path):
     # A cached pod's output is computed on a Polars thread when collected.
     cached = pods.sleepy.pod.cached(orca.DeltaStore(tmp_path / "store"), timeout=0.5)
-    with pytest.raises(Exception, match="InProcessExecutor cannot time out calls.*main thread"):
+    with pytest.raises(ExecutorError, match="InProcessExecutor cannot time out calls of function 'sleepy'.*main thread"):
         cached(pods.source(3)).to_polars()
 
 

@@ -60,7 +60,7 @@ class InProcessExecutor(ChunkingExecutor):
         """
         if getattr(fn, "timeout", None) is not None and threading.current_thread() is not threading.main_thread():
             raise ExecutorError(
-                f"InProcessExecutor cannot time out calls of {describe(fn)} on thread "
+                f"InProcessExecutor cannot time out calls of function {_function_name(fn)} on thread "
                 f"{threading.current_thread().name!r}: a call is interrupted by a timer signal, which only the "
                 "main thread receives (a cached pod's output is computed on a Polars thread when collected); "
                 "use executor=ProcessExecutor(...), run it as a pipeline node from the main thread, or drop timeout=")
@@ -106,7 +106,7 @@ class ThreadExecutor(ChunkingExecutor):
         """
         if getattr(fn, "timeout", None) is not None:
             raise ExecutorError(
-                f"ThreadExecutor cannot time out calls of {describe(fn)}: nothing can interrupt a call "
+                f"ThreadExecutor cannot time out calls of function {_function_name(fn)}: nothing can interrupt a call "
                 "on another thread (an abandoned call would run on, holding its thread); use "
                 "ProcessExecutor (a stuck worker is killed and replaced) or InProcessExecutor, or drop timeout=")
         if table.num_rows == 0:
@@ -207,8 +207,7 @@ class _ProcessRun:
     def __init__(self, executor: ProcessExecutor, fn: ChunkFn, payload: bytes, workers: int) -> None:
         self.executor, self.fn, self.payload, self.workers = executor, fn, payload, workers
         self.name = describe(fn)
-        pod = getattr(fn, "pod", None)
-        self.function = repr(pod.name) if pod is not None else self.name
+        self.function = _function_name(fn)
         # Only a chunk function that can record packets as failed (orca.calls.ChunkCall) lets a
         # dead or stuck worker's packets be isolated; for any other, a death is an error.
         self.failed = getattr(fn, "failed", None)
@@ -379,6 +378,13 @@ def _timed(fn: ChunkFn, chunk: pa.Table) -> tuple[pa.Table, float]:
 def _cancel_futures(futures: set[Future]) -> None:
     for future in futures:
         future.cancel()
+
+
+def _function_name(fn: ChunkFn) -> str:
+    """The quoted name of the user's function behind a chunk function (its pod's name for an
+    :class:`orca.calls.ChunkCall`), for messages."""
+    pod = getattr(fn, "pod", None)
+    return repr(pod.name) if pod is not None else describe(fn)
 
 
 def _cpu_count() -> int:
