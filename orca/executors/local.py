@@ -221,6 +221,9 @@ class _ProcessRun:
         plan = self.executor._plan(self.workers)
         offset, total, clean = 0, table.num_rows, False
         try:
+            # Take (or start) every worker first: new ones then start up side by side, instead of
+            # each waiting for the one before it to read its first message.
+            self.free = [_workers.take(self.executor.start_method) for _ in range(self.workers)]
             while offset < total or self.retry or self.busy:
                 while len(self.busy) < self.workers and (self.retry or offset < total):
                     if self.retry:
