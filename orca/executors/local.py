@@ -302,23 +302,24 @@ class _ProcessRun:
             row = int(reply[1])
             yield self.failed(chunk.slice(row, 1), "TimeoutError", (
                 f"function {self.function} did not return within timeout={self.fn.timeout:g} s: the call "
-                f"was still running after {reply[2]:.1f} s in native code, where the timer cannot interrupt it, so its worker "
-                "process was killed"))
+                f"was still running after {reply[2]:.1f} s in native code, where the timer cannot interrupt it, "
+                "so its worker process was killed"))
             self.retry.extend(part for part in (chunk.slice(0, row), chunk.slice(row + 1)) if part.num_rows)
             return
-        how = "stopped responding past its timeout (stuck in native code holding the GIL) and was killed" \
-            if overdue else f"died ({worker.ended()})"
+        if overdue:  # the watchdog could not run either: the call holds the GIL in native code
+            error, how = "TimeoutError", "stopped responding past its timeout (stuck in native code holding the GIL)"
+            message = (f"function {self.function} did not return within timeout={self.fn.timeout:g} s and its "
+                       f"worker process {how}, so it was killed")
+        else:
+            error, how = "WorkerCrashed", f"died ({worker.ended()})"
+            message = (f"the worker process calling function {self.function} on this packet {how}: the call "
+                       "crashed its process (e.g. a segfault, os.abort(), os._exit(), or the out-of-memory killer)")
         if self.failed is None:
             raise ExecutorError(
                 f"a ProcessExecutor worker running {self.name} {how} (killed, out of memory, "
                 "or crashed in native code)")
         if chunk.num_rows == 1:  # found it: this packet kills (or hangs) its worker
-            yield self.failed(chunk, "TimeoutError" if overdue else "WorkerCrashed",
-                              f"the worker process calling function {self.function} on this packet {how}: "
-                              "the call crashed its process (e.g. a segfault, os.abort(), os._exit(), or "
-                              "the out-of-memory killer)" if not overdue else
-                              f"function {self.function} did not return within timeout={self.fn.timeout:g} s "
-                              f"and its worker process {how}")
+            yield self.failed(chunk, error, message)
             return
         # Find the packet at fault: a small chunk one packet at a time (one more death), a large
         # one by halves (a death per halving, but never one call per packet of 50,000).
