@@ -40,11 +40,12 @@ def runs_recorded(store: orca.Store) -> set[str]:
 
 
 # -- scripts without a __main__ guard (item 10) ---------------------------------------------
-def run_script(folder: pathlib.Path, store: pathlib.Path, n: int, **env: str) -> dict:
+def run_script(folder: pathlib.Path, store: pathlib.Path, n: int, cwd: pathlib.Path | None = None) -> dict:
+    """Copy the unguarded script into ``folder`` and run it there (or in ``cwd``); its counts."""
     script = folder / SCRIPT.name
     shutil.copy(SCRIPT, script)
-    proc = subprocess.run([sys.executable, str(script), str(store), str(n)], cwd=folder, capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+    proc = subprocess.run([sys.executable, str(script), str(store), str(n)], cwd=cwd or folder, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -77,15 +78,19 @@ def test_an_unguarded_script_with_a_standard_start_method_fails_at_once(tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("package", [False, True], ids=["empty-folder", "package"])
+@pytest.mark.parametrize("package", [False, True], ids=["empty-folder-beside-the-script", "package-in-the-cwd"])
 def test_a_script_beside_a_folder_named_orca(tmp_path, package):
-    # The script's folder (its working directory) holds a folder named ``orca``; Python is run
-    # with PYTHONSAFEPATH so that the driver itself imports the real package, as it does when
-    # orca is installed and the script is started from elsewhere. Workers must import it too.
+    # An empty folder named ``orca`` beside the script (the driver imports the real package, a
+    # regular package found on PYTHONPATH beating a namespace folder); or a package named
+    # ``orca`` in the working directory, the script in a subfolder. Workers start in that
+    # directory and must import the real package too.
     (tmp_path / "orca").mkdir()
+    folder = tmp_path
     if package:
         (tmp_path / "orca" / "__init__.py").write_text("raise ImportError('the wrong orca')\n")
-    counts = run_script(tmp_path, tmp_path / "store", 30, PYTHONSAFEPATH="1")
+        folder = tmp_path / "scripts"
+        folder.mkdir()
+    counts = run_script(folder, tmp_path / "store", 30, cwd=tmp_path)
     check_one_correct_run(tmp_path / "store", counts, 30)
 
 
