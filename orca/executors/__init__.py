@@ -5,6 +5,11 @@ immutable value (a frozen dataclass) with two methods: ``map_chunks(fn, table)``
 ``fn(chunk)`` for adaptively sized chunks of ``table`` in completion order, and
 ``with_options(**options)`` returns a changed copy. Constructing or configuring one
 starts no thread, process or cluster; that happens inside ``map_chunks``.
+
+The engine's chunk function is an :class:`orca.calls.ChunkCall`, which also carries the
+call's ``timeout`` and can record packets as failed (``failed``): executors use these to
+refuse a timeout they cannot enforce, and (``ProcessExecutor``) to turn a worker that dies or
+hangs into failure rows and to yield empty outputs as heartbeats while nothing finishes.
 """
 
 from orca.executors._chunking import Executor
