@@ -39,7 +39,6 @@ FRAGMENTS = {
     "executors.md": "the interface blocks are signatures; the Ray block needs a cluster",
     "pods-and-caching.md": "the blocks are fragments (stream, store, f are not defined)",
     "stores.md": "the Store interface is listed as signatures",
-    "scaling.md": "a page being written now; its owner makes its blocks run and removes this line",
 }
 
 
