@@ -104,6 +104,33 @@ def test_a_prefix_holding_other_files_is_refused(object_store: ObjectStore) -> N
         store.flush()
 
 
+def keyed(keys: list[str], run: str, value: int) -> pa.Table:
+    n = len(keys)
+    return pa.table({"__packet_hash": keys, "value": [value] * n, "__run_id": [run] * n})
+
+
+def test_the_first_commit_wins_and_damage_is_reported(object_store: ObjectStore, monkeypatch) -> None:
+    """The dedup rule reads the commit log and data files on the object store; a missing data
+    file is a StoreError naming it, found before any work."""
+    store = object_store.store("dedup")
+    for keys, run, value in ((["a", "b"], "run-9", 9), (["a", "c"], "run-1", 1)):
+        store.append("results/f/h", keyed(keys, run, value), key=["__packet_hash"])
+        store.flush()
+    store.invalidate("results/f/h", pl.Series(["b"]))  # rewrites the file holding a's winner
+    store.compact("results/f/h")
+    monkeypatch.setattr("orca.stores.delta._MANY_FILES", 1)  # sizes by listing, not per file
+    fresh = orca.DeltaStore(store.location, storage_options=object_store.options)
+    for reader in (store, fresh):
+        assert reader.lookup("results/f/h", pl.Series(["a"]))["value"].to_list() == [9]
+        assert reader.scan("results/f/h").collect().sort("__packet_hash")["value"].to_list() == [9, 1]
+
+    live_file = fresh._delta("results/f/h").file_uris()[0]
+    fresh._handler().delete_file(fresh._key(live_file))
+    with pytest.raises(StoreError, match="is missing") as error:
+        orca.DeltaStore(store.location, storage_options=object_store.options).scan("results/f/h")
+    assert live_file in str(error.value)
+
+
 def test_s3_refuses_to_commit_without_conditional_writes(s3_server: ObjectStore, monkeypatch) -> None:
     monkeypatch.delenv("AWS_CONDITIONAL_PUT", raising=False)
     unsafe = {k: v for k, v in s3_server.options.items() if k != "aws_conditional_put"}
@@ -255,3 +282,13 @@ def test_the_cli_lists_and_maintains_a_store_by_url(object_store: ObjectStore) -
     rerun = two_nodes(store.with_options(), 4)
     assert rerun.run(progress=False).counts["square"].computed == 0  # nothing lost, nothing doubled
     assert rerun.asset("plus_one").collect().sort("i")["z"].to_list() == [1, 2, 5, 10]
+
+
+@pytest.mark.slow
+def test_the_cli_reports_an_unreachable_store_in_one_line(s3_server: ObjectStore) -> None:
+    done = subprocess.run([sys.executable, "-m", "orca", "--store", "s3://no-such-bucket/orca", "ls"],
+                          capture_output=True, text=True, env=env_with(s3_server), timeout=_SUBPROCESS_SECONDS)
+    assert done.returncode == 1
+    assert done.stderr.startswith("orca: ")
+    assert "s3://no-such-bucket/orca: cannot reach the store (NoSuchBucket: " in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "testing" not in done.stderr

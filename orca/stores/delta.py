@@ -83,6 +83,7 @@ _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _S3_SCHEMES = ("s3", "s3a")
 _CONDITIONAL_PUT = ("aws_conditional_put", "conditional_put")
 _MANY_FILES = 64  # more unchecked data files than this: one listing beats a request per file
+_SECRET_KEY = re.compile(r"secret|key|token|password|sas|credential|signature", re.I)
 T = TypeVar("T")
 
 
@@ -211,13 +212,14 @@ class DeltaStore(BufferedStore):
     # ---- the store's files: local calls, or deltalake's object-store file system ------------
     # Local paths keep their direct os calls (fast); on object storage a "folder" is a key prefix.
     def _clean(self, exc: BaseException) -> str:
-        """``exc``'s message on one line, with every storage option's value (and any SAS
-        signature in a URL) masked: a secret never reaches a message or a log."""
+        """``exc``'s message on one line, with the values of secret storage options (keys,
+        tokens, passwords; and any signature in a URL) masked: a secret never reaches a
+        message or a log."""
         return self._scrub(clean_message(exc))
 
     def _scrub(self, text: str) -> str:
-        for value in self._options.values():
-            if len(value) >= 4 and value.lower() not in ("true", "false", "etag"):
+        for key, value in self._options.items():
+            if _SECRET_KEY.search(key) and value:
                 text = text.replace(value, "***")
         return re.sub(r"(sig|signature|token)=[^&\s]+", r"\1=***", text, flags=re.I)
 
@@ -238,8 +240,8 @@ class DeltaStore(BufferedStore):
         except StoreError:
             raise
         except Exception as exc:  # noqa: BLE001 - any transport or auth error, reported as ours
-            raise StoreError(f"{self.location}: cannot reach the store ({self._clean(exc)}); check "
-                             f"the URL, the network and the credentials") from None
+            raise StoreError(f"{self.location}: cannot reach the store ({_gist(self._clean(exc))}); "
+                             f"check the URL, the network and the credentials") from None
 
     def _handler(self) -> DeltaStorageHandler:
         if self._fs is None:
@@ -940,6 +942,16 @@ _CLAIMS = pa.schema([("chunk", pa.int64()), ("of", pa.int64()), ("owner", pa.lar
                      ("state", pa.large_string()), ("claimed_at", pa.timestamp("us", tz="UTC")),
                      ("expires_at", pa.timestamp("us", tz="UTC"))])
 _CLAIM_SOURCE = pa.schema([*_CLAIMS, ("now", pa.timestamp("us", tz="UTC"))])
+
+
+def _gist(text: str) -> str:
+    """The point of an object-store error: the server's error code and message, or the last
+    link of the error chain (``a ↳ b ↳ 404 Not Found ↳ <xml>`` -> the code in the XML)."""
+    code, message = re.search(r"<Code>(.*?)</Code>", text), re.search(r"<Message>(.*?)</Message>", text)
+    if code:
+        return f"{code[1]}: {message[1]}" if message else code[1]
+    links = [link.strip() for link in text.split("↳") if link.strip() and not link.strip().startswith("<")]
+    return links[-1] if links else text
 
 
 def _option(options: dict[str, str], names: tuple[str, ...]) -> str | None:
