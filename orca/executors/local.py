@@ -27,6 +27,7 @@ from orca.executors import _workers
 from orca.executors._chunking import (
     ChunkFn,
     ChunkingExecutor,
+    RemoteError,
     check_workers,
     describe,
     drive,
@@ -218,46 +219,63 @@ class _ProcessRun:
         self.retry: collections.deque[pa.Table] = collections.deque()
 
     def chunks(self, table: pa.Table) -> Iterator[pa.Table]:
-        plan = self.executor._plan(self.workers)
-        offset, total, clean = 0, table.num_rows, False
+        self.plan, self.table, self.offset = self.executor._plan(self.workers), table, 0
+        clean = False
         try:
             # Take (or start) every worker first: new ones then start up side by side, instead of
             # each waiting for the one before it to read its first message.
             self.free = [_workers.take(self.executor.start_method) for _ in range(self.workers)]
-            while offset < total or self.retry or self.busy:
-                while len(self.busy) < self.workers and (self.retry or offset < total):
-                    if self.retry:
-                        self._submit(self.retry.popleft(), planned=False)
-                    else:
-                        rows = plan.next_rows(total - offset)
-                        self._submit(table.slice(offset, rows), planned=True)
-                        offset += rows
+            while self.offset < table.num_rows or self.retry or self.busy:
+                self._fill()
                 ready = self._wait()
                 if not ready and self.failed is not None:
                     # A heartbeat: nothing finished for a while (a call may hang). An empty
                     # output lets the caller commit what it holds (see docs/executors.md).
                     yield self.failed(table.slice(0, 0), "", "")
-                for worker, overdue in ready:
-                    reply = worker.receive()
-                    if reply is None and worker.process.exitcode is None and not overdue:
-                        continue  # only said it started: still computing
-                    job = self.busy.pop(worker)
-                    if reply is not None and reply[0] == "ok":
-                        if job.planned:
-                            plan.record(job.chunk.num_rows, reply[2])
-                        self.free.append(worker)
-                        yield reply[1]
-                    elif reply is not None and reply[0] == "error":
-                        self.free.append(worker)
-                        raise reply[1].original() from reply[1]
-                    else:
-                        yield from self._lost(worker, job, reply, overdue)
+                outputs, error = self._settle(ready)
+                if error is None:
+                    self._fill()  # before yielding: workers compute while the caller stores outputs
+                yield from outputs
+                if error is not None:
+                    raise error.original() from error
             clean = True
         finally:
             for worker in self.busy:  # abandoned chunks: workers never write, so stop them now
                 worker.kill()
             for worker in self.free:
                 _workers.give_back(worker) if clean else worker.kill()
+
+    def _fill(self) -> None:
+        """Give each free worker a chunk: pieces of lost chunks first, then the next planned one."""
+        while len(self.busy) < self.workers and (self.retry or self.offset < self.table.num_rows):
+            if self.retry:
+                self._submit(self.retry.popleft(), planned=False)
+            else:
+                rows = self.plan.next_rows(self.table.num_rows - self.offset)
+                self._submit(self.table.slice(self.offset, rows), planned=True)
+                self.offset += rows
+
+    def _settle(self, ready: list[tuple[_workers.Worker, bool]]) -> tuple[list[pa.Table], RemoteError | None]:
+        """The outputs of the workers that finished, died or hung, and the first error raised by
+        the chunk function itself (re-raised once the outputs are yielded)."""
+        outputs: list[pa.Table] = []
+        error = None
+        for worker, overdue in ready:
+            reply = worker.receive()
+            if reply is None and worker.process.exitcode is None and not overdue:
+                continue  # it only said it started: still computing
+            job = self.busy.pop(worker)
+            if reply is not None and reply[0] in ("ok", "error"):
+                self.free.append(worker)
+                if reply[0] == "error":
+                    error = error or reply[1]
+                    continue
+                if job.planned:
+                    self.plan.record(job.chunk.num_rows, reply[2])
+                outputs.append(reply[1])
+            else:
+                outputs.extend(self._lost(worker, job, reply, overdue))
+        return outputs, error
 
     def _submit(self, chunk: pa.Table, planned: bool) -> None:
         """Hand ``chunk`` to a free, reused or new worker (loading this call's function)."""
@@ -288,9 +306,10 @@ class _ProcessRun:
         return [(w, now >= job.deadline) for w, job in self.busy.items()
                 if w.conn in ready or w.process.sentinel in ready or now >= job.deadline]
 
-    def _lost(self, worker: _workers.Worker, job: _Job, reply: tuple | None, overdue: bool) -> Iterator[pa.Table]:
+    def _lost(self, worker: _workers.Worker, job: _Job, reply: tuple | None, overdue: bool) -> list[pa.Table]:
         """A worker that died, was stopped by its watchdog, or missed its deadline: replace it,
-        record the packet at fault as failed and send the chunk's other packets again."""
+        record the packet at fault as failed (the output returned) and send the chunk's other
+        packets again."""
         overdue = overdue and reply is None and worker.process.exitcode is None
         if not worker.ready and not overdue:  # it never started: no packet is at fault
             raise ExecutorError(
@@ -300,12 +319,12 @@ class _ProcessRun:
         chunk = job.chunk
         if reply is not None:  # ("hung", row, seconds): the watchdog names the stuck call
             row = int(reply[1])
-            yield self.failed(chunk.slice(row, 1), "TimeoutError", (
+            failed = self.failed(chunk.slice(row, 1), "TimeoutError", (
                 f"function {self.function} did not return within timeout={self.fn.timeout:g} s: the call "
                 f"was still running after {reply[2]:.1f} s in native code, where the timer cannot interrupt it, "
                 "so its worker process was killed"))
             self.retry.extend(part for part in (chunk.slice(0, row), chunk.slice(row + 1)) if part.num_rows)
-            return
+            return [failed]
         if overdue:  # the watchdog could not run either: the call holds the GIL in native code
             error, how = "TimeoutError", "stopped responding past its timeout (stuck in native code holding the GIL)"
             message = (f"function {self.function} did not return within timeout={self.fn.timeout:g} s and its "
@@ -319,8 +338,7 @@ class _ProcessRun:
                 f"a ProcessExecutor worker running {self.name} {how} (killed, out of memory, "
                 "or crashed in native code)")
         if chunk.num_rows == 1:  # found it: this packet kills (or hangs) its worker
-            yield self.failed(chunk, error, message)
-            return
+            return [self.failed(chunk, error, message)]
         # Find the packet at fault: a small chunk one packet at a time (one more death), a large
         # one by halves (a death per halving, but never one call per packet of 50,000).
         if chunk.num_rows <= _ONE_BY_ONE:
@@ -328,6 +346,7 @@ class _ProcessRun:
         else:
             half = chunk.num_rows // 2
             self.retry.extend((chunk.slice(0, half), chunk.slice(half)))
+        return []
 
 
 async def _gather_limited(
