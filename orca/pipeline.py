@@ -24,7 +24,6 @@ import dataclasses
 import datetime
 import importlib.util
 import json
-import os
 import sys
 import warnings
 from typing import Any, Literal
@@ -180,8 +179,8 @@ class Pipeline:
 
     def handle(self, run_id: str) -> RunHandle:
         """The handle of run ``run_id`` of this pipeline (serialisable; poll it from anywhere)."""
-        location = self.store.location if self.store.location == "memory" else os.path.abspath(self.store.location)
-        handle = RunHandle(run_id=run_id, pipeline=self.name, store=location,
+        # (a store's location is already absolute: a path made absolute when built, or a URL)
+        handle = RunHandle(run_id=run_id, pipeline=self.name, store=self.store.location,
                            nodes={k: v.provenance_table for k, v in self.function_nodes.items()})
         handle._store = self.store
         return handle

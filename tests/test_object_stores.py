@@ -45,12 +45,6 @@ def two_nodes(store: orca.Store, n: int) -> orca.Pipeline:
     return pipeline
 
 
-def located(handle: RunHandle, store: orca.DeltaStore) -> RunHandle:
-    """``handle`` naming the store's URL. (``Pipeline.handle`` still passes a store's location
-    through ``os.path.abspath``, which mangles a URL: see the xfail test below.)"""
-    return RunHandle(**{**handle.model_dump(), "store": store.location})
-
-
 def env_with(server: ObjectStore) -> dict[str, str]:
     """This process's environment plus the server's credentials (for subprocesses)."""
     return {**os.environ, **server.env}
@@ -171,7 +165,7 @@ def test_local_paths_reject_storage_options(tmp_path) -> None:
 def test_run_handles_carry_the_location_not_the_credentials(object_store: ObjectStore) -> None:
     store = object_store.store("handle")
     result = two_nodes(store, 4).run(progress=False)
-    text = located(result.handle, store).to_json()
+    text = result.handle.to_json()
     assert all(v not in text for k, v in object_store.options.items() if "key" in k.lower())
     polled = RunHandle.from_json(text, storage_options=object_store.options)
     assert polled.store == store.location
@@ -179,8 +173,6 @@ def test_run_handles_carry_the_location_not_the_credentials(object_store: Object
     assert {k: v["completed"] for k, v in polled.progress().items()} == {"square": 4, "plus_one": 4}
 
 
-@pytest.mark.xfail(strict=True, reason="orca/pipeline.py Pipeline.handle applies os.path.abspath to "
-                                        "the store location, which mangles a URL (see docs/scaling.md)")
 def test_the_pipeline_handle_names_the_url(s3_server: ObjectStore) -> None:
     store = s3_server.store("url")
     assert two_nodes(store, 1).handle("r").store == store.location
@@ -190,7 +182,7 @@ def test_the_pipeline_handle_names_the_url(s3_server: ObjectStore) -> None:
 def test_a_run_handle_is_polled_from_another_process(object_store: ObjectStore) -> None:
     store = object_store.store("poll")
     result = two_nodes(store, 6).run(progress=False)
-    handle = located(result.handle, store)
+    handle = result.handle
     poll = textwrap.dedent("""
         import json, sys
         from orca.runs import RunHandle
