@@ -37,8 +37,6 @@ MAX_NOT_RUN = 8  # across the whole site
 FRAGMENTS = {
     "cli.md": "the script example uses names defined in the text (numbers, square, halve)",
     "executors.md": "the interface blocks are signatures; the Ray block needs a cluster",
-    "pods-and-caching.md": "the blocks are fragments (stream, store, f are not defined)",
-    "stores.md": "the Store interface is listed as signatures",
 }
 
 
