@@ -27,6 +27,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import datetime
+import functools
 import json
 import math
 import os
@@ -231,6 +232,8 @@ class NodeRun:
     counts: Counts
     status: Status | None
     asset_version: int | None = None  # the asset table's version this run made (None: unchanged)
+    # With run(defer_asset=True): materialises the asset when called, returning its version.
+    materialise: Callable[[], int | None] | None = dataclasses.field(default=None, repr=False)
 
 
 # -- status ---------------------------------------------------------------------------------
@@ -413,13 +416,14 @@ def current_status(spec: NodeSpec) -> Status:
 # -- running --------------------------------------------------------------------------------
 def run(spec: NodeSpec, options: RunOptions, *, status: Status | None = None, upstream: Status | None = None,
         skip: pl.Series | None = None, progress: Callable[[Counts], None] | None = None,
-        total: Callable[[int, int], None] | None = None) -> NodeRun:
+        total: Callable[[int, int], None] | None = None, defer_asset: bool = False) -> NodeRun:
     """Bring ``spec`` up to date (see the module docs); returns what the run did.
 
     ``status``: read already (two-phase iteration serves its done entries first); else read now,
     with ``upstream`` as for :func:`read_status`. ``skip``: a mask over the entries, those left
     alone. ``progress`` is called with the running counts as work completes; ``total`` once with
-    (entries in this run, entries already done).
+    (entries in this run, entries already done). ``defer_asset``: leave step 7 to the caller
+    (``NodeRun.materialise``), e.g. to write it beside the next node's computing.
     """
     status = status if status is not None else read_status(spec, upstream)
     novel = status.entries.with_columns(status.found[HIT], status.found[DONE]).with_row_index(INPUT_ROW)
@@ -452,11 +456,15 @@ def run(spec: NodeSpec, options: RunOptions, *, status: Status | None = None, up
     if after is not None:
         after = dataclasses.replace(after, versions=table_versions(spec))
         _latest[spec] = after
-    version = None
+    materialising = None
     if spec.asset_table is not None:  # 7. materialise: a sharded run writes what all shards did so far
         asset_status = after if after is not None else read_status(spec, upstream)
-        version = _materialise(spec, asset_status, work, options.run_id).version
-    return NodeRun(spec.label, work.counts, after, version)
+        recorded = bool(work.recorded)
+        changed = _recorded_ids(asset_status, work)
+        materialising = functools.partial(_materialise, spec, asset_status, changed, recorded, options.run_id)
+    if materialising is not None and not defer_asset:
+        return NodeRun(spec.label, work.counts, after, materialising())
+    return NodeRun(spec.label, work.counts, after, None, materialising)
 
 
 def asset_rows(spec: NodeSpec, status: Status) -> pl.DataFrame:
@@ -467,17 +475,23 @@ def asset_rows(spec: NodeSpec, status: Status) -> pl.DataFrame:
         entry_ids(done), pl.Series(RECORD_ID, result_record_ids(spec.pod.identity.hash, digests)))
 
 
-def _materialise(spec: NodeSpec, status: Status, work: _Work, run_id: str) -> assets.Materialisation:
-    reflects = json.dumps(table_versions(spec))
-    if not work.recorded and assets.in_sync(spec.store, spec.asset_table, reflects):
-        return assets.Materialisation(spec.asset_table, None)
-    rows = asset_rows(spec, status)
+def _recorded_ids(status: Status, work: _Work) -> pl.Series:
+    """Entry ids of the done entries this run recorded (their asset rows are written again)."""
     recorded = np.zeros(status.found.height, bool)
     for positions in work.recorded:
         recorded[positions.to_numpy()] = True
-    changed = entry_ids(status.found.filter(pl.Series(recorded) & status.found[DONE]))
+    return entry_ids(status.found.filter(pl.Series(recorded) & status.found[DONE]))
+
+
+def _materialise(spec: NodeSpec, status: Status, changed: pl.Series, recorded: bool, run_id: str) -> int | None:
+    """Step 7: make the node's asset table hold its done entries; the new version, or None when
+    nothing changed (or the asset already reflects the node's tables as they are)."""
+    reflects = json.dumps(table_versions(spec))
+    if not recorded and assets.in_sync(spec.store, spec.asset_table, reflects):
+        return None
+    rows = asset_rows(spec, status)
     return assets.materialise(spec.store, spec.asset_table, rows, changed, run_id, spec.pod.identity.hash,
-                              reflects)
+                              reflects).version
 
 
 def provenance_schema(spec: NodeSpec) -> pa.Schema:

@@ -20,6 +20,7 @@ the order they were recorded, which is a dependency order -- and :meth:`Pipeline
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import datetime
 import importlib.util
@@ -239,15 +240,23 @@ class Pipeline:
         log.start()
         runs: dict[str, NodeRun] = {}
         status: Status = "failed"
+        # A node's asset is written (native code, no GIL) on this thread while the next node computes.
+        assets_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="orca-assets")
+        written: dict[str, concurrent.futures.Future] = {}
         try:
             for label, node in self.function_nodes.items():
                 runs[label] = self._run_node(node, options[label], runs, log, progress)
+                if runs[label].materialise is not None:
+                    written[label] = assets_pool.submit(runs[label].materialise)
             lineage.record_sources(self.store, sources, run_id)
+            for label, future in written.items():
+                log.event("node_materialised", "succeeded", node=label, asset_version=future.result(), commit=False)
             status = "failed" if any(r.counts.failed for r in runs.values()) else "succeeded"
         except KeyboardInterrupt:
             status = "interrupted"
             raise
         finally:
+            assets_pool.shutdown(wait=True)  # (an asset write in flight completes: it is one commit)
             log.finish(status)
         self.store.upkeep(self._tables())
         counts = {label: r.counts for label, r in runs.items()}
@@ -275,7 +284,7 @@ class Pipeline:
         before = next((runs[k] for k, n in self.function_nodes.items() if n.spec is upstream and k in runs), None)
         try:
             done = engine.run(node.spec, options, upstream=before.status if before else None,
-                              progress=update, total=total)
+                              progress=update, total=total, defer_asset=True)
             # The engine's last progress call may precede its last counts (cache hits found
             # after the compute, a run with nothing to compute): end the bar on the final counts.
             c = done.counts
@@ -286,7 +295,7 @@ class Pipeline:
         # Committed with the next event (the next node's start or the run's end): one commit fewer.
         identity = node.pod.identity
         log.event("node_finished", "failed" if done.counts.failed else "succeeded", node=node.label,
-                  counts=done.counts, asset_version=done.asset_version, function_hash=identity.hash,
+                  counts=done.counts, function_hash=identity.hash,
                   identity=json.dumps(identity.explain().as_dicts(), sort_keys=True), commit=False)
         return done
 

@@ -1,7 +1,8 @@
 """Runs: the events a run writes to the ``runs`` table, its handle, and what they say.
 
 A run appends events (``started`` -- with the run's environment --, ``node_started``,
-``node_finished`` -- with the asset version the node produced --, ``heartbeat`` every
+``node_finished``, ``node_materialised`` -- with the asset version the node produced --,
+``heartbeat`` every
 ``HEARTBEAT`` seconds while it lives, ``finished``; see ``docs/pipelines.md``). Its status is
 the ``finished`` event's status once there is one. Until then (whatever its nodes' events say)
 it is ``running`` -- unless nothing was heard from it for ``lost_after`` (default 5 minutes):

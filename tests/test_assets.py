@@ -105,7 +105,7 @@ def test_runs_record_the_asset_version_and_time_travel_by_time(tmp_path, data):
     write(data, e="eeeeeeeee")
     pipeline = build(store, data)
     second = pipeline.run(progress=False)
-    events = store.scan("runs").collect().filter(pl.col("event") == "node_finished")
+    events = store.scan("runs").collect().filter(pl.col("event") == "node_materialised")
     made = dict(events.filter(pl.col("run_id") == second.run_id).select("node", "asset_version").iter_rows())
     assert made["double"] == int(pipeline.history("double")["version"][-1])
     assert pipeline.asset("double", as_of=between).collect().height == 3

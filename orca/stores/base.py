@@ -417,6 +417,8 @@ def sync_plan(existing: pl.Series, rows: pa.Table, key: str, changed: pl.Series)
     Keys are compared as ``UInt128`` when they are 32-digit hashes (several times faster than
     comparing text), else as text.
     """
+    if existing.len() == 0:  # a first materialisation: everything is new
+        return existing.cast(pl.String), rows
     wanted = pl.Series(key, rows.column(key)).cast(pl.String)
     hashes = all(_hashes(k) for k in (wanted, existing, changed))
     wanted, existing, changed = ((hash_keys(k.cast(pl.String)) if hashes else k.cast(pl.String))
@@ -431,7 +433,13 @@ def sync_plan(existing: pl.Series, rows: pa.Table, key: str, changed: pl.Series)
 def _hashes(keys: pl.Series) -> bool:
     """Whether every key is 32 hex digits (then keys compare as ``UInt128``)."""
     text = keys.cast(pl.String)
-    return text.null_count() == 0 and bool(text.str.contains("^[0-9a-f]{32}$").all())
+    if text.null_count() or (text.len() and not (text.str.len_bytes() == 32).all()):
+        return False
+    try:  # (parsing is the check: cheaper than a regular expression over every key)
+        hash_keys(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _as_text(keys: pl.Series) -> pl.Series:

@@ -813,8 +813,9 @@ class DeltaStore(BufferedStore):
             delete, upsert = sync_plan(existing, data, key, changed)
             if delete.len() == 0 and upsert.num_rows == 0:
                 return None
-            present = pl.Series(key, upsert.column(key)).cast(pl.String).is_in(existing.cast(pl.String).implode())
-            if delete.len() == 0 and not present.any():
+            present = existing.len() > 0 and bool(
+                pl.Series(key, upsert.column(key)).cast(pl.String).is_in(existing.cast(pl.String).implode()).any())
+            if delete.len() == 0 and not present:
                 # Only new keys (a first materialisation): an insert-only merge, streamed, costs
                 # about what an append does, and still conflicts with a concurrent writer's merge.
                 (table.merge(upsert, predicate=f't."{key}" = s."{key}"', source_alias="s", target_alias="t",
