@@ -60,8 +60,9 @@ def _file_columns(column: str) -> tuple[str, str, str]:
 
 
 def record_sources(store: Store, sources: Mapping[str, Source], run_id: str) -> None:
-    """Append to ``sources/<id>`` the rows of each source that are new: a new record, or for a
-    source of files, new content for a known record (``__row_key`` covers both)."""
+    """Append to ``sources/<id>`` the rows of each source that are new: a new record (the table is
+    keyed by ``__record_id``), or for a source of files, new content for a known record (keyed by
+    ``__row_key``, a hash of record id and packet hash)."""
     for source_id, source in sources.items():
         frame = source.to_polars(include_system=True)
         columns: dict[str, Any] = {c: frame[c] for c in source.tag_columns}
@@ -77,18 +78,18 @@ def record_sources(store: Store, sources: Mapping[str, Source], run_id: str) -> 
         if source.path_columns:  # the packet's hash tells contents apart (files hash by content)
             packets = source.to_arrow().select(list(source.packet_columns))
             rows = rows.with_columns(pl.Series(PACKET_HASH, hash_packets(packets)))
-            key = pl.Series(_ROW_KEY, hash_packets(rows.select(RECORD_ID, PACKET_HASH).to_arrow()))
+            rows = rows.with_columns(pl.Series(_ROW_KEY, hash_packets(rows.select(RECORD_ID, PACKET_HASH).to_arrow())))
+            key = _ROW_KEY
         else:  # tags only: a record id is the row
-            key = rows[RECORD_ID].alias(_ROW_KEY)
-        rows = rows.with_columns(key)
+            key = RECORD_ID
         known = store.keys(sources_table(source_id))
         if known is not None and known.len():
-            rows = rows.filter(~hash_keys(rows[_ROW_KEY]).is_in(hash_keys(known.cast(pl.String)).implode()))
+            rows = rows.filter(~hash_keys(rows[key]).is_in(hash_keys(known.cast(pl.String)).implode()))
         if rows.height:
             rows = rows.with_columns(pl.lit(run_id).alias(RUN_ID), pl.lit(utc_now()).dt.cast_time_unit("us")
                                      .alias(_RECORDED_AT))
             # (evolve: two pipelines may give one source id different tag columns)
-            store.append(sources_table(source_id), rows.to_arrow(), key=[_ROW_KEY], evolve=True)
+            store.append(sources_table(source_id), rows.to_arrow(), key=[key], evolve=True)
 
 
 def remember_source_files(store: Store, sources: Mapping[str, Source]) -> None:

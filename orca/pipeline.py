@@ -356,7 +356,7 @@ class Pipeline:
         tables = [RUNS, FAILURES, *(sources_table(s) for s in self._sources())]
         for spec in self._specs().values():
             tables += [spec.results_table, spec.provenance_table, spec.asset_table]
-        return tables
+        return [t for t in tables if t is not None]
 
     def _specs(self) -> dict[str, NodeSpec]:
         return {label: node.spec for label, node in self.function_nodes.items()}

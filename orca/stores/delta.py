@@ -819,7 +819,8 @@ class DeltaStore(BufferedStore):
                 # Only new keys (a first materialisation): an insert-only merge, streamed, costs
                 # about what an append does, and still conflicts with a concurrent writer's merge.
                 (table.merge(upsert, predicate=f't."{key}" = s."{key}"', source_alias="s", target_alias="t",
-                             commit_properties=properties, streamed_exec=True)
+                             commit_properties=properties, streamed_exec=True,
+                             writer_properties=_writer_properties(upsert.schema, (key,), upsert))
                  .when_not_matched_insert_all().execute())
                 return table.version()
             op = "__orca_op"
@@ -829,6 +830,7 @@ class DeltaStore(BufferedStore):
                 op, pa.array(["upsert"] * upsert.num_rows + ["delete"] * delete.len(), pa.large_string()))
             columns = {f'"{c}"': f's."{c}"' for c in data.column_names}
             merger = (table.merge(source, predicate=f't."{key}" = s."{key}"', source_alias="s", target_alias="t",
+                                  writer_properties=_writer_properties(data.schema, (key,)),
                                   commit_properties=properties)
                       .when_matched_delete(predicate=f"s.{op} = 'delete'")
                       .when_matched_update(updates=columns, predicate=f"s.{op} = 'upsert'")
