@@ -253,7 +253,23 @@ class RunHandle(pydantic.BaseModel):
                 (pl.col("run_id") == self.run_id) & (pl.col("node") == label)).select(pl.len()).collect().item()
             completed = done_before + done_now
             report[label] = {"total": total, "completed": completed, "failed": failed,
-                             "fraction": (completed / total) if total else (1.0 if total == 0 else 0.0)}
+                             "fraction": (completed / total) if total else (1.0 if total == 0 else 0.0),
+                             **self._claims(store, table)}
         return report
+
+    @staticmethod
+    def _claims(store: Store, provenance: str) -> dict[str, Any]:
+        """For a node run with ``claim=True``: its chunks (done / working / all claimed so far) and
+        the workers holding or having held them (by run id); empty otherwise."""
+        claims = store.scan(provenance.replace("pipelines/", "claims/", 1))
+        if claims is None:
+            return {}
+        rows = claims.select("of", "state", "owner").collect()
+        if rows.height == 0:
+            return {}
+        latest = rows.filter(pl.col("of") == rows["of"].max())  # (the split of the latest run)
+        return {"chunks": {"of": int(latest["of"][0]), "done": int((latest["state"] == "done").sum()),
+                           "working": int((latest["state"] == "working").sum())},
+                "workers": sorted(set(latest["owner"].to_list()))}
 
 

@@ -51,6 +51,8 @@ def test_four_workers_share_the_work(tmp_path, monkeypatch):
     assert sum(counted.values()) - n <= 25  # duplicated work: at most one chunk
     assert len({line.split()[0] for line in log.read_text().splitlines()}) >= 2  # several did work
     check_complete(store, n)
+    handle = claimed.build(str(store), n).handle("any")
+    assert 2 <= len(handle.progress()["slow_square"]["workers"]) <= 4  # who took chunks, by run id
 
 
 def test_a_killed_worker_s_chunk_is_taken_over(tmp_path, monkeypatch):
@@ -102,6 +104,8 @@ def test_claims_work_after_a_join_in_one_process(tmp_path):
     assert sorted(pipeline.asset("add").collect()["s"].to_list()) == sorted(3 * i for i in range(30))
     states = pl.scan_delta(str(tmp_path / "store" / "claims" / "joined" / "add")).collect()
     assert set(states["state"]) == {"done"} and states.height == 5
+    progress = result.handle.progress()["add"]
+    assert progress["chunks"] == {"of": 5, "done": 5, "working": 0} and progress["workers"] == [result.run_id]
 
 
 def test_claim_and_shard_are_exclusive():

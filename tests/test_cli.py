@@ -321,3 +321,15 @@ def test_graph(script_store: pathlib.Path, tmp_path: pathlib.Path) -> None:
     assert titles == ["pipeline script", "source numbers", "function square", "operator filter", "function halve"]
     assert snapshot(script_store) == before
     assert "Invalid value for '--format'" in orca_cli("graph", SCRIPT, "--format", "png", env=env, check=2).stderr
+
+
+def test_lineage(script_store: pathlib.Path) -> None:
+    env = {"CLI_SCRIPT_STORE": str(script_store)}
+    steps = json.loads(orca_cli("--json", "lineage", SCRIPT, "halve", "--where", "k = 3", env=env).stdout)["steps"]
+    assert [s["node"] for s in steps if s["kind"] == "node"] == ["halve", "square"]
+    source = [s for s in steps if s["kind"] == "source"]
+    assert [s["source_id"] for s in source] == ["numbers"] and json.loads(source[0]["source_tags"]) == {"k": 3}
+    assert "halve" in orca_cli("lineage", SCRIPT, "halve", env=env).stdout
+    one_line_error(orca_cli("lineage", SCRIPT, "nope", env=env, check=None), "has no function node 'nope'")
+    one_line_error(orca_cli("lineage", SCRIPT, "halve", "--where", "k ===", env=env, check=None),
+                   "is not a SQL condition")

@@ -25,7 +25,7 @@ _COMMANDS = {
     "ls": "orca.cli.catalog:ls", "show": "orca.cli.catalog:show", "runs": "orca.cli.history:runs",
     "failures": "orca.cli.history:failures", "history": "orca.cli.history:history",
     "plan": "orca.cli.script:plan", "graph": "orca.cli.script:graph", "invalidate": "orca.cli.edit:invalidate",
-    "rm": "orca.cli.edit:rm", "maintain": "orca.cli.maintain:maintain",
+    "rm": "orca.cli.edit:rm", "maintain": "orca.cli.maintain:maintain", "lineage": "orca.cli.script:lineage",
 }
 
 

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import click
+import polars as pl
 
 from orca.cli._common import CliError, State, table_text
 from orca.pipeline import Pipeline
@@ -77,9 +78,12 @@ def plan(state: State, script: str) -> None:
               "to_compute": p.to_compute, "pending": p.pending, "reasons": p.reasons,
               "function_hash": p.function_hash, "old_function_hashes": list(p.old_function_hashes)}
              for p in planned.values()]
+    for node, p in zip(nodes, planned.values(), strict=True):
+        node["identity_changes"] = [f"{kind} {name}" for kind, name in p.identity_changes]
     payload: dict[str, Any] = {"pipeline": pipeline.name, "store": pipeline.store.location, "nodes": nodes}
     rows = [{**{k: n[k] for k in ("node", "total", "cached", "to_compute", "pending")},
-             "reasons": ", ".join(f"{k}: {v}" for k, v in sorted(n["reasons"].items())) or "-"} for n in nodes]
+             "reasons": ", ".join(f"{k}: {v}" for k, v in sorted(n["reasons"].items())) or "-",
+             "code changed": ", ".join(n["identity_changes"]) or "-"} for n in nodes]
     todo = sum(n["to_compute"] for n in nodes)
     header = (f"pipeline {pipeline.name} (store {pipeline.store.location}): "
               + (f"{todo} entries to compute" if todo else "up to date")
@@ -103,3 +107,28 @@ def graph(script: str, fmt: str, output: str | None) -> None:
     with open(output, "w", encoding="utf-8") as f:
         f.write(text + "\n")
     click.echo(f"wrote {fmt} of pipeline {drawn.pipeline} to {output}", err=True)
+
+
+@click.command()
+@click.argument("script", metavar="SCRIPT[:PIPELINE]")
+@click.argument("node")
+@click.option("--where", "where", default=None, metavar="EXPR",
+              help="Which output rows: a SQL condition over the node's asset columns, e.g. \"name = 'b'\".")
+@click.pass_obj
+def lineage(state: State, script: str, node: str, where: str | None) -> None:
+    """Trace a node's output rows back to their source rows and files (``pipeline.lineage``).
+
+    Runs SCRIPT's top level (not its ``__main__`` block) to know the pipeline; reads the store.
+    """
+    pipeline = load_pipeline(script)
+    if node not in pipeline.function_nodes:
+        raise CliError(f"pipeline {pipeline.name!r} has no function node {node!r}; "
+                       f"its function nodes are {sorted(pipeline.function_nodes)}")
+    try:
+        expression = pl.sql_expr(where) if where else None
+    except (pl.exceptions.PolarsError, ValueError) as exc:
+        raise CliError(f"--where {where!r} is not a SQL condition: {exc}") from exc
+    steps = pipeline.lineage(node, expression)
+    state.emit({"pipeline": pipeline.name, "node": node, "steps": steps.to_dicts()},
+               table_text(steps.with_columns(pl.col(pl.String).str.slice(0, 16)).to_dicts()) if steps.height
+               else f"no rows of {node} match")
