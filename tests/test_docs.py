@@ -35,8 +35,6 @@ MAX_NOT_RUN = 8  # across the whole site
 # Pages whose python blocks are interface listings or fragments, not scripts; their owners
 # are changing them now. Each stays listed (and visibly skipped) until its blocks run.
 FRAGMENTS = {
-    "cli.md": "the script example uses names defined in the text (numbers, square, halve)",
-    "executors.md": "the interface blocks are signatures; the Ray block needs a cluster",
 }
 
 
