@@ -459,9 +459,7 @@ def run(spec: NodeSpec, options: RunOptions, *, status: Status | None = None, up
     materialising = None
     if spec.asset_table is not None:  # 7. materialise: a sharded run writes what all shards did so far
         asset_status = after if after is not None else read_status(spec, upstream)
-        recorded = bool(work.recorded)
-        changed = _recorded_ids(asset_status, work)
-        materialising = functools.partial(_materialise, spec, asset_status, changed, recorded, options.run_id)
+        materialising = functools.partial(_materialise, spec, asset_status, tuple(work.recorded), options.run_id)
     if materialising is not None and not defer_asset:
         return NodeRun(spec.label, work.counts, after, materialising())
     return NodeRun(spec.label, work.counts, after, None, materialising)
@@ -475,20 +473,17 @@ def asset_rows(spec: NodeSpec, status: Status) -> pl.DataFrame:
         entry_ids(done), pl.Series(RECORD_ID, result_record_ids(spec.pod.identity.hash, digests)))
 
 
-def _recorded_ids(status: Status, work: _Work) -> pl.Series:
-    """Entry ids of the done entries this run recorded (their asset rows are written again)."""
-    recorded = np.zeros(status.found.height, bool)
-    for positions in work.recorded:
-        recorded[positions.to_numpy()] = True
-    return entry_ids(status.found.filter(pl.Series(recorded) & status.found[DONE]))
-
-
-def _materialise(spec: NodeSpec, status: Status, changed: pl.Series, recorded: bool, run_id: str) -> int | None:
+def _materialise(spec: NodeSpec, status: Status, recorded: tuple[pl.Series, ...], run_id: str) -> int | None:
     """Step 7: make the node's asset table hold its done entries; the new version, or None when
-    nothing changed (or the asset already reflects the node's tables as they are)."""
+    nothing changed (or the asset already reflects the node's tables as they are). ``recorded``:
+    the input rows this run recorded -- their asset rows are written again."""
     reflects = json.dumps(table_versions(spec))
     if not recorded and assets.in_sync(spec.store, spec.asset_table, reflects):
         return None
+    mask = np.zeros(status.found.height, bool)
+    for positions in recorded:
+        mask[positions.to_numpy()] = True
+    changed = entry_ids(status.found.filter(pl.Series(mask) & status.found[DONE]))
     rows = asset_rows(spec, status)
     return assets.materialise(spec.store, spec.asset_table, rows, changed, run_id, spec.pod.identity.hash,
                               reflects).version

@@ -240,7 +240,8 @@ class Pipeline:
         log.start()
         runs: dict[str, NodeRun] = {}
         status: Status = "failed"
-        # A node's asset is written (native code, no GIL) on this thread while the next node computes.
+        # A node's asset is written (native code, mostly without the GIL) on this thread while the
+        # next node computes.
         assets_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="orca-assets")
         written: dict[str, concurrent.futures.Future] = {}
         try:
@@ -248,6 +249,7 @@ class Pipeline:
                 runs[label] = self._run_node(node, options[label], runs, log, progress)
                 if runs[label].materialise is not None:
                     written[label] = assets_pool.submit(runs[label].materialise)
+            # After the nodes: they hashed the files, so recording their facts reads none again.
             lineage.record_sources(self.store, sources, run_id)
             for label, future in written.items():
                 log.event("node_materialised", "succeeded", node=label, asset_version=future.result(), commit=False)

@@ -167,6 +167,9 @@ class LocalCluster:
 def cluster():
     if not sys.platform.startswith("linux"):
         pytest.skip("the loopback multi-node cluster needs Linux (127.0.0.0/8 and /proc)")
+    # This module runs before tests/test_executors.py (its name sorts first) on purpose: a process
+    # that ran a local Ray and shut it down cannot then drive a multi-node cluster reliably (the
+    # workers find the driver's objects' owner dead); the reverse order works.
     if ray.is_initialized():
         ray.shutdown()
     # Short: Ray's unix socket paths live under it and are limited to ~107 characters.
