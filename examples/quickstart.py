@@ -40,19 +40,30 @@ def grade(mean: float) -> str:
     return "high" if mean > 10 else "low"
 
 
-def main() -> None:
+def build() -> orca.Pipeline:
+    """The pipeline: recordings -> summarise -> grade, on the default store."""
     make_recordings()
     pipeline = orca.Pipeline("quickstart")
     with pipeline:
         recordings = orca.GlobSource(str(DATA / "{subject}" / "{session}.txt"), source_id="recordings")
         stats = summarise.pod(recordings)
         grade.pod(stats)
+    return pipeline
+
+
+# At module level, so that `orca plan examples/quickstart.py` and `orca graph` find it (they run
+# this file's top level, not its __main__ block).
+pipeline = build()
+
+
+def main() -> None:
     result = pipeline.run(progress=False)
     for label, counts in result.counts.items():
         print(f"{label:>10}: {counts.cached} cached, {counts.computed} computed, {counts.failed} failed")
-    stats_frame = pipeline["summarise"].results().collect()
-    grades = pipeline["grade"].results().collect()
-    print(stats_frame.join(grades, on=["subject", "session"]).sort("subject", "session"))
+    stats_frame = pipeline.asset("summarise").collect()
+    grades = pipeline.asset("grade").collect()
+    print(stats_frame.join(grades.select("subject", "session", "grade"), on=["subject", "session"])
+          .select("subject", "session", "n", "mean", "grade").sort("subject", "session"))
 
 
 if __name__ == "__main__":
