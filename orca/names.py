@@ -29,6 +29,7 @@ SYSTEM_TAG_PREFIX = "__tag__"  # __tag__<source id>: the record id of the source
 # -- tables --------------------------------------------------------------------------------------
 FAILURES = "failures"
 RUNS = "runs"
+SOURCES_INDEX = "sources_index"  # one row per recorded state of a source: its rows' fingerprint
 
 # -- stored columns ------------------------------------------------------------------------------
 PACKET_HASH = "__packet_hash"

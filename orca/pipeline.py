@@ -51,6 +51,7 @@ from orca.names import (
     FAILURES_SCHEMA,
     RECORD_ID,
     RUNS,
+    SOURCES_INDEX,
     asset_table,
     check_label,
     sources_table,
@@ -355,7 +356,7 @@ class Pipeline:
 
     def _tables(self) -> list[str]:
         """Every table a run of this pipeline writes (for the store's upkeep)."""
-        tables = [RUNS, FAILURES, *(sources_table(s) for s in self._sources())]
+        tables = [RUNS, FAILURES, SOURCES_INDEX, *(sources_table(s) for s in self._sources())]
         for spec in self._specs().values():
             tables += [spec.results_table, spec.provenance_table, spec.asset_table]
         return [t for t in tables if t is not None]
