@@ -48,6 +48,7 @@ from orca.errors import SchemaError
 from orca.executors import Executor
 from orca.hashing import (
     digests_hex,
+    hash_bytes,
     hash_keys,
     hash_packet_keys,
     hash_packets,
@@ -320,6 +321,13 @@ def _read_tables(spec: NodeSpec) -> tuple[pl.Series | None, pl.DataFrame | None,
     return recorded, results_index(spec, list(spec.pod.output_keys)), versions
 
 
+def _memoisable(spec: NodeSpec) -> bool:
+    """Whether ``spec``'s input is a source or a chain of nodes back to one (no operator between)."""
+    while spec.upstream is not None:
+        spec = spec.upstream
+    return not isinstance(spec.input.producer, NodeSpec) and getattr(spec.input.producer, "source_id", None) is not None
+
+
 def table_versions(spec: NodeSpec) -> tuple[int | None, ...]:
     """Versions of the tables a node's status depends on (its own and its upstream nodes')."""
     own = (spec.store.version(spec.results_table),
@@ -406,7 +414,9 @@ def current_status(spec: NodeSpec) -> Status:
     an invalidation) moves a version, and the status is read again.
     """
     known = _latest.get(spec)
-    if known is not None and table_versions(spec) == known.versions:
+    # Reused only when every table the status depends on is known: a node fed through an
+    # operator (a join or filter of other nodes' outputs) is read afresh.
+    if known is not None and _memoisable(spec) and table_versions(spec) == known.versions:
         return known
     status = read_status(spec)
     _latest[spec] = status
@@ -441,20 +451,26 @@ def run(spec: NodeSpec, options: RunOptions, *, status: Status | None = None, up
     on_step = (lambda: progress(work.counts)) if progress else None
     if options.claim and novel.height and spec.claims_table is not None:
         _claimed(spec, options, status, novel, work, on_step)
+        # A chunk a past wave of workers marked done is skipped by the claims; whatever is still
+        # novel now (and did not fail) is computed here, so no run ever leaves work undone.
+        left = read_status(spec, upstream)
+        rest = left.entries.with_columns(left.found[HIT], left.found[DONE]).with_row_index(INPUT_ROW)
+        failed = left.found[KEY].is_in(failed_packets(spec).implode())
+        drive(spec.store, work.steps(rest.filter(~pl.col(DONE) & ~failed)), on_step=on_step)
     else:
         drive(spec.store, work.steps(novel), on_step=on_step)
-    if novel.height == 0:  # nothing changed: the status already holds the output
+    if novel.height == 0:  # nothing changed: the status already holds the output (and its versions)
         after: Status | None = status
-    elif options.claim:  # other processes did part of the work: read what is stored
+    elif options.shard is None and not options.claim and _only_own_commits(spec, status):
+        # Nobody else wrote the node's tables: the status after the run is the one before plus
+        # what this run did, and reflects the tables as they are now.
+        after = _refreshed_from_run(spec, status, work) or _refreshed(spec, status, work)
+        after = dataclasses.replace(after, versions=table_versions(spec))
+    elif options.shard is None:  # other writers (claims, another process): read what is stored
         after = read_status(spec, upstream)
-    elif options.shard is None:
-        after = _refreshed_from_run(spec, status, work) if spec.store.only_own_commits(
-            spec.results_table, status.versions[0]) else None
-        after = after if after is not None else _refreshed(spec, status, work)
     else:
         after = None
     if after is not None:
-        after = dataclasses.replace(after, versions=table_versions(spec))
         _latest[spec] = after
     materialising = None
     if spec.asset_table is not None:  # 7. materialise: a sharded run writes what all shards did so far
@@ -463,6 +479,15 @@ def run(spec: NodeSpec, options: RunOptions, *, status: Status | None = None, up
     if materialising is not None and not defer_asset:
         return NodeRun(spec.label, work.counts, after, materialising())
     return NodeRun(spec.label, work.counts, after, None, materialising)
+
+
+def _only_own_commits(spec: NodeSpec, status: Status) -> bool:
+    """Whether every commit to the node's results and provenance tables since ``status`` was read
+    was this store object's (so the status plus this run's work is exact)."""
+    own = spec.store.only_own_commits(spec.results_table, status.versions[0])
+    if spec.provenance_table is not None:
+        own = own and spec.store.only_own_commits(spec.provenance_table, status.versions[1])
+    return own
 
 
 def asset_rows(spec: NodeSpec, status: Status) -> pl.DataFrame:
@@ -477,7 +502,10 @@ def _materialise(spec: NodeSpec, status: Status, recorded: tuple[pl.Series, ...]
     """Step 7: make the node's asset table hold its done entries; the new version, or None when
     nothing changed (or the asset already reflects the node's tables as they are). ``recorded``:
     the input rows this run recorded -- their asset rows are written again."""
-    reflects = json.dumps(table_versions(spec))
+    # What the asset is made from: the versions the status reflects and which entries are done
+    # (entries can leave the input while the node's tables stay as they were).
+    done = status.found.filter(pl.col(DONE))[ENTRY_KEY]
+    reflects = json.dumps([list(status.versions), hash_bytes(key_digests(done.sort()).tobytes())])
     if not recorded and assets.in_sync(spec.store, spec.asset_table, reflects):
         return None
     mask = np.zeros(status.found.height, bool)

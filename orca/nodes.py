@@ -201,7 +201,12 @@ class FunctionNode:
         if prov.height == 0:
             return 0
         self.store.invalidate(self.pod.results_table, prov[PACKET_HASH].unique())
-        return self.store.invalidate(self.provenance_table, prov[ENTRY_ID])
+        invalidated = self.store.invalidate(self.provenance_table, prov[ENTRY_ID])
+        # Their rows leave the asset now: it then never shows a value its entry no longer has,
+        # and the run that recomputes them inserts them afresh (even if an earlier one failed
+        # before writing the asset).
+        self.store.delete_rows(self.spec.asset_table, ENTRY_ID, prov[ENTRY_ID])
+        return invalidated
 
     def __len__(self) -> int:
         return self._output().height

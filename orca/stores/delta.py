@@ -845,6 +845,25 @@ class DeltaStore(BufferedStore):
                 raise StoreError(self._unwritable(exc)) from None
             raise StoreError(f"{self.uri(name)}: write failed: {self._clean(exc)}") from None
 
+    def delete_rows(self, name: str, key: str, keys: pl.Series, *, metadata: dict[str, str] | None = None) -> int:
+        """Delete the rows of unkeyed table ``name`` whose ``key`` is in ``keys`` (one merge);
+        returns how many (an absent table: 0)."""
+        wanted = pl.Series(key, keys).cast(pl.String).unique()
+        if self._open(check_name(name)) is None or wanted.len() == 0:
+            return 0
+        properties = CommitProperties(custom_metadata={_WRITER: self.writer_id, **(metadata or {})})
+
+        def attempt() -> int:
+            table = self._open(name, writing=True)
+            table.update_incremental()
+            column = pa.schema(table.schema().to_arrow()).field(key)
+            source = pa.table({key: wanted.to_arrow().cast(column.type)})
+            metrics = (table.merge(source, predicate=f't."{key}" = s."{key}"', source_alias="s", target_alias="t",
+                                   commit_properties=properties).when_matched_delete().execute())
+            return int(metrics.get("num_target_rows_deleted", 0))
+
+        return self._retry(name, attempt, self._write_tables)
+
     def scan_version(self, name: str, *, version: int | None = None,
                      as_of: datetime.datetime | None = None) -> pl.LazyFrame | None:
         """Table ``name`` as of a version, or of the version current at ``as_of`` (time travel)."""

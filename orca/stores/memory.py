@@ -195,6 +195,22 @@ class MemoryStore(BufferedStore):
             "inserted": upsert.num_rows - updated, "updated": updated, "deleted": delete.len()}))
         return len(table.writers) - 1
 
+    def delete_rows(self, name: str, key: str, keys: pl.Series, *, metadata: dict[str, str] | None = None) -> int:
+        """As :meth:`DeltaStore.delete_rows`."""
+        table = self._tables.get(check_name(name))
+        if table is None:
+            return 0
+        hit = pl.Series(key, table.data.column(key)).cast(pl.String).is_in(pl.Series(keys).cast(pl.String).implode())
+        if not hit.any():
+            return 0
+        table.data = table.data.filter((~hit).to_arrow())
+        table.writers.append(self.writer_id)
+        table.versions.append((table.data, {
+            "version": len(table.writers) - 1, "at": datetime.datetime.now(datetime.UTC),
+            "run_id": (metadata or {}).get("orca.run"), "versions": None, "operation": "DELETE",
+            "inserted": 0, "updated": 0, "deleted": int(hit.sum())}))
+        return int(hit.sum())
+
     def scan_version(self, name: str, *, version: int | None = None,
                      as_of: datetime.datetime | None = None) -> pl.LazyFrame | None:
         table = self._tables.get(check_name(name))
