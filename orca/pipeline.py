@@ -260,6 +260,10 @@ class Pipeline:
             raise
         finally:
             assets_pool.shutdown(wait=True)  # (an asset write in flight completes: it is one commit)
+            for label, future in written.items():  # a write the failure above left unread
+                if status != "succeeded" and future.done() and future.exception() is not None:
+                    warnings.warn(f"node {label!r}: its asset was not written: {future.exception()}; "
+                                  "the next run writes it", stacklevel=2)
             log.finish(status)
         self.store.upkeep(self._tables())
         counts = {label: r.counts for label, r in runs.items()}

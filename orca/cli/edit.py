@@ -25,6 +25,7 @@ from orca.names import (
     INVALIDATED_AT,
     PACKET_HASH,
     RECORD_ID,
+    asset_table,
     provenance_table,
 )
 
@@ -81,6 +82,8 @@ def invalidate(state: State, pipeline: str, node: str, where_text: str, dry_run:
         # entry itself failed; the reverse order could leave a live entry on a stale result.
         results = {name: store.invalidate(name, keys) for name, keys in per_results.items()}
         counts = {"entries": store.invalidate(table, entries), "results": results}
+        # As pipeline.invalidate does: the entries leave the node's asset at once.
+        store.delete_rows(asset_table(pipeline, node), ENTRY_ID, entries)
         verb = "invalidated"
     payload = {"pipeline": pipeline, "node": node, "where": where_text, "dry_run": dry_run, **counts}
     lines = [f"{verb} {counts['entries']} entries of {table}"]
