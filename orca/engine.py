@@ -559,9 +559,15 @@ def _claimed(spec: NodeSpec, options: RunOptions, status: Status, novel: pl.Data
     tags and system tags (the same split everywhere); each chunk is computed by the process that
     holds its lease (:mod:`orca.claims`), after looking again at what is already stored."""
     of = max(1, math.ceil(status.found.height / options.claim_rows))
-    key = hash_packets(novel.select(*spec.input.tag_columns, *spec.input.system_tag_columns).to_arrow())
-    chunk = pl.Series(_SHARD_KEY, key).str.slice(0, 8).str.to_integer(base=16) % of
-    novel = novel.with_columns(chunk.alias(_SHARD_KEY))
+    # Every entry's bucket, and each bucket's id: a digest of all its entry ids, so a later wave of
+    # workers over other input (or other code) claims afresh instead of meeting old claims.
+    key = hash_packets(status.entries.select(*spec.input.tag_columns, *spec.input.system_tag_columns).to_arrow())
+    bucket = pl.Series(_SHARD_KEY, key).str.slice(0, 8).str.to_integer(base=16) % of
+    groups = pl.DataFrame({"b": bucket, "e": status.found[ENTRY_KEY]}).group_by("b").agg(pl.col("e").sort())
+    ids = {b: int(hash_bytes(key_digests(pl.Series(e, dtype=pl.UInt128)).tobytes())[:15], 16)
+           for b, e in groups.iter_rows()}
+    chunk = bucket.replace_strict(ids, return_dtype=pl.Int64)
+    novel = novel.with_columns(chunk.gather(novel[INPUT_ROW]).alias(_SHARD_KEY))
     chunks = novel[_SHARD_KEY].unique().sort().to_list()
     for lease in claims.take_chunks(spec.store, spec.claims_table, chunks, of, options.run_id,
                                     lease_seconds=options.lease_seconds):

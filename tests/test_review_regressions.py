@@ -43,6 +43,8 @@ def test_claims_of_an_earlier_run_never_skip_this_run_s_work(store):
     changed = squares(store, range(1000, 1040))  # new input, the same number of chunks
     assert changed.run(progress=False, claim=True, claim_rows=10).counts["square"].computed == 40
     assert changed.plan()["square"].to_compute == 0 and len(changed["square"]) == 40
+    # the new input's chunks are claimed afresh (each chunk id is a digest of its entries)
+    assert len(store.claims("claims/p/square", 4)) == 8
     again = squares(store, range(40))
     assert again.invalidate("square") == 40
     assert again.run(progress=False, claim=True, claim_rows=10).counts["square"].computed == 40
