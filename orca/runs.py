@@ -1,6 +1,7 @@
 """Runs: the events a run writes to the ``runs`` table, its handle, and what they say.
 
-A run appends events (``started`` -- with the run's environment --, ``node_started``,
+A run appends events (``started``, ``environment`` (orca, Python and library versions, host,
+user, git commit), ``node_started``,
 ``node_finished``, ``node_materialised`` -- with the asset version the node produced --,
 ``heartbeat`` every
 ``HEARTBEAT`` seconds while it lives, ``finished``; see ``docs/pipelines.md``). Its status is
@@ -138,12 +139,19 @@ class RunLog:
         self._beating: threading.Thread | None = None
 
     def start(self) -> None:
-        """Write the ``started`` event (with the environment) and start the heartbeat."""
-        self.event("started", "running", environment=json.dumps(environment(), sort_keys=True))
+        """Write the ``started`` event and start the heartbeat thread, which first writes the
+        ``environment`` event (asking git about the script's work tree takes a while: it is not
+        worth holding up the run for)."""
+        self.event("started", "running")
         self._beating = threading.Thread(target=self._beat, name="orca-heartbeat", daemon=True)
         self._beating.start()
 
     def _beat(self) -> None:
+        try:
+            self.event("environment", "running", environment=json.dumps(environment(), sort_keys=True),
+                       commit=False)  # (committed with the run's next event)
+        except Exception:  # noqa: BLE001 - a run without its environment recorded still runs
+            pass
         while not self._stop.wait(self._heartbeat):
             try:
                 self.event("heartbeat", "running", wait=False)
