@@ -39,6 +39,7 @@ else:
     from tqdm.std import tqdm
 
 from orca import _context, adoption, assets, engine, lineage, views
+from orca._operator import check_expr
 from orca.cache import CachedFunctionPod
 from orca.engine import Counts, NodeRun, NodeSpec, RunOptions, new_run_id
 from orca.errors import ExecutorError, IdentityWarning, OrcaError
@@ -347,7 +348,10 @@ class Pipeline:
         function hash, run) and the source records (source id, tags, file path and content
         hash). ``row`` numbers the selected rows; ``depth`` counts the steps from them."""
         rows = self.asset(label)
-        rows = (rows if where is None else rows.filter(where)).collect()
+        if where is not None:  # a column the asset lacks is the caller's mistake: say so, naming it
+            check_expr(where, rows.collect_schema().names(), f"lineage of node {label!r}", "asset")
+            rows = rows.filter(where)
+        rows = self.store.collect(self._asset_table(label), rows)
         return lineage.lineage(self.store, self._specs(), label, rows)
 
     def downstream(self, source_id: str, where: pl.Expr | None = None) -> pl.DataFrame:

@@ -184,6 +184,8 @@ def test_lineage_through_a_join_and_two_pods_names_the_files(store, data):
     assert files["content_hash"].to_list() == [orca.hash_file(data / "b.txt")]
     whole = pipeline.lineage("double")
     assert whole["row"].n_unique() == 3
+    with pytest.raises(orca.SchemaError, match=r"unknown asset column\(s\) \['nope'\]"):
+        pipeline.lineage("double", pl.col("nope") == 1)
 
 
 def test_downstream_lists_exactly_the_dependent_rows(store, data):

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-import textwrap
 import time
 from typing import TypedDict
 
@@ -15,17 +12,7 @@ import orca
 from orca.errors import PodError
 from orca.operators import Join
 from orca.pods import result_record_ids
-
-
-def load(tmp_path, name: str, source: str):
-    """Import ``source`` as module ``name`` from a file (so ``inspect.getsource`` sees it)."""
-    path = tmp_path / f"{name}.py"
-    path.write_text(textwrap.dedent(source))
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers import load_module as load
 
 
 class Out(TypedDict):
