@@ -250,12 +250,23 @@ def downstream(store: Store, specs: Mapping[str, NodeSpec], source_id: str, reco
         asset = store.scan(spec.asset_table) if spec.asset_table else None
         if prov is None or asset is None:
             continue
-        ids = store.collect(spec.provenance_table, prov.select(ENTRY_ID, SYSTEM_TAGS))
-        hit = ids.filter(pl.col(SYSTEM_TAGS).map_elements(
-            lambda t: bool(_values({k: v for k, v in json.loads(t).items()
-                                    if k == prefix or k.startswith(prefix + "__")}) & wanted), pl.Boolean))
+        # The node's system tags from this source (``__tag__<id>``, or ``__tag__<id>__1`` after a
+        # self-join), read out of the JSON column in one pass each; after a batch they are lists.
+        columns = [c for c in spec.input.system_tag_columns if c == prefix or c.startswith(prefix + "__")]
+        if not columns:
+            continue
+        schema = spec.input.full_schema
+        matches = []
+        for column in columns:
+            value = pl.col(SYSTEM_TAGS).str.json_path_match(f'$["{column}"]')
+            if pa.types.is_list(schema.field(column).type) or pa.types.is_large_list(schema.field(column).type):
+                value = value.str.json_decode(pl.List(pl.String))
+                matches.append(value.list.eval(pl.element().is_in(list(wanted))).list.any())
+            else:
+                matches.append(value.is_in(list(wanted)))
+        hit = store.collect(spec.provenance_table, prov.filter(pl.any_horizontal(matches)).select(ENTRY_ID))
         if hit.height:
-            rows = store.collect(spec.asset_table, asset.join(hit.select(ENTRY_ID).lazy(), on=ENTRY_ID, how="semi"))
+            rows = store.collect(spec.asset_table, asset.join(hit.lazy(), on=ENTRY_ID, how="semi"))
             found.append(rows.with_columns(pl.lit(name).alias("node")))
     return pl.concat(found, how="diagonal_relaxed") if found else pl.DataFrame(schema={"node": pl.String})
 

@@ -282,3 +282,18 @@ def test_one_source_id_in_two_pipelines_with_other_tags(tmp_path):
         pipeline.run(progress=False)
     recorded = pl.scan_delta(str(store_path / "sources" / "numbers")).collect()
     assert recorded.height == 2 and {"k", "j"} <= set(recorded.columns)
+
+
+@orca.function_pod(output_keys="s")
+def total(x: list[int]) -> int:
+    return sum(x)
+
+
+def test_downstream_through_a_batch(store):
+    source = orca.DictSource([{"k": i, "g": i % 2, "x": i} for i in range(6)], tags=["k", "g"], source_id="nums")
+    pipeline = orca.Pipeline("batched", store=store)
+    with pipeline:
+        total.pod(source.batch(by=["g"]))
+    pipeline.run(progress=False)
+    rows = pipeline.downstream("nums", pl.col("k") == 3)
+    assert rows.select("node", "g", "s").rows() == [("total", 1, 9)]
