@@ -449,14 +449,16 @@ def run(spec: NodeSpec, options: RunOptions, *, status: Status | None = None, up
     if total is not None:
         total(work.counts.cached + novel.height, work.counts.cached)
     on_step = (lambda: progress(work.counts)) if progress else None
+    settled: Status | None = None
     if options.claim and novel.height and spec.claims_table is not None:
         _claimed(spec, options, status, novel, work, on_step)
         # A chunk a past wave of workers marked done is skipped by the claims; whatever is still
         # novel now (and did not fail) is computed here, so no run ever leaves work undone.
         left = read_status(spec, upstream)
         rest = left.entries.with_columns(left.found[HIT], left.found[DONE]).with_row_index(INPUT_ROW)
-        failed = left.found[KEY].is_in(failed_packets(spec).implode())
-        drive(spec.store, work.steps(rest.filter(~pl.col(DONE) & ~failed)), on_step=on_step)
+        rest = rest.filter(~pl.col(DONE) & ~left.found[KEY].is_in(failed_packets(spec).implode()))
+        drive(spec.store, work.steps(rest), on_step=on_step)
+        settled = left if rest.height == 0 else None  # (then it is already the status after the run)
     else:
         drive(spec.store, work.steps(novel), on_step=on_step)
     if novel.height == 0:  # nothing changed: the status already holds the output (and its versions)
@@ -467,7 +469,7 @@ def run(spec: NodeSpec, options: RunOptions, *, status: Status | None = None, up
         after = _refreshed_from_run(spec, status, work) or _refreshed(spec, status, work)
         after = dataclasses.replace(after, versions=table_versions(spec))
     elif options.shard is None:  # other writers (claims, another process): read what is stored
-        after = read_status(spec, upstream)
+        after = settled if options.claim and settled is not None else read_status(spec, upstream)
     else:
         after = None
     if after is not None:
