@@ -32,10 +32,6 @@ _FILE = re.compile(r'title="([\w.-]+\.py)"')
 _CONSOLE = re.compile(r"^```console\n(.*?)^```", re.S | re.M)
 CONSOLE_PAGES = ["tutorial.md"]
 MAX_NOT_RUN = 8  # across the whole site
-# Pages whose python blocks are interface listings or fragments, not scripts; their owners
-# are changing them now. Each stays listed (and visibly skipped) until its blocks run.
-FRAGMENTS = {
-}
 
 
 def blocks(page: pathlib.Path) -> list[tuple[str, str]]:
@@ -111,8 +107,6 @@ def run_commands(page: str, folder: pathlib.Path) -> None:
 
 @pytest.mark.parametrize("page", pages())
 def test_page_runs(page, tmp_path, monkeypatch):
-    if page in FRAGMENTS:
-        pytest.skip(f"{page}: not runnable yet: {FRAGMENTS[page]}")
     source, _ = script(page)
     assert source.strip(), f"{page}: every python block is marked not run"
     path = tmp_path / f"doc_{re.sub(r'[^a-z0-9]', '_', page)}.py"
