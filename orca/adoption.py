@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from orca.engine import new_run_id, utc_now
 from orca.errors import OrcaError
-from orca.hashing import hash_keys, keys_hex
+from orca.hashing import hash_keys
 from orca.identity import Explanation, IdentityPart
 from orca.names import (
     ADOPTIONS,
@@ -78,10 +78,10 @@ def adopt_results(store: Store, pipeline: str, node: str, pod: FunctionPod, old_
     rows = store.collect(source, old.select(*outputs, PACKET_HASH, COMPUTED_AT, DURATION))
     have = store.keys(pod.results_table)
     if have is not None and have.len():
-        rows = rows.filter(~pl.col(PACKET_HASH).is_in(have.cast(pl.String).implode()))
+        rows = rows.filter(~hash_keys(rows[PACKET_HASH]).is_in(hash_keys(have).implode()))
     run_id = f"adopt-{new_run_id()}"
     if rows.height:
-        packets = keys_hex(hash_keys(rows[PACKET_HASH].cast(pl.String)))
+        packets = rows[PACKET_HASH].to_arrow()
         table = pa.table({
             **{c: rows[c].to_arrow() for c in outputs},
             PACKET_HASH: packets,

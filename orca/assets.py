@@ -21,7 +21,7 @@ import datetime
 import polars as pl
 
 from orca.errors import OrcaError
-from orca.names import ENTRY_ID, FUNCTION_HASH, RUN_ID
+from orca.names import ENTRY_ID, FUNCTION_HASH, RUN_ID, hex_ids
 from orca.stores import Store
 from orca.types import storable_table
 
@@ -67,7 +67,7 @@ def read_asset(store: Store, table: str, *, version: int | None = None,
     frame = store.scan_version(table, version=version, as_of=as_of)
     if frame is None:
         raise OrcaError(f"no asset table {store.uri(table)} yet: run the pipeline first")
-    return frame
+    return hex_ids(frame)
 
 
 def asset_history(store: Store, table: str) -> pl.DataFrame:

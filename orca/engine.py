@@ -47,13 +47,13 @@ from orca.calls import chunk_call, failed_for_tag, input_packets
 from orca.errors import SchemaError
 from orca.executors import Executor
 from orca.hashing import (
-    digests_hex,
+    digests_binary,
     hash_bytes,
     hash_keys,
     hash_packet_keys,
     hash_packets,
     key_digests,
-    keys_hex,
+    keys_binary,
 )
 from orca.names import (
     ATTEMPTS,
@@ -67,6 +67,7 @@ from orca.names import (
     FAILURES_SCHEMA,
     FUNCTION_HASH,
     HIT,
+    ID_TYPE,
     INPUT_ROW,
     INVALIDATED_AT,
     KEY,
@@ -294,7 +295,7 @@ def _input_frame(spec: NodeSpec, upstream: Status | None) -> pl.DataFrame:
 
 def hash_inputs(pod: FunctionPod, frame: pl.DataFrame, path_columns: frozenset[str]) -> pl.Series:
     """Input packet hash per row (only the columns the function reads) as a ``UInt128`` key;
-    its hex text is made only for the rows written (:func:`orca.hashing.keys_hex`)."""
+    its 16 stored bytes are made only for the rows written (:func:`orca.hashing.keys_binary`)."""
     return hash_packet_keys(input_packets(pod, frame, path_columns)).alias(KEY)
 
 
@@ -343,7 +344,7 @@ def recorded_entries(spec: NodeSpec) -> pl.Series | None:
         return None
     ids = spec.store.collect(spec.provenance_table, prov.filter(pl.col(INVALIDATED_AT).is_null()).select(ENTRY_ID))
     ids = ids.to_series()
-    return hash_keys(ids.cast(pl.String)).alias(ENTRY_KEY)
+    return hash_keys(ids).alias(ENTRY_KEY)
 
 
 def results_index(spec: NodeSpec, columns: list[str]) -> pl.DataFrame | None:
@@ -375,8 +376,8 @@ def attach_results(spec: NodeSpec, entries: pl.DataFrame, columns: list[str],
     if joined.height != entries.height:  # some packet has several live rows: apply the dedup rule
         several = joined[_POSITION].is_duplicated()
         which = left.join(joined.filter(several).select(_POSITION).unique(), on=_POSITION)
-        live = spec.store.lookup(spec.results_table, keys_hex(which[KEY]))
-        live = live.select(hash_keys(live[PACKET_HASH].cast(pl.String)), *columns, pl.lit(True).alias(HIT))
+        live = spec.store.lookup(spec.results_table, keys_binary(which[KEY]))
+        live = live.select(hash_keys(live[PACKET_HASH]), *columns, pl.lit(True).alias(HIT))
         fixed = which.join(live, on=KEY, how="left")
         joined = pl.concat([joined.filter(~several), fixed.select(joined.columns)], how="vertical_relaxed")
         joined = joined.sort(_POSITION)
@@ -389,7 +390,7 @@ def failed_packets(spec: NodeSpec) -> pl.Series:
     if failures is None:
         return pl.Series(KEY, [], dtype=pl.UInt128)
     hashes = spec.store.collect(FAILURES, failures.filter(pl.col("function_hash") == spec.pod.identity.hash).select(
-        pl.col("packet_hash").cast(pl.String)).unique()).to_series()
+        "packet_hash").unique()).to_series()
     return hash_keys(hashes).alias(KEY)
 
 
@@ -525,8 +526,8 @@ def provenance_schema(spec: NodeSpec) -> pa.Schema:
     tags = [full.field(t).with_type(storable_type(full.field(t).type, t)).remove_metadata()
             for t in spec.input.tag_columns]
     sources = [source_column(p) for p in spec.pod.parameters if source_column(p) in full.names]
-    return pa.schema([*tags, (SYSTEM_TAGS, pa.large_string()), (ENTRY_ID, pa.large_string()),
-                      (PACKET_HASH, pa.large_string()), (RECORD_ID, pa.large_string()),
+    return pa.schema([*tags, (SYSTEM_TAGS, pa.large_string()), (ENTRY_ID, ID_TYPE),
+                      (PACKET_HASH, ID_TYPE), (RECORD_ID, ID_TYPE),
                       *((c, pa.large_string()) for c in sources),
                       (RUN_ID, pa.large_string()), (RECORDED_AT, pa.timestamp("us", tz="UTC"))])
 
@@ -585,7 +586,7 @@ def _still_novel(spec: NodeSpec, rows: pl.DataFrame) -> pl.DataFrame:
         return rows
     recorded = spec.store.lookup(spec.provenance_table, entry_ids(rows))
     if recorded.height:
-        rows = rows.filter(~entry_ids(rows).is_in(recorded[ENTRY_ID].cast(pl.String).implode()))
+        rows = rows.filter(~rows[ENTRY_KEY].is_in(hash_keys(recorded[ENTRY_ID]).implode()))
     found = attach_results(spec, rows.select(KEY), [])
     return rows.with_columns(found[HIT])
 
@@ -691,7 +692,7 @@ class _Work:
             table = input_packets(spec.pod, batch, spec.input.path_columns)
             table = table.append_column(ROW, pa.array(np.arange(batch.height, dtype=np.int64)))
             digests = key_digests(batch[KEY])
-            keys = pa.table({PACKET_HASH: digests_hex(digests),
+            keys = pa.table({PACKET_HASH: digests_binary(digests),
                              RECORD_ID: result_record_ids(spec.pod.identity.hash, digests),
                              _ENTRY_ROW: batch[_ENTRY_ROW].to_arrow()})
             chunks = options.executor.map_chunks(fn, table)
@@ -754,7 +755,7 @@ class _Work:
             sources = [source_column(p) for p in spec.pod.parameters if source_column(p) in rows.columns]
         digests = key_digests(rows[KEY])
         table = rows.select(
-            *spec.input.tag_columns, system_json, entry_ids(rows), pl.Series(PACKET_HASH, digests_hex(digests)),
+            *spec.input.tag_columns, system_json, entry_ids(rows), pl.Series(PACKET_HASH, digests_binary(digests)),
             pl.Series(RECORD_ID, result_record_ids(spec.pod.identity.hash, digests)),
             *sources,
             pl.lit(self.options.run_id).alias(RUN_ID),
@@ -771,11 +772,11 @@ class _Work:
         spec, n = self.spec, None
         rows = todo.join(failed.drop(_ENTRY_ROW), on=KEY, how="inner", maintain_order="left")
         n = rows.height
-        entry_id = keys_hex(rows[ENTRY_KEY]) if ENTRY_KEY in rows.columns else pa.nulls(n, pa.large_string())
+        entry_id = keys_binary(rows[ENTRY_KEY]) if ENTRY_KEY in rows.columns else pa.nulls(n, ID_TYPE)
         table = pa.table({
             "node": pa.repeat(pa.scalar(spec.label, pa.large_string()), n),
             "entry_id": entry_id,
-            "packet_hash": keys_hex(rows[KEY]),
+            "packet_hash": keys_binary(rows[KEY]),
             "function": pa.repeat(pa.scalar(spec.pod.name, pa.large_string()), n),
             "function_hash": pa.repeat(pa.scalar(spec.pod.identity.hash, pa.large_string()), n),
             "tag": tag_json(rows, spec.input.tag_columns).to_arrow(),
@@ -803,8 +804,8 @@ def tag_json(frame: pl.DataFrame, tags: tuple[str, ...]) -> pl.Series:
 
 
 def entry_ids(frame: pl.DataFrame) -> pl.Series:
-    """The ``__entry_id`` text of each row of a frame holding ``__entry_key``."""
-    return pl.Series(ENTRY_ID, keys_hex(frame[ENTRY_KEY]))
+    """The ``__entry_id`` (16 bytes, as stored) of each row of a frame holding ``__entry_key``."""
+    return pl.Series(ENTRY_ID, keys_binary(frame[ENTRY_KEY]))
 
 
 def first_rows(frame: pl.DataFrame, distinct: bool | None = None) -> pl.DataFrame:

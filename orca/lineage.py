@@ -33,6 +33,7 @@ from orca.hashing import (
     hash_keys,
     hash_packets,
     key_digests,
+    keys_binary,
     remember_files,
 )
 from orca.names import (
@@ -45,6 +46,7 @@ from orca.names import (
     SOURCES_INDEX,
     SYSTEM_TAG_PREFIX,
     SYSTEM_TAGS,
+    hex_ids,
     sources_table,
 )
 from orca.sources import Source
@@ -196,8 +198,14 @@ def _provenance(store: Store, spec: NodeSpec, entries: list[str], records: list[
     if prov is None:
         raise OrcaError(f"node {spec.label!r} has no provenance table yet: run the pipeline first")
     prov = prov.filter(pl.col(INVALIDATED_AT).is_null())
-    wanted = pl.col(ENTRY_ID).is_in(entries) | pl.col(RECORD_ID).is_in([r[0] for r in records])
-    return store.collect(spec.provenance_table, prov.filter(wanted))
+    wanted = (pl.col(ENTRY_ID).is_in(_stored_ids(entries).implode())
+              | pl.col(RECORD_ID).is_in(_stored_ids([r[0] for r in records]).implode()))
+    return hex_ids(store.collect(spec.provenance_table, prov.filter(wanted)))
+
+
+def _stored_ids(ids: list[str]) -> pl.Series:
+    """Hex ids as the 16 bytes stored."""
+    return pl.Series(keys_binary(hash_keys(pl.Series(ids, dtype=pl.String))), dtype=pl.Binary)
 
 
 def _refs(row: Mapping[str, Any]) -> list[str]:
@@ -267,7 +275,7 @@ def downstream(store: Store, specs: Mapping[str, NodeSpec], source_id: str, reco
         hit = store.collect(spec.provenance_table, prov.filter(pl.any_horizontal(matches)).select(ENTRY_ID))
         if hit.height:
             rows = store.collect(spec.asset_table, asset.join(hit.lazy(), on=ENTRY_ID, how="semi"))
-            found.append(rows.with_columns(pl.lit(name).alias("node")))
+            found.append(hex_ids(rows).with_columns(pl.lit(name).alias("node")))
     return pl.concat(found, how="diagonal_relaxed") if found else pl.DataFrame(schema={"node": pl.String})
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+import polars as pl
 import pyarrow as pa
 
 from orca.errors import SchemaError
@@ -57,6 +58,12 @@ INPUT_ROW = "__input_row"  # an entry's row in the node's input
 UPSTREAM_KEY = "__upstream_key"  # the upstream node's packet key of each input row
 
 _TIME = pa.timestamp("us", tz="UTC")
+# Ids (packet hashes, entry ids, record ids) are stored as 16 bytes; orca's API shows them as
+# 32 hex digits (see hex_ids). Stores written before that hold hex text (see stores/delta.py).
+ID_TYPE = pa.binary()
+ID_COLUMNS = (PACKET_HASH, RECORD_ID, ENTRY_ID, "packet_hash", "entry_id")
+# The tables whose id columns are binary (sources keep their record ids as text: they are tags).
+ID_TABLE_PREFIXES = ("results/", "pipelines/", "assets/")
 LABEL_OK = re.compile(r"^[A-Za-z0-9_\-.]+$")
 
 
@@ -83,6 +90,21 @@ def sources_table(source_id: str) -> str:
 def claims_table(pipeline: str, label: str) -> str:
     """``claims/<pipeline>/<label>``: leases on chunks of a node's entries (``run(claim=True)``)."""
     return f"claims/{pipeline}/{label}"
+
+
+def has_ids(table: str) -> bool:
+    """Whether table ``table``'s id columns (:data:`ID_COLUMNS`) hold 16-byte ids."""
+    return table == FAILURES or table.startswith(ID_TABLE_PREFIXES)
+
+
+def hex_ids(frame: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | pl.LazyFrame:
+    """``frame`` with its binary id columns as 32 lowercase hex digits (how users see ids).
+
+    >>> hex_ids(pl.DataFrame({"__entry_id": [bytes(15) + b"\\x0f"], "x": [1]})).row(0)
+    ('0000000000000000000000000000000f', 1)
+    """
+    schema = frame.collect_schema()
+    return frame.with_columns(pl.col(c).bin.encode("hex") for c in ID_COLUMNS if schema.get(c) == pl.Binary)
 
 
 def source_column(packet_column: str) -> str:
@@ -121,13 +143,13 @@ def check_user_columns(names: Sequence[object], where: str) -> None:
 def results_schema(output_fields: Sequence[pa.Field]) -> pa.Schema:
     """A results table: the outputs, then the system columns."""
     return pa.schema([*output_fields,
-                      (PACKET_HASH, pa.large_string()), (RECORD_ID, pa.large_string()),
+                      (PACKET_HASH, ID_TYPE), (RECORD_ID, ID_TYPE),
                       (FUNCTION_HASH, pa.large_string()), (COMPUTED_AT, _TIME),
                       (DURATION, pa.float64()), (RUN_ID, pa.large_string())])
 
 
 FAILURES_SCHEMA = pa.schema([
-    ("node", pa.large_string()), ("entry_id", pa.large_string()), ("packet_hash", pa.large_string()),
+    ("node", pa.large_string()), ("entry_id", ID_TYPE), ("packet_hash", ID_TYPE),
     ("function", pa.large_string()), ("function_hash", pa.large_string()), ("tag", pa.large_string()),
     ("error_type", pa.large_string()), ("message", pa.large_string()), ("traceback", pa.large_string()),
     ("attempts", pa.int64()), ("run_id", pa.large_string()), ("failed_at", _TIME),

@@ -50,6 +50,7 @@ from orca.names import (
     asset_table,
     check_label,
     claims_table,
+    hex_ids,
     provenance_table,
 )
 from orca.pods import FunctionPod
@@ -181,10 +182,10 @@ class FunctionNode:
         prov = prov.join(ids, on=ENTRY_ID, how="semi")
         results = self.store.scan(self.pod.results_table)
         if results is None:
-            return prov
+            return hex_ids(prov)
         meta = results.select(PACKET_HASH, FUNCTION_HASH, COMPUTED_AT, DURATION,
                               pl.col(RUN_ID).alias("__result_run_id"))
-        return prov.join(meta, on=PACKET_HASH, how="left")
+        return hex_ids(prov.join(meta, on=PACKET_HASH, how="left"))
 
     def invalidate(self, where: pl.Expr | None = None) -> int:
         """Mark entries matching ``where`` (a Polars expression on tags; all if None) for recomputation.

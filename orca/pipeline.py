@@ -45,9 +45,10 @@ from orca.engine import Counts, NodeRun, NodeSpec, RunOptions, new_run_id
 from orca.errors import ExecutorError, IdentityWarning, OrcaError
 from orca.executors import Executor
 from orca.graph import Graph, pipeline_graph
-from orca.hashing import forget_files, hash_packets
+from orca.hashing import forget_files, hash_packets, keys_hex
 from orca.names import (
     DONE,
+    ENTRY_KEY,
     FAILURES,
     FAILURES_SCHEMA,
     RECORD_ID,
@@ -55,6 +56,7 @@ from orca.names import (
     SOURCES_INDEX,
     asset_table,
     check_label,
+    hex_ids,
     sources_table,
 )
 from orca.nodes import FunctionNode, default_label
@@ -452,16 +454,16 @@ class Pipeline:
         because the input or the code changed, is closed)."""
         table = self.store.scan(FAILURES)
         if table is None:
-            return pl.DataFrame(schema=pl.from_arrow(FAILURES_SCHEMA.empty_table()).schema)
-        found = self.store.collect(FAILURES, table.filter(pl.col("node").is_in(list(self.function_nodes)))
-                                   .sort("failed_at"))
+            return hex_ids(pl.DataFrame(schema=pl.from_arrow(FAILURES_SCHEMA.empty_table()).schema))
+        found = hex_ids(self.store.collect(FAILURES, table.filter(pl.col("node").is_in(list(self.function_nodes)))
+                                           .sort("failed_at")))
         if not open_only or found.height == 0:
             return found
         pending = []
         for label, node in self.function_nodes.items():
             found_status = engine.current_status(node.spec).found
-            pending.append(pl.DataFrame({"node": label, "entry_id": engine.entry_ids(
-                found_status.filter(~pl.col(DONE))).cast(pl.String)}))
+            pending.append(pl.DataFrame({"node": label, "entry_id": keys_hex(
+                found_status.filter(~pl.col(DONE))[ENTRY_KEY])}))
         still = found.join(pl.concat(pending), on=["node", "entry_id"], how="semi", maintain_order="left")
         return still.unique(["node", "entry_id"], keep="last", maintain_order=True)  # its latest failure
 
@@ -469,7 +471,7 @@ class Pipeline:
         failures = self.store.scan(FAILURES)
         if failures is None:
             return pl.DataFrame()
-        return failures.filter(pl.col("run_id") == run_id).collect()
+        return hex_ids(failures.filter(pl.col("run_id") == run_id).collect())
 
     def invalidate(self, label: str, where: pl.Expr | None = None) -> int:
         """Mark entries of node ``label`` matching ``where`` for recomputation on the next run."""

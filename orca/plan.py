@@ -167,15 +167,16 @@ def _reasons(spec: NodeSpec, todo: pl.DataFrame) -> tuple[pl.DataFrame, tuple[st
     invalidated = _invalidated(spec, rows)
     failed = store.scan(FAILURES)
     failed = (pl.Series([], dtype=pl.String) if failed is None else failed.filter(
-        pl.col("function_hash") == spec.pod.identity.hash).select("packet_hash").collect().to_series())
+        pl.col("function_hash") == spec.pod.identity.hash).select(pl.col("packet_hash").bin.encode("hex"))
+        .collect().to_series())
     prov = store.scan(spec.provenance_table, include_invalidated=True)
     if prov is None:
         previous = rows.select(*tags, SYSTEM_TAGS).with_columns(
             pl.lit(None, pl.String).alias("__old_packet"), pl.lit(None, pl.String).alias("__old_function"))
     else:
         live = prov.filter(pl.col(INVALIDATED_AT).is_null()).select(
-            *tags, SYSTEM_TAGS, pl.col(PACKET_HASH).cast(pl.String).alias("__old_packet"),
-            pl.col(RECORD_ID).cast(pl.String), RECORDED_AT).collect()
+            *tags, SYSTEM_TAGS, pl.col(PACKET_HASH).bin.encode("hex").alias("__old_packet"),
+            pl.col(RECORD_ID).bin.encode("hex"), RECORDED_AT).collect()
         live = live.sort(RECORDED_AT).unique([*tags, SYSTEM_TAGS], keep="last", maintain_order=True)
         old_function = hash_keys(live[RECORD_ID]) ^ hash_keys(live["__old_packet"])
         previous = live.select(*tags, SYSTEM_TAGS, "__old_packet").with_columns(
@@ -201,6 +202,6 @@ def _invalidated(spec: NodeSpec, rows: pl.DataFrame) -> tuple[pl.Series, pl.Seri
         if raw is None:
             found.append(pl.Series(column, [], dtype=pl.String))
             continue
-        hit = raw.filter(pl.col(INVALIDATED_AT).is_not_null()).select(pl.col(column).cast(pl.String))
+        hit = raw.filter(pl.col(INVALIDATED_AT).is_not_null()).select(pl.col(column).bin.encode("hex"))
         found.append(hit.join(rows.select(column).lazy(), on=column, how="semi").collect().to_series())
     return found[0], found[1]

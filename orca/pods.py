@@ -38,10 +38,12 @@ from orca import _context
 from orca.calls import compute_all, input_packets
 from orca.errors import PodError, SchemaError
 from orca.hashing import (
+    digests_binary,
     digests_hex,
     hash_bytes,
     hash_packet_keys,
     hex_digests,
+    id_digests,
     is_path_field,
     key_digests,
 )
@@ -306,22 +308,27 @@ def apply_pod(producer: Any, pod: FunctionPod, streams: Sequence[Stream],
 
 
 def result_references(pod: FunctionPod, keys: pl.Series) -> pa.Array:
-    """``"<results table>#<record id>"`` for each input packet hash key (see :func:`hash_keys`)."""
-    ids = result_record_ids(pod.identity.hash, key_digests(keys))
+    """``"<results table>#<record id>"`` for each input packet hash key (see :func:`hash_keys`),
+    the record id in hex."""
+    ids = digests_hex(_record_digests(pod.identity.hash, key_digests(keys)))
     return pc.binary_join_element_wise(pa.scalar(pod.results_table + "#", pa.large_string()), ids,
                                        pa.scalar("", pa.large_string()))
 
 
 def result_record_ids(function_hash: str, packet_hashes: pa.Array | pl.Series | np.ndarray) -> pa.Array:
-    """Record id of each result row: the 128-bit XOR of function hash and input packet hash, in hex.
+    """Record id of each result row, 16 bytes as stored: the 128-bit XOR of function hash and
+    input packet hash.
 
     Unique within a result table (a fixed XOR is a bijection) and, like a hash, across tables;
-    computed in one vectorised pass. ``packet_hashes`` may also be given as an ``(n, 16)``
-    uint8 array of digests (see :func:`hex_digests`).
+    computed in one vectorised pass. ``packet_hashes``: ids as stored or as hex (see
+    :func:`orca.hashing.id_digests`), or an ``(n, 16)`` uint8 array of digests.
 
-    >>> result_record_ids("0" * 31 + "1", pa.array(["f" * 32])).to_pylist()
-    ['fffffffffffffffffffffffffffffffe']
+    >>> result_record_ids("0" * 31 + "1", pa.array(["f" * 32])).to_pylist()[0].hex()
+    'fffffffffffffffffffffffffffffffe'
     """
-    packets = packet_hashes if isinstance(packet_hashes, np.ndarray) else hex_digests(packet_hashes)
-    digests = packets ^ hex_digests(pa.array([function_hash]))
-    return digests_hex(digests)
+    return digests_binary(_record_digests(function_hash, packet_hashes))
+
+
+def _record_digests(function_hash: str, packet_hashes: pa.Array | pl.Series | np.ndarray) -> np.ndarray:
+    packets = packet_hashes if isinstance(packet_hashes, np.ndarray) else id_digests(packet_hashes)
+    return packets ^ hex_digests(pa.array([function_hash]))

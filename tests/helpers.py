@@ -16,10 +16,11 @@ from orca.pods import result_record_ids
 
 
 def result_row(fn, packet_hash: str, outputs: dict, run_id: str = "other") -> pa.Table:
-    """One results-table row for ``fn`` (a decorated function), as another writer would append it."""
+    """One results-table row for ``fn`` (a decorated function), as another writer would append it
+    (``packet_hash`` in hex; ids are stored as 16 bytes)."""
     return pa.table({
         **{k: [v] for k, v in outputs.items()},
-        "__packet_hash": [packet_hash],
+        "__packet_hash": pa.array([bytes.fromhex(packet_hash)], pa.binary()),
         "__record_id": result_record_ids(fn.pod.identity.hash, pa.array([packet_hash])),
         "__function_hash": [fn.pod.identity.hash],
         "__computed_at": pa.array([datetime.datetime.now(datetime.UTC)], pa.timestamp("us", tz="UTC")),

@@ -11,7 +11,7 @@ import pytest
 
 import orca
 from orca.errors import PodError
-from orca.names import FAILURES, PACKET_HASH, RECORD_ID
+from orca.names import FAILURES, PACKET_HASH, RECORD_ID, hex_ids
 from orca.pods import result_record_ids
 from tests.helpers import load_module, result_row
 
@@ -39,7 +39,8 @@ def counted(name="double", fail=()):
 
 
 def results(store, fn) -> pl.DataFrame:
-    return store.scan(fn.pod.results_table).collect()
+    """The live rows of ``fn``'s results table, ids in hex."""
+    return hex_ids(store.scan(fn.pod.results_table).collect())
 
 
 # -- caching --------------------------------------------------------------------------------
@@ -64,7 +65,7 @@ def test_results_table_layout(store):
     assert set(rows["__function_hash"]) == {fn.pod.identity.hash}
     hashes = orca.hash_packets(pa.table({"x": list(range(4))}))
     assert sorted(rows[PACKET_HASH]) == sorted(hashes.to_pylist())
-    assert rows[RECORD_ID].to_list() == result_record_ids(fn.pod.identity.hash, rows[PACKET_HASH]).to_pylist()
+    assert rows[RECORD_ID].to_list() == [r.hex() for r in result_record_ids(fn.pod.identity.hash, rows[PACKET_HASH]).to_pylist()]
     assert rows["__duration_s"].min() >= 0 and rows["__run_id"].n_unique() == 1
     assert rows["__computed_at"].dtype == pl.Datetime("us", "UTC")
     if isinstance(store, orca.DeltaStore):  # a plain Delta table anyone can read
@@ -128,7 +129,7 @@ def test_failure_is_recorded_not_cached_and_retried_next_run(store):
     out = cached(src(4)).to_polars()
     assert out["id"].to_list() == [0, 1, 3]  # the failed row is skipped
     assert sorted(results(store, fn)["z"]) == [0, 2, 6]
-    failures = store.scan(FAILURES).collect()
+    failures = hex_ids(store.scan(FAILURES).collect())
     assert failures.height == 1
     row = failures.row(0, named=True)
     assert row["function_hash"] == fn.pod.identity.hash

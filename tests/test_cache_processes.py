@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 
 import orca
+from orca.names import hex_ids
 from tests.helpers import SPAWN
 from tests.pipelines import cached_double
 from tests.pipelines.cached_double import slow_double
@@ -30,7 +31,7 @@ def test_eight_processes_record_each_result_once(tmp_path, monkeypatch):
         p.join(timeout=300)
     assert [p.exitcode for p in procs] == [0] * 8  # every process finished with the right output
     store = orca.DeltaStore(store_path)
-    live = store.scan(slow_double.pod.results_table).collect()
+    live = hex_ids(store.scan(slow_double.pod.results_table).collect())
     assert live.height == n and live["__packet_hash"].n_unique() == n
     assert sorted(live["__packet_hash"].replace_strict(packet_of(n)).to_list()) == list(range(n))
     raw = pl.scan_delta(store.uri(slow_double.pod.results_table)).collect()
@@ -59,7 +60,7 @@ def test_killed_run_resumes_with_only_the_missing_packets(tmp_path, monkeypatch)
     assert proc.exitcode == -9
     committed = pl.scan_delta(table).collect()  # reads cleanly after the kill
     assert 30 <= committed.height < n
-    done = set(committed["__packet_hash"].replace_strict(packet_of(n)).to_list())
+    done = set(hex_ids(committed)["__packet_hash"].replace_strict(packet_of(n)).to_list())
 
     calls.write_text("")
     monkeypatch.setenv("ORCA_TEST_DELAY", "0")

@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 
 import orca
-from orca.names import ENTRY_ID
+from orca.names import ENTRY_ID, hex_ids
 from orca.nodes import shard_filter
 from tests.helpers import result_row
 
@@ -156,7 +156,7 @@ def test_one_packet_under_n_tags_one_result_n_provenance_rows(store):
     node = orca.FunctionNode(inc.pod, source([{"k": i, "x": 5} for i in range(3)]), store=store, pipeline="p")
     node.run()
     assert CALLS == [5]
-    results = store.scan(inc.pod.results_table).collect()
+    results = hex_ids(store.scan(inc.pod.results_table).collect())
     prov = node.provenance().collect()
     assert results.height == 1 and prov.height == 3
     assert set(prov["__record_id"]) == set(results["__record_id"])

@@ -89,7 +89,7 @@ def test_pod_call_is_lazy_and_output_points_at_result_records():
     assert len(calls) == 3
     assert out["id"].to_list() == [0, 1, 2] and out["z"].to_list() == [0.0, 3.0, 6.0]
     hashes = orca.hash_packets(src(3).to_arrow(), ["x", "y"])
-    ids = result_record_ids(add.pod.identity.hash, hashes).to_pylist()
+    ids = [r.hex() for r in result_record_ids(add.pod.identity.hash, hashes).to_pylist()]
     assert out["__source__z"].to_list() == [f"results/add/{add.pod.identity.hash}#{i}" for i in ids]
     assert "extra" not in out.columns  # packet columns the function does not read are dropped
 

@@ -232,8 +232,8 @@ def function_hash_expr() -> list[pl.Expr]:
     ``__record_id XOR __packet_hash`` names the results table a provenance row points to,
     exactly, from the row itself.
     """
-    def half(column: str, start: int) -> pl.Expr:
-        return pl.col(column).str.slice(start, 16).str.to_integer(base=16, dtype=pl.UInt64)
+    def half(column: str, start: int) -> pl.Expr:  # (ids are read as 16 bytes, see orca.names)
+        return pl.col(column).bin.encode("hex").str.slice(start, 16).str.to_integer(base=16, dtype=pl.UInt64)
 
     return [(half(RECORD_ID, 0) ^ half(PACKET_HASH, 0)).alias("__fh_hi"),
             (half(RECORD_ID, 16) ^ half(PACKET_HASH, 16)).alias("__fh_lo")]

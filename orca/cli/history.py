@@ -28,6 +28,7 @@ from orca.names import (
     PACKET_HASH,
     RECORDED_AT,
     asset_table,
+    hex_ids,
     provenance_table,
     results_table,
 )
@@ -186,7 +187,7 @@ def _failures(store: DeltaStore, events: pl.DataFrame) -> pl.DataFrame:
                                     "attempts": pl.Int64, "run_id": pl.String, "entry_id": pl.String,
                                     "packet_hash": pl.String})
     owners = events.select("run_id", "pipeline").unique("run_id")
-    return scan.collect().join(owners, on="run_id", how="left")
+    return hex_ids(scan.collect()).join(owners, on="run_id", how="left")
 
 
 def _open_failures(store: DeltaStore, frame: pl.DataFrame) -> pl.DataFrame:
@@ -209,7 +210,7 @@ def _open_failures(store: DeltaStore, frame: pl.DataFrame) -> pl.DataFrame:
         else:  # a pipeline node whose run left no event: nothing to compare with
             kept.append(group)
             continue
-        live = store.lookup(table, group[key]) if store.exists(table) else pl.DataFrame(
+        live = hex_ids(store.lookup(table, group[key])) if store.exists(table) else pl.DataFrame(
             schema={column: pl.String, time: pl.Datetime("us", "UTC")})
         since = group.join(live.select(pl.col(column).alias(key), pl.col(time).alias("__since")), on=key, how="left")
         kept.append(since.filter(pl.col("__since").is_null() | (pl.col("__since") < pl.col("failed_at")))

@@ -37,7 +37,7 @@ import polars as pl
 import pyarrow as pa
 
 from orca.errors import StoreError
-from orca.hashing import hash_keys, keys_hex
+from orca.hashing import hash_keys, keys_binary
 
 INVALIDATED_AT = "__invalidated_at"
 RUN_ID = "__run_id"
@@ -416,36 +416,29 @@ def sync_plan(existing: pl.Series, rows: pa.Table, key: str, changed: pl.Series)
     """What makes a table whose ``key`` values are ``existing`` hold exactly ``rows``: the keys to
     delete, and the rows to insert or overwrite (new keys, and keys in ``changed``).
 
-    Keys are compared as ``UInt128`` when they are 32-digit hashes (several times faster than
-    comparing text), else as text.
+    16-byte ids are compared as ``UInt128`` (several times faster than comparing bytes or text).
     """
     if existing.len() == 0:  # a first materialisation: everything is new
-        return existing.cast(pl.String), rows
-    wanted = pl.Series(key, rows.column(key)).cast(pl.String)
-    hashes = all(_hashes(k) for k in (wanted, existing, changed))
-    wanted, existing, changed = ((hash_keys(k.cast(pl.String)) if hashes else k.cast(pl.String))
-                                 for k in (wanted, existing, changed))
-    delete = existing.filter(~existing.is_in(wanted.implode()))
-    fresh = ~wanted.is_in(existing.implode())
-    if changed.len():
-        fresh = fresh | wanted.is_in(changed.implode())
-    return _as_text(delete), rows.filter(fresh.to_arrow())
+        return existing, rows
+    wanted = comparable_keys(pl.Series(key, rows.column(key)))
+    have, changed_ = comparable_keys(existing), comparable_keys(changed)
+    if not (wanted.dtype == have.dtype == changed_.dtype or changed_.len() == 0):
+        raise StoreError(f"{key}: cannot compare keys of types {wanted.dtype}, {have.dtype}, {changed_.dtype}")
+    delete = existing.filter(~have.is_in(wanted.implode()))
+    fresh = ~wanted.is_in(have.implode())
+    if changed_.len():
+        fresh = fresh | wanted.is_in(changed_.implode())
+    return delete, rows.filter(fresh.to_arrow())
 
 
-def _hashes(keys: pl.Series) -> bool:
-    """Whether every key is 32 hex digits (then keys compare as ``UInt128``)."""
-    text = keys.cast(pl.String)
-    if text.null_count() or (text.len() and not (text.str.len_bytes() == 32).all()):
-        return False
-    try:  # (parsing is the check: cheaper than a regular expression over every key)
-        hash_keys(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _as_text(keys: pl.Series) -> pl.Series:
-    return pl.Series(keys_hex(keys)) if keys.dtype == pl.UInt128 else keys
+def comparable_keys(keys: pl.Series) -> pl.Series:
+    """Keys in the form compared fastest: ``UInt128`` for 16-byte ids, else text."""
+    if keys.dtype == pl.Binary:
+        try:
+            return hash_keys(keys)
+        except ValueError:  # not all 16 bytes: compared as they are
+            return keys
+    return keys.cast(pl.String)
 
 
 def live_rows(frame: pl.LazyFrame, key: Sequence[str], commits: pl.LazyFrame | None = None) -> pl.LazyFrame:
@@ -532,8 +525,14 @@ def single_key(where: str, key: tuple[str, ...]) -> str:
 
 
 def key_frame(keys: pl.Series | pa.Array, column: str, dtype: pl.DataType) -> pl.DataFrame:
-    """Distinct ``keys`` as a one-column frame of the table's key type."""
+    """Distinct ``keys`` as a one-column frame of the table's key type (ids given as ``UInt128``
+    keys or hex text are made the 16 bytes a binary key column holds)."""
     series = keys if isinstance(keys, pl.Series) else pl.Series(column, keys)
+    if dtype == pl.Binary and series.dtype in (pl.UInt128, pl.String):
+        try:
+            series = pl.Series(column, keys_binary(hash_keys(series)))
+        except ValueError:
+            raise StoreError(f"{column}: expected ids of 32 hex digits, got e.g. {series.head(1).to_list()}") from None
     return series.alias(column).cast(dtype).drop_nulls().unique().to_frame()
 
 

@@ -45,6 +45,7 @@ from deltalake.fs import DeltaStorageHandler
 from pyarrow.fs import FileSelector, FileType
 
 from orca.errors import StoreError
+from orca.names import ID_COLUMNS, has_ids
 from orca.stores.base import (
     COMMIT,
     INVALIDATED_AT,
@@ -54,6 +55,7 @@ from orca.stores.base import (
     check_key,
     check_name,
     clean_message,
+    comparable_keys,
     conform,
     is_panic,
     key_frame,
@@ -61,7 +63,10 @@ from orca.stores.base import (
     sync_plan,
 )
 
-FORMAT = "1"
+FORMAT = "2"  # written into every table's configuration and the store marker
+# Formats this orca reads: "1" stored ids (packet hashes, entry and record ids) as hex text,
+# "2" as 16 bytes (see _legacy_ids).
+_FORMATS = ("1", "2")
 _WRITER = "orca.writer"  # commit metadata: the id of the store object that appended
 # Hash and per-row reference columns never repeat a value: dictionary-encoding them only costs
 # time (half of a results or provenance table's write time) and makes reads slower.
@@ -362,7 +367,7 @@ class DeltaStore(BufferedStore):
             table = table or self._delta(name)
             config = table.metadata().configuration
             schema = pa.schema(table.schema().to_arrow())
-        if config.get("orca.format") != FORMAT or "orca.key" not in config:
+        if config.get("orca.format") not in _FORMATS or "orca.key" not in config:
             raise StoreError(f"{self.uri(name)}: holds a Delta table that orca did not create")
         key = tuple(json.loads(config["orca.key"]))
         needed = [*key, RUN_ID, INVALIDATED_AT] if key else []
@@ -412,7 +417,7 @@ class DeltaStore(BufferedStore):
                 config = DeltaTable(folder, storage_options=self.storage_options).metadata().configuration
             except Exception:  # noqa: BLE001 - unreadable: not evidence of an orca store
                 config = {}
-            if config.get("orca.format") == FORMAT:
+            if config.get("orca.format") in _FORMATS:
                 return True
         return False
 
@@ -556,7 +561,8 @@ class DeltaStore(BufferedStore):
             table = self._open(name, writing=True) or self._create(name, data.schema, key)
             check_key(self.uri(name), key, self._keys_of[name])
             schema = pa.schema(table.schema().to_arrow())
-            rows = conform(data, schema, self.uri(name), evolve=name in self._evolving)
+            rows = conform(_as_stored(data, _legacy_ids(name, table)), schema, self.uri(name),
+                           evolve=name in self._evolving)
             properties = _writer_properties(rows.schema, key, rows)
             write_deltalake(table, rows, mode="append", writer_properties=properties,
                             commit_properties=self._mark(),
@@ -579,9 +585,10 @@ class DeltaStore(BufferedStore):
         if table is None:
             return 0
         column = single_key(self.uri(name), self._keys_of[name])
-        dtype = _dtype(table, column)
+        legacy = _legacy_ids(name, table)
+        dtype = pl.Binary if column in legacy else _dtype(table, column)
         now = datetime.datetime.now(datetime.UTC)
-        source = key_frame(keys, column, dtype).to_arrow()
+        source = _as_stored(key_frame(keys, column, dtype).to_arrow(), legacy)
         if source.num_rows == 0:
             return 0
         source = source.append_column(
@@ -621,7 +628,8 @@ class DeltaStore(BufferedStore):
         self._check_files(name, table)
         self._read_version[name] = table.version()
         with self._reading(name):
-            return pl.scan_delta(table), self._keys_of[name]
+            return _as_read(pl.scan_delta(table), _legacy_ids(name, table)), \
+                self._keys_of[name]
 
     def _check_files(self, name: str, table: DeltaTable) -> None:
         """Every data file of the snapshot exists with the size its commit recorded (checked
@@ -668,6 +676,8 @@ class DeltaStore(BufferedStore):
                                 schema={"__orca_file": pl.String, COMMIT: pl.Int64})
         rows = pl.scan_parquet(list(files), include_file_paths="__orca_file",
                                storage_options=self.storage_options).select(*on, "__orca_file")
+        rows = _as_read(rows, tuple(c for c in on if pairs.schema[c] == pl.Binary
+                                    and rows.collect_schema()[c] == pl.String))
         rows = rows.join(pairs.lazy(), on=on, how="semi", nulls_equal=True).join(versions.lazy(), on="__orca_file")
         # The latest append of a pair: an earlier one was invalidated before it was appended
         # again (the driver never appends a live row's key twice in one run).
@@ -707,11 +717,13 @@ class DeltaStore(BufferedStore):
         files = frozenset(table.file_uris())
         if cache is None or not cache.files <= files:  # files removed: rebuild from scratch
             cache = None
-        keys = cache.keys if cache else pl.Series(column, [], _dtype(table, column))
+        legacy = _legacy_ids(name, table)
+        keys = cache.keys if cache else pl.Series(column, [], pl.Binary if column in legacy else _dtype(table, column))
         rows = cache.rows if cache else 0
         new = sorted(files - cache.files) if cache else sorted(files)
         if new:
-            frame = pl.scan_parquet(new, storage_options=self.storage_options).select(column, INVALIDATED_AT)
+            frame = _as_read(pl.scan_parquet(new, storage_options=self.storage_options).select(column, INVALIDATED_AT),
+                             tuple(c for c in legacy if c == column))
             live = self.collect(name, frame.filter(pl.col(INVALIDATED_AT).is_null()).select(column))
             rows += live.height
             keys = pl.concat([keys.to_frame(), live]).unique().to_series()
@@ -808,13 +820,20 @@ class DeltaStore(BufferedStore):
         def attempt() -> int | None:
             table = self._open(name, writing=True) or self._create(name, rows.schema, ())
             table.update_incremental()  # the difference is computed on the latest snapshot
-            data = conform(rows, pa.schema(table.schema().to_arrow()), self.uri(name))
+            schema = pa.schema(table.schema().to_arrow())
+            if _legacy_ids(name, table):
+                # Written before ids were binary: rewritten whole, once (an asset is derived data).
+                write_deltalake(table, rows, mode="overwrite", schema_mode="overwrite",
+                                commit_properties=properties,
+                                writer_properties=_writer_properties(rows.schema, (key,), rows))
+                return table.version()
+            data = conform(rows, schema, self.uri(name))
             existing = pl.scan_delta(table).select(key).collect().to_series()
             delete, upsert = sync_plan(existing, data, key, changed)
             if delete.len() == 0 and upsert.num_rows == 0:
                 return None
             present = existing.len() > 0 and bool(
-                pl.Series(key, upsert.column(key)).cast(pl.String).is_in(existing.cast(pl.String).implode()).any())
+                comparable_keys(pl.Series(key, upsert.column(key))).is_in(comparable_keys(existing).implode()).any())
             if delete.len() == 0 and not present:
                 # Only new keys (a first materialisation): an insert-only merge, streamed, costs
                 # about what an append does, and still conflicts with a concurrent writer's merge.
@@ -824,7 +843,7 @@ class DeltaStore(BufferedStore):
                  .when_not_matched_insert_all().execute())
                 return table.version()
             op = "__orca_op"
-            gone = pa.table({c: (delete.cast(pl.String).to_arrow().cast(f.type) if c == key
+            gone = pa.table({c: (delete.to_arrow().cast(f.type) if c == key
                                  else pa.nulls(delete.len(), f.type)) for c, f in zip(data.column_names, data.schema, strict=True)})
             source = pa.concat_tables([upsert, gone]).append_column(
                 op, pa.array(["upsert"] * upsert.num_rows + ["delete"] * delete.len(), pa.large_string()))
@@ -848,16 +867,16 @@ class DeltaStore(BufferedStore):
     def delete_rows(self, name: str, key: str, keys: pl.Series, *, metadata: dict[str, str] | None = None) -> int:
         """Delete the rows of unkeyed table ``name`` whose ``key`` is in ``keys`` (one merge);
         returns how many (an absent table: 0)."""
-        wanted = pl.Series(key, keys).cast(pl.String).unique()
-        if self._open(check_name(name)) is None or wanted.len() == 0:
+        if self._open(check_name(name)) is None or len(keys) == 0:
             return 0
         properties = CommitProperties(custom_metadata={_WRITER: self.writer_id, **(metadata or {})})
 
         def attempt() -> int:
             table = self._open(name, writing=True)
             table.update_incremental()
-            column = pa.schema(table.schema().to_arrow()).field(key)
-            source = pa.table({key: wanted.to_arrow().cast(column.type)})
+            legacy = _legacy_ids(name, table)
+            dtype = pl.Binary if key in legacy else _dtype(table, key)
+            source = _as_stored(key_frame(keys, key, dtype).to_arrow(), legacy)
             metrics = (table.merge(source, predicate=f't."{key}" = s."{key}"', source_alias="s", target_alias="t",
                                    commit_properties=properties).when_matched_delete().execute())
             return int(metrics.get("num_target_rows_deleted", 0))
@@ -875,7 +894,7 @@ class DeltaStore(BufferedStore):
                 table.load_as_version(version)
             elif as_of is not None:
                 table.load_as_version(as_of)
-        return pl.scan_delta(table)
+        return _as_read(pl.scan_delta(table), _legacy_ids(name, table))
 
     def history(self, name: str, limit: int | None = None) -> list[dict]:
         """One dict per commit of ``name`` (the latest ``limit``): version, time, the run that
@@ -1032,6 +1051,33 @@ def _mostly_distinct(column: pa.ChunkedArray, sample: int = 2048) -> bool:
         return pc.count_distinct(head).as_py() > len(head) // 2
     except pa.ArrowNotImplementedError:
         return False
+
+
+def _legacy_ids(name: str, table: DeltaTable) -> tuple[str, ...]:
+    """The id columns table ``name`` holds as hex text: it was written (format "1") before ids
+    were stored as 16 bytes. Such a table is read as if it held bytes (:func:`_as_read`) and
+    appended to in its own form (:func:`_as_stored`): an old store keeps every result and nothing
+    is recomputed. (An old asset table is rewritten whole at its next materialisation.)"""
+    if not has_ids(name) or table.metadata().configuration.get("orca.format") != "1":
+        return ()
+    schema = pa.schema(table.schema().to_arrow())
+    return tuple(c for c in ID_COLUMNS if c in schema.names
+                 and (pa.types.is_string(schema.field(c).type) or pa.types.is_large_string(schema.field(c).type)))
+
+
+def _as_read(frame: pl.LazyFrame, legacy: tuple[str, ...]) -> pl.LazyFrame:
+    """A legacy table's hex id columns as the 16 bytes they stand for."""
+    return frame.with_columns(pl.col(c).str.decode("hex") for c in legacy) if legacy else frame
+
+
+def _as_stored(data: pa.Table, legacy: tuple[str, ...]) -> pa.Table:
+    """Rows for a legacy table: its id columns as hex text."""
+    for column in legacy:
+        if column in data.column_names and data.schema.field(column).type in (pa.binary(), pa.large_binary()):
+            i = data.column_names.index(column)
+            text = pl.Series(data.column(i)).bin.encode("hex").to_arrow().cast(pa.large_string())
+            data = data.set_column(i, pa.field(column, pa.large_string()), text)
+    return data
 
 
 def _dtype(table: DeltaTable, column: str) -> pl.DataType:

@@ -19,6 +19,7 @@ from orca.stores.base import (
     BufferedStore,
     check_key,
     check_name,
+    comparable_keys,
     conform,
     key_frame,
     single_key,
@@ -182,8 +183,8 @@ class MemoryStore(BufferedStore):
         delete, upsert = sync_plan(pl.Series(key, table.data.column(key)), data, key, changed)
         if delete.len() == 0 and upsert.num_rows == 0 and table.writers:
             return None
-        kept = pl.Series(key, table.data.column(key)).cast(pl.String)
-        keep = ~kept.is_in(pl.concat([delete.cast(pl.String), pl.Series(key, upsert.column(key)).cast(pl.String)])
+        kept = comparable_keys(pl.Series(key, table.data.column(key)))
+        keep = ~kept.is_in(pl.concat([comparable_keys(delete), comparable_keys(pl.Series(key, upsert.column(key)))])
                            .implode())
         updated = int((~keep).sum()) - delete.len()
         table.data = pa.concat_tables([table.data.filter(keep.to_arrow()), upsert])
@@ -200,7 +201,9 @@ class MemoryStore(BufferedStore):
         table = self._tables.get(check_name(name))
         if table is None:
             return 0
-        hit = pl.Series(key, table.data.column(key)).cast(pl.String).is_in(pl.Series(keys).cast(pl.String).implode())
+        column = pl.Series(key, table.data.column(key))
+        wanted = key_frame(keys, key, column.dtype).to_series()
+        hit = comparable_keys(column).is_in(comparable_keys(wanted).implode())
         if not hit.any():
             return 0
         table.data = table.data.filter((~hit).to_arrow())
