@@ -42,9 +42,12 @@ def main() -> None:
     parser.add_argument("a")
     parser.add_argument("b")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("script", nargs=argparse.REMAINDER)
-    args = parser.parse_args()
-    script = [s for s in args.script if s != "--"]
+    # Everything after "--" is the script and its arguments (split by hand: argparse's REMAINDER
+    # would swallow --rounds given after the checkouts).
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:cut])
+    script = argv[cut + 1:]
     seconds: dict[tuple[str, str], list[float]] = defaultdict(list)
     for _ in range(args.rounds):
         for name, checkout in (("A", args.a), ("B", args.b)):

@@ -449,7 +449,7 @@ def _encode(arr: pa.Array, field: pa.Field, column: str) -> tuple[str, list[Part
     if _is_string(t) or _is_binary(t):
         data = arr.cast(_BIN)
         lengths = pc.binary_length(data).fill_null(0).to_numpy().astype("<u8")
-        return ("string" if _is_string(t) else "binary"), [b"\x01", lengths, data]
+        return ("string" if _is_string(t) else "binary"), [b"\x01", lengths, _fixed_width(data, lengths)]
     if pa.types.is_decimal(t):
         return f"decimal({t.scale})", [b"\x01", _decimal128_bytes(arr, column)]
     if pa.types.is_date32(t):
@@ -505,6 +505,17 @@ def _values(arr: pa.Array, dtype: str) -> np.ndarray:
     return np.frombuffer(
         arr.buffers()[1], dtype, count=len(arr), offset=arr.offset * dtype.itemsize
     )
+
+
+def _fixed_width(data: pa.Array, lengths: np.ndarray) -> pa.Array | np.ndarray:
+    """Values that all have one length (ids, codes) as an ``(n, width)`` uint8 array: the same
+    bytes, but a fixed-width part, so the row needs no variable-width join (see :func:`_pack`)."""
+    n = len(data)
+    if n == 0 or data.null_count or not (lengths == lengths[0]).all():
+        return data
+    offsets = np.frombuffer(data.buffers()[1], np.int64)[data.offset:data.offset + n + 1]
+    values = np.frombuffer(data.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]
+    return values.reshape(n, int(lengths[0]))
 
 
 def _decimal128_bytes(arr: pa.Array, column: str) -> np.ndarray:

@@ -800,3 +800,17 @@ def test_polars_object_columns_are_refused_naming_the_column():
 def test_non_string_dict_keys_are_refused_naming_the_column():
     with pytest.raises(HashingError, match="'meta'"):
         hash_packet({"meta": {1: "a"}})
+
+
+def test_values_of_one_length_hash_as_any_text_does():
+    # Ids and codes all of one length take the fixed-width path (no per-row join): same bytes.
+    ids = [f"{i:032x}" for i in range(5)]
+    table = pa.table({"s": ids, "b": pa.array([i.encode()[:7] for i in ids], pa.binary()), "k": range(5)})
+    sliced = pa.concat_tables([table.slice(0, 2), table.slice(2)])  # chunks start at an offset
+    expected = [reference_hash(table, i) for i in range(5)]
+    assert hash_packets(table).to_pylist() == expected
+    assert hash_packets(sliced).to_pylist() == expected
+    mixed = pa.table({"s": ["ab", "abc", "ab"]})  # lengths differ: the general path
+    assert hash_packets(mixed).to_pylist() == [reference_hash(mixed, i) for i in range(3)]
+    empty = pa.table({"s": ["", ""]})  # all of length zero
+    assert hash_packets(empty).to_pylist() == [reference_hash(empty, i) for i in range(2)]
