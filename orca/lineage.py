@@ -3,9 +3,10 @@
 When a pipeline runs, each source's rows are recorded in ``sources/<source id>``: the record
 id (``__record_id``, the value of the ``__tag__<source id>`` system tag), the tag values, the
 packet's hash, and for path columns the file's size, mtime and content hash. A row is added
-only when something about it is new (a new record, or new content for a known one), so the
-table is the history of what the source delivered. It is also the persistent memo of file
-hashes: a later process re-reads only files whose size or mtime changed
+only when something about it changed (a new record; for files, new content, or the same content
+at a new path, size or mtime), so the table is the history of what the source delivered, and its
+latest row per record is what the source delivers now. It is also the persistent memo of file
+hashes: a later process re-reads only files whose size or mtime changed since then
 (:func:`remember_source_files`; ``run(rehash_files=True)`` forgets it).
 
 :func:`lineage` walks from selected asset rows back to the sources, through the provenance
@@ -72,46 +73,92 @@ def _file_columns(column: str) -> tuple[str, str, str]:
 
 def record_sources(store: Store, sources: Mapping[str, Source], run_id: str) -> None:
     """Append to ``sources/<id>`` the rows of each source that are new: a new record (the table is
-    keyed by ``__record_id``), or for a source of files, new content for a known record (keyed by
-    ``__row_key``, a hash of record id and packet hash)."""
+    keyed by ``__record_id``), or for a source of files, a record whose *state* (packet hash, and
+    each file's path, size and mtime) differs from its latest recorded row (keyed by ``__row_key``,
+    a hash of the state). A file touched but not edited thus gets a row with its new mtime, which
+    the next process's file-hash memo starts from (:func:`remember_source_files`)."""
     for source_id, source in sources.items():
-        frame = source.to_polars(include_system=True)
-        columns: dict[str, Any] = {c: frame[c] for c in source.tag_columns}
-        columns[RECORD_ID] = frame[SYSTEM_TAG_PREFIX + source_id]
-        for path in sorted(source.path_columns):
-            facts = file_facts(frame[path].to_list())
-            size, mtime, digest = _file_columns(path)
-            columns[path] = frame[path]
-            columns[size] = pl.Series([f[0] if f else None for f in facts], dtype=pl.Int64)
-            columns[mtime] = pl.Series([f[1] if f else None for f in facts], dtype=pl.Int64)
-            columns[digest] = pl.Series([f[2] if f else None for f in facts], dtype=pl.String)
-        rows = pl.DataFrame(columns)
-        if source.path_columns:  # the packet's hash tells contents apart (files hash by content)
-            packets = source.to_arrow().select(list(source.packet_columns))
-            rows = rows.with_columns(pl.Series(PACKET_HASH, hash_packets(packets)))
-            rows = rows.with_columns(pl.Series(_ROW_KEY, hash_packets(rows.select(RECORD_ID, PACKET_HASH).to_arrow())))
-            key = _ROW_KEY
-        else:  # tags only: a record id is the row
-            key = RECORD_ID
+        rows = _delivered(source)
+        key = _ROW_KEY if source.path_columns else RECORD_ID
         fingerprint = _fingerprint(rows[key])
         if fingerprint == _recorded_fingerprint(store, source_id):
             continue  # delivered exactly these rows before: nothing to read or write
-        known = store.keys(sources_table(source_id))
-        if known is not None and known.len():
-            rows = rows.filter(~hash_keys(rows[key]).is_in(hash_keys(known.cast(pl.String)).implode()))
+        delivered = rows.height
+        if source.path_columns:
+            rows = _changed(store, source_id, rows, _state_columns(source))
+        else:
+            known = store.keys(sources_table(source_id))
+            if known is not None and known.len():
+                rows = rows.filter(~hash_keys(rows[key]).is_in(hash_keys(known.cast(pl.String)).implode()))
         if rows.height:
             rows = rows.with_columns(pl.lit(run_id).alias(RUN_ID), pl.lit(utc_now()).dt.cast_time_unit("us")
                                      .alias(_RECORDED_AT))
             # (evolve: two pipelines may give one source id different tag columns)
             store.append(sources_table(source_id), rows.to_arrow(), key=[key], evolve=True)
         store.append(SOURCES_INDEX, pa.table({
-            "source_id": [source_id], "fingerprint": [fingerprint], "rows": [frame.height], "run_id": [run_id],
+            "source_id": [source_id], "fingerprint": [fingerprint], "rows": [delivered], "run_id": [run_id],
             "recorded_at": pa.array([utc_now()], pa.timestamp("us", tz="UTC"))}))
 
 
+def _state_columns(source: Source) -> list[str]:
+    """The columns that make a recorded row of a source of files: its record, its packet (files by
+    content), and where and as what each file was found (the memo trusts size and mtime)."""
+    files = [c for path in sorted(source.path_columns) for c in (path, *_file_columns(path)[:2])]
+    return [RECORD_ID, PACKET_HASH, *files]
+
+
+def _delivered(source: Source) -> pl.DataFrame:
+    """The rows ``source`` delivers now, as ``sources/<id>`` holds them (without run and time);
+    for a source of files with ``__row_key`` = the hash of the state columns."""
+    frame = source.to_polars(include_system=True)
+    columns: dict[str, Any] = {c: frame[c] for c in source.tag_columns}
+    columns[RECORD_ID] = frame[SYSTEM_TAG_PREFIX + source.source_id]
+    for path in sorted(source.path_columns):
+        facts = file_facts(frame[path].to_list())
+        size, mtime, digest = _file_columns(path)
+        columns[path] = frame[path]
+        columns[size] = pl.Series([f[0] if f else None for f in facts], dtype=pl.Int64)
+        columns[mtime] = pl.Series([f[1] if f else None for f in facts], dtype=pl.Int64)
+        columns[digest] = pl.Series([f[2] if f else None for f in facts], dtype=pl.String)
+    rows = pl.DataFrame(columns)
+    if not source.path_columns:  # tags only: a record id is the row
+        return rows
+    packets = source.to_arrow().select(list(source.packet_columns))
+    rows = rows.with_columns(pl.Series(PACKET_HASH, hash_packets(packets)))
+    return rows.with_columns(pl.Series(_ROW_KEY, hash_packets(rows.select(_state_columns(source)).to_arrow())))
+
+
+def _changed(store: Store, source_id: str, rows: pl.DataFrame, state: list[str]) -> pl.DataFrame:
+    """The rows whose state is not that of their record's latest recorded row.
+
+    Compared with the latest row, not with every row recorded, so that a file whose earlier state
+    comes back (a touch undone, a backup restored) is recorded again: lineage and the memo read
+    the latest row. Such a row's state key is taken, so its key is chained to the row it follows.
+    """
+    name = sources_table(source_id)
+    table = store.scan(name)
+    if table is None:
+        return rows
+    names = table.collect_schema().names()
+    wanted = [RECORD_ID, _ROW_KEY, _RECORDED_AT, *state[1:]]
+    recorded = store.collect(name, table.select(  # (a column a later pipeline added: null before)
+        pl.col(c) if c in names else pl.lit(None, rows.schema.get(c, pl.Null)).alias(c) for c in wanted))
+    latest = recorded.sort(_RECORDED_AT, nulls_last=False).unique(RECORD_ID, keep="last")
+    previous = "__previous"
+    compared = rows.join(latest, on=RECORD_ID, how="left", suffix=previous)
+    changed = compared.filter(pl.any_horizontal(pl.col(c).ne_missing(pl.col(c + previous)) for c in state[1:]))
+    again = changed[_ROW_KEY].is_in(recorded[_ROW_KEY].implode())
+    if again.any():
+        chained = hash_packets(changed.select(_ROW_KEY, _ROW_KEY + previous).to_arrow())
+        changed = changed.with_columns(pl.when(again).then(pl.Series(chained)).otherwise(pl.col(_ROW_KEY))
+                                       .alias(_ROW_KEY))
+    return changed.select(rows.columns)
+
+
 def _fingerprint(keys: pl.Series) -> str:
-    """An order-independent digest of a source's row keys: a source that delivers the same rows
-    again is recognised without reading what was recorded (~70 ms per million rows)."""
+    """An order-independent digest of a source's row keys (for files, of the rows' state keys): a
+    source that delivers the same rows again is recognised without reading what was recorded
+    (~70 ms per million rows)."""
     digests = key_digests(hash_keys(keys.cast(pl.String)).sort())
     return hash_bytes(digests.tobytes())
 

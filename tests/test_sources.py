@@ -535,3 +535,75 @@ def test_glob_matching_nothing_says_where_a_relative_pattern_was_resolved(tmp_pa
     (tmp_path / "data").mkdir()
     with pytest.raises(SourceError, match=f"matched no files in '{tmp_path / 'data'}', the pattern"):
         GlobSource("data/{subject}/*.tif")
+
+
+# -- sources/<id> as the file-hash memo of later processes -----------------------------------
+
+READS = '''
+import json, sys
+import orca
+import orca.hashing as hashing
+from tests.pipelines.assets_files import build
+read = []
+hashing.open = lambda path, *a, **k: read.append(str(path)) or open(path, *a, **k)  # file hashing reads
+build(orca.DeltaStore(sys.argv[1]), sys.argv[2]).run(progress=False)
+print(json.dumps(read))
+'''
+
+
+def files_hashed_by_a_new_process(store: pathlib.Path, data: pathlib.Path) -> list[str]:
+    """Run tests/pipelines/assets_files.py over ``data`` in a new process: the files it hashed."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", READS, str(store), str(data)], capture_output=True, text=True,
+                          cwd=str(pathlib.Path(__file__).parent.parent), check=True)
+    return [os.path.basename(p) for p in json.loads(done.stdout.strip().splitlines()[-1])]
+
+
+def test_a_touched_file_is_hashed_by_one_new_process_and_then_by_none(tmp_path):
+    from tests.pipelines.assets_files import build
+
+    data, store = tmp_path / "data", tmp_path / "store"
+    data.mkdir()
+    for name in "abc":
+        (data / f"{name}.txt").write_text(name * 3)
+    build(orca.DeltaStore(store), data).run(progress=False)
+    touched = data / "b.txt"
+    before = touched.stat()
+    os.utime(touched, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))  # a new mtime, the same bytes
+    assert files_hashed_by_a_new_process(store, data) == ["b.txt"]  # the recorded mtime is stale: read
+    assert files_hashed_by_a_new_process(store, data) == []  # ... and the new one was recorded
+    os.utime(touched, ns=(before.st_atime_ns, before.st_mtime_ns))  # the touch undone: an old state again
+    assert files_hashed_by_a_new_process(store, data) == ["b.txt"]
+    assert files_hashed_by_a_new_process(store, data) == []
+    [table] = orca.DeltaStore(store).tables("sources/")
+    rows = orca.DeltaStore(store).scan(table).collect().sort("__recorded_at", "name")
+    assert rows["name"].to_list() == ["a", "b", "c", "b", "b"]  # one row per state of b.txt, none for a, c
+    assert rows["path_mtime_ns"].to_list()[-2:] == [before.st_mtime_ns + 10**9, before.st_mtime_ns]
+    assert rows["path_content_hash"].n_unique() == 3
+
+
+def test_a_file_restored_to_an_earlier_state_is_recorded_again_so_lineage_names_it(tmp_path, store):
+    from tests.pipelines.assets_files import build
+
+    data = tmp_path / "data"
+    data.mkdir()
+    target = data / "a.txt"
+    target.write_text("old")
+    first = target.stat()
+    build(store, data).run(progress=False)
+    target.write_text("new")
+    build(store, data).run(progress=False)
+    target.write_text("old")  # restored from a backup that kept the mtime: exactly the first state
+    os.utime(target, ns=(first.st_atime_ns, first.st_mtime_ns))
+    pipeline = build(store, data)
+    pipeline.run(progress=False)
+    sources = pipeline.lineage("double").filter(pl.col("kind") == "source")
+    assert sources["content_hash"].to_list() == [orca.hash_file(target)]
+    [table] = store.tables("sources/")
+    rows = store.scan(table).collect()
+    assert rows.height == 3 and rows["__row_key"].n_unique() == 3  # the first state's key was taken
+    build(store, data).run(progress=False)
+    assert store.scan(table).collect().height == 3  # unchanged since: nothing more
