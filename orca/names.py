@@ -31,6 +31,9 @@ SYSTEM_TAG_PREFIX = "__tag__"  # __tag__<source id>: the record id of the source
 FAILURES = "failures"
 RUNS = "runs"
 SOURCES_INDEX = "sources_index"  # one row per recorded state of a source: its rows' fingerprint
+# The store's maintenance lease (a claims table): compaction and invalidation, the operations that
+# rewrite the same files, never overlap (see DeltaStore.upkeep).
+MAINTENANCE = "maintenance"
 
 # -- stored columns ------------------------------------------------------------------------------
 PACKET_HASH = "__packet_hash"

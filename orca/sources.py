@@ -41,7 +41,14 @@ import polars as pl
 import pyarrow as pa
 
 from orca.errors import HashingError, SchemaError, SourceError
-from orca.hashing import check_ordered, hash_bytes, hash_packets, is_path_field, object_columns
+from orca.hashing import (
+    check_ordered,
+    hash_bytes,
+    hash_packets,
+    is_path_field,
+    object_columns,
+    resolve_files,
+)
 from orca.streams import SYSTEM_PREFIX, SYSTEM_TAG_PREFIX, Stream, source_column
 from orca.types import storable_table
 
@@ -314,7 +321,10 @@ class GlobSource(Source):
             f"(?P<{part}>[^/]+)" if i % 2 else _glob_regex(part)
             for i, part in enumerate(_FIELD.split(pattern))
         ) + r"\Z")
-        matches = sorted(p for p in _glob.glob(glob_pattern, recursive=True) if os.path.isfile(p))
+        found = _glob.glob(glob_pattern, recursive=True)
+        # the regular files matched (links followed), each resolved: one lstat per file
+        resolved = {m: f[0] for m, f in zip(found, resolve_files(found), strict=True) if f is not None}
+        matches = sorted(resolved)
         rows: dict[str, list] = {f: [] for f in fields}
         rows[packet_column] = []
         for match in matches:
@@ -328,7 +338,7 @@ class GlobSource(Source):
                                   "valid UTF-8; rename the file (paths are stored as strings)") from None
             for f in fields:
                 rows[f].append(m.group(f))
-            rows[packet_column].append(str(pathlib.Path(match).resolve()))
+            rows[packet_column].append(resolved[match])
         if not rows[packet_column]:
             root = _static_root(glob_pattern)
             where = f"in {os.path.abspath(root)!r}" + ("" if os.path.isdir(root) else " (no such directory)")

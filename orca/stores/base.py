@@ -91,11 +91,13 @@ class StoreOptions:
     max_retries: int = 10
     background: bool = True  # commit a full buffer on a background thread (stores with slow I/O)
     # Upkeep after a run (see DeltaStore.upkeep): a checkpoint of a table's log every this
-    # many versions.
+    # many versions, and a compaction of a table's small files once it has this many files.
     checkpoint_every: int = 50
+    compact_files: int = 32
 
     def __post_init__(self) -> None:
-        if self.max_rows < 1 or self.max_seconds < 0 or self.max_retries < 1 or self.checkpoint_every < 1:
+        if (self.max_rows < 1 or self.max_seconds < 0 or self.max_retries < 1 or self.checkpoint_every < 1
+                or self.compact_files < 2):
             raise ValueError(f"invalid store options: {self}")
 
 

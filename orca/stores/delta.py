@@ -26,6 +26,7 @@ import random
 import re
 import time
 import urllib.parse
+import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
@@ -45,7 +46,7 @@ from deltalake.fs import DeltaStorageHandler
 from pyarrow.fs import FileSelector, FileType
 
 from orca.errors import StoreError
-from orca.names import ID_COLUMNS, has_ids
+from orca.names import ID_COLUMNS, MAINTENANCE, has_ids
 from orca.stores.base import (
     COMMIT,
     INVALIDATED_AT,
@@ -76,6 +77,11 @@ _UNIQUE_PREFIXES = ("__source__", "__tag__")
 _CONSTANT_COLUMNS = ("__run_id", "__function_hash", "__recorded_at", "__computed_at", "__invalidated_at")
 _BACKOFF_BASE = 0.05  # seconds; attempt n sleeps about base * 2**n, at most _BACKOFF_CAP
 _BACKOFF_CAP = 2.0
+# The maintenance lease (see DeltaStore._maintenance): held for at most this long without renewal
+# (a compaction of one table takes seconds), waited for this long by an invalidation, polled so often.
+_LEASE_SECONDS = 300.0
+_LEASE_WAIT = 330.0
+_LEASE_POLL = 0.25
 MARKER = ".orca-store"  # at the store root: says "this directory is an orca store"
 # Store-wide tables every run appends to: checked at the store's first I/O, so that damage to
 # them is reported before any work, not when the run finally records its failures.
@@ -580,10 +586,20 @@ class DeltaStore(BufferedStore):
             raise StoreError(f"{self.uri(name)}: write failed: {self._clean(exc)}") from None
 
     def invalidate(self, name: str, keys: pl.Series | pa.Array) -> int:
-        """Mark live rows whose key is in ``keys`` invalidated (one merge); return rows hit."""
-        table = self._open(check_name(name))
-        if table is None:
+        """Mark live rows whose key is in ``keys`` invalidated (one merge); return rows hit.
+
+        Holds the store's maintenance lease (see :meth:`upkeep`): a compaction rewriting the
+        same files at the same time would bring the invalidated rows back to life."""
+        if self._open(check_name(name)) is None:
             return 0
+        with self._maintenance(wait=_LEASE_WAIT) as held:
+            if not held:
+                raise StoreError(f"{self.uri(name)}: cannot invalidate: another process has held the store's "
+                                 f"maintenance lease (compacting) for over {_LEASE_WAIT:.0f} s; try again")
+            return self._invalidate(name, keys)
+
+    def _invalidate(self, name: str, keys: pl.Series | pa.Array) -> int:
+        table = self._open(name)
         column = single_key(self.uri(name), self._keys_of[name])
         legacy = _legacy_ids(name, table)
         dtype = pl.Binary if column in legacy else _dtype(table, column)
@@ -611,14 +627,44 @@ class DeltaStore(BufferedStore):
         return self._retry(name, attempt)
 
     def compact(self, name: str) -> None:
-        """Rewrite small files into larger ones; every row (live or not) is kept."""
+        """Rewrite small files into larger ones; every row (live or not) is kept. Holds the
+        store's maintenance lease (waiting for it if another process compacts)."""
         if self._open(check_name(name)) is not None:
-            def compact() -> None:
-                table = self._open(name)
-                schema = pa.schema(table.schema().to_arrow())
-                table.optimize.compact(writer_properties=_writer_properties(schema, self._keys_of[name]))
+            with self._maintenance(wait=_LEASE_WAIT) as held:
+                if not held:
+                    raise StoreError(f"{self.uri(name)}: cannot compact: another process has held the store's "
+                                     f"maintenance lease for over {_LEASE_WAIT:.0f} s; try again")
+                self._compact(name)
 
-            self._retry(name, compact)
+    def _compact(self, name: str) -> None:
+        def compact() -> None:
+            table = self._open(name)
+            schema = pa.schema(table.schema().to_arrow())
+            table.optimize.compact(writer_properties=_writer_properties(schema, self._keys_of[name]))
+
+        self._retry(name, compact)
+
+    @contextlib.contextmanager
+    def _maintenance(self, wait: float) -> Iterator[bool]:
+        """Hold the store's maintenance lease (yields False if another holder kept it ``wait`` s).
+
+        deltalake 1.6 commits an ``optimize`` over a concurrent commit that removed the same files
+        (``tests/test_upkeep.py``): two compactions, or a compaction and an invalidation, would
+        both commit and rows would come back (twice, or un-invalidated). Only compaction and
+        invalidation remove files of the tables compaction touches, so they take this lease: a
+        claim in the ``maintenance`` table, decided by a Delta merge. Appends never conflict with
+        a compaction. A holder that dies frees it when its lease expires."""
+        owner = f"{self.writer_id}-{uuid.uuid4().hex[:8]}"
+        deadline = time.monotonic() + wait
+        while not self.claim(MAINTENANCE, 0, 1, owner, _LEASE_SECONDS):
+            if time.monotonic() >= deadline:
+                yield False
+                return
+            time.sleep(_LEASE_POLL)
+        try:
+            yield True
+        finally:
+            self.update_claim(MAINTENANCE, 0, 1, owner, lease_seconds=0)  # expired now: free
 
     # ---- reads -------------------------------------------------------------------------------
     def _read(self, name: str) -> tuple[pl.LazyFrame, tuple[str, ...]] | None:
@@ -744,24 +790,43 @@ class DeltaStore(BufferedStore):
         return self._open(check_name(name)) is not None
 
     def upkeep(self, names: Sequence[str]) -> None:
-        """Keep the cost of opening ``names`` bounded as runs accumulate: checkpoint a table's
-        log every ``checkpoint_every`` versions, so opening it replays a bounded log.
+        """Keep the cost of a run bounded as runs accumulate: compact a table once it has
+        ``compact_files`` files (reading a table costs per file), then checkpoint its log every
+        ``checkpoint_every`` versions (opening it replays a bounded log).
 
-        Compaction is *not* done here: deltalake 1.6's ``optimize`` does not detect a concurrent
-        commit that removed the same files (two compactions, or a compaction beside an
-        invalidation or an asset merge, both commit and rows come back twice -- reproduced in
-        ``tests/test_upkeep.py``), so it runs only when asked (:meth:`compact`, ``orca
-        maintain``), with no other writer on the store. A checkpoint only summarises the log.
+        Compaction holds the store's maintenance lease (:meth:`_maintenance`), as invalidation
+        does, so the two never overlap: deltalake 1.6's ``optimize`` does not detect a concurrent
+        commit that removed the same files. If another process holds the lease, compaction waits
+        for a later run. Asset and claims tables are never compacted here (their merges do not
+        take the lease). Best effort: a failure is a warning, the next run tries again.
         """
+        due = []
         for name in names:
             table = self._open(check_name(name), writing=True)
             if table is None:
                 continue
             try:
                 table.update_incremental()
+                if _compactable(name) and len(table.file_uris()) >= self.options.compact_files:
+                    due.append(name)
+            except (DeltaError, OSError) as exc:  # upkeep is best effort: the next run tries again
+                warnings.warn(f"{self.uri(name)}: upkeep skipped: {clean_message(exc)}", stacklevel=2)
+        if due:
+            with self._maintenance(wait=0) as held:  # another process compacts: next time
+                for name in due if held else ():
+                    try:
+                        self._compact(name)
+                    except StoreError as exc:
+                        warnings.warn(f"{self.uri(name)}: compaction skipped: {exc}", stacklevel=2)
+        for name in names:
+            table = self._open(name, writing=True)
+            if table is None:
+                continue
+            try:
+                table.update_incremental()
                 if table.version() - self._checkpointed(name) >= self.options.checkpoint_every:
                     table.create_checkpoint()
-            except (DeltaError, OSError) as exc:  # upkeep is best effort: the next run tries again
+            except (DeltaError, OSError) as exc:
                 warnings.warn(f"{self.uri(name)}: upkeep skipped: {clean_message(exc)}", stacklevel=2)
 
     def _checkpointed(self, name: str) -> int:
@@ -1051,6 +1116,13 @@ def _mostly_distinct(column: pa.ChunkedArray, sample: int = 2048) -> bool:
         return pc.count_distinct(head).as_py() > len(head) // 2
     except pa.ArrowNotImplementedError:
         return False
+
+
+def _compactable(name: str) -> bool:
+    """Whether upkeep may compact table ``name``: every table whose files only appends,
+    invalidation and compaction change. Assets (merged by every run) and claims (merged to take
+    leases) are rewritten by merges that do not take the maintenance lease."""
+    return not name.startswith(("assets/", "claims/")) and name != MAINTENANCE
 
 
 def _legacy_ids(name: str, table: DeltaTable) -> tuple[str, ...]:
