@@ -60,6 +60,13 @@ def test_upkeep_under_four_writers_loses_nothing(tmp_path):
     assert runs.filter(pl.col("event") == "finished").height == 16 and set(runs["status"]) >= {"succeeded"}
     operations = [c["operation"] for c in store.history(upkept.triple.pod.results_table)]
     assert "OPTIMIZE" in operations  # upkeep compacted while the others wrote
+    # The asset (rewritten whole once it had compact_files files) is exactly one run's output.
+    asset = pl.read_delta(str(tmp_path / "s" / "assets/upkept/triple"))
+    assert asset["k"].is_unique().all()
+    assert sorted(asset["k"].to_list()) == list(range(asset.height))
+    assert asset.height in {20 * (r + 1) + 5 * w for r in range(4) for w in range(4)}
+    assert (asset["y"] == 3 * asset["k"]).all()
+    assert "WRITE" in [c["operation"] for c in store.history("assets/upkept/triple")]  # a rewrite
 
 
 def test_upkeep_compacts_small_files(tmp_path):

@@ -880,7 +880,8 @@ class DeltaStore(BufferedStore):
         """
         check_name(name)
         self._write_marker()
-        properties = CommitProperties(custom_metadata={_WRITER: self.writer_id, **(metadata or {})})
+        custom = {_WRITER: self.writer_id, **(metadata or {})}
+        properties = CommitProperties(custom_metadata=custom)
 
         def attempt() -> int | None:
             table = self._open(name, writing=True) or self._create(name, rows.schema, ())
@@ -897,9 +898,18 @@ class DeltaStore(BufferedStore):
             delete, upsert = sync_plan(existing, data, key, changed)
             if delete.len() == 0 and upsert.num_rows == 0:
                 return None
-            present = existing.len() > 0 and bool(
-                comparable_keys(pl.Series(key, upsert.column(key))).is_in(comparable_keys(existing).implode()).any())
-            if delete.len() == 0 and not present:
+            updated = 0 if existing.len() == 0 else int(
+                comparable_keys(pl.Series(key, upsert.column(key))).is_in(comparable_keys(existing).implode()).sum())
+            if len(table.file_uris()) >= self.options.compact_files:
+                # Every merge adds files: once there are many, the table is rewritten whole, in one
+                # ordinary commit (unlike an optimize's, a concurrent writer's commit makes it
+                # conflict), so reading and merging it stay cheap run after run.
+                counts = {"orca.inserted": str(upsert.num_rows - updated), "orca.updated": str(updated),
+                          "orca.deleted": str(delete.len())}
+                write_deltalake(table, data, mode="overwrite", writer_properties=_writer_properties(data.schema, (key,), data),
+                                commit_properties=CommitProperties(custom_metadata={**custom, **counts}))
+                return table.version()
+            if delete.len() == 0 and not updated:
                 # Only new keys (a first materialisation): an insert-only merge, streamed, costs
                 # about what an append does, and still conflicts with a concurrent writer's merge.
                 (table.merge(upsert, predicate=f't."{key}" = s."{key}"', source_alias="s", target_alias="t",
@@ -975,9 +985,10 @@ class DeltaStore(BufferedStore):
                          "at": datetime.datetime.fromtimestamp(c.get("timestamp", 0) / 1000, datetime.UTC),
                          "run_id": c.get("orca.run"), "versions": c.get("orca.versions"),
                          "operation": c.get("operation"),
-                         "inserted": int(metrics.get("num_target_rows_inserted", 0) or 0),
-                         "updated": int(metrics.get("num_target_rows_updated", 0) or 0),
-                         "deleted": int(metrics.get("num_target_rows_deleted", 0) or 0)})
+                         # (a merge's metrics, or what sync_rows noted for a rewrite)
+                         "inserted": int(c.get("orca.inserted") or metrics.get("num_target_rows_inserted", 0) or 0),
+                         "updated": int(c.get("orca.updated") or metrics.get("num_target_rows_updated", 0) or 0),
+                         "deleted": int(c.get("orca.deleted") or metrics.get("num_target_rows_deleted", 0) or 0)})
         return rows
 
     # ---- leases (claimed work) -------------------------------------------------------------
