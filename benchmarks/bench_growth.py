@@ -5,7 +5,9 @@ Run: ``python benchmarks/bench_growth.py history [--runs 200] [--step 1000]`` an
 
 * ``history`` -- ``--runs`` successive runs of a one-node pipeline in one process, each adding
   ``--step`` rows; prints each run's seconds and the median of the first and last 20 runs.
-  Target: last 20 median <= 1.3x the first 20's.
+  Target: last 20 median <= 1.3x the first 20's. ``--input all`` (default): each run reads
+  every row so far (the input grows 200x, and hashing it with it); ``--input new``: each run
+  reads only its ``--step`` new rows, so what grows is only the store's history.
 * ``size`` -- a ``--input``-row input against stores holding 10k, 1M and 3M rows (built first,
   once, in a temp folder): the seconds of a run that finds everything new, in a fresh process.
   Target: 3M-row store within 2x of the 10k-row store.
@@ -44,11 +46,11 @@ def pipeline(store: orca.Store, data: pl.DataFrame) -> orca.Pipeline:
     return p
 
 
-def history(runs: int, step: int) -> None:
+def history(runs: int, step: int, only_new: bool) -> None:
     store = orca.DeltaStore(tempfile.mkdtemp(prefix="orca-growth-") + "/store")
     seconds = []
     for i in range(runs):
-        data = frame(0, (i + 1) * step)
+        data = frame(i * step if only_new else 0, (i + 1) * step)
         start = time.perf_counter()
         pipeline(store, data).run(progress=False)
         seconds.append(time.perf_counter() - start)
@@ -63,9 +65,9 @@ def size(n_input: int) -> None:
     for stored in (10_000, 1_000_000, 3_000_000):
         path = f"{root}/{stored}"
         pipeline(orca.DeltaStore(path), frame(0, stored)).run(progress=False)
-        code = ("import sys, time; sys.path.insert(0, %r); import bench_growth as b, orca; "
-                "s = time.perf_counter(); b.pipeline(orca.DeltaStore(%r), b.frame(10**8, 10**8 + %d)).run(progress=False);"
-                " print(time.perf_counter() - s)") % (sys.path[0], path, n_input)
+        code = (f"import sys, time; sys.path.insert(0, {sys.path[0]!r}); import bench_growth as b, orca; "
+                f"s = time.perf_counter(); b.pipeline(orca.DeltaStore({path!r}), "
+                f"b.frame(10**8, 10**8 + {n_input})).run(progress=False); print(time.perf_counter() - s)")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         print(json.dumps({"stored": stored, "input": n_input, "seconds": round(float(out.stdout.split()[-1]), 4)}),
               flush=True)
@@ -76,9 +78,12 @@ def main() -> None:
     parser.add_argument("what", choices=["history", "size"])
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--step", type=int, default=1000)
-    parser.add_argument("--input", type=int, default=10_000)
+    parser.add_argument("--input", default="all", help="history: all | new; size: the input's rows (10000)")
     args = parser.parse_args()
-    history(args.runs, args.step) if args.what == "history" else size(args.input)
+    if args.what == "history":
+        history(args.runs, args.step, only_new=args.input == "new")
+    else:
+        size(int(args.input) if args.input != "all" else 10_000)
 
 
 if __name__ == "__main__":
