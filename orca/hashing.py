@@ -16,7 +16,7 @@ import concurrent.futures
 import os
 import stat
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -103,7 +103,7 @@ def file_facts(paths: Sequence[str | None]) -> list[tuple[int, int, str] | None]
             for found in resolve_files(paths)]
 
 
-def resolve_files(paths: Iterable[str | None]) -> list[tuple[str, os.stat_result] | None]:
+def resolve_files(paths: Iterable[str | None]) -> Iterator[tuple[str, os.stat_result] | None]:
     """(resolved path, stat) of each path that names a regular file (symlinks followed), else None.
 
     The resolved path is ``str(pathlib.Path(path).resolve())``: absolute, with no symlink, ``.``
@@ -117,15 +117,13 @@ def resolve_files(paths: Iterable[str | None]) -> list[tuple[str, os.stat_result
     [True, None, None]
     """
     folders: dict[str, str] = {}
-    found: list[tuple[str, os.stat_result] | None] = []
     for path in paths:
         try:
             resolved, st = _resolve(path, folders)
         except (OSError, TypeError, ValueError, RuntimeError):  # missing, None, a NUL, a symlink loop
-            found.append(None)
+            yield None
             continue
-        found.append((resolved, st) if stat.S_ISREG(st.st_mode) else None)
-    return found
+        yield (resolved, st) if stat.S_ISREG(st.st_mode) else None
 
 
 def remember_files(paths: Sequence[str], sizes: Sequence[int], mtimes: Sequence[int],

@@ -186,8 +186,9 @@ def remember_source_files(store: Store, sources: Mapping[str, Source]) -> None:
             size, mtime, digest = _file_columns(path)
             if not {path, size, mtime, digest} <= set(names):
                 continue
-            # (latest last: remember_files keeps the first it is given per path, so reverse)
-            known = store.collect(sources_table(source_id), table.sort(_RECORDED_AT, descending=True)
+            # each path's latest row only (its earlier ones would be passed to Python to be dropped)
+            latest = pl.col(_RECORDED_AT) == pl.col(_RECORDED_AT).max().over(path)
+            known = store.collect(sources_table(source_id), table.filter(latest)
                                   .select(path, size, mtime, digest).drop_nulls())
             remember_files(known[path].to_list(), known[size].to_list(), known[mtime].to_list(),
                            known[digest].to_list())

@@ -675,6 +675,38 @@ def test_file_digests_are_memoised(tmp_path, monkeypatch):
     assert hash_file(f) != first and len(opened) == 2
 
 
+def test_paths_resolve_as_pathlib_does_and_share_one_memo_entry(tmp_path, monkeypatch):
+    (tmp_path / "d" / "e").mkdir(parents=True)
+    (tmp_path / "d" / "f.txt").write_bytes(FILE_CONTENT)
+    (tmp_path / "link.txt").symlink_to(tmp_path / "d" / "f.txt")
+    (tmp_path / "dlink").symlink_to(tmp_path / "d")
+    monkeypatch.chdir(tmp_path)
+    spellings = ["d/f.txt", "./d/f.txt", "d//f.txt", "d/e/../f.txt", "d/f.txt/", "dlink/f.txt", "dlink/e/../f.txt",
+                 "link.txt", str(tmp_path / "dlink" / "f.txt")]
+    resolved = os.path.realpath(tmp_path / "d" / "f.txt")
+    assert [found[0] for found in hashing.resolve_files(spellings)] == [resolved] * len(spellings)
+    assert [str(Path(s).resolve()) for s in spellings] == [resolved] * len(spellings)
+    assert list(hashing.resolve_files(["d", "missing.txt", "", None, "dlink"])) == [None] * 5
+    hashing.forget_files()
+    assert {hash_file(s) for s in spellings} == {xxhash.xxh3_128_hexdigest(FILE_CONTENT)}
+    assert list(hashing._FILE_DIGESTS) == [resolved]
+
+
+def test_hashing_a_column_of_files_costs_one_lstat_per_file(tmp_path, monkeypatch):
+    files = [tmp_path / f"{i}.txt" for i in range(50)]
+    for i, f in enumerate(files):
+        f.write_text(str(i))
+    table = pa.table({"p": [str(f) for f in files]},
+                     schema=pa.schema([pa.field("p", pa.string(), metadata=PATH_METADATA)]))
+    hash_packets(table)  # (the memo is filled: what follows is a rerun)
+    calls = []
+    real_lstat = os.lstat
+    monkeypatch.setattr(os, "lstat", lambda path, *a, **k: calls.append(path) or real_lstat(path, *a, **k))
+    hash_packets(table)
+    # one per file, plus the folder's components once (Path.resolve took every component per file)
+    assert len(calls) <= len(files) + len(tmp_path.parts) + 1
+
+
 def test_missing_file_names_path_and_column(tmp_path):
     missing = tmp_path / "missing.csv"
     with pytest.raises(HashingError, match="missing.csv"):

@@ -168,6 +168,20 @@ def test_glob_source_with_wildcards(images):
     assert sorted(t["session"] for t, _ in src) == ["s1", "s1", "s2"]
 
 
+def test_glob_source_stores_resolved_paths_of_regular_files_only(images):
+    data = images / "data"
+    (data / "m3").symlink_to(data / "m1")  # a linked folder
+    (data / "m2" / "s2.tif").symlink_to(data / "m1" / "s2.tif")  # a linked file
+    (data / "m2" / "s3.tif").symlink_to(data / "nowhere.tif")  # a broken link: no file
+    (data / "m2" / "s4.tif").mkdir()  # a folder: no file
+    src = GlobSource(str(images / "data" / "." / "{subject}" / "{session}.tif"))
+    paths = {t["subject"] + t["session"]: str(p["path"]) for t, p in src}
+    real = os.path.realpath(data)
+    assert paths == {"m1s1": f"{real}/m1/s1.tif", "m1s2": f"{real}/m1/s2.tif", "m2s1": f"{real}/m2/s1.tif",
+                     "m2s2": f"{real}/m1/s2.tif", "m3s1": f"{real}/m1/s1.tif", "m3s2": f"{real}/m1/s2.tif"}
+    assert paths == {k: str(pathlib.Path(v).resolve()) for k, v in paths.items()}
+
+
 def test_glob_source_hashes_file_content_not_name(images):
     pattern = str(images / "data/{subject}/{session}.tif")
 

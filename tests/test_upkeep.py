@@ -108,3 +108,22 @@ def test_compaction_never_brings_an_invalidated_row_back(tmp_path):
     everything = store.scan(upkept.TABLE, include_invalidated=True).collect()
     assert everything.height == 30 + 2 * 36  # no row lost or doubled (each compactor appended 36)
     assert "OPTIMIZE" in [c["operation"] for c in store.history(upkept.TABLE)]
+
+
+def test_compacting_an_asset_rewrites_it_without_a_materialisation(tmp_path):
+    store = orca.DeltaStore(tmp_path / "s")
+    for r in range(3):
+        pipeline = orca.Pipeline("u", store=store)
+        with pipeline:
+            upkept.triple.pod(orca.DictSource([{"k": i, "x": i} for i in range(3 * (r + 1))], tags=["k"],
+                                              source_id="n"))
+        pipeline.run(progress=False)
+    before = pipeline.history("triple")
+    store.compact("assets/u/triple")  # merges change assets without the lease: a whole rewrite
+    from deltalake import DeltaTable
+    assert len(DeltaTable(store.uri("assets/u/triple")).file_uris()) == 1
+    assert pipeline.history("triple").equals(before)  # the same rows: not a materialisation
+    version = store.version("assets/u/triple")
+    pipeline.run(progress=False)  # nothing changed: the asset is still known to be current
+    assert store.version("assets/u/triple") == version
+    assert sorted(pipeline.asset("triple").collect()["y"].to_list()) == [3 * i for i in range(9)]

@@ -628,8 +628,23 @@ class DeltaStore(BufferedStore):
 
     def compact(self, name: str) -> None:
         """Rewrite small files into larger ones; every row (live or not) is kept. Holds the
-        store's maintenance lease (waiting for it if another process compacts)."""
-        if self._open(check_name(name)) is not None:
+        store's maintenance lease (waiting for it if another process compacts). An asset or
+        claims table, which merges change without the lease, is rewritten whole in an ordinary
+        commit instead (it conflicts with a concurrent merge, and is retried)."""
+        if self._open(check_name(name)) is not None and not _compactable(name):
+            def rewrite() -> None:
+                table = self._open(name, writing=True)
+                table.update_incremental()
+                rows = table.to_pyarrow_table()
+                # The same rows: the version reflects what the previous one did (see assets.in_sync).
+                reflects = (table.history(1) or [{}])[0].get("orca.versions")
+                metadata = {_WRITER: self.writer_id, "orca.maintenance": "compact",
+                            **({"orca.versions": reflects} if reflects else {})}
+                write_deltalake(table, rows, mode="overwrite", commit_properties=CommitProperties(custom_metadata=metadata),
+                                writer_properties=_writer_properties(rows.schema, self._keys_of[name], rows))
+
+            self._retry(name, rewrite, self._write_tables)
+        elif self._open(name) is not None:
             with self._maintenance(wait=_LEASE_WAIT) as held:
                 if not held:
                     raise StoreError(f"{self.uri(name)}: cannot compact: another process has held the store's "
@@ -984,7 +999,7 @@ class DeltaStore(BufferedStore):
             rows.append({"version": c.get("version"),
                          "at": datetime.datetime.fromtimestamp(c.get("timestamp", 0) / 1000, datetime.UTC),
                          "run_id": c.get("orca.run"), "versions": c.get("orca.versions"),
-                         "operation": c.get("operation"),
+                         "operation": c.get("operation"), "maintenance": c.get("orca.maintenance"),
                          # (a merge's metrics, or what sync_rows noted for a rewrite)
                          "inserted": int(c.get("orca.inserted") or metrics.get("num_target_rows_inserted", 0) or 0),
                          "updated": int(c.get("orca.updated") or metrics.get("num_target_rows_updated", 0) or 0),
