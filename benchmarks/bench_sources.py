@@ -34,6 +34,12 @@ the memo is worth far more than ``rerun`` vs ``rehash`` shows.
 
 Targets at 100,000 files: ``files_hashed`` 0 on ``rerun`` and ``rerun_after_touch``, 1,000 on
 each ``touch`` round; rerun <= 5 s (a stat of every file costs ~0.3 s, the glob ~2 s).
+
+Measured at 100,000 files (2-core development machine, busy): rerun 4.0 / 4.4 / 4.9 s (min /
+median / max), rehash 7.7 s, touch 4.5-5.2 s hashing 1,000 files each round, rerun_after_touch
+hashing none -- against 20.1 / 20.3 / 22.4 s, 24 s and 21 s before paths were resolved with one
+``lstat`` each (``Path.resolve`` ran 5 times per file and run), and 1,000 -> 2,000 -> 3,000
+files re-hashed over the touch rounds before a touched file's new mtime was recorded.
 """
 
 from __future__ import annotations
