@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--store", default=None)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print one JSON line per scenario")
     parser.add_argument("--one", nargs=3, metavar=("ROWS", "NEW", "STORE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -74,7 +75,8 @@ def main() -> None:
         return
     store = args.store or tempfile.mkdtemp(prefix="orca-bench-") + "/store"
     plan = [("first run", 0), ("cache-hit rerun", 0), ("rerun +1% new", args.rows // 100)]
-    print(f"{args.rows:,} rows, store {store}")
+    if not args.json:
+        print(f"{args.rows:,} rows, store {store}")
     for label, new in plan:
         command = [sys.executable, __file__, "--one", str(args.rows), str(new), store]
         if args.profile:
@@ -83,6 +85,9 @@ def main() -> None:
         if args.profile:
             print(done.stderr, file=sys.stderr)
         r = json.loads(done.stdout.strip().splitlines()[-1])
+        if args.json:  # one JSON line per scenario (benchmarks/interleave.py reads them)
+            print(json.dumps({"scenario": label, **r}))
+            continue
         print(f"{label:16} {r['seconds']:7.2f} s  {r['rows_per_s']:>12,.0f} rows/s  "
               f"peak RSS {r['peak_rss_mb']:6.0f} MB  (source built in {r['source_s']:.2f} s)")
 
