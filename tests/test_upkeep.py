@@ -11,14 +11,20 @@ from tests.helpers import SPAWN
 from tests.pipelines import upkept
 
 
-def test_upkeep_checkpoints_the_logs(tmp_path):
-    store = orca.DeltaStore(tmp_path / "s").with_options(checkpoint_every=3)
-    for r in range(8):
+def grown(store: orca.Store, runs: int, step: int) -> orca.Pipeline:
+    """Run the one-node pipeline ``runs`` times, each run over ``step`` more rows; the last one."""
+    for r in range(runs):
         pipeline = orca.Pipeline("u", store=store)
         with pipeline:
-            upkept.triple.pod(orca.DictSource([{"k": i, "x": i} for i in range(10 * (r + 1))], tags=["k"],
+            upkept.triple.pod(orca.DictSource([{"k": i, "x": i} for i in range(step * (r + 1))], tags=["k"],
                                               source_id="n"))
         pipeline.run(progress=False)
+    return pipeline
+
+
+def test_upkeep_checkpoints_the_logs(tmp_path):
+    store = orca.DeltaStore(tmp_path / "s").with_options(checkpoint_every=3)
+    pipeline = grown(store, 8, 10)
     for table in ("runs", "pipelines/u/triple", "assets/u/triple"):
         assert (tmp_path / "s" / table / "_delta_log" / "_last_checkpoint").exists(), table
     final = pipeline.asset("triple").collect()
@@ -71,12 +77,7 @@ def test_upkeep_under_four_writers_loses_nothing(tmp_path):
 
 def test_upkeep_compacts_small_files(tmp_path):
     store = orca.DeltaStore(tmp_path / "s").with_options(compact_files=4)
-    for r in range(6):
-        pipeline = orca.Pipeline("u", store=store)
-        with pipeline:
-            upkept.triple.pod(orca.DictSource([{"k": i, "x": i} for i in range(5 * (r + 1))], tags=["k"],
-                                              source_id="n"))
-        pipeline.run(progress=False)
+    pipeline = grown(store, 6, 5)
     from deltalake import DeltaTable
     for table in ("runs", upkept.triple.pod.results_table, "pipelines/u/triple"):
         assert len(DeltaTable(str(tmp_path / "s" / table)).file_uris()) < 4 + 2, table
@@ -112,12 +113,7 @@ def test_compaction_never_brings_an_invalidated_row_back(tmp_path):
 
 def test_compacting_an_asset_rewrites_it_without_a_materialisation(tmp_path):
     store = orca.DeltaStore(tmp_path / "s")
-    for r in range(3):
-        pipeline = orca.Pipeline("u", store=store)
-        with pipeline:
-            upkept.triple.pod(orca.DictSource([{"k": i, "x": i} for i in range(3 * (r + 1))], tags=["k"],
-                                              source_id="n"))
-        pipeline.run(progress=False)
+    pipeline = grown(store, 3, 3)
     before = pipeline.history("triple")
     store.compact("assets/u/triple")  # merges change assets without the lease: a whole rewrite
     from deltalake import DeltaTable
