@@ -72,9 +72,7 @@ def read_asset(store: Store, table: str, *, version: int | None = None,
 
 def asset_history(store: Store, table: str) -> pl.DataFrame:
     """One row per materialisation: version, time, run id, rows inserted, updated and deleted."""
-    # (made empty, then merged; a compaction's rewrite holds the same rows: not a materialisation)
-    rows = [{k: v for k, v in r.items() if k != "maintenance"} for r in store.history(table)
-            if r["operation"] != "CREATE TABLE" and not r.get("maintenance")]
+    rows = [r for r in store.history(table) if r["operation"] != "CREATE TABLE"]  # (made empty, then merged)
     schema = {"version": pl.Int64, "at": pl.Datetime("us", "UTC"), "run_id": pl.String,
               "operation": pl.String, "inserted": pl.Int64, "updated": pl.Int64, "deleted": pl.Int64}
     return pl.DataFrame(rows, schema=schema, orient="row").sort("version") if rows else pl.DataFrame(schema=schema)

@@ -34,6 +34,7 @@ from orca.cli._common import (
 )
 from orca.names import FUNCTION_HASH, INVALIDATED_AT, SOURCE_PREFIX
 from orca.stores import DeltaStore
+from orca.stores.delta import compactable
 
 SMALL_FILE = 32 * 1024**2  # bytes: files under this are worth merging
 MIN_SMALL_FILES = 4  # compact a table once it has this many small files
@@ -73,6 +74,8 @@ def _action(action: str, table: str, detail: str, size: int | None, done: bool) 
 
 
 def _compact(store: DeltaStore, info: TableInfo, dry_run: bool) -> list[dict[str, Any]]:
+    if not compactable(info.name):  # assets and claims: their own writes keep them few-filed
+        return []
     table = DeltaTable(store.uri(info.name))
     sizes = pl.DataFrame(table.get_add_actions(flatten=True))["size_bytes"]
     small = int((sizes < SMALL_FILE).sum())

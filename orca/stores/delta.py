@@ -628,23 +628,9 @@ class DeltaStore(BufferedStore):
 
     def compact(self, name: str) -> None:
         """Rewrite small files into larger ones; every row (live or not) is kept. Holds the
-        store's maintenance lease (waiting for it if another process compacts). An asset or
-        claims table, which merges change without the lease, is rewritten whole in an ordinary
-        commit instead (it conflicts with a concurrent merge, and is retried)."""
-        if self._open(check_name(name)) is not None and not _compactable(name):
-            def rewrite() -> None:
-                table = self._open(name, writing=True)
-                table.update_incremental()
-                rows = table.to_pyarrow_table()
-                # The same rows: the version reflects what the previous one did (see assets.in_sync).
-                reflects = (table.history(1) or [{}])[0].get("orca.versions")
-                metadata = {_WRITER: self.writer_id, "orca.maintenance": "compact",
-                            **({"orca.versions": reflects} if reflects else {})}
-                write_deltalake(table, rows, mode="overwrite", commit_properties=CommitProperties(custom_metadata=metadata),
-                                writer_properties=_writer_properties(rows.schema, self._keys_of[name], rows))
-
-            self._retry(name, rewrite, self._write_tables)
-        elif self._open(name) is not None:
+        store's maintenance lease (waiting for it if another process compacts). Asset and claims
+        tables are left alone (see :func:`compactable`): their own writes keep them few-filed."""
+        if compactable(name) and self._open(check_name(name)) is not None:
             with self._maintenance(wait=_LEASE_WAIT) as held:
                 if not held:
                     raise StoreError(f"{self.uri(name)}: cannot compact: another process has held the store's "
@@ -822,7 +808,7 @@ class DeltaStore(BufferedStore):
                 continue
             try:
                 table.update_incremental()
-                if _compactable(name) and len(table.file_uris()) >= self.options.compact_files:
+                if compactable(name) and len(table.file_uris()) >= self.options.compact_files:
                     due.append(name)
             except (DeltaError, OSError) as exc:  # upkeep is best effort: the next run tries again
                 warnings.warn(f"{self.uri(name)}: upkeep skipped: {clean_message(exc)}", stacklevel=2)
@@ -916,13 +902,11 @@ class DeltaStore(BufferedStore):
             updated = 0 if existing.len() == 0 else int(
                 comparable_keys(pl.Series(key, upsert.column(key))).is_in(comparable_keys(existing).implode()).sum())
             if len(table.file_uris()) >= self.options.compact_files:
-                # Every merge adds files: once there are many, the table is rewritten whole, in one
-                # ordinary commit (unlike an optimize's, a concurrent writer's commit makes it
-                # conflict), so reading and merging it stay cheap run after run.
+                # Every merge adds files: once there are many, every row is rewritten (few files),
+                # so reading and merging the table stay cheap run after run.
                 counts = {"orca.inserted": str(upsert.num_rows - updated), "orca.updated": str(updated),
                           "orca.deleted": str(delete.len())}
-                write_deltalake(table, data, mode="overwrite", writer_properties=_writer_properties(data.schema, (key,), data),
-                                commit_properties=CommitProperties(custom_metadata={**custom, **counts}))
+                replace_rows(table, data, key, CommitProperties(custom_metadata={**custom, **counts}))
                 return table.version()
             if delete.len() == 0 and not updated:
                 # Only new keys (a first materialisation): an insert-only merge, streamed, costs
@@ -999,7 +983,7 @@ class DeltaStore(BufferedStore):
             rows.append({"version": c.get("version"),
                          "at": datetime.datetime.fromtimestamp(c.get("timestamp", 0) / 1000, datetime.UTC),
                          "run_id": c.get("orca.run"), "versions": c.get("orca.versions"),
-                         "operation": c.get("operation"), "maintenance": c.get("orca.maintenance"),
+                         "operation": c.get("operation"),
                          # (a merge's metrics, or what sync_rows noted for a rewrite)
                          "inserted": int(c.get("orca.inserted") or metrics.get("num_target_rows_inserted", 0) or 0),
                          "updated": int(c.get("orca.updated") or metrics.get("num_target_rows_updated", 0) or 0),
@@ -1144,11 +1128,28 @@ def _mostly_distinct(column: pa.ChunkedArray, sample: int = 2048) -> bool:
         return False
 
 
-def _compactable(name: str) -> bool:
-    """Whether upkeep may compact table ``name``: every table whose files only appends,
-    invalidation and compaction change. Assets (merged by every run) and claims (merged to take
-    leases) are rewritten by merges that do not take the maintenance lease."""
+def compactable(name: str) -> bool:
+    """Whether table ``name`` may be compacted (``optimize``): every table whose files only
+    appends, invalidation and compaction change. Assets (merged by every run) and claims (merged
+    to take leases) are changed by merges that do not take the maintenance lease; an asset is
+    kept few-filed by :func:`replace_rows` instead."""
     return not name.startswith(("assets/", "claims/")) and name != MAINTENANCE
+
+
+def replace_rows(table: DeltaTable, rows: pa.Table, key: str, properties: CommitProperties) -> None:
+    """Make ``table`` hold exactly ``rows`` (one per ``key`` value), every row rewritten, in one
+    merge: rows matched are updated, new ones inserted, the others deleted.
+
+    Not an overwrite: deltalake 1.6 commits an overwrite over a concurrent merge's insert (the
+    inserted file survives beside the overwrite's rows, ``tests/test_upkeep.py``), while a merge
+    that reads the whole table conflicts with it and is retried."""
+    columns = {f'"{c}"': f's."{c}"' for c in rows.column_names}
+    (table.merge(rows, predicate=f't."{key}" = s."{key}"', source_alias="s", target_alias="t",
+                 commit_properties=properties, writer_properties=_writer_properties(rows.schema, (key,), rows))
+     .when_matched_update(updates=columns)
+     .when_not_matched_insert(updates=columns)
+     .when_not_matched_by_source_delete()
+     .execute())
 
 
 def _legacy_ids(name: str, table: DeltaTable) -> tuple[str, ...]:
