@@ -890,10 +890,19 @@ class DeltaStore(BufferedStore):
             schema = pa.schema(table.schema().to_arrow())
             if _legacy_ids(name, table):
                 # Written before ids were binary: rewritten whole, once (an asset is derived data).
-                write_deltalake(table, rows, mode="overwrite", schema_mode="overwrite",
-                                commit_properties=properties,
-                                writer_properties=_writer_properties(rows.schema, (key,), rows))
-                return table.version()
+                # The column types change, so it is an overwrite, which deltalake commits over a
+                # concurrent writer's commit: the lease keeps two processes from doing it at once.
+                with self._maintenance(wait=_LEASE_WAIT) as held:
+                    table.update_incremental()
+                    if held and _legacy_ids(name, table):
+                        write_deltalake(table, rows, mode="overwrite", schema_mode="overwrite",
+                                        commit_properties=properties,
+                                        writer_properties=_writer_properties(rows.schema, (key,), rows))
+                        return table.version()
+                    if not held:
+                        raise StoreError(f"{self.uri(name)}: cannot upgrade the asset: the store's maintenance "
+                                         f"lease was held for over {_LEASE_WAIT:.0f} s; run again")
+                    schema = pa.schema(table.schema().to_arrow())  # another process upgraded it
             data = conform(rows, schema, self.uri(name))
             existing = pl.scan_delta(table).select(key).collect().to_series()
             delete, upsert = sync_plan(existing, data, key, changed)
