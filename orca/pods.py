@@ -24,6 +24,7 @@ hash of its normalised source (AST without docstrings or comments) and its outpu
 
 from __future__ import annotations
 
+import binascii
 import inspect
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -32,14 +33,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from orca import _context
 from orca.calls import compute_all, input_packets
 from orca.errors import PodError, SchemaError
 from orca.hashing import (
     digests_binary,
-    digests_hex,
     hash_bytes,
     hash_packet_keys,
     hex_digests,
@@ -310,9 +309,17 @@ def apply_pod(producer: Any, pod: FunctionPod, streams: Sequence[Stream],
 def result_references(pod: FunctionPod, keys: pl.Series) -> pa.Array:
     """``"<results table>#<record id>"`` for each input packet hash key (see :func:`hash_keys`),
     the record id in hex."""
-    ids = digests_hex(_record_digests(pod.identity.hash, key_digests(keys)))
-    return pc.binary_join_element_wise(pa.scalar(pod.results_table + "#", pa.large_string()), ids,
-                                       pa.scalar("", pa.large_string()))
+    # Every reference has one length: the text is laid out in one numpy buffer (a per-row join
+    # cost ~0.1 s per million).
+    prefix = np.frombuffer((pod.results_table + "#").encode(), np.uint8)
+    digests = _record_digests(pod.identity.hash, key_digests(keys))
+    n, width = len(digests), len(prefix) + 32
+    text = np.empty((n, width), np.uint8)
+    text[:, :len(prefix)] = prefix
+    text[:, len(prefix):] = np.frombuffer(binascii.hexlify(np.ascontiguousarray(digests).tobytes()), np.uint8
+                                          ).reshape(n, 32)
+    offsets = np.arange(0, width * (n + 1), width, dtype=np.int64)
+    return pa.Array.from_buffers(pa.large_string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(text)])
 
 
 def result_record_ids(function_hash: str, packet_hashes: pa.Array | pl.Series | np.ndarray) -> pa.Array:
