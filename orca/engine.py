@@ -715,7 +715,7 @@ class _Work:
         """Append the successful rows of one computed chunk (``__row`` indexes ``keys``: the
         packet hash, record id and entry row of each packet of the batch)."""
         spec = self.spec
-        keys = keys.take(out.column(ROW))
+        keys = _rows_of(keys, out.column(ROW).to_numpy())
         ok_mask = out.column(OK)
         failed_mask = pc.invert(ok_mask)
         has_failures = pc.any(failed_mask).as_py()
@@ -803,6 +803,19 @@ class _Work:
         row = todo.join(failed.head(1).drop(_ENTRY_ROW), on=KEY, how="inner").row(0, named=True)
         tag = {t: row[t] for t in self.spec.input.tag_columns}
         return failed_for_tag(self.spec.pod.name, tag, row[ERROR_COLUMNS[0]], row[ERROR_COLUMNS[1]])
+
+
+def _rows_of(table: pa.Table, rows: np.ndarray) -> pa.Table:
+    """``table.take(rows)``; a zero-copy slice when ``rows`` is a run of consecutive rows (what
+    an executor that keeps the batch's order returns: copying 1M keys cost ~0.5 s per run).
+
+    >>> t = pa.table({"a": [10, 11, 12, 13]})
+    >>> _rows_of(t, np.array([1, 2])).column("a").to_pylist(), _rows_of(t, np.array([2, 0])).column("a").to_pylist()
+    ([11, 12], [12, 10])
+    """
+    if len(rows) and rows[-1] - rows[0] == len(rows) - 1 and np.array_equal(rows, np.arange(rows[0], rows[-1] + 1)):
+        return table.slice(int(rows[0]), len(rows))
+    return table.take(rows)
 
 
 def tag_json(frame: pl.DataFrame, tags: tuple[str, ...]) -> pl.Series:
