@@ -147,7 +147,7 @@ def _changed(store: Store, source_id: str, rows: pl.DataFrame, state: list[str])
     the latest row. Such a row's state key is taken, so its key is chained to the row it follows.
     """
     name = sources_table(source_id)
-    table = store.scan(name)
+    table = store.scan(name, include_invalidated=True)  # (never invalidated; copies are harmless)
     if table is None:
         return rows
     names = table.collect_schema().names()

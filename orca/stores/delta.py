@@ -888,24 +888,12 @@ class DeltaStore(BufferedStore):
             table = self._open(name, writing=True) or self._create(name, rows.schema, ())
             table.update_incremental()  # the difference is computed on the latest snapshot
             schema = pa.schema(table.schema().to_arrow())
-            if _legacy_ids(name, table):
-                # Written before ids were binary: rewritten whole, once (an asset is derived data).
-                # The column types change, so it is an overwrite, which deltalake commits over a
-                # concurrent writer's commit: the lease keeps two processes from doing it at once.
-                with self._maintenance(wait=_LEASE_WAIT) as held:
-                    table.update_incremental()
-                    if held and _legacy_ids(name, table):
-                        write_deltalake(table, rows, mode="overwrite", schema_mode="overwrite",
-                                        commit_properties=properties,
-                                        writer_properties=_writer_properties(rows.schema, (key,), rows))
-                        return table.version()
-                    if not held:
-                        raise StoreError(f"{self.uri(name)}: cannot upgrade the asset: the store's maintenance "
-                                         f"lease was held for over {_LEASE_WAIT:.0f} s; run again")
-                    schema = pa.schema(table.schema().to_arrow())  # another process upgraded it
-            data = conform(rows, schema, self.uri(name))
+            # A table written before ids were binary gets rows, and compares keys, in its own form.
+            legacy = _legacy_ids(name, table)
+            wanted = changed if key not in legacy or changed.dtype != pl.Binary else changed.bin.encode("hex")
+            data = conform(_as_stored(rows, legacy), schema, self.uri(name))
             existing = pl.scan_delta(table).select(key).collect().to_series()
-            delete, upsert = sync_plan(existing, data, key, changed)
+            delete, upsert = sync_plan(existing, data, key, wanted)
             if delete.len() == 0 and upsert.num_rows == 0:
                 return None
             updated = 0 if existing.len() == 0 else int(
@@ -1164,8 +1152,8 @@ def replace_rows(table: DeltaTable, rows: pa.Table, key: str, properties: Commit
 def _legacy_ids(name: str, table: DeltaTable) -> tuple[str, ...]:
     """The id columns table ``name`` holds as hex text: it was written (format "1") before ids
     were stored as 16 bytes. Such a table is read as if it held bytes (:func:`_as_read`) and
-    appended to in its own form (:func:`_as_stored`): an old store keeps every result and nothing
-    is recomputed. (An old asset table is rewritten whole at its next materialisation.)"""
+    appended to and merged into in its own form (:func:`_as_stored`): an old store keeps every
+    result and nothing is recomputed, and no table is overwritten to change its types."""
     if not has_ids(name) or table.metadata().configuration.get("orca.format") != "1":
         return ()
     schema = pa.schema(table.schema().to_arrow())
