@@ -297,3 +297,28 @@ def test_downstream_through_a_batch(store):
     pipeline.run(progress=False)
     rows = pipeline.downstream("nums", pl.col("k") == 3)
     assert rows.select("node", "g", "s").rows() == [("total", 1, 9)]
+
+
+@orca.function_pod(output_keys="doubled")
+def twice(x: int) -> int:
+    return 2 * x
+
+
+def test_an_input_that_shrinks_leaves_exactly_its_rows(store):
+    """Most rows leaving at once (the input shrank) take the replacing merge: its source is the
+    rows that stay, not a list of every row that goes. Same rows, counts and history either way."""
+    def run(ids: list[int]) -> orca.Pipeline:
+        pipeline = orca.Pipeline("shrink", store=store)
+        with pipeline:
+            twice.pod(orca.PolarsSource(pl.DataFrame({"id": ids, "x": ids}), tags=["id"], source_id="shrink"))
+        pipeline.run(progress=False)
+        return pipeline
+
+    run(list(range(40)))
+    pipeline = run([1, 2, 3, 4, 5, 100, 101, 102])  # 5 stay, 35 go, 3 are new
+    asset = same(pipeline, "twice")
+    assert asset["doubled"].to_list() == [2, 4, 6, 8, 10, 200, 202, 204]
+    history = pipeline.history("twice")
+    assert history.select("inserted", "updated", "deleted").row(-1) == (3, 0, 35)
+    assert history["operation"][-1] == "MERGE"  # one commit that conflicts with a concurrent writer's
+    assert pipeline.asset("twice", version=int(history["version"][0])).collect().height == 40

@@ -530,3 +530,22 @@ def test_the_first_commit_wins_memory(steps):
 @hypothesis.given(steps=st.lists(_step, min_size=2, max_size=6))
 def test_the_first_commit_wins_delta(tmp_path_factory, steps):
     _check_first_commit_wins(DeltaStore(tmp_path_factory.mktemp("store")), steps)
+
+
+@hypothesis.settings(max_examples=60, deadline=None)
+@hypothesis.given(existing=st.sets(st.integers(0, 40)), wanted=st.sets(st.integers(0, 40)),
+                  changed=st.sets(st.integers(0, 40)), binary=st.booleans())
+def test_sync_plan_is_the_set_difference_either_way_round(existing, wanted, changed, binary):
+    """Whichever side is hashed (the smaller), the plan makes ``existing`` into ``wanted``."""
+    from orca.stores.base import sync_plan
+
+    def keys(values):  # 16-byte ids (compared as UInt128) or text keys
+        ordered = sorted(values)
+        return pl.Series("k", [v.to_bytes(16, "big") for v in ordered] if binary else [str(v) for v in ordered],
+                         pl.Binary if binary else pl.String)
+
+    rows = pa.table({"k": keys(wanted).to_arrow(), "v": sorted(wanted)})
+    plan = sync_plan(keys(existing), rows, "k", keys(changed & wanted))
+    assert set(plan.delete.to_list()) == set(keys(existing - wanted).to_list())
+    assert sorted(plan.upsert.column("v").to_pylist()) == sorted((wanted - existing) | (wanted & existing & changed))
+    assert plan.updated == (len(wanted & existing & changed) if existing else 0)

@@ -414,23 +414,44 @@ class BufferedStore(abc.ABC):
         all others)."""
 
 
-def sync_plan(existing: pl.Series, rows: pa.Table, key: str, changed: pl.Series) -> tuple[pl.Series, pa.Table]:
-    """What makes a table whose ``key`` values are ``existing`` hold exactly ``rows``: the keys to
-    delete, and the rows to insert or overwrite (new keys, and keys in ``changed``).
+@dataclasses.dataclass(frozen=True)
+class SyncPlan:
+    """What makes a table hold exactly some rows: the keys to ``delete``, the rows to ``upsert``
+    (new keys, and keys asked to be written again) and how many of those exist (``updated``)."""
 
-    16-byte ids are compared as ``UInt128`` (several times faster than comparing bytes or text).
+    delete: pl.Series
+    upsert: pa.Table
+    updated: int
+
+
+def sync_plan(existing: pl.Series, rows: pa.Table, key: str, changed: pl.Series) -> SyncPlan:
+    """What makes a table whose ``key`` values are ``existing`` hold exactly ``rows`` (see
+    :class:`SyncPlan`); ``changed``: keys to write again even where present.
+
+    16-byte ids are compared as ``UInt128`` (several times faster than comparing bytes or text),
+    and every membership test hashes the smaller side: a 10k-row asset replacing a 3M-row one
+    costs a probe of 3M keys, not a set of them (~0.8 s).
     """
     if existing.len() == 0:  # a first materialisation: everything is new
-        return existing, rows
+        return SyncPlan(existing, rows, 0)
     wanted = comparable_keys(pl.Series(key, rows.column(key)))
     have, changed_ = comparable_keys(existing), comparable_keys(changed)
     if not (wanted.dtype == have.dtype == changed_.dtype or changed_.len() == 0):
         raise StoreError(f"{key}: cannot compare keys of types {wanted.dtype}, {have.dtype}, {changed_.dtype}")
-    delete = existing.filter(~have.is_in(wanted.implode()))
-    fresh = ~wanted.is_in(have.implode())
+    kept = member(have, wanted)
+    present = member(wanted, have.filter(kept))  # (a set of at most len(wanted) keys)
+    fresh = ~present
     if changed_.len():
-        fresh = fresh | wanted.is_in(changed_.implode())
-    return delete, rows.filter(fresh.to_arrow())
+        fresh = fresh | member(wanted, changed_)
+    return SyncPlan(existing.filter(~kept), rows.filter(fresh.to_arrow()), int((fresh & present).sum()))
+
+
+def member(values: pl.Series, of: pl.Series) -> pl.Series:
+    """``values.is_in(of)``, hashing whichever side is smaller (a set of ``of`` costs ~10x a
+    probe of it)."""
+    if of.len() <= values.len():
+        return values.is_in(of.implode())
+    return values.is_in(of.filter(of.is_in(values.implode())).implode())
 
 
 def comparable_keys(keys: pl.Series) -> pl.Series:

@@ -56,7 +56,6 @@ from orca.stores.base import (
     check_key,
     check_name,
     clean_message,
-    comparable_keys,
     conform,
     is_panic,
     key_frame,
@@ -893,14 +892,15 @@ class DeltaStore(BufferedStore):
             wanted = changed if key not in legacy or changed.dtype != pl.Binary else changed.bin.encode("hex")
             data = conform(_as_stored(rows, legacy), schema, self.uri(name))
             existing = pl.scan_delta(table).select(key).collect().to_series()
-            delete, upsert = sync_plan(existing, data, key, wanted)
+            plan = sync_plan(existing, data, key, wanted)
+            delete, upsert, updated = plan.delete, plan.upsert, plan.updated
             if delete.len() == 0 and upsert.num_rows == 0:
                 return None
-            updated = 0 if existing.len() == 0 else int(
-                comparable_keys(pl.Series(key, upsert.column(key))).is_in(comparable_keys(existing).implode()).sum())
-            if len(table.file_uris()) >= self.options.compact_files:
+            if len(table.file_uris()) >= self.options.compact_files or 2 * delete.len() > existing.len():
                 # Every merge adds files: once there are many, every row is rewritten (few files),
-                # so reading and merging the table stay cheap run after run.
+                # so reading and merging the table stay cheap run after run. When most rows go
+                # (the input shrank), the same merge is cheaper too: its source is the few rows
+                # that stay, where a delete list would be a source as large as the table.
                 counts = {"orca.inserted": str(upsert.num_rows - updated), "orca.updated": str(updated),
                           "orca.deleted": str(delete.len())}
                 replace_rows(table, data, key, CommitProperties(custom_metadata={**custom, **counts}))

@@ -22,6 +22,7 @@ from orca.stores.base import (
     comparable_keys,
     conform,
     key_frame,
+    member,
     single_key,
     sync_plan,
 )
@@ -180,13 +181,12 @@ class MemoryStore(BufferedStore):
         if table is None:
             table = self._tables[name] = _Table((), rows.slice(0, 0))
         data = conform(rows, table.data.schema, self.uri(name))
-        delete, upsert = sync_plan(pl.Series(key, table.data.column(key)), data, key, changed)
+        plan = sync_plan(pl.Series(key, table.data.column(key)), data, key, changed)
+        delete, upsert, updated = plan.delete, plan.upsert, plan.updated
         if delete.len() == 0 and upsert.num_rows == 0 and table.writers:
             return None
         kept = comparable_keys(pl.Series(key, table.data.column(key)))
-        keep = ~kept.is_in(pl.concat([comparable_keys(delete), comparable_keys(pl.Series(key, upsert.column(key)))])
-                           .implode())
-        updated = int((~keep).sum()) - delete.len()
+        keep = ~member(kept, pl.concat([comparable_keys(delete), comparable_keys(pl.Series(key, upsert.column(key)))]))
         table.data = pa.concat_tables([table.data.filter(keep.to_arrow()), upsert])
         table.writers.append(self.writer_id)
         table.versions.append((table.data, {
