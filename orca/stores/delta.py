@@ -906,10 +906,12 @@ class DeltaStore(BufferedStore):
                 replace_rows(table, data, key, CommitProperties(custom_metadata={**custom, **counts}))
                 return table.version()
             if delete.len() == 0 and not updated:
-                # Only new keys (a first materialisation): an insert-only merge, streamed, costs
-                # about what an append does, and still conflicts with a concurrent writer's merge.
+                # Only new keys (a first materialisation): an insert-only merge costs about what an
+                # append does, and still conflicts with a concurrent writer's merge. Not streamed:
+                # the source is in memory already, and deltalake 1.6's streamed merge took 1.3x
+                # the time and 1.8x the memory (3M rows: 2.55 s / +0.75 GB against 2.0 s / +0.43 GB).
                 (table.merge(upsert, predicate=f't."{key}" = s."{key}"', source_alias="s", target_alias="t",
-                             commit_properties=properties, streamed_exec=True,
+                             commit_properties=properties,
                              writer_properties=_writer_properties(upsert.schema, (key,), upsert))
                  .when_not_matched_insert_all().execute())
                 return table.version()
