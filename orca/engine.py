@@ -336,6 +336,20 @@ def table_versions(spec: NodeSpec) -> tuple[int | None, ...]:
     return own if spec.upstream is None else own + table_versions(spec.upstream)
 
 
+def _tables_of(spec: NodeSpec) -> tuple[str | None, ...]:
+    """The tables whose versions :func:`table_versions` gives, in its order."""
+    own = (spec.results_table, spec.provenance_table)
+    return own if spec.upstream is None else own + _tables_of(spec.upstream)
+
+
+def _only_compacted(spec: NodeSpec, then: tuple[int | None, ...], now: tuple[int | None, ...]) -> bool:
+    """Whether every table of ``spec`` that moved from version ``then`` to ``now`` was only
+    compacted meanwhile (its rows unchanged): a status read at ``then`` still holds."""
+    return len(then) == len(now) and all(
+        a == b or (name is not None and spec.store.unchanged_since(name, a))
+        for name, a, b in zip(_tables_of(spec), then, now, strict=True))
+
+
 def recorded_entries(spec: NodeSpec) -> pl.Series | None:
     """The entry keys of live provenance rows (None: no table). Not deduplicated, as they are
     only joined against: making 1M ids distinct costs more than reading them."""
@@ -426,8 +440,13 @@ def current_status(spec: NodeSpec) -> Status:
     known = _latest.get(spec)
     # Reused only when every table the status depends on is known: a node fed through an
     # operator (a join or filter of other nodes' outputs) is read afresh.
-    if known is not None and _memoisable(spec) and table_versions(spec) == known.versions:
-        return known
+    if known is not None and _memoisable(spec):
+        now = table_versions(spec)
+        if now == known.versions:
+            return known
+        if _only_compacted(spec, known.versions, now):  # e.g. the run's upkeep compacted the tables
+            _latest[spec] = known = dataclasses.replace(known, versions=now)
+            return known
     status = read_status(spec)
     _latest[spec] = status
     return status

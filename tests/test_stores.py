@@ -216,6 +216,22 @@ def test_only_own_commits(store):
     assert not store.only_own_commits(name, latest)
 
 
+def test_unchanged_since_sees_only_compactions(store):
+    name = "results/f/h"
+    assert store.unchanged_since(name, None)  # no table, nothing read: nothing changed
+    for key in ("a", "b", "c"):
+        store.append(name, rows([key]), key=KEY)
+        store.flush()
+    latest = store.version(name)
+    assert store.unchanged_since(name, latest) and not store.unchanged_since(name, latest - 1)
+    assert not store.unchanged_since(name, None)
+    if isinstance(store, DeltaStore):
+        store.compact(name)  # files rewritten, rows as they were
+        assert store.version(name) > latest and store.unchanged_since(name, latest)
+    store.invalidate(name, ["a"])
+    assert not store.unchanged_since(name, latest)
+
+
 def test_one_commit_per_table_per_flush(tmp_path):
     store = DeltaStore(tmp_path / "s")
     for i in range(5):

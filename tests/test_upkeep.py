@@ -154,3 +154,31 @@ def test_why_an_asset_is_replaced_by_a_merge_not_an_overwrite(tmp_path):
             second.update_incremental()  # what DeltaStore's retry does
             replace_rows(second, wanted, "k", CommitProperties())
             assert sorted(DeltaTable(path).to_pyarrow_table()["k"].to_pylist()) == [1, 2, 4]
+
+
+def test_a_compaction_does_not_make_a_run_read_its_output_again(tmp_path, monkeypatch):
+    """The run's upkeep compacts the node's tables: the status the run ended with still holds
+    (a compaction rewrites files, not rows), so reading the output hashes nothing again. Any
+    other commit since -- here an append by another store object -- does make it read afresh."""
+    import orca.engine
+
+    store = orca.DeltaStore(tmp_path / "s").with_options(compact_files=2)
+    pipeline = grown(store, 3, 10)
+    results = upkept.triple.pod.results_table
+    assert store.history(results, limit=1)[0]["operation"] == "OPTIMIZE"  # the last run compacted
+    assert store.unchanged_since(results, store.version(results) - 1)
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the node's status was read again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(orca.engine, "read_status", no_reading)
+        assert sorted(pipeline["triple"].output.to_polars()["y"].to_list()) == [3 * i for i in range(30)]
+
+    other = orca.DeltaStore(tmp_path / "s")
+    other.append(results, other.scan(results).head(1).collect().to_arrow(), key=["__packet_hash"])
+    other.flush()
+    assert not store.unchanged_since(results, store.version(results) - 1)
+    with monkeypatch.context() as patched, pytest.raises(AssertionError, match="read again"):
+        patched.setattr(orca.engine, "read_status", no_reading)
+        pipeline["triple"].output.to_polars()

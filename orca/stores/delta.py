@@ -72,6 +72,8 @@ _WRITER = "orca.writer"  # commit metadata: the id of the store object that appe
 # time (half of a results or provenance table's write time) and makes reads slower.
 _UNIQUE_COLUMNS = ("__packet_hash", "__record_id", "__entry_id", "__system_tags", "__duration_s")
 _UNIQUE_PREFIXES = ("__source__", "__tag__")
+# Commits that rewrite files but leave every row as it was.
+_NO_DATA_CHANGE = frozenset({"OPTIMIZE", "VACUUM START", "VACUUM END"})
 # Columns orca fills with one value per commit (dictionary-encoded to almost nothing).
 _CONSTANT_COLUMNS = ("__run_id", "__function_hash", "__recorded_at", "__computed_at", "__invalidated_at")
 _BACKOFF_BASE = 0.05  # seconds; attempt n sleeps about base * 2**n, at most _BACKOFF_CAP
@@ -867,6 +869,18 @@ class DeltaStore(BufferedStore):
             return True
         commits = [c for c in table.history(newer) if c.get("version", -1) >= first]
         return len(commits) == newer and all(c.get(_WRITER) == self.writer_id for c in commits)
+
+    def unchanged_since(self, name: str, since: int | None) -> bool:
+        """Reads the commit log after ``since``: only compactions (and vacuum's markers) follow."""
+        table = self._open(check_name(name))
+        if table is None or since is None:
+            return table is None and since is None
+        table.update_incremental()
+        newer = table.version() - since
+        if newer <= 0:
+            return newer == 0
+        commits = [c for c in table.history(newer) if c.get("version", -1) > since]
+        return len(commits) == newer and all(c.get("operation") in _NO_DATA_CHANGE for c in commits)
 
     # ---- mutable tables (assets) ------------------------------------------------------------
     def sync_rows(self, name: str, key: str, rows: pa.Table, changed: pl.Series, *,

@@ -107,6 +107,9 @@ class MemoryStore(BufferedStore):
         first = 0 if since is None else since + 1
         return all(w == self.writer_id for w in table.writers[first:])
 
+    def unchanged_since(self, name: str, since: int | None) -> bool:
+        return self.version(name) == since  # (nothing here rewrites a table without changing it)
+
     def _read(self, name: str) -> tuple[pl.LazyFrame, tuple[str, ...]] | None:
         table = self._tables.get(name)
         return None if table is None else (pl.from_arrow(table.data).lazy(), table.key)
