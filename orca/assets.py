@@ -44,7 +44,7 @@ def materialise(store: Store, table: str, current: pl.DataFrame, recorded: pl.Se
     ``recorded``: entry ids this run recorded; their rows are written again even if present
     (an invalidated entry recomputed keeps its id but may have a new value). ``reflects``: the
     versions of the node's tables ``current`` was read from, kept in the commit's metadata
-    (see :func:`in_sync`).
+    (see :func:`reflected`).
     """
     rows = current.with_columns(pl.lit(function_hash).alias(FUNCTION_HASH), pl.lit(run_id).alias(RUN_ID))
     version = store.sync_rows(table, ENTRY_ID, storable_table(rows.to_arrow()), recorded,
@@ -52,11 +52,12 @@ def materialise(store: Store, table: str, current: pl.DataFrame, recorded: pl.Se
     return Materialisation(table, version)
 
 
-def in_sync(store: Store, table: str, reflects: str) -> bool:
-    """Whether asset ``table`` was last materialised from tables at the versions ``reflects``:
-    then nothing it depends on changed, and a run need not read it (a no-change run is O(1))."""
+def reflected(store: Store, table: str) -> str | None:
+    """What asset ``table``'s latest materialisation was made from (the ``reflects`` given to
+    :func:`materialise`), None if unknown: when it still holds, a run need not read the asset
+    (a no-change run is O(1))."""
     latest = [r for r in store.history(table, limit=1) if r["operation"] != "CREATE TABLE"]
-    return bool(latest) and latest[0].get("versions") == reflects
+    return latest[0].get("versions") if latest else None
 
 
 def read_asset(store: Store, table: str, *, version: int | None = None,

@@ -182,3 +182,19 @@ def test_a_compaction_does_not_make_a_run_read_its_output_again(tmp_path, monkey
     with monkeypatch.context() as patched, pytest.raises(AssertionError, match="read again"):
         patched.setattr(orca.engine, "read_status", no_reading)
         pipeline["triple"].output.to_polars()
+
+
+def test_a_no_change_run_after_a_compaction_leaves_the_asset_unread(tmp_path, monkeypatch):
+    """The asset records the table versions it was made from; a compaction moves them without
+    changing a row, so the next no-change run must not compare the whole asset again."""
+    store = orca.DeltaStore(tmp_path / "s").with_options(compact_files=2)
+    grown(store, 3, 10)  # the last run's upkeep compacted the node's tables
+    results = upkept.triple.pod.results_table
+    assert store.history(results, limit=1)[0]["operation"] == "OPTIMIZE"
+
+    def no_syncing(*args, **kwargs):
+        raise AssertionError("the asset was compared again")
+
+    monkeypatch.setattr(type(store), "sync_rows", no_syncing)
+    pipeline = grown(store, 1, 30)  # the same 30 rows as the last run: nothing changed
+    assert sorted(pipeline.asset("triple").collect()["y"].to_list()) == [3 * i for i in range(30)]
