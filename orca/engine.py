@@ -385,7 +385,9 @@ def attach_results(spec: NodeSpec, entries: pl.DataFrame, columns: list[str],
         types = pl.from_arrow(spec.pod.output_schema.empty_table()).schema
         return entries.with_columns(*(pl.lit(None, types[c]).alias(c) for c in columns),
                                     pl.lit(None, pl.Boolean).alias(HIT))
-    left = entries.with_row_index(_POSITION)
+    # Only the keys go through the join; its outputs are then laid beside the entries' own
+    # columns, which are shared, not copied by the join.
+    left = entries.select(KEY).with_row_index(_POSITION)
     joined = left.join(_narrowed(results, KEY, entries[KEY]), on=KEY, how="left", maintain_order="left")
     if joined.height != entries.height:  # some packet has several live rows: apply the dedup rule
         several = joined[_POSITION].is_duplicated()
@@ -395,7 +397,7 @@ def attach_results(spec: NodeSpec, entries: pl.DataFrame, columns: list[str],
         fixed = which.join(live, on=KEY, how="left")
         joined = pl.concat([joined.filter(~several), fixed.select(joined.columns)], how="vertical_relaxed")
         joined = joined.sort(_POSITION)
-    return joined.drop(_POSITION)
+    return entries.with_columns(joined.select(*columns, HIT).get_columns())
 
 
 def _narrowed(stored: pl.DataFrame, column: str, wanted: pl.Series) -> pl.DataFrame:
