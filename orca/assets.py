@@ -19,6 +19,7 @@ import dataclasses
 import datetime
 
 import polars as pl
+import pyarrow as pa
 
 from orca.errors import OrcaError
 from orca.names import ENTRY_ID, FUNCTION_HASH, RUN_ID, hex_ids
@@ -36,7 +37,7 @@ class Materialisation:
     version: int | None
 
 
-def materialise(store: Store, table: str, current: pl.DataFrame, recorded: pl.Series, run_id: str,
+def materialise(store: Store, table: str, current: pa.Table, recorded: pl.Series, run_id: str,
                 function_hash: str, reflects: str) -> Materialisation:
     """Make asset ``table`` hold exactly ``current`` (one row per entry: tags, outputs and
     ``__entry_id``, ``__record_id``), in one commit, touching only the rows that changed.
@@ -46,8 +47,11 @@ def materialise(store: Store, table: str, current: pl.DataFrame, recorded: pl.Se
     versions of the node's tables ``current`` was read from, kept in the commit's metadata
     (see :func:`reflected`).
     """
-    rows = current.with_columns(pl.lit(function_hash).alias(FUNCTION_HASH), pl.lit(run_id).alias(RUN_ID))
-    version = store.sync_rows(table, ENTRY_ID, storable_table(rows.to_arrow()), recorded,
+    n = current.num_rows
+    rows = storable_table(current).append_column(
+        FUNCTION_HASH, pa.repeat(pa.scalar(function_hash, pa.string()), n)).append_column(
+        RUN_ID, pa.repeat(pa.scalar(run_id, pa.string()), n))  # (``string``, as the table holds text)
+    version = store.sync_rows(table, ENTRY_ID, rows, recorded,
                               metadata={"orca.run": run_id, "orca.versions": reflects})
     return Materialisation(table, version)
 
