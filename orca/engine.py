@@ -550,7 +550,7 @@ def _materialise(spec: NodeSpec, status: Status, recorded: tuple[pl.Series, ...]
     mask = np.zeros(status.found.height, bool)
     for positions in recorded:
         mask[positions.to_numpy()] = True
-    changed = entry_ids(status.found.filter(pl.Series(mask) & status.found[DONE]))
+    changed = status.found.filter(pl.Series(mask) & status.found[DONE])[ENTRY_KEY]  # (as UInt128 keys)
     rows = asset_rows(spec, status)
     return assets.materialise(spec.store, spec.asset_table, rows, changed, run_id, spec.pod.identity.hash,
                               reflects).version

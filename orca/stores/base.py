@@ -463,6 +463,8 @@ def member(values: pl.Series, of: pl.Series) -> pl.Series:
 
 def comparable_keys(keys: pl.Series) -> pl.Series:
     """Keys in the form compared fastest: ``UInt128`` for 16-byte ids, else text."""
+    if keys.dtype == pl.UInt128:  # ids as orca holds them in memory already
+        return keys
     if keys.dtype == pl.Binary:
         try:
             return hash_keys(keys)

@@ -46,6 +46,7 @@ from deltalake.fs import DeltaStorageHandler
 from pyarrow.fs import FileSelector, FileType
 
 from orca.errors import StoreError
+from orca.hashing import keys_hex
 from orca.names import ID_COLUMNS, MAINTENANCE, has_ids
 from orca.stores.base import (
     COMMIT,
@@ -889,7 +890,8 @@ class DeltaStore(BufferedStore):
                   metadata: dict[str, str] | None = None) -> int | None:
         """Make unkeyed table ``name`` hold exactly ``rows`` (one per ``key`` value), in one commit
         that touches only what differs: rows whose key is gone are deleted, new keys and keys in
-        ``changed`` are written. Returns the new version, or None when nothing differed.
+        ``changed`` (16-byte ids as bytes or as ``UInt128`` keys) are written. Returns the new
+        version, or None when nothing differed.
 
         The difference is computed on the snapshot the merge commits over; a concurrent commit
         makes the merge conflict, and it is computed again on the new snapshot.
@@ -905,7 +907,7 @@ class DeltaStore(BufferedStore):
             schema = pa.schema(table.schema().to_arrow())
             # A table written before ids were binary gets rows, and compares keys, in its own form.
             legacy = _legacy_ids(name, table)
-            wanted = changed if key not in legacy or changed.dtype != pl.Binary else changed.bin.encode("hex")
+            wanted = changed if key not in legacy else _hex_ids(changed)
             data = conform(_as_stored(rows, legacy), schema, self.uri(name))
             existing = pl.scan_delta(table).select(key).collect().to_series()
             plan = sync_plan(existing, data, key, wanted)
@@ -1192,6 +1194,13 @@ def _as_stored(data: pa.Table, legacy: tuple[str, ...]) -> pa.Table:
             text = pl.Series(data.column(i)).bin.encode("hex").to_arrow().cast(pa.large_string())
             data = data.set_column(i, pa.field(column, pa.large_string()), text)
     return data
+
+
+def _hex_ids(ids: pl.Series) -> pl.Series:
+    """16-byte ids (bytes or ``UInt128`` keys) as the hex text a legacy table holds."""
+    if ids.dtype == pl.UInt128:
+        return pl.Series(ids.name, keys_hex(ids))
+    return ids.bin.encode("hex") if ids.dtype == pl.Binary else ids
 
 
 def _dtype(table: DeltaTable, column: str) -> pl.DataType:
