@@ -198,3 +198,32 @@ def test_a_no_change_run_after_a_compaction_leaves_the_asset_unread(tmp_path, mo
     monkeypatch.setattr(type(store), "sync_rows", no_syncing)
     pipeline = grown(store, 1, 30)  # the same 30 rows as the last run: nothing changed
     assert sorted(pipeline.asset("triple").collect()["y"].to_list()) == [3 * i for i in range(30)]
+
+
+def test_bookkeeping_tables_keep_a_short_commit_log(tmp_path, monkeypatch):
+    """deltalake reads a table's whole commit-log folder on every commit: the runs table (three
+    commits a run) keeps its commit files only briefly after a checkpoint covers them, while
+    results, provenance and assets keep theirs (the dedup rule and time travel read them)."""
+    import orca.stores.delta
+
+    monkeypatch.setattr(orca.stores.delta, "_SHORT_LOG", "interval 0 seconds")  # (an hour by default)
+    store = orca.DeltaStore(tmp_path / "s").with_options(checkpoint_every=5)
+    first = grown(store, 1, 5)
+    first_run = first.run(progress=False).run_id
+    pipeline = grown(store, 8, 5)
+
+    def commit_files(table: str) -> int:
+        return len(list((tmp_path / "s" / table / "_delta_log").glob("*.json")))
+
+    assert commit_files("runs") <= 5 + 1  # at most the commits since the last checkpoint
+    assert commit_files(upkept.triple.pod.results_table) >= 9  # one append a run, all kept
+    assert commit_files("assets/u/triple") >= 9
+    # Nothing reads a bookkeeping table at an earlier version; what is read still works:
+    # another store object (another process), the run log, time travel on the asset.
+    other = orca.DeltaStore(tmp_path / "s")
+    runs = other.scan("runs").collect()
+    assert runs.filter(pl.col("event") == "finished").height == 10
+    assert pipeline.handle(first_run).status() == "succeeded"
+    assert first.asset("triple", run_id=first_run).collect().height == 5
+    assert sorted(pipeline.run(progress=False).counts["triple"].__dict__.items()) == [
+        ("cached", 40), ("computed", 0), ("failed", 0)]

@@ -47,7 +47,7 @@ from pyarrow.fs import FileSelector, FileType
 
 from orca.errors import StoreError
 from orca.hashing import keys_hex
-from orca.names import ID_COLUMNS, MAINTENANCE, has_ids
+from orca.names import FAILURES, ID_COLUMNS, MAINTENANCE, RUNS, SOURCES_INDEX, has_ids
 from orca.stores.base import (
     COMMIT,
     INVALIDATED_AT,
@@ -82,6 +82,10 @@ _BACKOFF_CAP = 2.0
 # The maintenance lease (see DeltaStore._maintenance): held for at most this long without renewal
 # (a compaction of one table takes seconds), waited for this long by an invalidation, polled so often.
 _LEASE_SECONDS = 300.0
+# How long the commit files of a bookkeeping table (see short_log) are kept after a checkpoint
+# covers them: deltalake 1.6 reads a table's whole commit-log folder on every commit, so a log
+# kept for Delta's default 30 days made each commit slower run after run (DESIGN_ISSUES #31).
+_SHORT_LOG = "interval 1 hour"
 _LEASE_WAIT = 330.0
 _LEASE_POLL = 0.25
 MARKER = ".orca-store"  # at the store root: says "this directory is an orca store"
@@ -526,7 +530,8 @@ class DeltaStore(BufferedStore):
                 storage_options=self.storage_options,
                 mode="error",
                 description="orca table",
-                configuration={"orca.format": FORMAT, "orca.key": json.dumps(list(key))},
+                configuration={"orca.format": FORMAT, "orca.key": json.dumps(list(key)),
+                               **({"delta.logRetentionDuration": _SHORT_LOG} if short_log(name) else {})},
                 raise_if_key_not_exists=False,
                 commit_properties=self._mark(),
             )
@@ -829,6 +834,8 @@ class DeltaStore(BufferedStore):
                 table.update_incremental()
                 if table.version() - self._checkpointed(name) >= self.options.checkpoint_every:
                     table.create_checkpoint()
+                    if short_log(name):  # (by the table's own retention: a no-op for older tables)
+                        table.cleanup_metadata()
             except (DeltaError, OSError) as exc:
                 warnings.warn(f"{self.uri(name)}: upkeep skipped: {clean_message(exc)}", stacklevel=2)
 
@@ -1151,6 +1158,15 @@ def compactable(name: str) -> bool:
     to take leases) are changed by merges that do not take the maintenance lease; an asset is
     kept few-filed by :func:`replace_rows` instead."""
     return not name.startswith(("assets/", "claims/")) and name != MAINTENANCE
+
+
+def short_log(name: str) -> bool:
+    """Whether table ``name`` keeps its commit files only briefly after a checkpoint: the store's
+    bookkeeping (runs, the sources index, failures, claims, the maintenance lease), which nothing
+    reads at an earlier version. Results, provenance and source records read their commit log
+    for the dedup rule (:meth:`DeltaStore._first_commits`), and assets are read at earlier
+    versions (time travel): theirs is kept."""
+    return name in (RUNS, SOURCES_INDEX, FAILURES, MAINTENANCE) or name.startswith("claims/")
 
 
 def replace_rows(table: DeltaTable, rows: pa.Table, key: str, properties: CommitProperties) -> None:
