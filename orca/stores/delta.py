@@ -82,12 +82,12 @@ _BACKOFF_CAP = 2.0
 # The maintenance lease (see DeltaStore._maintenance): held for at most this long without renewal
 # (a compaction of one table takes seconds), waited for this long by an invalidation, polled so often.
 _LEASE_SECONDS = 300.0
+_LEASE_WAIT = 330.0
+_LEASE_POLL = 0.25
 # How long the commit files of a bookkeeping table (see short_log) are kept after a checkpoint
 # covers them: deltalake 1.6 reads a table's whole commit-log folder on every commit, so a log
 # kept for Delta's default 30 days made each commit slower run after run (DESIGN_ISSUES #31).
 _SHORT_LOG = "interval 1 hour"
-_LEASE_WAIT = 330.0
-_LEASE_POLL = 0.25
 MARKER = ".orca-store"  # at the store root: says "this directory is an orca store"
 # Store-wide tables every run appends to: checked at the store's first I/O, so that damage to
 # them is reported before any work, not when the run finally records its failures.
