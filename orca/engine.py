@@ -336,18 +336,20 @@ def table_versions(spec: NodeSpec) -> tuple[int | None, ...]:
     return own if spec.upstream is None else own + table_versions(spec.upstream)
 
 
-def _tables_of(spec: NodeSpec) -> tuple[str | None, ...]:
-    """The tables whose versions :func:`table_versions` gives, in its order."""
-    own = (spec.results_table, spec.provenance_table)
+def _tables_of(spec: NodeSpec) -> tuple[tuple[Store, str | None], ...]:
+    """The tables (each in its node's store) whose versions :func:`table_versions` gives, in its
+    order."""
+    own = ((spec.store, spec.results_table), (spec.store, spec.provenance_table))
     return own if spec.upstream is None else own + _tables_of(spec.upstream)
 
 
 def _only_compacted(spec: NodeSpec, then: tuple[int | None, ...], now: tuple[int | None, ...]) -> bool:
-    """Whether every table of ``spec`` that moved from version ``then`` to ``now`` was only
-    compacted meanwhile (its rows unchanged): a status read at ``then`` still holds."""
+    """Whether every table of ``spec`` that moved on from version ``then`` (to ``now``) had only
+    compactions committed after ``then`` (its rows unchanged): a status read at ``then`` still
+    holds."""
     return len(then) == len(now) and all(
-        a == b or (name is not None and spec.store.unchanged_since(name, a))
-        for name, a, b in zip(_tables_of(spec), then, now, strict=True))
+        a == b or (name is not None and (a is None or isinstance(a, int)) and store.unchanged_since(name, a))
+        for (store, name), a, b in zip(_tables_of(spec), then, now, strict=True))
 
 
 def recorded_entries(spec: NodeSpec) -> pl.Series | None:
@@ -437,7 +439,8 @@ def current_status(spec: NodeSpec) -> Status:
 
     Within a pipeline run, downstream nodes and the user read a node's output right after it
     ran: hashing the input again for that would be wasted. A commit by anyone (another process,
-    an invalidation) moves a version, and the status is read again.
+    an invalidation) moves a version, and the status is read again -- unless every commit since
+    was a compaction, which rewrites files but not rows (e.g. the run's own upkeep).
     """
     known = _latest.get(spec)
     # Reused only when every table the status depends on is known: a node fed through an
@@ -559,8 +562,9 @@ def _materialise(spec: NodeSpec, status: Status, recorded: tuple[pl.Series, ...]
 def _reflects(spec: NodeSpec, reflected: str | None, versions: tuple[int | None, ...], digest: str) -> bool:
     """Whether an asset made from ``reflected`` (versions and done entries, as JSON) holds what a
     status at ``versions`` with done entries ``digest`` would make: the same entries, from tables
-    unchanged since -- or only compacted (else every no-change run after a compaction would
-    compare the whole asset again: 10 s at 10M rows)."""
+    at those versions or with only compactions committed after them (else every no-change run
+    after a compaction would compare the whole asset again: 10 s at 10M rows). An asset another
+    process made from later versions also holds, if only compactions followed them."""
     if reflected is None:
         return False
     try:

@@ -561,7 +561,7 @@ def test_sync_plan_is_the_set_difference_either_way_round(existing, wanted, chan
                          pl.Binary if binary else pl.String)
 
     rows = pa.table({"k": keys(wanted).to_arrow(), "v": sorted(wanted)})
-    rewrite = keys(changed & wanted)
+    rewrite = keys(changed)  # (ids to rewrite that are not among the rows are no rows to write)
     if binary and keys_in_memory:  # ids to write again may come as the UInt128 keys orca holds
         from orca.hashing import hash_keys
         rewrite = hash_keys(rewrite)

@@ -227,3 +227,73 @@ def test_bookkeeping_tables_keep_a_short_commit_log(tmp_path, monkeypatch):
     assert first.asset("triple", run_id=first_run).collect().height == 5
     assert sorted(pipeline.run(progress=False).counts["triple"].__dict__.items()) == [
         ("cached", 40), ("computed", 0), ("failed", 0)]
+
+
+def test_a_store_object_older_than_the_short_log_still_appends(tmp_path, monkeypatch):
+    """Another process's upkeep removed the commit files this store object's handle stood on:
+    its next append brings the handle up to date first, instead of failing."""
+    import pyarrow as pa
+
+    import orca.stores.delta
+
+    monkeypatch.setattr(orca.stores.delta, "_SHORT_LOG", "interval 0 seconds")
+    old = orca.DeltaStore(tmp_path / "s").with_options(checkpoint_every=5)
+    other = orca.DeltaStore(tmp_path / "s").with_options(checkpoint_every=5)
+    row = lambda i: pa.table({"run_id": [f"r{i}"], "n": [i]})  # noqa: E731
+    old.append("runs", row(0))
+    old.flush()
+    for i in range(1, 13):
+        other.append("runs", row(i))
+        other.flush()
+    other.upkeep(["runs"])
+    assert len(list((tmp_path / "s" / "runs" / "_delta_log").glob("*.json"))) < 5  # cleaned up
+    old.append("runs", row(99))
+    old.flush()
+    assert sorted(orca.DeltaStore(tmp_path / "s").scan("runs").collect()["n"]) == [*range(13), 99]
+
+
+def test_a_change_by_another_process_then_a_compaction_is_seen(tmp_path):
+    """Only compactions are looked through: another process's invalidation followed by a
+    compaction makes this process read the node again, recompute and rewrite its asset."""
+    store = orca.DeltaStore(tmp_path / "s").with_options(compact_files=2)
+    pipeline = grown(store, 3, 10)
+    before = len(pipeline["triple"].output.to_polars())
+    elsewhere = orca.Pipeline("u", store=orca.DeltaStore(tmp_path / "s"))
+    with elsewhere:
+        upkept.triple.pod(orca.DictSource([{"k": i, "x": i} for i in range(30)], tags=["k"], source_id="n"))
+    assert elsewhere.invalidate("triple", pl.col("k") < 5) == 5
+    store.compact(upkept.triple.pod.results_table)  # a compaction after the change
+    assert before == 30 and len(pipeline["triple"].output.to_polars()) == 25
+    result = pipeline.run(progress=False)
+    assert result.counts["triple"].computed == 5
+    asset = pipeline.asset("triple").collect()
+    assert asset.height == 30 and asset.filter(pl.col("k") < 5)["__run_id"].to_list() == [result.run_id] * 5
+
+
+def test_a_commit_during_the_log_read_is_not_taken_for_a_compaction(tmp_path, monkeypatch):
+    """deltalake's history() numbers commits wrongly when one lands while it reads: a table
+    that moved meanwhile counts as changed."""
+    import pyarrow as pa
+    from deltalake import DeltaTable
+
+    store = orca.DeltaStore(tmp_path / "s")
+    other = orca.DeltaStore(tmp_path / "s")
+    name = "results/f/h"
+    rows = lambda k: pa.table({"__packet_hash": [k], "v": [1], "__run_id": ["r"]})  # noqa: E731
+    for key in ("a", "b", "c"):
+        store.append(name, rows(key), key=["__packet_hash"])
+        store.flush()
+    since = store.version(name)
+    other.append(name, rows("d"), key=["__packet_hash"])  # a change after `since`...
+    other.flush()
+    history = DeltaTable.history
+
+    def racing(table, limit=None):
+        if limit is not None:  # ...and a compaction that lands while the log is read
+            monkeypatch.setattr(DeltaTable, "history", history)
+            other.compact(name)
+        return history(table, limit)
+
+    monkeypatch.setattr(DeltaTable, "history", racing)
+    assert not store.unchanged_since(name, since)
+    assert not store.unchanged_since(name, since)  # (and afterwards, with nothing racing)

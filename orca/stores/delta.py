@@ -74,7 +74,8 @@ _WRITER = "orca.writer"  # commit metadata: the id of the store object that appe
 _UNIQUE_COLUMNS = ("__packet_hash", "__record_id", "__entry_id", "__system_tags", "__duration_s")
 _UNIQUE_PREFIXES = ("__source__", "__tag__")
 # Commits that rewrite files but leave every row as it was.
-_NO_DATA_CHANGE = frozenset({"OPTIMIZE", "VACUUM START", "VACUUM END"})
+# (Not vacuum: it removes the compacted-away files the dedup rule learns commit order from.)
+_NO_DATA_CHANGE = frozenset({"OPTIMIZE"})
 # Columns orca fills with one value per commit (dictionary-encoded to almost nothing).
 _CONSTANT_COLUMNS = ("__run_id", "__function_hash", "__recorded_at", "__computed_at", "__invalidated_at")
 _BACKOFF_BASE = 0.05  # seconds; attempt n sleeps about base * 2**n, at most _BACKOFF_CAP
@@ -572,6 +573,8 @@ class DeltaStore(BufferedStore):
 
         def attempt() -> None:
             table = self._open(name, writing=True) or self._create(name, data.schema, key)
+            if short_log(name):  # a handle older than its log's retention could not commit (#31)
+                table.update_incremental()
             check_key(self.uri(name), key, self._keys_of[name])
             schema = pa.schema(table.schema().to_arrow())
             rows = conform(_as_stored(data, _legacy_ids(name, table)), schema, self.uri(name),
@@ -707,8 +710,9 @@ class DeltaStore(BufferedStore):
 
     def _first_commits(self, name: str, pairs: pl.DataFrame) -> pl.DataFrame:
         """Learns each pair's commit from the data files that appends added (read from the
-        commit log; files later rewritten by compaction or invalidation stay on disk, as nothing
-        vacuums). Paid only when a key has several live rows; results are remembered per store
+        commit log; files later rewritten by compaction or invalidation stay on disk until
+        ``orca maintain`` vacuums them -- after that their rows count as older than every known
+        one). Paid only when a key has several live rows; results are remembered per store
         object, as a row's commit never changes."""
         on = [*self._keys_of[name], RUN_ID]
         known = self._commit_order.get(name)
@@ -800,7 +804,8 @@ class DeltaStore(BufferedStore):
     def upkeep(self, names: Sequence[str]) -> None:
         """Keep the cost of a run bounded as runs accumulate: compact a table once it has
         ``compact_files`` files (reading a table costs per file), then checkpoint its log every
-        ``checkpoint_every`` versions (opening it replays a bounded log).
+        ``checkpoint_every`` versions (opening it replays a bounded log) and, for a bookkeeping
+        table (:func:`short_log`), remove the commit files past its retention.
 
         Compaction holds the store's maintenance lease (:meth:`_maintenance`), as invalidation
         does, so the two never overlap: deltalake 1.6's ``optimize`` does not detect a concurrent
@@ -871,26 +876,38 @@ class DeltaStore(BufferedStore):
         table = self._open(check_name(name))
         if table is None:
             return True
-        first = 0 if since is None else since + 1
-        newer = table.version() - first + 1
-        if newer <= 0:
+        latest = table.version()
+        since = -1 if since is None else since
+        if latest <= since:
             return True
-        commits = [c for c in table.history(newer) if c.get("version", -1) >= first]
-        return len(commits) == newer and all(c.get(_WRITER) == self.writer_id for c in commits)
+        commits = self._commits_after(table, since, latest)
+        return commits is not None and all(c.get(_WRITER) == self.writer_id for c in commits)
 
     def unchanged_since(self, name: str, since: int | None) -> bool:
-        """Reads the commit log after ``since``: only compactions (and vacuum's markers) follow."""
+        """Reads the commit log after ``since``: only compactions follow."""
         table = self._open(check_name(name))
         if table is None or since is None:
             return table is None and since is None
-        newer = table.version() - since
+        latest = table.version()
+        newer = latest - since
         if newer <= 0:
             return newer == 0
+        commits = self._commits_after(table, since, latest)
+        return commits is not None and all(c.get("operation") in _NO_DATA_CHANGE for c in commits)
+
+    def _commits_after(self, table: DeltaTable, since: int, latest: int) -> list[dict] | None:
+        """The commit infos of versions ``since + 1 .. latest``, or None when they cannot be told
+        for sure: deltalake 1.6's ``history`` numbers commits wrongly when one lands while it
+        reads (delta-rs #4488), so the table must still be at ``latest`` after the read, and
+        exactly those versions must come back."""
         try:
-            commits = [c for c in table.history(newer) if c.get("version", -1) > since]
-        except (DeltaError, OSError):  # an unreadable log: in doubt, read the table again
-            return False
-        return len(commits) == newer and all(c.get("operation") in _NO_DATA_CHANGE for c in commits)
+            commits = [c for c in table.history(latest - since) if c.get("version", -1) > since]
+            table.update_incremental()
+        except (DeltaError, OSError):  # an unreadable log: in doubt
+            return None
+        if table.version() != latest or sorted(c.get("version") for c in commits) != list(range(since + 1, latest + 1)):
+            return None
+        return commits
 
     # ---- mutable tables (assets) ------------------------------------------------------------
     def sync_rows(self, name: str, key: str, rows: pa.Table, changed: pl.Series, *,
@@ -1163,7 +1180,8 @@ def compactable(name: str) -> bool:
 def short_log(name: str) -> bool:
     """Whether table ``name`` keeps its commit files only briefly after a checkpoint: the store's
     bookkeeping (runs, the sources index, failures, claims, the maintenance lease), which nothing
-    reads at an earlier version. Results, provenance and source records read their commit log
+    reads at an earlier version (and whose writers bring their handle up to date before they
+    commit: an hour-old handle could not). Results, provenance and source records read their commit log
     for the dedup rule (:meth:`DeltaStore._first_commits`), and assets are read at earlier
     versions (time travel): theirs is kept."""
     return name in (RUNS, SOURCES_INDEX, FAILURES, MAINTENANCE) or name.startswith("claims/")
