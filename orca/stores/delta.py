@@ -1181,9 +1181,9 @@ def short_log(name: str) -> bool:
     """Whether table ``name`` keeps its commit files only briefly after a checkpoint: the store's
     bookkeeping (runs, the sources index, failures, claims, the maintenance lease), which nothing
     reads at an earlier version (and whose writers bring their handle up to date before they
-    commit: an hour-old handle could not). Results, provenance and source records read their commit log
-    for the dedup rule (:meth:`DeltaStore._first_commits`), and assets are read at earlier
-    versions (time travel): theirs is kept."""
+    commit: an hour-old handle could not). Results, provenance and source records read their
+    commit log for the dedup rule (:meth:`DeltaStore._first_commits`), and assets are read at
+    earlier versions (time travel): theirs is kept."""
     return name in (RUNS, SOURCES_INDEX, FAILURES, MAINTENANCE) or name.startswith("claims/")
 
 
