@@ -535,7 +535,7 @@ def asset_rows(spec: NodeSpec, status: Status) -> pa.Table:
     done = status.found.filter(pl.col(DONE))
     digests = key_digests(done[KEY])
     rows = done.select(*spec.input.tag_columns, *spec.pod.output_keys).to_arrow()
-    return rows.append_column(ENTRY_ID, digests_binary(key_digests(done[ENTRY_KEY]))).append_column(
+    return rows.append_column(ENTRY_ID, keys_binary(done[ENTRY_KEY])).append_column(
         RECORD_ID, result_record_ids(spec.pod.identity.hash, digests))
 
 
