@@ -17,16 +17,22 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
+import shutil
+import tempfile
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 
 from orca.errors import OrcaError
 from orca.names import ENTRY_ID, FUNCTION_HASH, RUN_ID, hex_ids
 from orca.stores import Store
+from orca.stores.base import comparable_keys, member
 from orca.types import storable_table
 
-__all__ = ["Materialisation", "materialise", "read_asset", "asset_history"]
+__all__ = ["Materialisation", "Staging", "materialise", "read_asset", "asset_history"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,13 +53,82 @@ def materialise(store: Store, table: str, current: pa.Table, recorded: pl.Series
     versions of the node's tables ``current`` was read from, kept in the commit's metadata
     (see :func:`reflected`).
     """
-    n = current.num_rows
-    rows = storable_table(current).append_column(
-        FUNCTION_HASH, pa.repeat(pa.scalar(function_hash, pa.string()), n)).append_column(
-        RUN_ID, pa.repeat(pa.scalar(run_id, pa.string()), n))  # (``string``, as the table holds text)
+    rows = _with_run(current, run_id, function_hash)
     version = store.sync_rows(table, ENTRY_ID, rows, recorded,
                               metadata={"orca.run": run_id, "orca.versions": reflects})
     return Materialisation(table, version)
+
+
+class Staging:
+    """An asset written in slices (a run with ``memory_rows``, :mod:`orca.slices`) and committed
+    once, so the run stays one materialisation.
+
+    Each slice's rows that the asset lacks, or that the run recorded again, are written to a
+    Parquet file in a temporary folder; :meth:`commit` makes the asset hold them and, of its
+    own rows, those of the slices' entries -- the others are deleted. What is held meanwhile:
+    the asset's entry ids and the slices' (16 bytes each), not their rows.
+    """
+
+    def __init__(self, store: Store, table: str, run_id: str, function_hash: str) -> None:
+        self.store, self.table, self.run_id, self.function_hash = store, table, run_id, function_hash
+        frame = store.scan(table)
+        ids = pl.Series(ENTRY_ID, [], pl.Binary) if frame is None else store.collect(
+            table, frame.select(ENTRY_ID)).to_series()
+        self._existing = comparable_keys(ids)
+        self._folder = tempfile.mkdtemp(prefix="orca-asset-")
+        self._files: list[str] = []
+        self._staged: list[pl.Series] = []
+        self._entries: list[pl.Series] = []
+        self._schema: pa.Schema | None = None  # the rows' (known from the first slice)
+
+    def add(self, rows: pa.Table, entries: pl.Series, changed: pl.Series) -> None:
+        """Stage one slice: ``rows`` (tags, outputs, entry and record ids, as
+        :func:`orca.engine.asset_rows` makes them), ``entries`` their entry keys in order
+        (``UInt128``), ``changed`` the keys recorded by this run."""
+        fresh = ~member(entries, self._existing)
+        if changed.len():
+            fresh = fresh | member(entries, changed)
+        self._entries.append(entries)
+        self._schema = _with_run(rows.slice(0, 0), self.run_id, self.function_hash).schema
+        if not fresh.any():
+            return
+        path = os.path.join(self._folder, f"{len(self._files):06d}.parquet")
+        pq.write_table(_with_run(rows.filter(fresh.to_arrow()), self.run_id, self.function_hash), path)
+        self._files.append(path)
+        self._staged.append(entries.filter(fresh))
+
+    def entries(self) -> pl.Series:
+        """The entry keys of every slice staged so far (the asset's rows after :meth:`commit`)."""
+        return pl.concat(self._entries) if self._entries else pl.Series(ENTRY_ID, [], pl.UInt128)
+
+    def commit(self, reflects: str) -> Materialisation:
+        """Write what was staged, in one commit (none when nothing changed), and remove the files."""
+        try:
+            staged = pl.concat(self._staged) if self._staged else pl.Series(ENTRY_ID, [], pl.UInt128)
+            entries = self.entries()
+            version = self.store.sync_staged(self.table, ENTRY_ID, self._reader, staged, entries,
+                                             metadata={"orca.run": self.run_id, "orca.versions": reflects})
+            return Materialisation(self.table, version)
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        """Remove the staged files (a run that failed writes no asset; the next run does)."""
+        shutil.rmtree(self._folder, ignore_errors=True)
+
+    def _reader(self) -> pa.RecordBatchReader:
+        if not self._files:
+            return pa.RecordBatchReader.from_batches(self._schema, [])
+        dataset = pads.dataset(self._files, format="parquet")
+        return dataset.scanner(batch_size=64_000).to_reader()
+
+
+def _with_run(rows: pa.Table, run_id: str, function_hash: str) -> pa.Table:
+    """``rows`` as the asset holds them: storable types, plus the function hash and run id."""
+    n = rows.num_rows
+    return storable_table(rows).append_column(
+        FUNCTION_HASH, pa.repeat(pa.scalar(function_hash, pa.string()), n)).append_column(
+        RUN_ID, pa.repeat(pa.scalar(run_id, pa.string()), n))  # (``string``, as the table holds text)
 
 
 def reflected(store: Store, table: str) -> str | None:

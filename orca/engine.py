@@ -84,6 +84,7 @@ from orca.names import (
 )
 from orca.pods import FunctionPod, check_timeout, result_record_ids, result_references
 from orca.stores import Store
+from orca.stores.base import member
 from orca.streams import Stream
 from orca.types import accepts, storable_table, storable_type
 
@@ -162,6 +163,7 @@ class RunOptions:
     claim: bool = False  # share the novel entries with other processes through leases (orca.claims)
     claim_rows: int = 10_000  # entries per claimed chunk
     lease_seconds: float = 60.0  # a chunk whose holder has not renewed for this long is taken over
+    memory_rows: int | None = None  # input rows held at once (None: the whole input; see orca.slices)
 
     def __post_init__(self) -> None:
         check_on_error(self.on_error, self.retries)
@@ -175,6 +177,11 @@ class RunOptions:
             raise ValueError("give claim=True or shard=, not both")
         if not isinstance(self.claim_rows, int) or self.claim_rows < 1 or not self.lease_seconds > 0:
             raise ValueError("claim_rows must be an integer >= 1 and lease_seconds > 0")
+        if self.memory_rows is not None:
+            if not isinstance(self.memory_rows, int) or isinstance(self.memory_rows, bool) or self.memory_rows < 1:
+                raise ValueError(f"memory_rows must be an integer >= 1 or None, got {self.memory_rows!r}")
+            if self.claim or self.shard is not None:
+                raise ValueError("memory_rows cannot be combined with shard= or claim=True yet")
 
 
 def check_on_error(on_error: str, retries: int) -> None:
@@ -236,6 +243,8 @@ class NodeRun:
     asset_version: int | None = None  # the asset table's version this run made (None: unchanged)
     # With run(defer_asset=True): materialises the asset when called, returning its version.
     materialise: Callable[[], int | None] | None = dataclasses.field(default=None, repr=False)
+    # With run(sliced=True): the entry keys this run recorded (their asset rows are written again).
+    changed: pl.Series | None = dataclasses.field(default=None, repr=False)
 
 
 # -- status ---------------------------------------------------------------------------------
@@ -269,16 +278,17 @@ def _entry_key(spec: NodeSpec) -> list[str]:
     return [ENTRY_KEY] if spec.provenance_table is not None else []
 
 
-def _entries(spec: NodeSpec, upstream: Status | None) -> pl.DataFrame:
-    """The input rows with system columns, packet keys and (for a node) entry keys."""
-    frame = _input_frame(spec, upstream)
+def _entries(spec: NodeSpec, upstream: Status | None, frame: pl.DataFrame | None = None) -> pl.DataFrame:
+    """The input rows with system columns, packet keys and (for a node) entry keys; ``frame``:
+    the input rows (as :func:`input_frame` makes them) when already read, e.g. one slice."""
+    frame = input_frame(spec, upstream) if frame is None else frame
     frame = frame.with_columns(hash_inputs(spec.pod, frame, spec.input.path_columns))
     if spec.provenance_table is None:
         return frame
     return frame.with_columns(_entry_keys(spec, frame))
 
 
-def _input_frame(spec: NodeSpec, upstream: Status | None) -> pl.DataFrame:
+def input_frame(spec: NodeSpec, upstream: Status | None) -> pl.DataFrame:
     """The input with system columns. When it is another node's output and that node's status
     is known, the frame is that status's output, with ``__upstream_key`` (the upstream packet
     key of each row) instead of the ``__source__`` columns: provenance makes the references
@@ -457,17 +467,88 @@ def current_status(spec: NodeSpec) -> Status:
     return status
 
 
+# -- slices (bounded memory, see orca.slices) ------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class KeyIndex:
+    """What a run in slices reads of a node's tables once, instead of once per slice: the packet
+    keys with a live result and the entry keys with a live provenance row (``UInt128``, 16 bytes
+    per stored row; no output values). :meth:`with_run` adds what a slice's run stored, so a
+    packet met again in a later slice is found, not computed twice. ``versions``: the tables'
+    versions before they were read; each slice's status reflects them, so a commit by anyone
+    else since the index was read is seen (:func:`run` then reads the slice's results afresh).
+    """
+
+    results: pl.Series
+    recorded: pl.Series | None
+    versions: tuple[int | None, ...]
+
+    def with_run(self, status: Status) -> KeyIndex:
+        """This index plus the results and entries a slice's status (after its run) holds."""
+        found = status.found
+        results = pl.concat([self.results, found.filter(pl.col(HIT).is_not_null())[KEY]], rechunk=False)
+        recorded = self.recorded
+        if recorded is not None:
+            recorded = pl.concat([recorded, found.filter(pl.col(DONE))[ENTRY_KEY]], rechunk=False)
+        return KeyIndex(results, recorded, self.versions)
+
+
+def read_index(spec: NodeSpec) -> KeyIndex:
+    """The :class:`KeyIndex` of ``spec``'s tables as stored now."""
+    versions = table_versions(spec)
+    raw = spec.store.scan(spec.results_table, include_invalidated=True)
+    if raw is None:
+        results = pl.Series(KEY, [], pl.UInt128)
+    else:
+        hashes = spec.store.collect(spec.results_table, raw.filter(pl.col(INVALIDATED_AT).is_null()).select(
+            PACKET_HASH)).to_series()
+        results = hash_keys(hashes).alias(KEY)
+    recorded = None
+    if spec.provenance_table is not None:
+        recorded = recorded_entries(spec)
+        recorded = pl.Series(ENTRY_KEY, [], pl.UInt128) if recorded is None else recorded
+    return KeyIndex(results, recorded, versions)
+
+
+def slice_status(spec: NodeSpec, frame: pl.DataFrame, index: KeyIndex) -> Status:
+    """:func:`read_status` of one slice of the input (``frame``, as :func:`input_frame` makes
+    it), probing ``index`` instead of reading the node's tables whole: only the slice's packets
+    that the index holds are read (their output values), so memory follows the slice."""
+    entries = _entries(spec, None, frame)
+    outputs = list(spec.pod.output_keys)
+    keys = [*spec.input.tag_columns, *spec.input.system_tag_columns, *_entry_key(spec), KEY]
+    stored = entries[KEY].filter(member(entries[KEY], index.results))
+    found = attach_results(spec, entries.select(keys), outputs, _results_of(spec, stored, outputs))
+    if spec.provenance_table is None:
+        return Status(entries, found.with_columns(pl.col(HIT).is_not_null().alias(DONE)), index.versions)
+    recorded = member(found[ENTRY_KEY], index.recorded)
+    return Status(entries, found.with_columns((recorded & pl.col(HIT).is_not_null()).alias(DONE)), index.versions)
+
+
+def _results_of(spec: NodeSpec, keys: pl.Series, columns: list[str]) -> pl.DataFrame | None:
+    """:func:`results_index` narrowed to the packets ``keys`` (one semi-join scan; the live row
+    of each by the dedup rule). None when no key is given: the slice has no stored packet."""
+    if keys.len() == 0:
+        return None
+    live = spec.store.lookup(spec.results_table, keys_binary(keys.unique()))
+    if live.height == 0:
+        return None
+    return live.select(hash_keys(live[PACKET_HASH]), *columns, pl.lit(True).alias(HIT))
+
+
 # -- running --------------------------------------------------------------------------------
 def run(spec: NodeSpec, options: RunOptions, *, status: Status | None = None, upstream: Status | None = None,
         skip: pl.Series | None = None, progress: Callable[[Counts], None] | None = None,
-        total: Callable[[int, int], None] | None = None, defer_asset: bool = False) -> NodeRun:
+        total: Callable[[int, int], None] | None = None, defer_asset: bool = False, sliced: bool = False) -> NodeRun:
     """Bring ``spec`` up to date (see the module docs); returns what the run did.
 
     ``status``: read already (two-phase iteration serves its done entries first); else read now,
     with ``upstream`` as for :func:`read_status`. ``skip``: a mask over the entries, those left
     alone. ``progress`` is called with the running counts as work completes; ``total`` once with
     (entries in this run, entries already done). ``defer_asset``: leave step 7 to the caller
-    (``NodeRun.materialise``), e.g. to write it beside the next node's computing.
+    (``NodeRun.materialise``), e.g. to write it beside the next node's computing. ``sliced``:
+    ``status`` is one slice's (:func:`slice_status`); the status after the run is read for the
+    slice alone and not remembered as the node's, and the asset is left to the caller, who
+    stages each slice's rows (``NodeRun.changed`` names the entries to write again).
     """
     status = status if status is not None else read_status(spec, upstream)
     novel = status.entries.with_columns(status.found[HIT], status.found[DONE]).with_row_index(INPUT_ROW)
@@ -497,15 +578,19 @@ def run(spec: NodeSpec, options: RunOptions, *, status: Status | None = None, up
         drive(spec.store, work.steps(novel), on_step=on_step)
     if novel.height == 0:  # nothing changed: the status already holds the output (and its versions)
         after: Status | None = status
-    elif options.shard is None and not options.claim and _only_own_commits(spec, status):
+    elif options.shard is None and not options.claim and _only_own_commits(spec, status.versions):
         # Nobody else wrote the node's tables: the status after the run is the one before plus
         # what this run did, and reflects the tables as they are now.
-        after = _refreshed_from_run(spec, status, work) or _refreshed(spec, status, work)
+        after = _refreshed_from_run(spec, status, work) or _refreshed(spec, status, work, narrow=sliced)
         after = dataclasses.replace(after, versions=table_versions(spec))
+    elif sliced:  # other writers: the slice's novel entries take their results as now stored
+        after = _refreshed(spec, status, work, narrow=True)
     elif options.shard is None:  # other writers (claims, another process): read what is stored
         after = settled if options.claim and settled is not None else read_status(spec, upstream)
     else:
         after = None
+    if sliced:  # a slice's status is not the node's: never served as its output
+        return NodeRun(spec.label, work.counts, after, changed=_changed(after, work.recorded))
     if after is not None:
         _latest[spec] = after
     materialising = None
@@ -517,13 +602,27 @@ def run(spec: NodeSpec, options: RunOptions, *, status: Status | None = None, up
     return NodeRun(spec.label, work.counts, after, None, materialising)
 
 
-def _only_own_commits(spec: NodeSpec, status: Status) -> bool:
-    """Whether every commit to the node's results and provenance tables since ``status`` was read
-    was this store object's (so the status plus this run's work is exact)."""
-    own = spec.store.only_own_commits(spec.results_table, status.versions[0])
+def _only_own_commits(spec: NodeSpec, versions: tuple[int | None, ...]) -> bool:
+    """Whether every commit to the node's results and provenance tables since ``versions``
+    (a status's) was this store object's (so the status plus this run's work is exact)."""
+    own = spec.store.only_own_commits(spec.results_table, versions[0])
     if spec.provenance_table is not None:
-        own = own and spec.store.only_own_commits(spec.provenance_table, status.versions[1])
+        own = own and spec.store.only_own_commits(spec.provenance_table, versions[1])
     return own
+
+
+def staged_reflects(spec: NodeSpec, since: tuple[int | None, ...], entries: pl.Series) -> str:
+    """What an asset written in slices is made from (as :func:`_materialise` records it): the
+    versions the node's tables (and its upstream nodes') are at now, and a digest of its done
+    entries ``entries`` -- if every commit to those tables since ``since`` (the versions its
+    :class:`KeyIndex` was read at) was this run's. Else versions that never hold, so the next
+    run compares the asset whole rather than trust it."""
+    digest = hash_bytes(key_digests(entries.sort()).tobytes())
+    now, own, node, at = table_versions(spec), True, spec, 0
+    while node is not None and own:  # (table_versions: each node's two, then its upstream's)
+        own = _only_own_commits(node, since[at:at + 2])
+        node, at = node.upstream, at + 2
+    return json.dumps([list(now) if own else [], digest])
 
 
 def asset_rows(spec: NodeSpec, status: Status) -> pa.Table:
@@ -550,13 +649,18 @@ def _materialise(spec: NodeSpec, status: Status, recorded: tuple[pl.Series, ...]
     reflects = json.dumps([list(status.versions), digest])
     if not recorded and _reflects(spec, assets.reflected(spec.store, spec.asset_table), status.versions, digest):
         return None
+    rows = asset_rows(spec, status)
+    return assets.materialise(spec.store, spec.asset_table, rows, _changed(status, recorded), run_id,
+                              spec.pod.identity.hash, reflects).version
+
+
+def _changed(status: Status, recorded: list[pl.Series] | tuple[pl.Series, ...]) -> pl.Series:
+    """The entry keys (``UInt128``) of the done entries at input rows ``recorded``: recorded by
+    this run, so their asset rows are written again."""
     mask = np.zeros(status.found.height, bool)
     for positions in recorded:
         mask[positions.to_numpy()] = True
-    changed = status.found.filter(pl.Series(mask) & status.found[DONE])[ENTRY_KEY]  # (as UInt128 keys)
-    rows = asset_rows(spec, status)
-    return assets.materialise(spec.store, spec.asset_table, rows, changed, run_id, spec.pod.identity.hash,
-                              reflects).version
+    return status.found.filter(pl.Series(mask) & status.found[DONE])[ENTRY_KEY]
 
 
 def _reflects(spec: NodeSpec, reflected: str | None, versions: tuple[int | None, ...], digest: str) -> bool:
@@ -803,7 +907,7 @@ class _Work:
             return
         system = sorted(spec.input.system_tag_columns)
         system_json = (pl.struct(system).struct.json_encode() if system else pl.lit("{}")).alias(SYSTEM_TAGS)
-        if UPSTREAM_KEY in rows.columns:  # see _input_frame
+        if UPSTREAM_KEY in rows.columns:  # see input_frame
             refs = pl.Series(result_references(spec.upstream.pod, rows[UPSTREAM_KEY]))
             sources = [refs.alias(source_column(p)) for p in spec.pod.parameters if p in spec.input.packet_columns]
         else:
@@ -936,8 +1040,9 @@ def _refreshed_from_run(spec: NodeSpec, status: Status, work: _Work) -> Status |
     return dataclasses.replace(status, found=found.with_columns(*columns.values(), hit, done.alias(DONE)))
 
 
-def _refreshed(spec: NodeSpec, status: Status, work: _Work) -> Status:
-    """``status`` after a run: the entries this run recorded take their results as now stored.
+def _refreshed(spec: NodeSpec, status: Status, work: _Work, *, narrow: bool = False) -> Status:
+    """``status`` after a run: the entries this run recorded take their results as now stored
+    (``narrow``: reading only their packets' results, as for a slice, not the whole index).
 
     An entry that was novel is done if this run recorded it (its result was computed, found in
     the cache, or committed by another process) and its packet has a live result; a failed
@@ -949,7 +1054,8 @@ def _refreshed(spec: NodeSpec, status: Status, work: _Work) -> Status:
     novel = ~found[DONE]
     keys = [c for c in found.columns if c not in (*outputs, HIT, DONE)]
     indexed = found.with_row_index(_INDEX)
-    fresh = attach_results(spec, indexed.filter(novel).select(_INDEX, *keys), outputs)
+    todo = indexed.filter(novel).select(_INDEX, *keys)
+    fresh = attach_results(spec, todo, outputs, _results_of(spec, todo[KEY], outputs) if narrow else "read")
     done = fresh[HIT].is_not_null() & pl.Series(recorded).gather(fresh[_INDEX])
     fresh = fresh.with_columns(done.alias(DONE)).select(indexed.columns)
     if novel.all():

@@ -38,7 +38,7 @@ if importlib.util.find_spec("ipywidgets") is not None:
 else:
     from tqdm.std import tqdm
 
-from orca import _context, adoption, assets, engine, lineage, views
+from orca import _context, adoption, assets, engine, lineage, slices, views
 from orca._operator import check_expr
 from orca.cache import CachedFunctionPod
 from orca.engine import Counts, NodeRun, NodeSpec, RunOptions, new_run_id
@@ -100,6 +100,19 @@ class RunResult:
 
     def _repr_html_(self) -> str:
         return views.run_html(self)
+
+
+def _bar(label: str, progress: bool) -> tqdm:
+    """A node's progress bar (hidden unless ``progress``)."""
+    # disable=None hides the bar when stderr is not a terminal -- a Jupyter kernel's is not,
+    # yet its front end draws the text bar well: there, show it.
+    hide = (False if "ipykernel" in sys.modules else None) if progress else True
+    return tqdm(desc=label, unit="entry", disable=hide, leave=True)
+
+
+def _show(bar: tqdm, c: Counts) -> None:
+    bar.n = c.cached + c.computed + c.failed
+    bar.set_postfix(cached=c.cached, computed=c.computed, failed=c.failed, refresh=True)
 
 
 class Pipeline:
@@ -195,7 +208,7 @@ class Pipeline:
             retries: int | None = None, progress: bool = True, shard: tuple[int, int] | None = None,
             run_id: str | None = None, batch_rows: int | None = None, timeout: float | None = None,
             rehash_files: bool = False, claim: bool = False, claim_rows: int | None = None,
-            lease_seconds: float | None = None) -> RunResult:
+            lease_seconds: float | None = None, memory_rows: int | None = None) -> RunResult:
         """Run every function node in dependency order, each in two phases.
 
         ``on_error`` (``"raise"`` or ``"continue"``) and ``retries`` override, for this run, what
@@ -213,6 +226,12 @@ class Pipeline:
         with a lease in ``claims/<pipeline>/<node>``, renew it while they work, and go on until
         every chunk is done; a chunk whose holder stopped renewing for ``lease_seconds``
         (default 60) is taken over (see :mod:`orca.claims` and ``docs/scaling.md``).
+
+        ``memory_rows`` bounds memory: each node takes its input that many rows at a time, end to
+        end -- hashing, lookups, computing, recording and the asset -- and each asset is still
+        committed once (see :mod:`orca.slices` and ``docs/performance.md``). A node fed by an
+        operator over other nodes' outputs (e.g. a join of two nodes) runs whole, with a warning.
+        Default None: each node takes its whole input at once (fastest, memory grows with it).
 
         To poll a run from elsewhere before it ends, make its id first and hand out the handle::
 
@@ -232,7 +251,8 @@ class Pipeline:
         # Every node's options, validated before any I/O.
         options = {label: node.cached.options(run_id, executor=executor, on_error=on_error, retries=retries,
                                               shard=shard, batch_rows=batch_rows, timeout=timeout, claim=claim,
-                                              claim_rows=claim_rows, lease_seconds=lease_seconds)
+                                              claim_rows=claim_rows, lease_seconds=lease_seconds,
+                                              memory_rows=memory_rows)
                    for label, node in self.function_nodes.items()}
         sources = self._sources()
         if rehash_files:
@@ -249,7 +269,14 @@ class Pipeline:
         assets_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="orca-assets")
         written: dict[str, concurrent.futures.Future] = {}
         try:
-            for label, node in self.function_nodes.items():
+            whole = dict(self.function_nodes)
+            if memory_rows is not None:
+                runs.update(self._run_sliced(options, memory_rows, log, progress))
+                whole = {label: node for label, node in whole.items() if label not in runs}
+                for label, run in runs.items():
+                    log.event("node_materialised", "succeeded", node=label, asset_version=run.asset_version,
+                              commit=False)
+            for label, node in whole.items():
                 runs[label] = self._run_node(node, options[label], runs, log, progress)
                 if runs[label].materialise is not None:
                     written[label] = assets_pool.submit(runs[label].materialise)
@@ -275,10 +302,7 @@ class Pipeline:
     def _run_node(self, node: FunctionNode, options: RunOptions, runs: dict[str, NodeRun], log: RunLog,
                   progress: bool) -> NodeRun:
         """Run one node, handing it its upstream node's status from this run (if any)."""
-        # disable=None hides the bar when stderr is not a terminal -- a Jupyter kernel's is not,
-        # yet its front end draws the text bar well: there, show it.
-        hide = (False if "ipykernel" in sys.modules else None) if progress else True
-        bar = tqdm(desc=node.label, unit="entry", disable=hide, leave=True)
+        bar = _bar(node.label, progress)
 
         def total(n: int, done: int) -> None:
             bar.reset(total=n)
@@ -287,8 +311,7 @@ class Pipeline:
             log.event("node_started", "running", node=node.label, counts=Counts(cached=done), total=n)
 
         def update(c: Counts) -> None:
-            bar.n = c.cached + c.computed + c.failed
-            bar.set_postfix(cached=c.cached, computed=c.computed, failed=c.failed, refresh=True)
+            _show(bar, c)
 
         upstream = node.spec.upstream
         before = next((runs[k] for k, n in self.function_nodes.items() if n.spec is upstream and k in runs), None)
@@ -308,6 +331,38 @@ class Pipeline:
                   counts=done.counts, function_hash=identity.hash,
                   identity=json.dumps(identity.explain().as_dicts(), sort_keys=True), commit=False)
         return done
+
+    def _run_sliced(self, options: dict[str, RunOptions], memory_rows: int, log: RunLog,
+                    progress: bool) -> dict[str, NodeRun]:
+        """Run the nodes that can take their input in slices (:mod:`orca.slices`); the others are
+        left to run whole, with a warning naming them."""
+        specs = {node.spec: label for label, node in self.function_nodes.items()}
+        operators = {id(n.output): n.inputs for n in self.nodes.values() if isinstance(n, OperatorNode)}
+        sliced, whole = slices.split(list(specs), operators)
+        if whole:
+            warnings.warn(f"nodes {[specs[s] for s in whole]} read other nodes' outputs through operators and run "
+                          f"whole: memory_rows does not bound them", stacklevel=3)
+        bars = {spec: _bar(specs[spec], progress) for spec in sliced}
+
+        def started(spec: NodeSpec, rows: int) -> None:
+            bars[spec].reset(total=rows)
+            log.event("node_started", "running", node=specs[spec], counts=Counts(), total=rows)
+
+        def update(spec: NodeSpec, c: Counts) -> None:
+            _show(bars[spec], c)
+
+        try:
+            ran = slices.run(sliced, {spec: options[specs[spec]] for spec in sliced}, memory_rows,
+                             started=started, progress=update)
+        finally:
+            for bar in bars.values():
+                bar.close()
+        for spec, done in ran.items():
+            identity = spec.pod.identity
+            log.event("node_finished", "failed" if done.counts.failed else "succeeded", node=specs[spec],
+                      counts=done.counts, function_hash=identity.hash,
+                      identity=json.dumps(identity.explain().as_dicts(), sort_keys=True), commit=False)
+        return {specs[spec]: done for spec, done in ran.items()}
 
     # -- assets ----------------------------------------------------------------------------------
     def asset(self, label: str, *, version: int | None = None, run_id: str | None = None,

@@ -61,6 +61,7 @@ from orca.stores.base import (
     is_panic,
     key_frame,
     single_key,
+    staged_plan,
     sync_plan,
 )
 
@@ -970,6 +971,64 @@ class DeltaStore(BufferedStore):
                       .when_matched_update(updates=columns, predicate=f"s.{op} = 'upsert'")
                       .when_not_matched_insert(updates=columns, predicate=f"s.{op} = 'upsert'"))
             merger.execute()
+            return table.version()
+
+        try:
+            return self._retry(name, attempt, self._write_tables)
+        except (DeltaError, OSError, pa.ArrowException) as exc:
+            if _is_unwritable(exc):
+                raise StoreError(self._unwritable(exc)) from None
+            raise StoreError(f"{self.uri(name)}: write failed: {self._clean(exc)}") from None
+
+    def sync_staged(self, name: str, key: str, staged: Callable[[], pa.RecordBatchReader], staged_keys: pl.Series,
+                    keep: pl.Series, *, metadata: dict[str, str] | None = None) -> int | None:
+        """:meth:`sync_rows` for rows that do not fit in memory: make unkeyed table ``name`` hold
+        the rows ``staged()`` streams (their ``key`` values: ``staged_keys``; they replace rows
+        with those keys) and, of the rows it holds, those whose key is in ``keep``; nothing else.
+        One merge, streamed from ``staged()`` (called again when a conflict retries it on the new
+        snapshot); returns the new version, or None when nothing differed. Raises StoreError,
+        writing nothing, if a key of ``keep`` is neither held nor staged (another writer
+        removed rows since the caller looked)."""
+        check_name(name)
+        self._write_marker()
+        custom = {_WRITER: self.writer_id, **(metadata or {})}
+
+        def attempt() -> int | None:
+            reader = staged()
+            table = self._open(name, writing=True) or self._create(name, reader.schema, ())
+            table.update_incremental()
+            schema = pa.schema(table.schema().to_arrow())
+            legacy = _legacy_ids(name, table)
+            stored_form = _hex_ids if key in legacy else (lambda ids: ids)
+            existing = pl.scan_delta(table).select(key).collect().to_series()
+            delete = existing.filter(staged_plan(existing, stored_form(staged_keys), stored_form(keep), self.uri(name)))
+            if delete.len() == 0 and staged_keys.len() == 0:
+                reader.close()
+                return None
+            op = "__orca_op"
+            source_schema = schema.append(pa.field(op, pa.large_string()))
+
+            def batches() -> Iterator[pa.RecordBatch]:
+                for batch in reader:
+                    rows = conform(_as_stored(pa.Table.from_batches([batch], reader.schema), legacy), schema,
+                                   self.uri(name))
+                    yield from rows.append_column(op, pa.repeat(pa.scalar("upsert", pa.large_string()),
+                                                                rows.num_rows)).to_batches()
+                if delete.len():
+                    yield from pa.table({f.name: (delete.to_arrow().cast(f.type) if f.name == key else
+                                                  pa.nulls(delete.len(), f.type)) for f in schema}).append_column(
+                        op, pa.repeat(pa.scalar("delete", pa.large_string()), delete.len())).to_batches()
+
+            columns = {f'"{c}"': f's."{c}"' for c in schema.names}
+            counts = {"orca.deleted": str(delete.len())}
+            (table.merge(pa.RecordBatchReader.from_batches(source_schema, batches()), predicate=f't."{key}" = s."{key}"',
+                         source_alias="s", target_alias="t", streamed_exec=True,
+                         writer_properties=_writer_properties(schema, (key,)),
+                         commit_properties=CommitProperties(custom_metadata={**custom, **counts}))
+             .when_matched_delete(predicate=f"s.{op} = 'delete'")
+             .when_matched_update(updates=columns, predicate=f"s.{op} = 'upsert'")
+             .when_not_matched_insert(updates=columns, predicate=f"s.{op} = 'upsert'")
+             .execute())
             return table.version()
 
         try:

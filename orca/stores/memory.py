@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import polars as pl
 import pyarrow as pa
@@ -24,6 +24,7 @@ from orca.stores.base import (
     key_frame,
     member,
     single_key,
+    staged_plan,
     sync_plan,
 )
 
@@ -197,6 +198,30 @@ class MemoryStore(BufferedStore):
             "run_id": (metadata or {}).get("orca.run"), "versions": (metadata or {}).get("orca.versions"),
             "operation": "MERGE",
             "inserted": upsert.num_rows - updated, "updated": updated, "deleted": delete.len()}))
+        return len(table.writers) - 1
+
+    def sync_staged(self, name: str, key: str, staged: Callable[[], pa.RecordBatchReader], staged_keys: pl.Series,
+                    keep: pl.Series, *, metadata: dict[str, str] | None = None) -> int | None:
+        """As :meth:`DeltaStore.sync_staged`: the staged rows and the kept ones, in one version."""
+        reader = staged()
+        table = self._tables.get(check_name(name))
+        if table is None:
+            table = self._tables[name] = _Table((), reader.schema.empty_table())
+        existing = pl.Series(key, table.data.column(key))
+        delete = staged_plan(existing, staged_keys, keep, self.uri(name))
+        if not delete.any() and staged_keys.len() == 0 and table.writers:
+            reader.close()
+            return None
+        upsert = conform(reader.read_all(), table.data.schema, self.uri(name))
+        stays = ~delete & ~member(comparable_keys(existing), comparable_keys(staged_keys))
+        updated = int((~stays & ~delete).sum())
+        table.data = pa.concat_tables([table.data.filter(stays.to_arrow()), upsert])
+        table.writers.append(self.writer_id)
+        table.versions.append((table.data, {
+            "version": len(table.writers) - 1, "at": datetime.datetime.now(datetime.UTC),
+            "run_id": (metadata or {}).get("orca.run"), "versions": (metadata or {}).get("orca.versions"),
+            "operation": "MERGE",
+            "inserted": upsert.num_rows - updated, "updated": updated, "deleted": int(delete.sum())}))
         return len(table.writers) - 1
 
     def delete_rows(self, name: str, key: str, keys: pl.Series, *, metadata: dict[str, str] | None = None) -> int:

@@ -1,0 +1,138 @@
+"""Runs in slices: a pipeline's input held ``memory_rows`` rows at a time, end to end.
+
+With ``Pipeline.run(memory_rows=m)``, a node whose input comes from sources (directly, or
+through operators over sources only) reads its input once and takes it ``m`` rows at a time; a
+node fed exactly by such a node's output takes that node's output for the same slice. For each
+slice, node after node: hash, look up (probing a :class:`~orca.engine.KeyIndex` read once per
+run, and reading only the slice's stored packets), compute, record -- the engine's own run, on
+the slice's status. Each slice's asset rows are staged in a file (:class:`orca.assets.Staging`)
+and every asset is committed once at the end, so a run is still one materialisation.
+
+What is held at once: each sliced node's input columns (a source holds them already), its key
+index (16 bytes per stored result and per recorded entry), and one slice's working set. Nodes
+fed through an operator over other nodes' outputs (a join of two nodes' outputs, say) cannot
+take their input in slices; they run whole, after the sliced ones (:func:`split` says which).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import polars as pl
+
+from orca import assets, engine
+from orca.engine import Counts, KeyIndex, NodeRun, NodeSpec, RunOptions, Status
+from orca.names import DONE, ENTRY_KEY, HIT, KEY
+from orca.stores.base import member
+
+__all__ = ["split", "run"]
+
+
+def split(specs: Sequence[NodeSpec], operators: Mapping[int, Sequence[object]]) -> tuple[list[NodeSpec], list[NodeSpec]]:
+    """The nodes that can run in slices, and the others, each in the order given (a dependency
+    order). ``operators`` maps ``id(stream)`` of each operator node's output to its input
+    streams, to tell whether an input passes through another node's output."""
+    sliced: list[NodeSpec] = []
+
+    def from_nodes(stream: object) -> bool:
+        producer = getattr(stream, "producer", None)
+        if isinstance(producer, NodeSpec):
+            return True
+        return any(from_nodes(s) for s in operators.get(id(stream), ()))
+
+    for spec in specs:
+        if spec.upstream is not None:
+            if spec.upstream in sliced:
+                sliced.append(spec)
+        elif not from_nodes(spec.input):
+            sliced.append(spec)
+    return sliced, [s for s in specs if s not in sliced]
+
+
+@dataclasses.dataclass
+class _Node:
+    """One node's state for the length of one run in slices."""
+
+    spec: NodeSpec
+    index: KeyIndex
+    since: tuple[int | None, ...]
+    counts: Counts
+    staging: assets.Staging | None
+    computed: pl.Series = dataclasses.field(default_factory=lambda: pl.Series(KEY, [], pl.UInt128))
+
+
+def run(specs: Sequence[NodeSpec], options: Mapping[NodeSpec, RunOptions], memory_rows: int, *,
+        started: Callable[[NodeSpec, int], None] | None = None,
+        progress: Callable[[NodeSpec, Counts], None] | None = None) -> dict[NodeSpec, NodeRun]:
+    """Run ``specs`` (as :func:`split` gives them, in dependency order) slice by slice; returns
+    each node's run: counts over all slices, ``status`` None (no node's whole status is held),
+    ``asset_version`` the one commit of its asset (None: unchanged).
+
+    ``started(spec, rows)`` is called once per node with its input's rows (for a node fed by
+    another, its upstream's), ``progress(spec, counts)`` as slices complete. A failure raises
+    after committing what succeeded (results and provenance); no asset is written then -- the
+    next run writes them.
+    """
+    inputs = {spec: engine.input_frame(spec, None) for spec in specs if spec.upstream is None}
+    nodes: dict[NodeSpec, _Node] = {}
+    try:
+        for spec in specs:
+            index = engine.read_index(spec)
+            staging = None
+            if spec.asset_table is not None:
+                staging = assets.Staging(spec.store, spec.asset_table, options[spec].run_id, spec.pod.identity.hash)
+            nodes[spec] = _Node(spec, index, index.versions, Counts(), staging)
+            if started is not None:
+                root = spec
+                while root.upstream is not None:
+                    root = root.upstream
+                started(spec, inputs[root].height)
+        slices = max([math.ceil(frame.height / memory_rows) for frame in inputs.values()] + [1])
+        for i in range(slices):
+            outputs: dict[NodeSpec, Status] = {}
+            for spec, node in nodes.items():
+                if spec.upstream is None:
+                    frame = inputs[spec].slice(i * memory_rows, memory_rows)
+                else:
+                    frame = engine.input_frame(spec, outputs[spec.upstream])
+                outputs[spec] = _run_slice(node, frame, options[spec], progress)
+        ran = {}
+        for spec, node in nodes.items():
+            version = None
+            if node.staging is not None:
+                reflects = engine.staged_reflects(spec, node.since, node.staging.entries())
+                version = node.staging.commit(reflects).version
+            ran[spec] = NodeRun(spec.label, node.counts, None, version)
+        return ran
+    finally:
+        for node in nodes.values():
+            if node.staging is not None:
+                node.staging.discard()
+
+
+def _run_slice(node: _Node, frame: pl.DataFrame, options: RunOptions,
+               progress: Callable[[NodeSpec, Counts], None] | None) -> Status:
+    """One slice of one node: its status, the engine's run of it, the asset rows staged; returns
+    the status after the run (its done entries are the next node's input)."""
+    spec, before = node.spec, dataclasses.replace(node.counts)
+    status = engine.slice_status(spec, frame, node.index)
+
+    def step(c: Counts) -> None:
+        node.counts = Counts(before.cached + c.cached, before.computed + c.computed, before.failed + c.failed)
+        if progress is not None:
+            progress(spec, node.counts)
+
+    done = engine.run(spec, options, status=status, progress=step, sliced=True)
+    after = done.status
+    # An entry whose packet an earlier slice computed counts as computed, as in a run taken whole.
+    found = status.found
+    again = int((~found[DONE] & found[HIT].is_not_null() & member(found[KEY], node.computed)).sum())
+    step(Counts(done.counts.cached - again, done.counts.computed + again, done.counts.failed))
+    new = found[HIT].is_null() & after.found[HIT].is_not_null()
+    node.computed = pl.concat([node.computed, found[KEY].filter(new)], rechunk=False)
+    node.index = node.index.with_run(after)
+    if node.staging is not None:
+        node.staging.add(engine.asset_rows(spec, after), after.found.filter(pl.col(DONE))[ENTRY_KEY], done.changed)
+    return after
