@@ -1,6 +1,7 @@
 """Peak RSS of a one-node pipeline at 1M, 3M and 10M rows: first run and full cache-hit rerun.
 
-Run: ``python benchmarks/bench_memory.py [--sizes 1000000,3000000,10000000]``.
+Run: ``python benchmarks/bench_memory.py [--sizes 1000000,3000000,10000000] [--memory-rows N]``
+(``--memory-rows``: the pipeline runs with ``memory_rows=N``, its input taken N rows at a time).
 
 Workload W1 (as in ``bench_cached_pod.py``): tag ``id`` int64, packet ``x`` float64 and ``y``
 int64, output ``z = x * 2 + y``, as a one-node ``orca.Pipeline`` over a ``PolarsSource`` on a
@@ -66,7 +67,7 @@ def w1(rows: int):
     return pl.DataFrame({"id": ids, "x": x, "y": y})
 
 
-def scenario(what: str, rows: int, store_path: str) -> dict:
+def scenario(what: str, rows: int, store_path: str, memory_rows: int | None = None) -> dict:
     import deltalake  # noqa: F401
     import numpy as np  # noqa: F401
     import polars as pl  # noqa: F401
@@ -92,7 +93,7 @@ def scenario(what: str, rows: int, store_path: str) -> dict:
         affine.pod(orca.PolarsSource(frame, tags=["id"], source_id="w1"))
     del frame  # the source holds it
     start = time.perf_counter()
-    result = pipeline.run(progress=False)
+    result = pipeline.run(progress=False, memory_rows=memory_rows)
     seconds = time.perf_counter() - start
     peak = peak_rss_mb()
     computed = sum(c.computed for c in result.counts.values())
@@ -102,7 +103,7 @@ def scenario(what: str, rows: int, store_path: str) -> dict:
     table = pipeline["affine"].output.to_arrow()
     output_s = time.perf_counter() - start
     assert table.num_rows == rows, table.num_rows
-    return {"scenario": f"{what}-{rows}", "rows": rows, "seconds": round(seconds, 3),
+    return {"scenario": f"{what}-{rows}", "rows": rows, "memory_rows": memory_rows, "seconds": round(seconds, 3),
             "peak_rss_mb": round(peak), "baseline_rss_mb": round(baseline),
             "input_rss_mb": round(with_input - baseline, 1), "input_mb": round(input_mb, 1),
             "run_rss_mb": round(peak - with_input), "output_s": round(output_s, 3),
@@ -110,8 +111,8 @@ def scenario(what: str, rows: int, store_path: str) -> dict:
             "source_s": round(source_s, 3), "rows_per_s": round(rows / seconds)}
 
 
-def run_child(what: str, rows: int, store_path: str) -> dict:
-    done = subprocess.run([sys.executable, SELF, "--child", what, str(rows), store_path],
+def run_child(what: str, rows: int, store_path: str, memory_rows: int | None) -> dict:
+    done = subprocess.run([sys.executable, SELF, "--child", what, str(rows), store_path, str(memory_rows or 0)],
                           capture_output=True, text=True)
     if done.returncode:
         sys.stderr.write(done.stderr)
@@ -123,18 +124,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000000,3000000,10000000",
                         help="comma-separated row counts")
-    parser.add_argument("--child", nargs=3, metavar=("WHAT", "ROWS", "STORE"), help=argparse.SUPPRESS)
+    parser.add_argument("--memory-rows", type=int, default=None,
+                        help="run with Pipeline.run(memory_rows=N): inputs taken N rows at a time")
+    parser.add_argument("--child", nargs=4, metavar=("WHAT", "ROWS", "STORE", "MEMORY_ROWS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        what, rows, store_path = args.child
-        print(json.dumps(scenario(what, int(rows), store_path)))
+        what, rows, store_path, memory_rows = args.child
+        print(json.dumps(scenario(what, int(rows), store_path, int(memory_rows) or None)))
         return
     sizes = [int(s) for s in args.sizes.split(",") if s]
     results = []
     with tempfile.TemporaryDirectory(prefix="orca-memory-") as root:
         for rows in sizes:
             for what in ("first", "rerun"):
-                r = run_child(what, rows, os.path.join(root, str(rows)))
+                r = run_child(what, rows, os.path.join(root, str(rows)), args.memory_rows)
                 results.append(r)
                 print(json.dumps(r), flush=True)
     print(f"{'scenario':>16} {'seconds':>8} {'peak MB':>8} {'input MB':>9} {'run MB':>7} "

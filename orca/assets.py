@@ -71,6 +71,7 @@ class Staging:
 
     def __init__(self, store: Store, table: str, run_id: str, function_hash: str) -> None:
         self.store, self.table, self.run_id, self.function_hash = store, table, run_id, function_hash
+        self._version = store.version(table)  # (first: the ids read are of this version or a later one)
         frame = store.scan(table)
         ids = pl.Series(ENTRY_ID, [], pl.Binary) if frame is None else store.collect(
             table, frame.select(ENTRY_ID)).to_series()
@@ -104,8 +105,13 @@ class Staging:
     def commit(self, reflects: str) -> Materialisation:
         """Write what was staged, in one commit (none when nothing changed), and remove the files."""
         try:
-            staged = pl.concat(self._staged) if self._staged else pl.Series(ENTRY_ID, [], pl.UInt128)
             entries = self.entries()
+            if not self._staged and self.store.version(self.table) == self._version \
+                    and entries.n_unique() == self._existing.len():
+                # Every entry was in the asset as read (nothing staged), the asset has not moved
+                # since, and it holds no other row: nothing to write, nor to read again.
+                return Materialisation(self.table, None)
+            staged = pl.concat(self._staged) if self._staged else pl.Series(ENTRY_ID, [], pl.UInt128)
             version = self.store.sync_staged(self.table, ENTRY_ID, self._reader, staged, entries,
                                              metadata={"orca.run": self.run_id, "orca.versions": reflects})
             return Materialisation(self.table, version)

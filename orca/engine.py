@@ -297,10 +297,17 @@ def input_frame(spec: NodeSpec, upstream: Status | None) -> pl.DataFrame:
     if up is not None:
         status = upstream if upstream is not None else current_status(up)
         return output_frame(up, status).rename({KEY: UPSTREAM_KEY})
+    return input_plan(spec).collect()
+
+
+def input_plan(spec: NodeSpec) -> pl.LazyFrame:
+    """The query :func:`input_frame` collects for a node not fed by another node: tags, system
+    tags and the packet columns the function reads, with their ``__source__`` references. A run
+    in slices collects a source's rows a slice at a time through it (:mod:`orca.slices`)."""
     reads = [p for p in spec.pod.parameters if p in spec.input.packet_columns]
     sources = [c for c in (source_column(p) for p in spec.pod.parameters) if c in spec.input.full_schema.names]
     return spec.input.lazy(include_system=True).select(
-        *spec.input.tag_columns, *spec.input.system_tag_columns, *dict.fromkeys([*reads, *sources])).collect()
+        *spec.input.tag_columns, *spec.input.system_tag_columns, *dict.fromkeys([*reads, *sources]))
 
 
 def hash_inputs(pod: FunctionPod, frame: pl.DataFrame, path_columns: frozenset[str]) -> pl.Series:
@@ -529,7 +536,7 @@ def _results_of(spec: NodeSpec, keys: pl.Series, columns: list[str]) -> pl.DataF
     of each by the dedup rule). None when no key is given: the slice has no stored packet."""
     if keys.len() == 0:
         return None
-    live = spec.store.lookup(spec.results_table, keys_binary(keys.unique()))
+    live = spec.store.lookup(spec.results_table, keys_binary(keys.unique()), columns)
     if live.height == 0:
         return None
     return live.select(hash_keys(live[PACKET_HASH]), *columns, pl.lit(True).alias(HIT))

@@ -121,9 +121,11 @@ def _state_columns(source: Source) -> list[str]:
 def _delivered(source: Source) -> pl.DataFrame:
     """The rows ``source`` delivers now, as ``sources/<id>`` holds them (without run and time);
     for a source of files with ``__row_key`` = the hash of the state columns."""
-    frame = source.to_polars(include_system=True)
+    record = SYSTEM_TAG_PREFIX + source.source_id
+    frame = source.lazy(include_system=True).select(
+        *source.tag_columns, record, *sorted(set(source.path_columns) - set(source.tag_columns))).collect()
     columns: dict[str, Any] = {c: frame[c] for c in source.tag_columns}
-    columns[RECORD_ID] = frame[SYSTEM_TAG_PREFIX + source.source_id]
+    columns[RECORD_ID] = frame[record]
     for path in sorted(source.path_columns):
         facts = file_facts(frame[path].to_list())
         size, mtime, digest = _file_columns(path)

@@ -51,6 +51,28 @@ def split(specs: Sequence[NodeSpec], operators: Mapping[int, Sequence[object]]) 
     return sliced, [s for s in specs if s not in sliced]
 
 
+class _Input:
+    """The input of a node not fed by another node, a slice at a time. A source's rows are read
+    from its query per slice (their ``__source__`` references made for that slice only); any
+    other input -- operators over sources, whose row order a query need not repeat (a join's) --
+    is collected once and sliced."""
+
+    def __init__(self, spec: NodeSpec) -> None:
+        plan = engine.input_plan(spec)
+        if getattr(spec.input.producer, "source_id", None) is not None:
+            self._plan: pl.LazyFrame | None = plan
+            self._frame: pl.DataFrame | None = None
+            self.rows = plan.select(pl.len()).collect().item()
+        else:
+            self._plan, self._frame = None, plan.collect()
+            self.rows = self._frame.height
+
+    def slice(self, offset: int, length: int) -> pl.DataFrame:
+        if self._frame is not None:
+            return self._frame.slice(offset, length)
+        return self._plan.slice(offset, length).collect()
+
+
 @dataclasses.dataclass
 class _Node:
     """One node's state for the length of one run in slices."""
@@ -75,7 +97,7 @@ def run(specs: Sequence[NodeSpec], options: Mapping[NodeSpec, RunOptions], memor
     after committing what succeeded (results and provenance); no asset is written then -- the
     next run writes them.
     """
-    inputs = {spec: engine.input_frame(spec, None) for spec in specs if spec.upstream is None}
+    inputs = {spec: _Input(spec) for spec in specs if spec.upstream is None}
     nodes: dict[NodeSpec, _Node] = {}
     try:
         for spec in specs:
@@ -88,8 +110,8 @@ def run(specs: Sequence[NodeSpec], options: Mapping[NodeSpec, RunOptions], memor
                 root = spec
                 while root.upstream is not None:
                     root = root.upstream
-                started(spec, inputs[root].height)
-        slices = max([math.ceil(frame.height / memory_rows) for frame in inputs.values()] + [1])
+                started(spec, inputs[root].rows)
+        slices = max([math.ceil(i.rows / memory_rows) for i in inputs.values()] + [1])
         for i in range(slices):
             outputs: dict[NodeSpec, Status] = {}
             for spec, node in nodes.items():

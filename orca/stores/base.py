@@ -57,7 +57,7 @@ class Store(Protocol):
     def flush(self, wait: bool = True) -> None: ...
     def scan(self, name: str, *, include_invalidated: bool = False) -> pl.LazyFrame | None: ...
     def keys(self, name: str) -> pl.Series | None: ...
-    def lookup(self, name: str, keys: pl.Series | pa.Array) -> pl.DataFrame: ...
+    def lookup(self, name: str, keys: pl.Series | pa.Array, columns: Sequence[str] | None = None) -> pl.DataFrame: ...
     def invalidate(self, name: str, keys: pl.Series | pa.Array) -> int: ...
     def exists(self, name: str) -> bool: ...
     def tables(self, prefix: str = "") -> list[str]: ...
@@ -342,14 +342,18 @@ class BufferedStore(abc.ABC):
         live = frame.filter(pl.col(INVALIDATED_AT).is_null()).select(column).unique()
         return self.collect(name, live).to_series()
 
-    def lookup(self, name: str, keys: pl.Series | pa.Array) -> pl.DataFrame:
-        """The live, deduplicated rows whose key is in ``keys`` (one vectorised semi-join)."""
+    def lookup(self, name: str, keys: pl.Series | pa.Array, columns: Sequence[str] | None = None) -> pl.DataFrame:
+        """The live, deduplicated rows whose key is in ``keys`` (one vectorised semi-join);
+        ``columns``: only these (and the key and the columns the dedup rule reads) -- a scan
+        that reads fewer columns of every stored row."""
         found = self._read(check_name(name))
         if found is None:
             return pl.DataFrame()
         frame, key = found
         column = single_key(self.uri(name), key)
         wanted = key_frame(keys, column, frame.collect_schema()[column])
+        if columns is not None:
+            frame = frame.select(*dict.fromkeys([*key, *columns, RUN_ID, INVALIDATED_AT]))
         live = frame.join(wanted.lazy(), on=column, how="semi").filter(pl.col(INVALIDATED_AT).is_null())
         rows = self.collect(name, live)
         copies = rows.select(*key, RUN_ID).filter(_repeated(key))

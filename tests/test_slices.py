@@ -1,0 +1,212 @@
+"""Runs in slices (``Pipeline.run(memory_rows=N)``): memory bounded by a setting (issue 10)."""
+
+from __future__ import annotations
+
+import math
+
+import hypothesis.strategies as st
+import polars as pl
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+import orca
+from orca import engine
+from tests.test_assets import same, write
+from tests.pipelines.assets_files import build as build_files
+
+
+@orca.function_pod(output_keys="y")
+def double(x: int) -> int:
+    return 2 * x
+
+
+@orca.function_pod(output_keys="z")
+def plus_one(y: int) -> int:
+    return y + 1
+
+
+@orca.function_pod(output_keys="y")
+def picky(x: int) -> int:
+    if x == 3:
+        raise ValueError("three")
+    return 2 * x
+
+
+def chain(store: orca.Store, xs: list[int], first: orca.FunctionPod = double.pod) -> orca.Pipeline:
+    pipeline = orca.Pipeline("sliced", store=store)
+    source = orca.PolarsSource(pl.DataFrame({"i": range(len(xs)), "x": xs}), tags=["i"], source_id="numbers")
+    with pipeline:
+        plus_one.pod(first(source))
+    return pipeline
+
+
+def outputs(pipeline: orca.Pipeline) -> dict[str, list]:
+    return {label: pipeline[label].results().collect().sort("i").rows() for label in ("double", "plus_one")}
+
+
+def test_a_run_in_slices_holds_at_most_memory_rows_rows_at_once(store, monkeypatch):
+    seen: list[tuple[str, int]] = []
+    calls: list[int] = []
+    hash_inputs, map_chunks = engine.hash_inputs, orca.ThreadExecutor.map_chunks
+
+    def hashing(pod, frame, path_columns):
+        seen.append((pod.name, frame.height))
+        return hash_inputs(pod, frame, path_columns)
+
+    def mapping(self, fn, table: pa.Table):
+        calls.append(table.num_rows)
+        return map_chunks(self, fn, table)
+
+    def whole(*args, **kwargs):
+        raise AssertionError("a run in slices read a node's status whole")
+
+    monkeypatch.setattr(engine, "hash_inputs", hashing)
+    monkeypatch.setattr(orca.ThreadExecutor, "map_chunks", mapping)
+    monkeypatch.setattr(engine, "read_status", whole)
+    monkeypatch.setattr(engine, "results_index", whole)
+    xs = [k % 13 for k in range(50)]
+    pipeline = chain(store, xs)
+    result = pipeline.run(orca.ThreadExecutor(), progress=False, memory_rows=7)
+
+    slices = math.ceil(50 / 7)
+    assert [h for name, h in seen if name == "double"] == [7] * (slices - 1) + [50 - 7 * (slices - 1)]
+    assert [h for name, h in seen if name == "plus_one"] == [7] * (slices - 1) + [50 - 7 * (slices - 1)]
+    assert calls and max(calls) <= 7  # every batch the executor got
+    # as a run taken whole counts: every entry whose packet this run computed is computed
+    assert result.counts["double"] == orca.Counts(cached=0, computed=50, failed=0)
+    assert result.counts["plus_one"] == orca.Counts(cached=0, computed=50, failed=0)
+    assert sum(calls) == 13 + 13  # each distinct packet computed once, though it recurs across slices
+
+    monkeypatch.undo()
+    assert outputs(pipeline)["plus_one"] == [(i, 2 * x + 1) for i, x in enumerate(xs)]
+    assert same(pipeline, "plus_one").height == 50
+    assert len(pipeline.history("plus_one")) == 1  # the run is one materialisation
+
+
+def test_slices_give_what_a_whole_run_gives_through_every_kind_of_change(store, tmp_path):
+    whole_store = orca.MemoryStore() if isinstance(store, orca.MemoryStore) else orca.DeltaStore(tmp_path / "whole")
+    steps = [list(range(30)), list(range(30)), list(range(45)), [x + 100 for x in range(10)] + list(range(5))]
+    for xs in steps:
+        sliced, whole = chain(store, xs), chain(whole_store, xs)
+        a = sliced.run(progress=False, memory_rows=4)
+        b = whole.run(progress=False)
+        assert a.counts == b.counts
+        assert outputs(sliced) == outputs(whole)
+        for label in ("double", "plus_one"):
+            asset = same(sliced, label)
+            assert asset.drop("__run_id").equals(same(whole, label).drop("__run_id"))
+        assert [len(sliced.history(n)) for n in ("double", "plus_one")] == \
+            [len(whole.history(n)) for n in ("double", "plus_one")]
+
+
+def test_a_no_change_rerun_in_slices_writes_no_asset_version_and_computes_nothing(store):
+    pipeline = chain(store, list(range(20)))
+    pipeline.run(progress=False, memory_rows=6)
+    versions = len(pipeline.history("plus_one"))
+    again = pipeline.run(progress=False, memory_rows=6)
+    assert again.counts["plus_one"] == orca.Counts(cached=20, computed=0, failed=0)
+    assert len(pipeline.history("plus_one")) == versions
+    whole = pipeline.run(progress=False)  # a run taken whole trusts what the sliced run recorded
+    assert whole.counts["plus_one"].computed == 0 and len(pipeline.history("plus_one")) == versions
+
+
+def test_failures_in_slices_are_counted_and_left_out_of_the_asset(store):
+    xs = [1, 2, 3, 4, 3, 5, 6, 3]
+    pipeline = chain(store, xs, first=picky.pod)
+    result = pipeline.run(progress=False, memory_rows=3, on_error="continue")
+    assert result.status == "failed"
+    assert result.counts["picky"] == orca.Counts(cached=0, computed=5, failed=3)
+    assert result.counts["plus_one"] == orca.Counts(cached=0, computed=5, failed=0)
+    assert sorted(same(pipeline, "plus_one")["i"].to_list()) == [i for i, x in enumerate(xs) if x != 3]
+    assert pipeline.failures(open_only=True).height == 3
+
+
+def test_files_in_slices_follow_edits_and_deletions(store, tmp_path):
+    data = tmp_path / "data"
+    write(data, a="x", b="yy", c="zzz", d="dddd")
+    pipeline = build_files(store, data)
+    pipeline.run(progress=False, memory_rows=1)
+    assert same(pipeline, "double")["m"].to_list() == [2, 4, 6, 8]
+    write(data, a="xxxxx")
+    (data / "c.txt").unlink()
+    pipeline = build_files(store, data)
+    result = pipeline.run(progress=False, memory_rows=2)
+    assert result.counts["size"].computed == 1
+    assert same(pipeline, "double")["m"].to_list() == [10, 4, 8]
+
+
+def test_nodes_fed_by_an_operator_over_nodes_run_whole_with_a_warning(store):
+    pipeline = orca.Pipeline("joined", store=store)
+    left = orca.PolarsSource(pl.DataFrame({"i": range(10), "x": range(10)}), tags=["i"], source_id="left")
+    right = orca.PolarsSource(pl.DataFrame({"i": range(10), "w": range(10, 20)}), tags=["i"], source_id="right")
+    with pipeline:
+        doubled = double.pod(left)
+
+        @orca.function_pod(output_keys="s")
+        def add(y: int, w: int) -> int:
+            return y + w
+
+        add.pod(doubled.join(right))
+    with pytest.warns(UserWarning, match=r"\['add'\].*run whole"):
+        result = pipeline.run(progress=False, memory_rows=3)
+    assert result.counts["double"].computed == 10 and result.counts["add"].computed == 10
+    assert sorted(pipeline["add"].results().collect()["s"].to_list()) == [3 * i + 10 for i in range(10)]
+    same(pipeline, "add")
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "10"])
+def test_memory_rows_must_be_a_positive_integer(bad):
+    pipeline = chain(orca.MemoryStore(), [1, 2])
+    with pytest.raises(ValueError, match="memory_rows"):
+        pipeline.run(progress=False, memory_rows=bad)
+
+
+def test_memory_rows_is_not_combined_with_shards_or_claims():
+    pipeline = chain(orca.MemoryStore(), [1, 2])
+    with pytest.raises(ValueError, match="memory_rows cannot be combined"):
+        pipeline.run(progress=False, memory_rows=10, shard=(0, 2))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(runs=st.lists(st.tuples(st.lists(st.integers(0, 6), min_size=1, max_size=25), st.integers(1, 9)), min_size=1, max_size=3))
+def test_any_slicing_gives_the_whole_run(runs):
+    """Property: for any inputs (repeated packets included) and any memory_rows, run after run,
+    a pipeline run in slices has the counts, outputs and assets of one run whole."""
+    sliced_store, whole_store = orca.MemoryStore(), orca.MemoryStore()
+    for xs, memory_rows in runs:
+        sliced, whole = chain(sliced_store, xs), chain(whole_store, xs)
+        assert sliced.run(progress=False, memory_rows=memory_rows).counts == whole.run(progress=False).counts
+        assert outputs(sliced) == outputs(whole)
+        assert same(sliced, "plus_one").drop("__run_id").equals(same(whole, "plus_one").drop("__run_id"))
+
+
+# -- the store's staged sync -------------------------------------------------------------------
+def _reader(table: pa.Table):
+    return lambda: pa.RecordBatchReader.from_batches(table.schema, table.to_batches(max_chunksize=2))
+
+
+def _ids(*ns: int) -> pl.Series:
+    return pl.Series("__entry_id", ns, pl.UInt128)
+
+
+def test_sync_staged_keeps_deletes_and_replaces(store):
+    def rows(*ns: int, v: int = 0) -> pa.Table:
+        return pa.table({"__entry_id": orca.hashing.keys_binary(_ids(*ns)), "v": [n + v for n in ns]})
+
+    assert store.sync_staged("t", "__entry_id", _reader(rows(1, 2, 3)), _ids(1, 2, 3), _ids(1, 2, 3)) is not None
+    version = store.sync_staged("t", "__entry_id", _reader(rows(3, 4, v=10)), _ids(3, 4), _ids(2, 3, 4))
+    assert version is not None
+    got = store.scan("t").collect().sort("v")
+    assert got["v"].to_list() == [2, 13, 14]
+    assert store.sync_staged("t", "__entry_id", _reader(rows()), _ids(), _ids(2, 3, 4)) is None  # nothing differs
+
+
+def test_sync_staged_writes_nothing_when_rows_to_keep_are_gone(store):
+    rows = pa.table({"__entry_id": orca.hashing.keys_binary(_ids(1, 2)), "v": [1, 2]})
+    store.sync_staged("t", "__entry_id", _reader(rows), _ids(1, 2), _ids(1, 2))
+    before = store.version("t")
+    empty = rows.slice(0, 0)
+    with pytest.raises(orca.StoreError, match="no longer there"):  # 5 was never written nor staged
+        store.sync_staged("t", "__entry_id", _reader(empty), _ids(), _ids(1, 5))
+    assert store.version("t") == before
