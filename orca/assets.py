@@ -20,6 +20,7 @@ import datetime
 import os
 import shutil
 import tempfile
+import warnings
 
 import polars as pl
 import pyarrow as pa
@@ -63,19 +64,22 @@ class Staging:
     """An asset written in slices (a run with ``memory_rows``, :mod:`orca.slices`) and committed
     once, so the run stays one materialisation.
 
-    Each slice's rows that the asset lacks, or that the run recorded again, are written to a
-    Parquet file in a temporary folder; :meth:`commit` makes the asset hold them and, of its
-    own rows, those of the slices' entries -- the others are deleted. What is held meanwhile:
-    the asset's entry ids and the slices' (16 bytes each), not their rows.
+    The asset's entry ids are read once. Each slice's rows that the asset lacks, or that the run
+    recorded again, are written to a Parquet file in a temporary folder, and the asset's rows
+    the slice holds are marked as seen; :meth:`commit` writes the staged rows and deletes the
+    rows no slice held, in one merge planned against the version read. Held meanwhile: 16 bytes
+    per asset row and per entry, and a flag per asset row -- not the rows.
     """
 
     def __init__(self, store: Store, table: str, run_id: str, function_hash: str) -> None:
         self.store, self.table, self.run_id, self.function_hash = store, table, run_id, function_hash
-        self._version = store.version(table)  # (first: the ids read are of this version or a later one)
-        frame = store.scan(table)
+        self._version = store.version(table)
+        frame = store.scan_version(table, version=self._version) if self._version is not None else None
         ids = pl.Series(ENTRY_ID, [], pl.Binary) if frame is None else store.collect(
             table, frame.select(ENTRY_ID)).to_series()
         self._existing = comparable_keys(ids)
+        self._seen = pl.Series([False] * 0, dtype=pl.Boolean) if not ids.len() else pl.repeat(
+            False, ids.len(), eager=True)
         self._folder = tempfile.mkdtemp(prefix="orca-asset-")
         self._files: list[str] = []
         self._staged: list[pl.Series] = []
@@ -86,11 +90,13 @@ class Staging:
         """Stage one slice: ``rows`` (tags, outputs, entry and record ids, as
         :func:`orca.engine.asset_rows` makes them), ``entries`` their entry keys in order
         (``UInt128``), ``changed`` the keys recorded by this run."""
+        self._schema = _with_run(rows.slice(0, 0), self.run_id, self.function_hash).schema
+        self._entries.append(entries)
         fresh = ~member(entries, self._existing)
         if changed.len():
             fresh = fresh | member(entries, changed)
-        self._entries.append(entries)
-        self._schema = _with_run(rows.slice(0, 0), self.run_id, self.function_hash).schema
+        if self._existing.len():
+            self._seen = self._seen | member(self._existing, entries)
         if not fresh.any():
             return
         path = os.path.join(self._folder, f"{len(self._files):06d}.parquet")
@@ -103,16 +109,20 @@ class Staging:
         return pl.concat(self._entries) if self._entries else pl.Series(ENTRY_ID, [], pl.UInt128)
 
     def commit(self, reflects: str) -> Materialisation:
-        """Write what was staged, in one commit (none when nothing changed), and remove the files."""
+        """Write what was staged and delete the rows no slice held, in one commit (none when
+        nothing changed), and remove the files. If another writer moved the asset meanwhile,
+        nothing is written (with a warning): the asset stays that writer's, the next run
+        brings it up to date."""
         try:
-            entries = self.entries()
-            if not self._staged and self.store.version(self.table) == self._version \
-                    and entries.n_unique() == self._existing.len():
-                # Every entry was in the asset as read (nothing staged), the asset has not moved
-                # since, and it holds no other row: nothing to write, nor to read again.
+            delete = self._existing.filter(~self._seen)
+            if not self._staged and delete.len() == 0:
+                return Materialisation(self.table, None)  # the asset holds exactly the slices' rows
+            if self.store.version(self.table) != self._version:
+                warnings.warn(f"{self.store.uri(self.table)}: another writer changed the asset during this run; "
+                              "it was not written (the next run writes it)", stacklevel=2)
                 return Materialisation(self.table, None)
             staged = pl.concat(self._staged) if self._staged else pl.Series(ENTRY_ID, [], pl.UInt128)
-            version = self.store.sync_staged(self.table, ENTRY_ID, self._reader, staged, entries,
+            version = self.store.sync_staged(self.table, ENTRY_ID, self._reader, staged, delete, since=self._version,
                                              metadata={"orca.run": self.run_id, "orca.versions": reflects})
             return Materialisation(self.table, version)
         finally:

@@ -71,7 +71,7 @@ class Store(Protocol):
     def sync_rows(self, name: str, key: str, rows: pa.Table, changed: pl.Series, *,
                   metadata: dict[str, str] | None = None) -> int | None: ...
     def sync_staged(self, name: str, key: str, staged: Callable[[], pa.RecordBatchReader], staged_keys: pl.Series,
-                    keep: pl.Series, *, metadata: dict[str, str] | None = None) -> int | None: ...
+                    delete: pl.Series, *, since: int | None, metadata: dict[str, str] | None = None) -> int: ...
     def scan_version(self, name: str, *, version: int | None = None,
                      as_of: datetime.datetime | None = None) -> pl.LazyFrame | None: ...
     def history(self, name: str, limit: int | None = None) -> list[dict]: ...
@@ -457,19 +457,6 @@ def sync_plan(existing: pl.Series, rows: pa.Table, key: str, changed: pl.Series)
     if changed_.len():
         fresh = fresh | member(wanted, changed_)
     return SyncPlan(existing.filter(~kept), rows.filter(fresh.to_arrow()), int((fresh & present).sum()))
-
-
-def staged_plan(existing: pl.Series, staged_keys: pl.Series, keep: pl.Series, where: str) -> pl.Series:
-    """The ``existing`` keys to delete so that a table holds the staged rows and, of its own,
-    those in ``keep`` (see ``Store.sync_staged``): a mask over ``existing``. Raises StoreError
-    if a key of ``keep`` is neither held nor staged -- the table lost rows since the caller
-    looked (another writer), and the caller cannot supply them."""
-    have, keep_, staged_ = comparable_keys(existing), comparable_keys(keep), comparable_keys(staged_keys)
-    missing = keep_.filter(~member(keep_, have) & ~member(keep_, staged_))
-    if missing.len():
-        raise StoreError(f"{where}: {missing.len()} rows to keep are no longer there (another writer changed "
-                         f"the table meanwhile); nothing was written, the next run writes them")
-    return ~member(have, keep_)
 
 
 def member(values: pl.Series, of: pl.Series) -> pl.Series:

@@ -46,7 +46,7 @@ from deltalake.fs import DeltaStorageHandler
 from pyarrow.fs import FileSelector, FileType
 
 from orca.errors import StoreError
-from orca.hashing import keys_hex
+from orca.hashing import keys_binary, keys_hex
 from orca.names import FAILURES, ID_COLUMNS, MAINTENANCE, RUNS, SOURCES_INDEX, has_ids
 from orca.stores.base import (
     COMMIT,
@@ -61,7 +61,6 @@ from orca.stores.base import (
     is_panic,
     key_frame,
     single_key,
-    staged_plan,
     sync_plan,
 )
 
@@ -981,30 +980,31 @@ class DeltaStore(BufferedStore):
             raise StoreError(f"{self.uri(name)}: write failed: {self._clean(exc)}") from None
 
     def sync_staged(self, name: str, key: str, staged: Callable[[], pa.RecordBatchReader], staged_keys: pl.Series,
-                    keep: pl.Series, *, metadata: dict[str, str] | None = None) -> int | None:
-        """:meth:`sync_rows` for rows that do not fit in memory: make unkeyed table ``name`` hold
-        the rows ``staged()`` streams (their ``key`` values: ``staged_keys``; they replace rows
-        with those keys) and, of the rows it holds, those whose key is in ``keep``; nothing else.
-        One merge, streamed from ``staged()`` (called again when a conflict retries it on the new
-        snapshot); returns the new version, or None when nothing differed. Raises StoreError,
-        writing nothing, if a key of ``keep`` is neither held nor staged (another writer
-        removed rows since the caller looked)."""
+                    delete: pl.Series, *, since: int | None, metadata: dict[str, str] | None = None) -> int:
+        """:meth:`sync_rows` for rows that do not fit in memory, planned by the caller against
+        version ``since`` of unkeyed table ``name`` (None: no table yet): delete the rows whose
+        ``key`` is in ``delete`` and write the rows ``staged()`` streams (their keys:
+        ``staged_keys``; they replace rows with those keys), in one merge streamed from
+        ``staged()``. Returns the new version. Raises StoreError, writing nothing, if the table
+        is no longer at ``since`` (another writer moved it: the plan no longer holds)."""
         check_name(name)
         self._write_marker()
-        custom = {_WRITER: self.writer_id, **(metadata or {})}
+        properties = CommitProperties(custom_metadata={_WRITER: self.writer_id, **(metadata or {}),
+                                                       "orca.deleted": str(delete.len())})
 
-        def attempt() -> int | None:
+        def attempt() -> int:
             reader = staged()
-            table = self._open(name, writing=True) or self._create(name, reader.schema, ())
-            table.update_incremental()
+            table = self._open(name, writing=True)
+            if table is not None:
+                table.update_incremental()
+            if (None if table is None else table.version()) != since:
+                reader.close()
+                raise StoreError(f"{self.uri(name)}: another writer changed the table since version {since}; "
+                                 f"nothing was written")
+            table = table or self._create(name, reader.schema, ())
             schema = pa.schema(table.schema().to_arrow())
             legacy = _legacy_ids(name, table)
-            stored_form = _hex_ids if key in legacy else (lambda ids: ids)
-            existing = pl.scan_delta(table).select(key).collect().to_series()
-            delete = existing.filter(staged_plan(existing, stored_form(staged_keys), stored_form(keep), self.uri(name)))
-            if delete.len() == 0 and staged_keys.len() == 0:
-                reader.close()
-                return None
+            gone = _hex_ids(delete).to_arrow() if key in legacy else keys_binary(delete)
             op = "__orca_op"
             source_schema = schema.append(pa.field(op, pa.large_string()))
 
@@ -1014,17 +1014,15 @@ class DeltaStore(BufferedStore):
                                    self.uri(name))
                     yield from rows.append_column(op, pa.repeat(pa.scalar("upsert", pa.large_string()),
                                                                 rows.num_rows)).to_batches()
-                if delete.len():
-                    yield from pa.table({f.name: (delete.to_arrow().cast(f.type) if f.name == key else
-                                                  pa.nulls(delete.len(), f.type)) for f in schema}).append_column(
-                        op, pa.repeat(pa.scalar("delete", pa.large_string()), delete.len())).to_batches()
+                if len(gone):
+                    yield from pa.table({f.name: (gone.cast(f.type) if f.name == key else pa.nulls(len(gone), f.type))
+                                         for f in schema}).append_column(
+                        op, pa.repeat(pa.scalar("delete", pa.large_string()), len(gone))).to_batches()
 
             columns = {f'"{c}"': f's."{c}"' for c in schema.names}
-            counts = {"orca.deleted": str(delete.len())}
             (table.merge(pa.RecordBatchReader.from_batches(source_schema, batches()), predicate=f't."{key}" = s."{key}"',
                          source_alias="s", target_alias="t", streamed_exec=True,
-                         writer_properties=_writer_properties(schema, (key,)),
-                         commit_properties=CommitProperties(custom_metadata={**custom, **counts}))
+                         writer_properties=_writer_properties(schema, (key,)), commit_properties=properties)
              .when_matched_delete(predicate=f"s.{op} = 'delete'")
              .when_matched_update(updates=columns, predicate=f"s.{op} = 'upsert'")
              .when_not_matched_insert(updates=columns, predicate=f"s.{op} = 'upsert'")

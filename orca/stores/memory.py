@@ -24,7 +24,6 @@ from orca.stores.base import (
     key_frame,
     member,
     single_key,
-    staged_plan,
     sync_plan,
 )
 
@@ -201,27 +200,28 @@ class MemoryStore(BufferedStore):
         return len(table.writers) - 1
 
     def sync_staged(self, name: str, key: str, staged: Callable[[], pa.RecordBatchReader], staged_keys: pl.Series,
-                    keep: pl.Series, *, metadata: dict[str, str] | None = None) -> int | None:
-        """As :meth:`DeltaStore.sync_staged`: the staged rows and the kept ones, in one version."""
+                    delete: pl.Series, *, since: int | None, metadata: dict[str, str] | None = None) -> int:
+        """As :meth:`DeltaStore.sync_staged`: the staged rows in, the ``delete`` keys out, in one version."""
         reader = staged()
-        table = self._tables.get(check_name(name))
+        if self.version(check_name(name)) != since:
+            reader.close()
+            raise StoreError(f"{self.uri(name)}: another writer changed the table since version {since}; "
+                             f"nothing was written")
+        table = self._tables.get(name)
         if table is None:
             table = self._tables[name] = _Table((), reader.schema.empty_table())
-        existing = pl.Series(key, table.data.column(key))
-        delete = staged_plan(existing, staged_keys, keep, self.uri(name))
-        if not delete.any() and staged_keys.len() == 0 and table.writers:
-            reader.close()
-            return None
+        existing = comparable_keys(pl.Series(key, table.data.column(key)))
         upsert = conform(reader.read_all(), table.data.schema, self.uri(name))
-        stays = ~delete & ~member(comparable_keys(existing), comparable_keys(staged_keys))
-        updated = int((~stays & ~delete).sum())
-        table.data = pa.concat_tables([table.data.filter(stays.to_arrow()), upsert])
+        deleted = member(existing, delete)
+        replaced = member(existing, staged_keys)
+        table.data = pa.concat_tables([table.data.filter((~deleted & ~replaced).to_arrow()), upsert])
         table.writers.append(self.writer_id)
+        updated = int((replaced & ~deleted).sum())
         table.versions.append((table.data, {
             "version": len(table.writers) - 1, "at": datetime.datetime.now(datetime.UTC),
             "run_id": (metadata or {}).get("orca.run"), "versions": (metadata or {}).get("orca.versions"),
             "operation": "MERGE",
-            "inserted": upsert.num_rows - updated, "updated": updated, "deleted": int(delete.sum())}))
+            "inserted": upsert.num_rows - updated, "updated": updated, "deleted": int(deleted.sum())}))
         return len(table.writers) - 1
 
     def delete_rows(self, name: str, key: str, keys: pl.Series, *, metadata: dict[str, str] | None = None) -> int:
