@@ -28,6 +28,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from orca.errors import OrcaError
+from orca.hashing import KeySet
 from orca.names import ENTRY_ID, FUNCTION_HASH, RUN_ID, hex_ids
 from orca.stores import Store
 from orca.stores.base import comparable_keys, member
@@ -83,7 +84,7 @@ class Staging:
         self._folder = tempfile.mkdtemp(prefix="orca-asset-")
         self._files: list[str] = []
         self._staged: list[pl.Series] = []
-        self._entries: list[pl.Series] = []
+        self.entries = KeySet()  # the digest of every slice's entries (what the asset holds after commit)
         self._schema: pa.Schema | None = None  # the rows' (known from the first slice)
 
     def add(self, rows: pa.Table, entries: pl.Series, changed: pl.Series) -> None:
@@ -91,7 +92,7 @@ class Staging:
         :func:`orca.engine.asset_rows` makes them), ``entries`` their entry keys in order
         (``UInt128``), ``changed`` the keys recorded by this run."""
         self._schema = _with_run(rows.slice(0, 0), self.run_id, self.function_hash).schema
-        self._entries.append(entries)
+        self.entries = self.entries.add(entries)
         fresh = ~member(entries, self._existing)
         if changed.len():
             fresh = fresh | member(entries, changed)
@@ -103,10 +104,6 @@ class Staging:
         pq.write_table(_with_run(rows.filter(fresh.to_arrow()), self.run_id, self.function_hash), path)
         self._files.append(path)
         self._staged.append(entries.filter(fresh))
-
-    def entries(self) -> pl.Series:
-        """The entry keys of every slice staged so far (the asset's rows after :meth:`commit`)."""
-        return pl.concat(self._entries) if self._entries else pl.Series(ENTRY_ID, [], pl.UInt128)
 
     def commit(self, reflects: str) -> Materialisation:
         """Write what was staged and delete the rows no slice held, in one commit (none when

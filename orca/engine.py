@@ -47,6 +47,7 @@ from orca.calls import chunk_call, failed_for_tag, input_packets
 from orca.errors import SchemaError
 from orca.executors import Executor
 from orca.hashing import (
+    KeySet,
     digests_binary,
     hash_bytes,
     hash_keys,
@@ -478,25 +479,32 @@ def current_status(spec: NodeSpec) -> Status:
 @dataclasses.dataclass(frozen=True)
 class KeyIndex:
     """What a run in slices reads of a node's tables once, instead of once per slice: the packet
-    keys with a live result and the entry keys with a live provenance row (``UInt128``, 16 bytes
-    per stored row; no output values). :meth:`with_run` adds what a slice's run stored, so a
-    packet met again in a later slice is found, not computed twice. ``versions``: the tables'
-    versions before they were read; each slice's status reflects them, so a commit by anyone
-    else since the index was read is seen (:func:`run` then reads the slice's results afresh).
+    keys with a live result (``stored``) and the entry keys with a live provenance row
+    (``recorded``), as ``UInt128`` (16 bytes per stored row; no output values). ``fresh``: the
+    packets this run stored since (:meth:`with_run`), so a packet met again in a later slice is
+    found, not computed twice. ``versions``: the tables' versions before they were read; each
+    slice's status reflects them, so a commit by anyone else since the index was read is seen
+    (:func:`run` then reads the slice's results afresh).
     """
 
-    results: pl.Series
+    stored: pl.Series
     recorded: pl.Series | None
     versions: tuple[int | None, ...]
+    fresh: pl.Series = dataclasses.field(default_factory=lambda: pl.Series(KEY, [], pl.UInt128))
 
-    def with_run(self, status: Status) -> KeyIndex:
-        """This index plus the results and entries a slice's status (after its run) holds."""
-        found = status.found
-        results = pl.concat([self.results, found.filter(pl.col(HIT).is_not_null())[KEY]], rechunk=False)
+    def has_result(self, keys: pl.Series) -> pl.Series:
+        """Per key, whether the index holds a live result for it."""
+        return member(keys, self.stored) | member(keys, self.fresh)
+
+    def with_run(self, before: Status, after: Status) -> KeyIndex:
+        """This index plus what a slice's run added: the packets that found a result and the
+        entries that became done (``before`` and ``after`` the run, row for row)."""
+        old, new = before.found, after.found
+        stored = new[KEY].filter(old[HIT].is_null() & new[HIT].is_not_null())
         recorded = self.recorded
         if recorded is not None:
-            recorded = pl.concat([recorded, found.filter(pl.col(DONE))[ENTRY_KEY]], rechunk=False)
-        return KeyIndex(results, recorded, self.versions)
+            recorded = pl.concat([recorded, new[ENTRY_KEY].filter(~old[DONE] & new[DONE])], rechunk=False)
+        return KeyIndex(self.stored, recorded, self.versions, pl.concat([self.fresh, stored], rechunk=False))
 
 
 def read_index(spec: NodeSpec) -> KeyIndex:
@@ -523,7 +531,7 @@ def slice_status(spec: NodeSpec, frame: pl.DataFrame, index: KeyIndex) -> Status
     entries = _entries(spec, None, frame)
     outputs = list(spec.pod.output_keys)
     keys = [*spec.input.tag_columns, *spec.input.system_tag_columns, *_entry_key(spec), KEY]
-    stored = entries[KEY].filter(member(entries[KEY], index.results))
+    stored = entries[KEY].filter(index.has_result(entries[KEY]))
     found = attach_results(spec, entries.select(keys), outputs, _results_of(spec, stored, outputs))
     if spec.provenance_table is None:
         return Status(entries, found.with_columns(pl.col(HIT).is_not_null().alias(DONE)), index.versions)
@@ -618,13 +626,13 @@ def _only_own_commits(spec: NodeSpec, versions: tuple[int | None, ...]) -> bool:
     return own
 
 
-def staged_reflects(spec: NodeSpec, since: tuple[int | None, ...], entries: pl.Series) -> str:
+def staged_reflects(spec: NodeSpec, since: tuple[int | None, ...], entries: KeySet) -> str:
     """What an asset written in slices is made from (as :func:`_materialise` records it): the
-    versions the node's tables (and its upstream nodes') are at now, and a digest of its done
-    entries ``entries`` -- if every commit to those tables since ``since`` (the versions its
+    versions the node's tables (and its upstream nodes') are at now, and the digest of its done
+    entries -- if every commit to those tables since ``since`` (the versions its
     :class:`KeyIndex` was read at) was this run's. Else versions that never hold, so the next
     run compares the asset whole rather than trust it."""
-    digest = hash_bytes(key_digests(entries.sort()).tobytes())
+    digest = entries.digest
     now, own, node, at = table_versions(spec), True, spec, 0
     while node is not None and own:  # (table_versions: each node's two, then its upstream's)
         own = _only_own_commits(node, since[at:at + 2])
@@ -652,7 +660,7 @@ def _materialise(spec: NodeSpec, status: Status, recorded: tuple[pl.Series, ...]
     # What the asset is made from: the versions the status reflects and which entries are done
     # (entries can leave the input while the node's tables stay as they were).
     done = status.found.filter(pl.col(DONE))[ENTRY_KEY]
-    digest = hash_bytes(key_digests(done.sort()).tobytes())
+    digest = KeySet().add(done).digest
     reflects = json.dumps([list(status.versions), digest])
     if not recorded and _reflects(spec, assets.reflected(spec.store, spec.asset_table), status.versions, digest):
         return None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import binascii
 import concurrent.futures
+import dataclasses
 import os
 import stat
 import threading
@@ -742,6 +743,45 @@ def key_digests(keys: pl.Series) -> np.ndarray:
     words = np.empty((len(keys), 2), ">u8")
     words[:, 0], words[:, 1] = parts["hi"].to_numpy(), parts["lo"].to_numpy()
     return words.view(np.uint8).reshape(len(keys), 16)
+
+
+@dataclasses.dataclass(frozen=True)
+class KeySet:
+    """An order-independent digest of a multiset of ``UInt128`` keys, made in parts:
+    ``KeySet().add(a).add(b)`` equals ``KeySet().add(pl.concat([b, a]))``, so a run in slices
+    digests its entries without holding them all, and nothing is sorted (~0.1 s per million).
+
+    The parts are the count and, over the high and the low 64 bits of the keys, their sums
+    (mod 2**64) and XORs; two different sets of hash keys agree on all of them by chance only
+    (~2**-128).
+
+    >>> a, b = pl.Series([1, 2], dtype=pl.UInt128), pl.Series([3], dtype=pl.UInt128)
+    >>> KeySet().add(a).add(b).digest == KeySet().add(pl.concat([b, a])).digest
+    True
+    >>> KeySet().add(a).digest == KeySet().add(pl.Series([1, 1, 2], dtype=pl.UInt128)).digest
+    False
+    """
+
+    count: int = 0
+    lanes: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    def add(self, keys: pl.Series) -> KeySet:
+        """This set plus ``keys``."""
+        if keys.len() == 0:
+            return self
+        parts = keys.to_frame("k").select((pl.col("k") // _TWO_64).cast(pl.UInt64).alias("hi"),
+                                          (pl.col("k") % _TWO_64).cast(pl.UInt64).alias("lo"))
+        hi, lo = parts["hi"].to_numpy(), parts["lo"].to_numpy()
+        sums = [int(np.add.reduce(x, dtype=np.uint64)) for x in (hi, lo)]  # (wraps: mod 2**64)
+        xors = [int(np.bitwise_xor.reduce(x)) for x in (hi, lo)]
+        mask = 2**64 - 1
+        mine = self.lanes
+        return KeySet(self.count + keys.len(), ((mine[0] + sums[0]) & mask, (mine[1] + sums[1]) & mask,
+                                                mine[2] ^ xors[0], mine[3] ^ xors[1]))
+
+    @property
+    def digest(self) -> str:
+        return hash_bytes(f"{self.count}:{':'.join(map(str, self.lanes))}".encode())
 
 
 def keys_binary(keys: pl.Series) -> pa.Array:

@@ -82,7 +82,6 @@ class _Node:
     since: tuple[int | None, ...]
     counts: Counts
     staging: assets.Staging | None
-    computed: pl.Series = dataclasses.field(default_factory=lambda: pl.Series(KEY, [], pl.UInt128))
 
 
 def run(specs: Sequence[NodeSpec], options: Mapping[NodeSpec, RunOptions], memory_rows: int, *,
@@ -124,7 +123,7 @@ def run(specs: Sequence[NodeSpec], options: Mapping[NodeSpec, RunOptions], memor
         for spec, node in nodes.items():
             version = None
             if node.staging is not None:
-                reflects = engine.staged_reflects(spec, node.since, node.staging.entries())
+                reflects = engine.staged_reflects(spec, node.since, node.staging.entries)
                 version = node.staging.commit(reflects).version
             ran[spec] = NodeRun(spec.label, node.counts, None, version)
         return ran
@@ -150,11 +149,9 @@ def _run_slice(node: _Node, frame: pl.DataFrame, options: RunOptions,
     after = done.status
     # An entry whose packet an earlier slice computed counts as computed, as in a run taken whole.
     found = status.found
-    again = int((~found[DONE] & found[HIT].is_not_null() & member(found[KEY], node.computed)).sum())
+    again = int((~found[DONE] & found[HIT].is_not_null() & member(found[KEY], node.index.fresh)).sum())
     step(Counts(done.counts.cached - again, done.counts.computed + again, done.counts.failed))
-    new = found[HIT].is_null() & after.found[HIT].is_not_null()
-    node.computed = pl.concat([node.computed, found[KEY].filter(new)], rechunk=False)
-    node.index = node.index.with_run(after)
+    node.index = node.index.with_run(status, after)
     if node.staging is not None:
         node.staging.add(engine.asset_rows(spec, after), after.found.filter(pl.col(DONE))[ENTRY_KEY], done.changed)
     return after
