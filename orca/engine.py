@@ -480,17 +480,23 @@ def current_status(spec: NodeSpec) -> Status:
 class KeyIndex:
     """What a run in slices reads of a node's tables once, instead of once per slice: the packet
     keys with a live result (``stored``) and the entry keys with a live provenance row
-    (``recorded``), as ``UInt128`` (16 bytes per stored row; no output values). ``fresh``: the
-    packets this run stored since (:meth:`with_run`), so a packet met again in a later slice is
-    found, not computed twice. ``versions``: the tables' versions before they were read; each
-    slice's status reflects them, so a commit by anyone else since the index was read is seen
+    (``recorded``), as ``UInt128`` (16 bytes per stored row). ``fresh``: the packets this run
+    stored since (:meth:`with_run`), so a packet met again in a later slice is found, not
+    computed twice. ``versions``: the tables' versions before they were read; each slice's
+    status reflects them, so a commit by anyone else since the index was read is seen
     (:func:`run` then reads the slice's results afresh).
+
+    ``values``: when the outputs are narrow (fixed-width, :data:`NARROW_OUTPUTS` bytes a row or
+    fewer), the stored and fresh results' outputs too (:func:`results_index`'s columns), so a
+    slice reads nothing; else None, and each slice reads its stored packets' outputs (a scan of
+    the results table per slice).
     """
 
     stored: pl.Series
     recorded: pl.Series | None
     versions: tuple[int | None, ...]
     fresh: pl.Series = dataclasses.field(default_factory=lambda: pl.Series(KEY, [], pl.UInt128))
+    values: pl.DataFrame | None = None
 
     def has_result(self, keys: pl.Series) -> pl.Series:
         """Per key, whether the index holds a live result for it."""
@@ -500,28 +506,42 @@ class KeyIndex:
         """This index plus what a slice's run added: the packets that found a result and the
         entries that became done (``before`` and ``after`` the run, row for row)."""
         old, new = before.found, after.found
-        stored = new[KEY].filter(old[HIT].is_null() & new[HIT].is_not_null())
+        added = old[HIT].is_null() & new[HIT].is_not_null()
         recorded = self.recorded
         if recorded is not None:
             recorded = pl.concat([recorded, new[ENTRY_KEY].filter(~old[DONE] & new[DONE])], rechunk=False)
-        return KeyIndex(self.stored, recorded, self.versions, pl.concat([self.fresh, stored], rechunk=False))
+        values = self.values
+        if values is not None:
+            values = pl.concat([values, new.filter(added).select(values.columns)], rechunk=False)
+        return KeyIndex(self.stored, recorded, self.versions, pl.concat([self.fresh, new[KEY].filter(added)],
+                                                                        rechunk=False), values)
 
 
 def read_index(spec: NodeSpec) -> KeyIndex:
     """The :class:`KeyIndex` of ``spec``'s tables as stored now."""
     versions = table_versions(spec)
-    raw = spec.store.scan(spec.results_table, include_invalidated=True)
-    if raw is None:
-        results = pl.Series(KEY, [], pl.UInt128)
-    else:
-        hashes = spec.store.collect(spec.results_table, raw.filter(pl.col(INVALIDATED_AT).is_null()).select(
-            PACKET_HASH)).to_series()
-        results = hash_keys(hashes).alias(KEY)
+    outputs = list(spec.pod.output_keys)
+    narrow = sum(_width(spec.pod.output_schema.field(c).type) for c in outputs) <= NARROW_OUTPUTS
+    values = results_index(spec, outputs if narrow else [])
+    if values is None:
+        types = pl.from_arrow(spec.pod.output_schema.empty_table()).schema
+        values = pl.DataFrame(schema={**{c: types[c] for c in outputs}, HIT: pl.Boolean, KEY: pl.UInt128})
     recorded = None
     if spec.provenance_table is not None:
         recorded = recorded_entries(spec)
         recorded = pl.Series(ENTRY_KEY, [], pl.UInt128) if recorded is None else recorded
-    return KeyIndex(results, recorded, versions)
+    return KeyIndex(values[KEY], recorded, versions, values=values.select(*outputs, HIT, KEY) if narrow else None)
+
+
+NARROW_OUTPUTS = 16  # bytes of outputs per row a KeyIndex holds beside each key (see KeyIndex)
+
+
+def _width(dtype: pa.DataType) -> float:
+    """Bytes a value of ``dtype`` takes in memory; infinite when it varies (text, lists...)."""
+    try:
+        return max(dtype.bit_width // 8, 1)
+    except ValueError:
+        return math.inf
 
 
 def slice_status(spec: NodeSpec, frame: pl.DataFrame, index: KeyIndex) -> Status:
@@ -531,8 +551,11 @@ def slice_status(spec: NodeSpec, frame: pl.DataFrame, index: KeyIndex) -> Status
     entries = _entries(spec, None, frame)
     outputs = list(spec.pod.output_keys)
     keys = [*spec.input.tag_columns, *spec.input.system_tag_columns, *_entry_key(spec), KEY]
-    stored = entries[KEY].filter(index.has_result(entries[KEY]))
-    found = attach_results(spec, entries.select(keys), outputs, _results_of(spec, stored, outputs))
+    if index.values is not None:
+        stored = _narrowed(index.values, KEY, entries[KEY])
+    else:
+        stored = _results_of(spec, entries[KEY].filter(index.has_result(entries[KEY])), outputs)
+    found = attach_results(spec, entries.select(keys), outputs, stored)
     if spec.provenance_table is None:
         return Status(entries, found.with_columns(pl.col(HIT).is_not_null().alias(DONE)), index.versions)
     recorded = member(found[ENTRY_KEY], index.recorded)

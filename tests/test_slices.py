@@ -63,8 +63,15 @@ def test_a_run_in_slices_holds_at_most_memory_rows_rows_at_once(store, monkeypat
 
     monkeypatch.setattr(engine, "hash_inputs", hashing)
     monkeypatch.setattr(orca.ThreadExecutor, "map_chunks", mapping)
+    reads: list[str] = []
+    results_index = engine.results_index
+
+    def index(spec, columns):
+        reads.append(spec.label)
+        return results_index(spec, columns)
+
     monkeypatch.setattr(engine, "read_status", whole)
-    monkeypatch.setattr(engine, "results_index", whole)
+    monkeypatch.setattr(engine, "results_index", index)
     xs = [k % 13 for k in range(50)]
     pipeline = chain(store, xs)
     result = pipeline.run(orca.ThreadExecutor(), progress=False, memory_rows=7)
@@ -73,6 +80,7 @@ def test_a_run_in_slices_holds_at_most_memory_rows_rows_at_once(store, monkeypat
     assert [h for name, h in seen if name == "double"] == [7] * (slices - 1) + [50 - 7 * (slices - 1)]
     assert [h for name, h in seen if name == "plus_one"] == [7] * (slices - 1) + [50 - 7 * (slices - 1)]
     assert calls and max(calls) <= 7  # every batch the executor got
+    assert reads == ["double", "plus_one"]  # each node's results read once, for its index
     # as a run taken whole counts: every entry whose packet this run computed is computed
     assert result.counts["double"] == orca.Counts(cached=0, computed=50, failed=0)
     assert result.counts["plus_one"] == orca.Counts(cached=0, computed=50, failed=0)
@@ -98,6 +106,33 @@ def test_slices_give_what_a_whole_run_gives_through_every_kind_of_change(store, 
             assert asset.drop("__run_id").equals(same(whole, label).drop("__run_id"))
         assert [len(sliced.history(n)) for n in ("double", "plus_one")] == \
             [len(whole.history(n)) for n in ("double", "plus_one")]
+
+
+@orca.function_pod(output_keys="text")
+def spelled(x: int) -> str:
+    return "n" * (x % 5) + str(x)
+
+
+def test_wide_outputs_are_read_per_slice_and_give_what_a_whole_run_gives(store, tmp_path, monkeypatch):
+    """Text outputs are not held in the key index: each slice reads its stored packets' outputs."""
+    whole_store = orca.MemoryStore() if isinstance(store, orca.MemoryStore) else orca.DeltaStore(tmp_path / "whole")
+    reads: list[int] = []
+    results_of = engine._results_of
+    monkeypatch.setattr(engine, "_results_of", lambda spec, keys, columns: reads.append(keys.len()) or
+                        results_of(spec, keys, columns))
+    for xs in ([k % 7 for k in range(20)], [k % 9 for k in range(26)]):
+        pipelines = []
+        for target in (store, whole_store):
+            pipeline = orca.Pipeline("wide", store=target)
+            source = orca.PolarsSource(pl.DataFrame({"i": range(len(xs)), "x": xs}), tags=["i"], source_id="wide")
+            with pipeline:
+                spelled.pod(source)
+            pipelines.append(pipeline)
+        a = pipelines[0].run(progress=False, memory_rows=6)
+        b = pipelines[1].run(progress=False)
+        assert a.counts == b.counts
+        assert same(pipelines[0], "spelled").drop("__run_id").equals(same(pipelines[1], "spelled").drop("__run_id"))
+    assert sum(reads) > 0  # the second input's stored packets were read slice by slice
 
 
 def test_a_no_change_rerun_in_slices_writes_no_asset_version_and_computes_nothing(store):
