@@ -72,23 +72,25 @@ def test_a_run_in_slices_holds_at_most_memory_rows_rows_at_once(store, monkeypat
 
     monkeypatch.setattr(engine, "read_status", whole)
     monkeypatch.setattr(engine, "results_index", index)
-    xs = [k % 13 for k in range(50)]
+    rows, limit = 300, 37
+    xs = [k % 13 for k in range(rows)]
     pipeline = chain(store, xs)
-    result = pipeline.run(orca.ThreadExecutor(), progress=False, memory_rows=7)
+    result = pipeline.run(orca.ThreadExecutor(), progress=False, memory_rows=limit)
 
-    slices = math.ceil(50 / 7)
-    assert [h for name, h in seen if name == "double"] == [7] * (slices - 1) + [50 - 7 * (slices - 1)]
-    assert [h for name, h in seen if name == "plus_one"] == [7] * (slices - 1) + [50 - 7 * (slices - 1)]
-    assert calls and max(calls) <= 7  # every batch the executor got
+    slices = math.ceil(rows / limit)
+    expected = [limit] * (slices - 1) + [rows - limit * (slices - 1)]
+    assert [h for name, h in seen if name == "double"] == expected
+    assert [h for name, h in seen if name == "plus_one"] == expected
+    assert calls and max(calls) <= limit  # every batch the executor got
     assert reads == ["double", "plus_one"]  # each node's results read once, for its index
     # as a run taken whole counts: every entry whose packet this run computed is computed
-    assert result.counts["double"] == orca.Counts(cached=0, computed=50, failed=0)
-    assert result.counts["plus_one"] == orca.Counts(cached=0, computed=50, failed=0)
+    assert result.counts["double"] == orca.Counts(cached=0, computed=rows, failed=0)
+    assert result.counts["plus_one"] == orca.Counts(cached=0, computed=rows, failed=0)
     assert sum(calls) == 13 + 13  # each distinct packet computed once, though it recurs across slices
 
     monkeypatch.undo()
     assert outputs(pipeline)["plus_one"] == [(i, 2 * x + 1) for i, x in enumerate(xs)]
-    assert same(pipeline, "plus_one").height == 50
+    assert same(pipeline, "plus_one").height == rows
     assert len(pipeline.history("plus_one")) == 1  # the run is one materialisation
 
 
