@@ -74,24 +74,32 @@ class Staging:
 
     def __init__(self, store: Store, table: str, run_id: str, function_hash: str) -> None:
         self.store, self.table, self.run_id, self.function_hash = store, table, run_id, function_hash
-        self._version = store.version(table)
-        frame = store.scan_version(table, version=self._version) if self._version is not None else None
-        ids = pl.Series(ENTRY_ID, [], pl.Binary) if frame is None else store.collect(
-            table, frame.select(ENTRY_ID)).to_series()
-        self._existing = comparable_keys(ids)
-        self._seen = pl.Series([False] * 0, dtype=pl.Boolean) if not ids.len() else pl.repeat(
-            False, ids.len(), eager=True)
+        self._version: int | None = None  # the asset's version the plan is made against (see _open)
+        self._existing = pl.Series(ENTRY_ID, [], pl.UInt128)
+        self._seen = pl.Series([], dtype=pl.Boolean)
         self._folder = tempfile.mkdtemp(prefix="orca-asset-")
         self._files: list[str] = []
         self._staged: list[pl.Series] = []
         self.entries = KeySet()  # the digest of every slice's entries (what the asset holds after commit)
         self._schema: pa.Schema | None = None  # the rows' (known from the first slice)
 
+    def _open(self) -> None:
+        """Create the asset if it is absent (so a run that leaves no entry done still makes it),
+        then note its version and read its entry ids: the commit's plan holds against them."""
+        self.store.ensure(self.table, self._schema)
+        self._version = self.store.version(self.table)
+        frame = self.store.scan(self.table)  # (a commit after the version read only fails the plan)
+        ids = self.store.collect(self.table, frame.select(ENTRY_ID)).to_series()
+        self._existing = comparable_keys(ids)
+        self._seen = pl.repeat(False, ids.len(), eager=True, dtype=pl.Boolean)
+
     def add(self, rows: pa.Table, entries: pl.Series, changed: pl.Series) -> None:
         """Stage one slice: ``rows`` (tags, outputs, entry and record ids, as
         :func:`orca.engine.asset_rows` makes them), ``entries`` their entry keys in order
         (``UInt128``), ``changed`` the keys recorded by this run."""
         self._schema = _with_run(rows.slice(0, 0), self.run_id, self.function_hash).schema
+        if self._version is None:
+            self._open()
         self.entries = self.entries.add(entries)
         fresh = ~member(entries, self._existing)
         if changed.len():
@@ -108,19 +116,18 @@ class Staging:
     def commit(self, reflects: str) -> Materialisation:
         """Write what was staged and delete the rows no slice held, in one commit (none when
         nothing changed), and remove the files. If another writer moved the asset meanwhile,
-        nothing is written (with a warning): the asset stays that writer's, the next run
-        brings it up to date."""
+        nothing is written (with a warning): the asset stays that writer's complete view, and
+        the next run brings it up to date."""
         try:
             delete = self._existing.filter(~self._seen)
             if not self._staged and delete.len() == 0:
                 return Materialisation(self.table, None)  # the asset holds exactly the slices' rows
-            if self.store.version(self.table) != self._version:
-                warnings.warn(f"{self.store.uri(self.table)}: another writer changed the asset during this run; "
-                              "it was not written (the next run writes it)", stacklevel=2)
-                return Materialisation(self.table, None)
             staged = pl.concat(self._staged) if self._staged else pl.Series(ENTRY_ID, [], pl.UInt128)
             version = self.store.sync_staged(self.table, ENTRY_ID, self._reader, staged, delete, since=self._version,
                                              metadata={"orca.run": self.run_id, "orca.versions": reflects})
+            if version is None:
+                warnings.warn(f"{self.store.uri(self.table)}: another writer changed the asset during this run; "
+                              "it was not written (the next run writes it)", stacklevel=2)
             return Materialisation(self.table, version)
         finally:
             self.discard()

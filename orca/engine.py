@@ -477,24 +477,21 @@ def current_status(spec: NodeSpec) -> Status:
 
 # -- slices (bounded memory, see orca.slices) ------------------------------------------------
 @dataclasses.dataclass(frozen=True)
-class KeyIndex:
-    """What a run in slices reads of a node's tables once, instead of once per slice: the packet
-    keys with a live result (``stored``) and the entry keys with a live provenance row
-    (``recorded``), as ``UInt128`` (16 bytes per stored row). ``fresh``: the packets this run
-    stored since (:meth:`with_run`), so a packet met again in a later slice is found, not
-    computed twice. ``versions``: the tables' versions before they were read; each slice's
-    status reflects them, so a commit by anyone else since the index was read is seen
-    (:func:`run` then reads the slice's results afresh).
+class ResultIndex:
+    """What a run in slices reads of a results table once, instead of once per slice, shared by
+    every node of the run whose function writes that table: the packet keys with a live result
+    (``stored``, as ``UInt128``, 16 bytes per stored row) at ``version``, and the packets the
+    run stored since (``fresh``, :meth:`with_run`), so a packet met again in a later slice, or
+    by another node of the same function, is found, not computed twice.
 
     ``values``: when the outputs are narrow (fixed-width, :data:`NARROW_OUTPUTS` bytes a row or
-    fewer), the stored and fresh results' outputs too (:func:`results_index`'s columns), so a
-    slice reads nothing; else None, and each slice reads its stored packets' outputs (a scan of
-    the results table per slice).
+    fewer), the stored and fresh results' outputs too (:func:`results_index`'s columns, one row
+    per packet), so a slice reads nothing; else None, and each slice reads its stored packets'
+    outputs (a scan of the results table per slice).
     """
 
     stored: pl.Series
-    recorded: pl.Series | None
-    versions: tuple[int | None, ...]
+    version: int | None
     fresh: pl.Series = dataclasses.field(default_factory=lambda: pl.Series(KEY, [], pl.UInt128))
     values: pl.DataFrame | None = None
 
@@ -502,38 +499,29 @@ class KeyIndex:
         """Per key, whether the index holds a live result for it."""
         return member(keys, self.stored) | member(keys, self.fresh)
 
-    def with_run(self, before: Status, after: Status) -> KeyIndex:
-        """This index plus what a slice's run added: the packets that found a result and the
-        entries that became done (``before`` and ``after`` the run, row for row)."""
-        old, new = before.found, after.found
-        added = old[HIT].is_null() & new[HIT].is_not_null()
-        recorded = self.recorded
-        if recorded is not None:
-            recorded = pl.concat([recorded, new[ENTRY_KEY].filter(~old[DONE] & new[DONE])], rechunk=False)
+    def with_run(self, added: pl.DataFrame) -> ResultIndex:
+        """This index plus the packets a slice's run stored (``added``: rows of its status after
+        the run, with ``__hash_key`` and the outputs)."""
+        added = added.unique(KEY, keep="first")  # (a packet repeated in a slice is one result)
         values = self.values
         if values is not None:
-            values = pl.concat([values, new.filter(added).select(values.columns)], rechunk=False)
-        return KeyIndex(self.stored, recorded, self.versions, pl.concat([self.fresh, new[KEY].filter(added)],
-                                                                        rechunk=False), values)
+            values = pl.concat([values, added.select(values.columns)], rechunk=False)
+        return ResultIndex(self.stored, self.version, pl.concat([self.fresh, added[KEY]], rechunk=False), values)
 
 
-def read_index(spec: NodeSpec) -> KeyIndex:
-    """The :class:`KeyIndex` of ``spec``'s tables as stored now."""
-    versions = table_versions(spec)
+def read_results(spec: NodeSpec) -> ResultIndex:
+    """The :class:`ResultIndex` of ``spec``'s results table as stored now."""
+    version = spec.store.version(spec.results_table)
     outputs = list(spec.pod.output_keys)
     narrow = sum(_width(spec.pod.output_schema.field(c).type) for c in outputs) <= NARROW_OUTPUTS
     values = results_index(spec, outputs if narrow else [])
     if values is None:
         types = pl.from_arrow(spec.pod.output_schema.empty_table()).schema
         values = pl.DataFrame(schema={**{c: types[c] for c in outputs}, HIT: pl.Boolean, KEY: pl.UInt128})
-    recorded = None
-    if spec.provenance_table is not None:
-        recorded = recorded_entries(spec)
-        recorded = pl.Series(ENTRY_KEY, [], pl.UInt128) if recorded is None else recorded
-    return KeyIndex(values[KEY], recorded, versions, values=values.select(*outputs, HIT, KEY) if narrow else None)
+    return ResultIndex(values[KEY], version, values=values.select(*outputs, HIT, KEY) if narrow else None)
 
 
-NARROW_OUTPUTS = 16  # bytes of outputs per row a KeyIndex holds beside each key (see KeyIndex)
+NARROW_OUTPUTS = 16  # bytes of outputs per row a ResultIndex holds beside each key
 
 
 def _width(dtype: pa.DataType) -> float:
@@ -544,22 +532,56 @@ def _width(dtype: pa.DataType) -> float:
         return math.inf
 
 
+@dataclasses.dataclass(frozen=True)
+class KeyIndex:
+    """What a run in slices knows of one node's tables from the run's start: its results table's
+    :class:`ResultIndex` (shared with other nodes of the same function), the entry keys with a
+    live provenance row (``recorded``), and ``versions``, the tables' versions before they were
+    read. Each slice's status reflects them, so a commit by anyone else since is seen (:func:`run`
+    then reads the slice's results afresh). ``own``: the packets this node computed in earlier
+    slices (their entries count as computed, as in a run taken whole)."""
+
+    results: ResultIndex
+    recorded: pl.Series | None
+    versions: tuple[int | None, ...]
+    own: pl.Series = dataclasses.field(default_factory=lambda: pl.Series(KEY, [], pl.UInt128))
+
+
+def read_index(spec: NodeSpec, results: ResultIndex | None = None) -> KeyIndex:
+    """The :class:`KeyIndex` of ``spec``'s tables as stored now; ``results``: its results
+    table's index, when another node of the run read it already."""
+    versions = table_versions(spec)
+    results = results if results is not None else read_results(spec)
+    versions = (results.version, *versions[1:])  # (what the results index reflects)
+    recorded = None
+    if spec.provenance_table is not None:
+        recorded = recorded_entries(spec)
+        recorded = pl.Series(ENTRY_KEY, [], pl.UInt128) if recorded is None else recorded
+    return KeyIndex(results, recorded, versions)
+
+
 def slice_status(spec: NodeSpec, frame: pl.DataFrame, index: KeyIndex) -> Status:
     """:func:`read_status` of one slice of the input (``frame``, as :func:`input_frame` makes
     it), probing ``index`` instead of reading the node's tables whole: only the slice's packets
-    that the index holds are read (their output values), so memory follows the slice."""
+    that the index holds are read (their output values, unless the index holds them), so memory
+    follows the slice.
+
+    An entry is done, as in a run taken whole, when it was recorded and its packet had a live
+    result when the run started: an entry whose packet only this run stored (e.g. recomputed
+    after an invalidation) is recorded again, so its asset row is written again."""
     entries = _entries(spec, None, frame)
     outputs = list(spec.pod.output_keys)
     keys = [*spec.input.tag_columns, *spec.input.system_tag_columns, *_entry_key(spec), KEY]
-    if index.values is not None:
-        stored = _narrowed(index.values, KEY, entries[KEY])
+    results = index.results
+    if results.values is not None:
+        stored = _narrowed(results.values, KEY, entries[KEY])
     else:
-        stored = _results_of(spec, entries[KEY].filter(index.has_result(entries[KEY])), outputs)
+        stored = _results_of(spec, entries[KEY].filter(results.has_result(entries[KEY])), outputs)
     found = attach_results(spec, entries.select(keys), outputs, stored)
     if spec.provenance_table is None:
         return Status(entries, found.with_columns(pl.col(HIT).is_not_null().alias(DONE)), index.versions)
-    recorded = member(found[ENTRY_KEY], index.recorded)
-    return Status(entries, found.with_columns((recorded & pl.col(HIT).is_not_null()).alias(DONE)), index.versions)
+    done = member(found[ENTRY_KEY], index.recorded) & member(found[KEY], results.stored) & found[HIT].is_not_null()
+    return Status(entries, found.with_columns(done.alias(DONE)), index.versions)
 
 
 def _results_of(spec: NodeSpec, keys: pl.Series, columns: list[str]) -> pl.DataFrame | None:

@@ -260,6 +260,10 @@ class RunHandle(pydantic.BaseModel):
             failed = 0 if failures is None else failures.filter(
                 (pl.col("run_id") == self.run_id) & (pl.col("node") == label)).select(pl.len()).collect().item()
             completed = done_before + done_now
+            finished = events.filter((pl.col("event") == "node_finished") & (pl.col("node") == label)) \
+                if events.height else events
+            if finished.height:  # the node's own final counts (a run in slices logs none before)
+                completed = int(finished["cached"][-1]) + int(finished["computed"][-1])
             report[label] = {"total": total, "completed": completed, "failed": failed,
                              "fraction": (completed / total) if total else (1.0 if total == 0 else 0.0),
                              **self._claims(store, table)}

@@ -40,7 +40,11 @@ def split(specs: Sequence[NodeSpec], operators: Mapping[int, Sequence[object]]) 
         producer = getattr(stream, "producer", None)
         if isinstance(producer, NodeSpec):
             return True
-        return any(from_nodes(s) for s in operators.get(id(stream), ()))
+        if getattr(producer, "source_id", None) is not None:
+            return False
+        if id(stream) in operators:
+            return any(from_nodes(s) for s in operators[id(stream)])
+        return True  # made outside the pipeline (e.g. an operator applied outside `with`): unknown inputs
 
     for spec in specs:
         if spec.upstream is not None:
@@ -98,9 +102,14 @@ def run(specs: Sequence[NodeSpec], options: Mapping[NodeSpec, RunOptions], memor
     """
     inputs = {spec: _Input(spec) for spec in specs if spec.upstream is None}
     nodes: dict[NodeSpec, _Node] = {}
+    # One index per results table, shared by the nodes whose function writes it: what one node
+    # computes, another finds (as in a run taken whole, where the second reads after the first).
+    shared: dict[tuple[int, str], engine.ResultIndex] = {}
     try:
         for spec in specs:
-            index = engine.read_index(spec)
+            table = (id(spec.store), spec.results_table)
+            index = engine.read_index(spec, shared.get(table))
+            shared[table] = index.results
             staging = None
             if spec.asset_table is not None:
                 staging = assets.Staging(spec.store, spec.asset_table, options[spec].run_id, spec.pod.identity.hash)
@@ -118,7 +127,8 @@ def run(specs: Sequence[NodeSpec], options: Mapping[NodeSpec, RunOptions], memor
                     frame = inputs[spec].slice(i * memory_rows, memory_rows)
                 else:
                     frame = engine.input_frame(spec, outputs[spec.upstream])
-                outputs[spec] = _run_slice(node, frame, options[spec], progress)
+                table = (id(spec.store), spec.results_table)
+                outputs[spec] = _run_slice(node, frame, options[spec], progress, shared, table)
         ran = {}
         for spec, node in nodes.items():
             version = None
@@ -134,10 +144,12 @@ def run(specs: Sequence[NodeSpec], options: Mapping[NodeSpec, RunOptions], memor
 
 
 def _run_slice(node: _Node, frame: pl.DataFrame, options: RunOptions,
-               progress: Callable[[NodeSpec, Counts], None] | None) -> Status:
+               progress: Callable[[NodeSpec, Counts], None] | None,
+               shared: dict[tuple[int, str], engine.ResultIndex], table: tuple[int, str]) -> Status:
     """One slice of one node: its status, the engine's run of it, the asset rows staged; returns
     the status after the run (its done entries are the next node's input)."""
     spec, before = node.spec, dataclasses.replace(node.counts)
+    node.index = dataclasses.replace(node.index, results=shared[table])  # (other nodes may have added to it)
     status = engine.slice_status(spec, frame, node.index)
 
     def step(c: Counts) -> None:
@@ -149,9 +161,12 @@ def _run_slice(node: _Node, frame: pl.DataFrame, options: RunOptions,
     after = done.status
     # An entry whose packet an earlier slice computed counts as computed, as in a run taken whole.
     found = status.found
-    again = int((~found[DONE] & found[HIT].is_not_null() & member(found[KEY], node.index.fresh)).sum())
+    again = int((~found[DONE] & found[HIT].is_not_null() & member(found[KEY], node.index.own)).sum())
     step(Counts(done.counts.cached - again, done.counts.computed + again, done.counts.failed))
-    node.index = node.index.with_run(status, after)
+    added = after.found.filter(found[HIT].is_null() & after.found[HIT].is_not_null())
+    shared[table] = shared[table].with_run(added)
+    node.index = dataclasses.replace(node.index, results=shared[table],
+                                     own=pl.concat([node.index.own, added[KEY]], rechunk=False))
     if node.staging is not None:
         node.staging.add(engine.asset_rows(spec, after), after.found.filter(pl.col(DONE))[ENTRY_KEY], done.changed)
     return after

@@ -227,21 +227,24 @@ def _ids(*ns: int) -> pl.Series:
     return pl.Series("__entry_id", ns, pl.UInt128)
 
 
-def test_sync_staged_deletes_and_replaces_in_one_version(store):
-    def rows(*ns: int, v: int = 0) -> pa.Table:
-        return pa.table({"__entry_id": orca.hashing.keys_binary(_ids(*ns)), "v": [n + v for n in ns]})
+def _rows(*ns: int, v: int = 0) -> pa.Table:
+    return pa.table({"__entry_id": orca.hashing.keys_binary(_ids(*ns)), "v": pa.array([n + v for n in ns], pa.int64())})
 
-    first = store.sync_staged("t", "__entry_id", _reader(rows(1, 2, 3)), _ids(1, 2, 3), _ids(), since=None)
-    second = store.sync_staged("t", "__entry_id", _reader(rows(3, 4, v=10)), _ids(3, 4), _ids(1), since=first)
+
+def test_sync_staged_deletes_and_replaces_in_one_version(store):
+    store.ensure("t", _rows().schema)
+    first = store.sync_staged("t", "__entry_id", _reader(_rows(1, 2, 3)), _ids(1, 2, 3), _ids(),
+                              since=store.version("t"))
+    second = store.sync_staged("t", "__entry_id", _reader(_rows(3, 4, v=10)), _ids(3, 4), _ids(1), since=first)
     assert second == store.version("t") and second > first
     assert sorted(store.scan("t").collect()["v"].to_list()) == [2, 13, 14]
 
 
 def test_sync_staged_writes_nothing_when_the_table_moved(store):
-    rows = pa.table({"__entry_id": orca.hashing.keys_binary(_ids(1, 2)), "v": [1, 2]})
-    version = store.sync_staged("t", "__entry_id", _reader(rows), _ids(1, 2), _ids(), since=None)
-    with pytest.raises(orca.StoreError, match="another writer changed the table"):
-        store.sync_staged("t", "__entry_id", _reader(rows.slice(0, 1)), _ids(1), _ids(2), since=version - 1)
+    store.ensure("t", _rows().schema)
+    version = store.sync_staged("t", "__entry_id", _reader(_rows(1, 2)), _ids(1, 2), _ids(), since=store.version("t"))
+    assert store.sync_staged("t", "__entry_id", _reader(_rows(1)), _ids(1), _ids(2), since=version - 1) is None
+    assert store.sync_staged("absent", "__entry_id", _reader(_rows(1)), _ids(1), _ids(), since=0) is None
     assert store.version("t") == version and store.scan("t").collect().height == 2
 
 
@@ -261,6 +264,99 @@ def test_an_asset_another_writer_moves_during_a_run_in_slices_is_left_to_the_nex
     with pytest.warns(UserWarning, match="another writer changed the asset"):
         bigger.run(progress=False, memory_rows=5)
     assert bigger.asset("plus_one").collect().height == 11  # that writer's table, untouched
+    assert same(bigger, "double").height == 15  # the other node's asset was written all the same
     monkeypatch.undo()
     bigger.run(progress=False, memory_rows=5)
     assert same(bigger, "plus_one").height == 15
+
+
+# -- what review found (each of these failed before its fix) -----------------------------------
+def test_an_invalidation_in_slices_records_and_rewrites_what_a_whole_run_does(store, tmp_path):
+    """Invalidating one entry drops its packet's result, which another entry shares: that entry
+    is novel in a run taken whole, and must be in slices too, though an earlier slice stored the
+    packet again (else its count and asset row differ)."""
+    whole_store = orca.MemoryStore() if isinstance(store, orca.MemoryStore) else orca.DeltaStore(tmp_path / "whole")
+    xs = [1, 2, 3, 1]
+    sliced, whole = chain(store, xs), chain(whole_store, xs)
+    sliced.run(progress=False, memory_rows=2)
+    whole.run(progress=False)
+    for pipeline in (sliced, whole):
+        pipeline.invalidate("double", pl.col("i") == 0)
+    a, b = sliced.run(progress=False, memory_rows=2), whole.run(progress=False)
+    assert a.counts == b.counts
+    assert a.counts["double"] == orca.Counts(cached=2, computed=2, failed=0)
+    assert same(sliced, "double").filter(pl.col("i") == 3)["__run_id"].item() == a.run_id  # its row rewritten
+
+
+def test_nodes_of_one_function_share_what_they_compute_in_slices(store, tmp_path):
+    """Two nodes of one function write one results table: in slices, as whole, what one computes
+    the other finds (no packet computed twice, no second result row)."""
+    def build(target):
+        pipeline = orca.Pipeline("twins", store=target)
+        with pipeline:
+            for name in ("a", "b"):
+                double.pod(orca.PolarsSource(pl.DataFrame({"i": range(8), "x": range(8)}), tags=["i"],
+                                             source_id=name))
+        return pipeline
+
+    whole_store = orca.MemoryStore() if isinstance(store, orca.MemoryStore) else orca.DeltaStore(tmp_path / "whole")
+    sliced, whole = build(store), build(whole_store)
+    a, b = sliced.run(progress=False, memory_rows=3), whole.run(progress=False)
+    assert a.counts == b.counts == {"double": orca.Counts(0, 8, 0), "double_2": orca.Counts(8, 0, 0)}
+    table = double.pod.results_table
+    assert store.scan(table).collect().height == whole_store.scan(table).collect().height == 8
+    assert same(sliced, "double_2")["y"].to_list() == [2 * i for i in range(8)]
+
+
+def test_an_operator_made_outside_the_pipeline_over_a_node_runs_whole(store):
+    pipeline = orca.Pipeline("outside", store=store)
+    left = orca.PolarsSource(pl.DataFrame({"i": range(10), "x": range(10)}), tags=["i"], source_id="left")
+    right = orca.PolarsSource(pl.DataFrame({"i": range(10), "w": range(10, 20)}), tags=["i"], source_id="right")
+    with pipeline:
+        doubled = double.pod(left)
+    joined = doubled.join(right)  # not recorded: the pipeline cannot see that it reads a node
+
+    @orca.function_pod(output_keys="s")
+    def add(y: int, w: int) -> int:
+        return y + w
+
+    with pipeline:
+        add.pod(joined)
+    with pytest.warns(UserWarning, match="run whole"):
+        result = pipeline.run(progress=False, memory_rows=3)
+    assert result.counts["add"].computed == 10
+    same(pipeline, "add")
+
+
+def test_a_first_run_in_slices_that_leaves_nothing_done_still_makes_the_asset(store):
+    pipeline = chain(store, [3, 3, 3], first=picky.pod)
+    result = pipeline.run(progress=False, memory_rows=2, on_error="continue")
+    assert result.counts["picky"].failed == 3
+    assert pipeline.asset("picky").collect().height == 0
+
+
+def test_a_finished_run_in_slices_reports_its_progress_whole(store):
+    pipeline = chain(store, list(range(12)))
+    pipeline.run(progress=False, memory_rows=5)
+    result = chain(store, list(range(14))).run(progress=False, memory_rows=5)
+    progress = result.handle.progress()
+    assert progress["double"]["completed"] == 14 and progress["double"]["fraction"] == 1.0
+
+
+def test_packets_repeated_within_a_slice_do_not_make_later_slices_read_the_store(store, monkeypatch):
+    pipeline = chain(store, [k % 3 for k in range(30)])
+    looked: list[str] = []
+    lookup = type(store).lookup
+
+    def counting(self, name, keys, columns=None):
+        looked.append(name)
+        return lookup(self, name, keys, columns)
+
+    monkeypatch.setattr(type(store), "lookup", counting)
+    # Slice 1 computes the 3 packets; later slices find them in the index (narrow outputs, held
+    # once each: a packet held twice looks like two live rows, which sends a slice to the store).
+    result = pipeline.run(progress=False, memory_rows=5)
+    assert result.counts["double"].computed == 30
+    # (the slice that computed them reads them back once per node: its packets repeat, so the
+    # status after it is read, not assembled from what was computed)
+    assert len([n for n in looked if n.startswith("results/")]) <= 2

@@ -71,7 +71,7 @@ class Store(Protocol):
     def sync_rows(self, name: str, key: str, rows: pa.Table, changed: pl.Series, *,
                   metadata: dict[str, str] | None = None) -> int | None: ...
     def sync_staged(self, name: str, key: str, staged: Callable[[], pa.RecordBatchReader], staged_keys: pl.Series,
-                    delete: pl.Series, *, since: int | None, metadata: dict[str, str] | None = None) -> int: ...
+                    delete: pl.Series, *, since: int, metadata: dict[str, str] | None = None) -> int | None: ...
     def scan_version(self, name: str, *, version: int | None = None,
                      as_of: datetime.datetime | None = None) -> pl.LazyFrame | None: ...
     def history(self, name: str, limit: int | None = None) -> list[dict]: ...
@@ -359,6 +359,10 @@ class BufferedStore(abc.ABC):
         copies = rows.select(*key, RUN_ID).filter(_repeated(key))
         if copies.is_empty():
             return rows
+        if columns is not None:  # the dedup rule breaks ties on every column: read those keys whole
+            several = copies[column].unique()
+            whole = self.lookup(name, several).select(rows.columns)
+            return pl.concat([rows.filter(~pl.col(column).is_in(several.implode())), whole])
         return live_rows(rows.lazy(), key, self._first_commits(name, copies.unique()).lazy()).collect()
 
     def collect(self, name: str, frame: pl.LazyFrame) -> pl.DataFrame:

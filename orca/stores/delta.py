@@ -980,28 +980,27 @@ class DeltaStore(BufferedStore):
             raise StoreError(f"{self.uri(name)}: write failed: {self._clean(exc)}") from None
 
     def sync_staged(self, name: str, key: str, staged: Callable[[], pa.RecordBatchReader], staged_keys: pl.Series,
-                    delete: pl.Series, *, since: int | None, metadata: dict[str, str] | None = None) -> int:
+                    delete: pl.Series, *, since: int, metadata: dict[str, str] | None = None) -> int | None:
         """:meth:`sync_rows` for rows that do not fit in memory, planned by the caller against
-        version ``since`` of unkeyed table ``name`` (None: no table yet): delete the rows whose
+        version ``since`` of unkeyed table ``name`` (create it first, e.g. with :meth:`ensure`): delete the rows whose
         ``key`` is in ``delete`` and write the rows ``staged()`` streams (their keys:
         ``staged_keys``; they replace rows with those keys), in one merge streamed from
-        ``staged()``. Returns the new version. Raises StoreError, writing nothing, if the table
-        is no longer at ``since`` (another writer moved it: the plan no longer holds)."""
+        ``staged()``. Returns the new version, or None, writing nothing, if the table is no
+        longer at ``since`` (another writer moved it, even while the merge ran: the plan no
+        longer holds)."""
         check_name(name)
         self._write_marker()
         properties = CommitProperties(custom_metadata={_WRITER: self.writer_id, **(metadata or {}),
                                                        "orca.deleted": str(delete.len())})
 
-        def attempt() -> int:
+        def attempt() -> int | None:
             reader = staged()
             table = self._open(name, writing=True)
             if table is not None:
                 table.update_incremental()
-            if (None if table is None else table.version()) != since:
+            if table is None or table.version() != since:
                 reader.close()
-                raise StoreError(f"{self.uri(name)}: another writer changed the table since version {since}; "
-                                 f"nothing was written")
-            table = table or self._create(name, reader.schema, ())
+                return None
             schema = pa.schema(table.schema().to_arrow())
             legacy = _legacy_ids(name, table)
             gone = _hex_ids(delete).to_arrow() if key in legacy else keys_binary(delete)

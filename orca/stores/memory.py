@@ -200,16 +200,14 @@ class MemoryStore(BufferedStore):
         return len(table.writers) - 1
 
     def sync_staged(self, name: str, key: str, staged: Callable[[], pa.RecordBatchReader], staged_keys: pl.Series,
-                    delete: pl.Series, *, since: int | None, metadata: dict[str, str] | None = None) -> int:
-        """As :meth:`DeltaStore.sync_staged`: the staged rows in, the ``delete`` keys out, in one version."""
+                    delete: pl.Series, *, since: int, metadata: dict[str, str] | None = None) -> int | None:
+        """As :meth:`DeltaStore.sync_staged`: the staged rows in, the ``delete`` keys out, in one
+        version; None, writing nothing, if the table is not at version ``since``."""
         reader = staged()
-        if self.version(check_name(name)) != since:
+        table = self._tables.get(check_name(name))
+        if table is None or self.version(name) != since:
             reader.close()
-            raise StoreError(f"{self.uri(name)}: another writer changed the table since version {since}; "
-                             f"nothing was written")
-        table = self._tables.get(name)
-        if table is None:
-            table = self._tables[name] = _Table((), reader.schema.empty_table())
+            return None
         existing = comparable_keys(pl.Series(key, table.data.column(key)))
         upsert = conform(reader.read_all(), table.data.schema, self.uri(name))
         deleted = member(existing, delete)
