@@ -340,8 +340,9 @@ class Pipeline:
         operators = {id(n.output): n.inputs for n in self.nodes.values() if isinstance(n, OperatorNode)}
         sliced, whole = slices.split(list(specs), operators)
         if whole:
-            warnings.warn(f"nodes {[specs[s] for s in whole]} read other nodes' outputs through operators and run "
-                          f"whole: memory_rows does not bound them", stacklevel=3)
+            warnings.warn(f"nodes {[specs[s] for s in whole]} read other nodes' outputs through operators (or "
+                          f"streams made outside the pipeline) and run whole: memory_rows does not bound them",
+                          stacklevel=3)
         bars = {spec: _bar(specs[spec], progress) for spec in sliced}
 
         def started(spec: NodeSpec, rows: int) -> None:
