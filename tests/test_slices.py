@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 
 import orca
 from orca import engine
-from tests.test_assets import same, write
 from tests.pipelines.assets_files import build as build_files
+from tests.test_assets import same, write
 
 
 @orca.function_pod(output_keys="y")
@@ -173,18 +173,21 @@ def test_files_in_slices_follow_edits_and_deletions(store, tmp_path):
     assert same(pipeline, "double")["m"].to_list() == [10, 4, 8]
 
 
+@orca.function_pod(output_keys="s")
+def add(y: int, w: int) -> int:
+    return y + w
+
+
+def left_and_right() -> tuple[orca.Source, orca.Source]:
+    return (orca.PolarsSource(pl.DataFrame({"i": range(10), "x": range(10)}), tags=["i"], source_id="left"),
+            orca.PolarsSource(pl.DataFrame({"i": range(10), "w": range(10, 20)}), tags=["i"], source_id="right"))
+
+
 def test_nodes_fed_by_an_operator_over_nodes_run_whole_with_a_warning(store):
     pipeline = orca.Pipeline("joined", store=store)
-    left = orca.PolarsSource(pl.DataFrame({"i": range(10), "x": range(10)}), tags=["i"], source_id="left")
-    right = orca.PolarsSource(pl.DataFrame({"i": range(10), "w": range(10, 20)}), tags=["i"], source_id="right")
+    left, right = left_and_right()
     with pipeline:
-        doubled = double.pod(left)
-
-        @orca.function_pod(output_keys="s")
-        def add(y: int, w: int) -> int:
-            return y + w
-
-        add.pod(doubled.join(right))
+        add.pod(double.pod(left).join(right))
     with pytest.warns(UserWarning, match=r"\['add'\].*run whole"):
         result = pipeline.run(progress=False, memory_rows=3)
     assert result.counts["double"].computed == 10 and result.counts["add"].computed == 10
@@ -310,16 +313,10 @@ def test_nodes_of_one_function_share_what_they_compute_in_slices(store, tmp_path
 
 def test_an_operator_made_outside_the_pipeline_over_a_node_runs_whole(store):
     pipeline = orca.Pipeline("outside", store=store)
-    left = orca.PolarsSource(pl.DataFrame({"i": range(10), "x": range(10)}), tags=["i"], source_id="left")
-    right = orca.PolarsSource(pl.DataFrame({"i": range(10), "w": range(10, 20)}), tags=["i"], source_id="right")
+    left, right = left_and_right()
     with pipeline:
         doubled = double.pod(left)
     joined = doubled.join(right)  # not recorded: the pipeline cannot see that it reads a node
-
-    @orca.function_pod(output_keys="s")
-    def add(y: int, w: int) -> int:
-        return y + w
-
     with pipeline:
         add.pod(joined)
     with pytest.warns(UserWarning, match="run whole"):

@@ -962,14 +962,7 @@ class DeltaStore(BufferedStore):
                                  else pa.nulls(delete.len(), f.type)) for c, f in zip(data.column_names, data.schema, strict=True)})
             source = pa.concat_tables([upsert, gone]).append_column(
                 op, pa.array(["upsert"] * upsert.num_rows + ["delete"] * delete.len(), pa.large_string()))
-            columns = {f'"{c}"': f's."{c}"' for c in data.column_names}
-            merger = (table.merge(source, predicate=f't."{key}" = s."{key}"', source_alias="s", target_alias="t",
-                                  writer_properties=_writer_properties(data.schema, (key,)),
-                                  commit_properties=properties)
-                      .when_matched_delete(predicate=f"s.{op} = 'delete'")
-                      .when_matched_update(updates=columns, predicate=f"s.{op} = 'upsert'")
-                      .when_not_matched_insert(updates=columns, predicate=f"s.{op} = 'upsert'"))
-            merger.execute()
+            _upsert_and_delete(table, source, key, data.schema, op, properties)
             return table.version()
 
         try:
@@ -1018,14 +1011,8 @@ class DeltaStore(BufferedStore):
                                          for f in schema}).append_column(
                         op, pa.repeat(pa.scalar("delete", pa.large_string()), len(gone))).to_batches()
 
-            columns = {f'"{c}"': f's."{c}"' for c in schema.names}
-            (table.merge(pa.RecordBatchReader.from_batches(source_schema, batches()), predicate=f't."{key}" = s."{key}"',
-                         source_alias="s", target_alias="t", streamed_exec=True,
-                         writer_properties=_writer_properties(schema, (key,)), commit_properties=properties)
-             .when_matched_delete(predicate=f"s.{op} = 'delete'")
-             .when_matched_update(updates=columns, predicate=f"s.{op} = 'upsert'")
-             .when_not_matched_insert(updates=columns, predicate=f"s.{op} = 'upsert'")
-             .execute())
+            _upsert_and_delete(table, pa.RecordBatchReader.from_batches(source_schema, batches()), key, schema, op,
+                               properties)
             return table.version()
 
         try:
@@ -1241,6 +1228,19 @@ def short_log(name: str) -> bool:
     commit log for the dedup rule (:meth:`DeltaStore._first_commits`), and assets are read at
     earlier versions (time travel): theirs is kept."""
     return name in (RUNS, SOURCES_INDEX, FAILURES, MAINTENANCE) or name.startswith("claims/")
+
+
+def _upsert_and_delete(table: DeltaTable, source: pa.Table | pa.RecordBatchReader, key: str, schema: pa.Schema,
+                       op: str, properties: CommitProperties) -> None:
+    """One merge on ``key``: source rows whose ``op`` column is ``"delete"`` delete their match,
+    ``"upsert"`` rows update or insert theirs (``schema``: the table's columns)."""
+    columns = {f'"{c}"': f's."{c}"' for c in schema.names}
+    (table.merge(source, predicate=f't."{key}" = s."{key}"', source_alias="s", target_alias="t",
+                 writer_properties=_writer_properties(schema, (key,)), commit_properties=properties)
+     .when_matched_delete(predicate=f"s.{op} = 'delete'")
+     .when_matched_update(updates=columns, predicate=f"s.{op} = 'upsert'")
+     .when_not_matched_insert(updates=columns, predicate=f"s.{op} = 'upsert'")
+     .execute())
 
 
 def replace_rows(table: DeltaTable, rows: pa.Table, key: str, properties: CommitProperties) -> None:
