@@ -181,8 +181,8 @@ class RunOptions:
         if self.memory_rows is not None:
             if not isinstance(self.memory_rows, int) or isinstance(self.memory_rows, bool) or self.memory_rows < 1:
                 raise ValueError(f"memory_rows must be an integer >= 1 or None, got {self.memory_rows!r}")
-            if self.claim or self.shard is not None:
-                raise ValueError("memory_rows cannot be combined with shard= or claim=True yet")
+            if self.claim:
+                raise ValueError("memory_rows cannot be combined with claim=True yet")
 
 
 def check_on_error(on_error: str, retries: int) -> None:

@@ -202,10 +202,25 @@ def test_memory_rows_must_be_a_positive_integer(bad):
         pipeline.run(progress=False, memory_rows=bad)
 
 
-def test_memory_rows_is_not_combined_with_shards_or_claims():
+def test_memory_rows_is_not_combined_with_claims():
     pipeline = chain(orca.MemoryStore(), [1, 2])
     with pytest.raises(ValueError, match="memory_rows cannot be combined"):
-        pipeline.run(progress=False, memory_rows=10, shard=(0, 2))
+        pipeline.run(progress=False, memory_rows=10, claim=True)
+
+
+def test_shards_in_slices_add_up_to_one_run(tmp_path):
+    """A SLURM array over a large input: each process a shard, each in slices. Shards follow
+    tags, so every shard finds its upstream entries done in each slice."""
+    store, rows = orca.DeltaStore(tmp_path / "store"), list(range(40))
+    computed = {"double": 0, "plus_one": 0}
+    for i in range(3):
+        result = chain(orca.DeltaStore(tmp_path / "store"), rows).run(progress=False, memory_rows=6, shard=(i, 3))
+        for label in computed:
+            computed[label] += result.counts[label].computed
+    assert computed == {"double": 40, "plus_one": 40}  # each entry computed by exactly one shard
+    final = chain(store, rows).run(progress=False, memory_rows=6)
+    assert all(c.computed == 0 for c in final.counts.values())
+    assert same(chain(store, rows), "plus_one").height == 40
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
