@@ -580,7 +580,9 @@ def slice_status(spec: NodeSpec, frame: pl.DataFrame, index: KeyIndex) -> Status
     found = attach_results(spec, entries.select(keys), outputs, stored)
     if spec.provenance_table is None:
         return Status(entries, found.with_columns(pl.col(HIT).is_not_null().alias(DONE)), index.versions)
-    done = member(found[ENTRY_KEY], index.recorded) & member(found[KEY], results.stored) & found[HIT].is_not_null()
+    # (its packet found, and not among those this run stored: then it was stored at the start --
+    # a probe of this run's few new packets, not of every stored one)
+    done = member(found[ENTRY_KEY], index.recorded) & found[HIT].is_not_null() & ~member(found[KEY], results.fresh)
     return Status(entries, found.with_columns(done.alias(DONE)), index.versions)
 
 
