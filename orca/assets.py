@@ -78,7 +78,7 @@ class Staging:
         self._version: int | None = None  # the asset's version the plan is made against (see _open)
         self._existing = pl.Series(ENTRY_ID, [], pl.UInt128)
         self._seen = pl.Series([], dtype=pl.Boolean)
-        self._folder = tempfile.mkdtemp(prefix="orca-asset-")
+        self._folder: str | None = None  # (made when the first slice has rows to stage)
         self._files: list[str] = []
         self._staged: list[pl.Series] = []
         self.entries = KeySet()  # the digest of every slice's entries (what the asset holds after commit)
@@ -115,6 +115,7 @@ class Staging:
             fresh = fresh | member(entries, changed)
         if not fresh.any():
             return
+        self._folder = self._folder or tempfile.mkdtemp(prefix="orca-asset-")
         path = os.path.join(self._folder, f"{len(self._files):06d}.parquet")
         pq.write_table(_with_run(rows.filter(fresh.to_arrow()), self.run_id, self.function_hash), path)
         self._files.append(path)
@@ -141,7 +142,8 @@ class Staging:
 
     def discard(self) -> None:
         """Remove the staged files (a run that failed writes no asset; the next run does)."""
-        shutil.rmtree(self._folder, ignore_errors=True)
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
 
     def _reader(self) -> pa.RecordBatchReader:
         """The staged rows, read one batch at a time (a ``pyarrow.dataset`` scanner reads ahead

@@ -55,26 +55,29 @@ def split(specs: Sequence[NodeSpec], operators: Mapping[int, Sequence[object]]) 
     return sliced, [s for s in specs if s not in sliced]
 
 
+@dataclasses.dataclass(frozen=True)
 class _Input:
-    """The input of a node not fed by another node, a slice at a time. A source's rows are read
-    from its query per slice (their ``__source__`` references made for that slice only); any
-    other input -- operators over sources, whose row order a query need not repeat (a join's) --
-    is collected once and sliced."""
+    """The input of a node not fed by another node, a slice at a time (:func:`_input`)."""
 
-    def __init__(self, spec: NodeSpec) -> None:
-        plan = engine.input_plan(spec)
-        if getattr(spec.input.producer, "source_id", None) is not None:
-            self._plan: pl.LazyFrame | None = plan
-            self._frame: pl.DataFrame | None = None
-            self.rows = plan.select(pl.len()).collect().item()
-        else:
-            self._plan, self._frame = None, plan.collect()
-            self.rows = self._frame.height
+    rows: int
+    plan: pl.LazyFrame | None = None  # a source's query, collected per slice
+    frame: pl.DataFrame | None = None  # any other input, collected once
 
     def slice(self, offset: int, length: int) -> pl.DataFrame:
-        if self._frame is not None:
-            return self._frame.slice(offset, length)
-        return self._plan.slice(offset, length).collect()
+        if self.frame is not None:
+            return self.frame.slice(offset, length)
+        return self.plan.slice(offset, length).collect()
+
+
+def _input(spec: NodeSpec) -> _Input:
+    """A source's rows are read from its query per slice (their ``__source__`` references made
+    for that slice only); any other input -- operators over sources, whose row order a query
+    need not repeat (a join's) -- is collected once and sliced."""
+    plan = engine.input_plan(spec)
+    if getattr(spec.input.producer, "source_id", None) is not None:
+        return _Input(plan.select(pl.len()).collect().item(), plan=plan)
+    frame = plan.collect()
+    return _Input(frame.height, frame=frame)
 
 
 @dataclasses.dataclass
@@ -100,7 +103,7 @@ def run(specs: Sequence[NodeSpec], options: Mapping[NodeSpec, RunOptions], memor
     after committing what succeeded (results and provenance); no asset is written then -- the
     next run writes them.
     """
-    inputs = {spec: _Input(spec) for spec in specs if spec.upstream is None}
+    inputs = {spec: _input(spec) for spec in specs if spec.upstream is None}
     nodes: dict[NodeSpec, _Node] = {}
     # One index per results table, shared by the nodes whose function writes it: what one node
     # computes, another finds (as in a run taken whole, where the second reads after the first).

@@ -567,6 +567,20 @@ class DeltaStore(BufferedStore):
             f"(the rows stay pending; flush again later): {self._clean(last) if last else ''}"
         )
 
+    def _write(self, name: str, attempt: Callable[[], T]) -> T:
+        """:meth:`_retry` a write to ``name``; a failure (a Rust panic included) raises StoreError
+        naming the table."""
+        try:
+            return self._retry(name, attempt, self._write_tables)
+        except (DeltaError, OSError, pa.ArrowException) as exc:
+            if _is_unwritable(exc):
+                raise StoreError(self._unwritable(exc)) from None
+            raise StoreError(f"{self.uri(name)}: write failed: {self._clean(exc)}") from None
+        except BaseException as exc:
+            if not is_panic(exc):
+                raise
+            raise StoreError(f"{self.uri(name)}: write failed: {self._clean(exc)}") from None
+
     # ---- writes ------------------------------------------------------------------------------
     def _commit(self, name: str, data: pa.Table, key: tuple[str, ...]) -> None:
         self._write_marker()
@@ -584,16 +598,7 @@ class DeltaStore(BufferedStore):
                             commit_properties=self._mark(),
                             schema_mode="merge" if len(rows.schema) > len(schema) else None)
 
-        try:
-            self._retry(name, attempt, self._write_tables)
-        except (DeltaError, OSError, pa.ArrowException) as exc:
-            if _is_unwritable(exc):
-                raise StoreError(self._unwritable(exc)) from None
-            raise StoreError(f"{self.uri(name)}: write failed: {self._clean(exc)}") from None
-        except BaseException as exc:
-            if not is_panic(exc):
-                raise
-            raise StoreError(f"{self.uri(name)}: write failed: {self._clean(exc)}") from None
+        self._write(name, attempt)
 
     def invalidate(self, name: str, keys: pl.Series | pa.Array) -> int:
         """Mark live rows whose key is in ``keys`` invalidated (one merge); return rows hit.
@@ -957,20 +962,11 @@ class DeltaStore(BufferedStore):
                              writer_properties=_writer_properties(upsert.schema, (key,), upsert))
                  .when_not_matched_insert_all().execute())
                 return table.version()
-            op = "__orca_op"
-            gone = pa.table({c: (delete.to_arrow().cast(f.type) if c == key
-                                 else pa.nulls(delete.len(), f.type)) for c, f in zip(data.column_names, data.schema, strict=True)})
-            source = pa.concat_tables([upsert, gone]).append_column(
-                op, pa.array(["upsert"] * upsert.num_rows + ["delete"] * delete.len(), pa.large_string()))
-            _upsert_and_delete(table, source, key, data.schema, op, properties)
+            source = pa.concat_tables([_marked(upsert, "upsert"), _deletions(delete.to_arrow(), data.schema, key)])
+            _upsert_and_delete(table, source, key, data.schema, properties)
             return table.version()
 
-        try:
-            return self._retry(name, attempt, self._write_tables)
-        except (DeltaError, OSError, pa.ArrowException) as exc:
-            if _is_unwritable(exc):
-                raise StoreError(self._unwritable(exc)) from None
-            raise StoreError(f"{self.uri(name)}: write failed: {self._clean(exc)}") from None
+        return self._write(name, attempt)
 
     def sync_staged(self, name: str, key: str, staged: Callable[[], pa.RecordBatchReader], staged_keys: pl.Series,
                     delete: pl.Series, *, since: int, metadata: dict[str, str] | None = None) -> int | None:
@@ -997,30 +993,21 @@ class DeltaStore(BufferedStore):
             schema = pa.schema(table.schema().to_arrow())
             legacy = _legacy_ids(name, table)
             gone = _hex_ids(delete).to_arrow() if key in legacy else keys_binary(delete)
-            op = "__orca_op"
-            source_schema = schema.append(pa.field(op, pa.large_string()))
 
             def batches() -> Iterator[pa.RecordBatch]:
                 for batch in reader:
                     rows = conform(_as_stored(pa.Table.from_batches([batch], reader.schema), legacy), schema,
                                    self.uri(name))
-                    yield from rows.append_column(op, pa.repeat(pa.scalar("upsert", pa.large_string()),
-                                                                rows.num_rows)).to_batches()
+                    yield from _marked(rows, "upsert").to_batches()
                 if len(gone):
-                    yield from pa.table({f.name: (gone.cast(f.type) if f.name == key else pa.nulls(len(gone), f.type))
-                                         for f in schema}).append_column(
-                        op, pa.repeat(pa.scalar("delete", pa.large_string()), len(gone))).to_batches()
+                    yield from _deletions(gone, schema, key).to_batches()
 
-            _upsert_and_delete(table, pa.RecordBatchReader.from_batches(source_schema, batches()), key, schema, op,
+            source_schema = schema.append(pa.field(_OP, pa.large_string()))
+            _upsert_and_delete(table, pa.RecordBatchReader.from_batches(source_schema, batches()), key, schema,
                                properties)
             return table.version()
 
-        try:
-            return self._retry(name, attempt, self._write_tables)
-        except (DeltaError, OSError, pa.ArrowException) as exc:
-            if _is_unwritable(exc):
-                raise StoreError(self._unwritable(exc)) from None
-            raise StoreError(f"{self.uri(name)}: write failed: {self._clean(exc)}") from None
+        return self._write(name, attempt)
 
     def delete_rows(self, name: str, key: str, keys: pl.Series, *, metadata: dict[str, str] | None = None) -> int:
         """Delete the rows of unkeyed table ``name`` whose ``key`` is in ``keys`` (one merge);
@@ -1230,10 +1217,25 @@ def short_log(name: str) -> bool:
     return name in (RUNS, SOURCES_INDEX, FAILURES, MAINTENANCE) or name.startswith("claims/")
 
 
+_OP = "__orca_op"  # a merge source's column: what each of its rows does ("upsert" or "delete")
+
+
+def _marked(rows: pa.Table, op: str) -> pa.Table:
+    """``rows`` with the merge operation ``op`` for each."""
+    return rows.append_column(_OP, pa.repeat(pa.scalar(op, pa.large_string()), rows.num_rows))
+
+
+def _deletions(keys: pa.Array, schema: pa.Schema, key: str) -> pa.Table:
+    """Merge source rows deleting the rows whose ``key`` is in ``keys`` (other columns null)."""
+    return _marked(pa.table({f.name: keys.cast(f.type) if f.name == key else pa.nulls(len(keys), f.type)
+                             for f in schema}), "delete")
+
+
 def _upsert_and_delete(table: DeltaTable, source: pa.Table | pa.RecordBatchReader, key: str, schema: pa.Schema,
-                       op: str, properties: CommitProperties) -> None:
-    """One merge on ``key``: source rows whose ``op`` column is ``"delete"`` delete their match,
+                       properties: CommitProperties) -> None:
+    """One merge on ``key`` (:func:`_marked` source rows): ``"delete"`` rows delete their match,
     ``"upsert"`` rows update or insert theirs (``schema``: the table's columns)."""
+    op = _OP
     columns = {f'"{c}"': f's."{c}"' for c in schema.names}
     (table.merge(source, predicate=f't."{key}" = s."{key}"', source_alias="s", target_alias="t",
                  writer_properties=_writer_properties(schema, (key,)), commit_properties=properties)
