@@ -103,6 +103,25 @@ def keyed(keys: list[str], run: str, value: int) -> pa.Table:
     return pa.table({"__packet_hash": keys, "value": [value] * n, "__run_id": [run] * n})
 
 
+def test_upkeep_trims_the_commit_log_and_keeps_the_first_commit(object_store: ObjectStore) -> None:
+    """The commit files a checkpoint covers are removed on the object store too, after the
+    duplicate rows the dedup rule passes over are settled: the first committer stays served."""
+    store = object_store.store("trim").with_options(checkpoint_every=2)
+    for keys, run, value in ((["a", "b"], "run-9", 9), (["a", "c"], "run-1", 1), (["d"], "run-2", 2)):
+        store.append("results/f/h", keyed(keys, run, value), key=["__packet_hash"])
+        store.flush()
+    store.upkeep(["results/f/h"])
+    log = store._entries(store._join(store.uri("results/f/h"), "_delta_log"))
+    assert f"{0:020d}.json" not in log and f"{1:020d}.json" not in log
+    fresh = orca.DeltaStore(store.location, storage_options=object_store.options)
+    assert fresh.lookup("results/f/h", pl.Series(["a"]))["value"].to_list() == [9]
+    raw = fresh.scan("results/f/h", include_invalidated=True).collect()
+    assert sorted(raw["value"].to_list()) == [1, 2, 9, 9]  # run-1's copy of "a" is gone
+    store.append("results/f/h", keyed(["e"], "run-3", 3), key=["__packet_hash"])  # a handle from before the trim
+    store.flush()
+    assert fresh.scan("results/f/h").collect().height == 5
+
+
 def test_the_first_commit_wins_and_damage_is_reported(object_store: ObjectStore, monkeypatch) -> None:
     """The dedup rule reads the commit log and data files on the object store; a missing data
     file is a StoreError naming it, found before any work."""

@@ -64,15 +64,19 @@ def test_upkeep_under_four_writers_loses_nothing(tmp_path):
     assert set(prov["k"]) == set(range(n))
     runs = store.scan("runs").collect()
     assert runs.filter(pl.col("event") == "finished").height == 16 and set(runs["status"]) >= {"succeeded"}
-    operations = [c["operation"] for c in store.history(upkept.triple.pod.results_table)]
-    assert "OPTIMIZE" in operations  # upkeep compacted while the others wrote
+    from deltalake import DeltaTable
+    results_path = tmp_path / "s" / upkept.triple.pod.results_table
+    results_table = DeltaTable(str(results_path))
+    assert len(results_table.file_uris()) < 16  # upkeep compacted while the others wrote (16 appends)
+    assert len(list((results_path / "_delta_log").glob("*.json"))) < results_table.version()  # and trimmed
+    raw = store.scan(upkept.triple.pod.results_table, include_invalidated=True).collect()
+    assert raw.height >= n  # (duplicates the workers computed at once are settled at upkeep, or kept until then)
     # The asset (rewritten whole once it had compact_files files) is exactly one run's output.
     asset = pl.read_delta(str(tmp_path / "s" / "assets/upkept/triple"))
     assert asset["k"].is_unique().all()
     assert sorted(asset["k"].to_list()) == list(range(asset.height))
     assert asset.height in {20 * (r + 1) + 5 * w for r in range(4) for w in range(4)}
     assert (asset["y"] == 3 * asset["k"]).all()
-    from deltalake import DeltaTable
     assert len(DeltaTable(str(tmp_path / "s" / "assets/upkept/triple")).file_uris()) <= 6  # replaced as it grew (16 merges would leave ~16)
 
 
@@ -200,13 +204,9 @@ def test_a_no_change_run_after_a_compaction_leaves_the_asset_unread(tmp_path, mo
     assert sorted(pipeline.asset("triple").collect()["y"].to_list()) == [3 * i for i in range(30)]
 
 
-def test_bookkeeping_tables_keep_a_short_commit_log(tmp_path, monkeypatch):
-    """deltalake reads a table's whole commit-log folder on every commit: the runs table (three
-    commits a run) keeps its commit files only briefly after a checkpoint covers them, while
-    results, provenance and assets keep theirs (the dedup rule and time travel read them)."""
-    import orca.stores.delta
-
-    monkeypatch.setattr(orca.stores.delta, "_SHORT_LOG", "interval 0 seconds")  # (an hour by default)
+def test_commit_logs_are_trimmed_at_checkpoints_except_assets(tmp_path):
+    """deltalake reads a table's whole commit-log folder on every commit: upkeep removes the
+    commit files a checkpoint covers, in every table but the assets (time travel reads theirs)."""
     store = orca.DeltaStore(tmp_path / "s").with_options(checkpoint_every=5)
     first = grown(store, 1, 5)
     first_run = first.run(progress=False).run_id
@@ -215,11 +215,11 @@ def test_bookkeeping_tables_keep_a_short_commit_log(tmp_path, monkeypatch):
     def commit_files(table: str) -> int:
         return len(list((tmp_path / "s" / table / "_delta_log").glob("*.json")))
 
-    assert commit_files("runs") <= 5 + 1  # at most the commits since the last checkpoint
-    assert commit_files(upkept.triple.pod.results_table) >= 9  # one append a run, all kept
-    assert commit_files("assets/u/triple") >= 9
-    # Nothing reads a bookkeeping table at an earlier version; what is read still works:
-    # another store object (another process), the run log, time travel on the asset.
+    for table in ("runs", upkept.triple.pod.results_table, "pipelines/u/triple", "sources/n"):
+        assert commit_files(table) <= 5 + 1, table  # at most the commits since the last checkpoint
+    assert commit_files("assets/u/triple") >= 9  # one merge a run, all kept
+    # What is read still works: another store object (another process), the run log, time
+    # travel on the asset, the cache.
     other = orca.DeltaStore(tmp_path / "s")
     runs = other.scan("runs").collect()
     assert runs.filter(pl.col("event") == "finished").height == 10
@@ -229,27 +229,70 @@ def test_bookkeeping_tables_keep_a_short_commit_log(tmp_path, monkeypatch):
         ("cached", 40), ("computed", 0), ("failed", 0)]
 
 
-def test_a_store_object_older_than_the_short_log_still_appends(tmp_path, monkeypatch):
+def test_a_store_object_older_than_the_trim_still_appends(tmp_path):
     """Another process's upkeep removed the commit files this store object's handle stood on:
-    its next append brings the handle up to date first, instead of failing."""
+    its next append reloads the table instead of failing."""
     import pyarrow as pa
 
-    import orca.stores.delta
-
-    monkeypatch.setattr(orca.stores.delta, "_SHORT_LOG", "interval 0 seconds")
     old = orca.DeltaStore(tmp_path / "s").with_options(checkpoint_every=5)
     other = orca.DeltaStore(tmp_path / "s").with_options(checkpoint_every=5)
-    row = lambda i: pa.table({"run_id": [f"r{i}"], "n": [i]})  # noqa: E731
-    old.append("runs", row(0))
+    name = "results/f/h"
+    row = lambda i: pa.table({"__packet_hash": [bytes([i]) * 16], "n": [i], "__run_id": [f"r{i}"]})  # noqa: E731
+    old.append(name, row(0), key=["__packet_hash"])
     old.flush()
     for i in range(1, 13):
-        other.append("runs", row(i))
+        other.append(name, row(i), key=["__packet_hash"])
         other.flush()
-    other.upkeep(["runs"])
-    assert len(list((tmp_path / "s" / "runs" / "_delta_log").glob("*.json"))) < 5  # cleaned up
-    old.append("runs", row(99))
+    other.upkeep([name])
+    assert len(list((tmp_path / "s" / name / "_delta_log").glob("*.json"))) < 5  # trimmed
+    old.append(name, row(99), key=["__packet_hash"])
     old.flush()
-    assert sorted(orca.DeltaStore(tmp_path / "s").scan("runs").collect()["n"]) == [*range(13), 99]
+    assert sorted(orca.DeltaStore(tmp_path / "s").scan(name).collect()["n"]) == [*range(13), 99]
+
+
+def _duplicated(path, first: int, second: int):
+    """A results table where two store objects (two processes) appended one packet's result:
+    ``first`` committed first. Returns the table name and a third store object."""
+    import pyarrow as pa
+
+    name = "results/f/h"
+    key = bytes([7]) * 16
+    for value, run in ((first, "r-first"), (second, "r-second")):
+        writer = orca.DeltaStore(path)
+        writer.append(name, pa.table({"__packet_hash": [key], "v": [value], "__run_id": [run]}),
+                      key=["__packet_hash"])
+        writer.flush()
+    return name, orca.DeltaStore(path).with_options(checkpoint_every=2, compact_files=2)
+
+
+@pytest.mark.parametrize("forget", ["trim", "vacuum"])
+def test_the_first_committed_duplicate_stays_served_when_commit_order_is_forgotten(tmp_path, forget):
+    """Trimming the log and vacuuming replaced files make the commit that appended a row
+    unknown; the dedup rule serves the first-committed row of a key, so each first deletes the
+    duplicates it passes over, or the value served would silently change (here the second row
+    would win the tie-break on values)."""
+    import pyarrow as pa
+    from deltalake import DeltaTable
+
+    name, store = _duplicated(tmp_path / "s", first=2, second=1)
+    assert store.scan(name).collect()["v"].to_list() == [2]
+    if forget == "trim":
+        for i in range(4):
+            store.append(name, pa.table({"__packet_hash": [bytes([i]) * 16], "v": [0], "__run_id": ["r"]}),
+                         key=["__packet_hash"])
+            store.flush()
+        store.upkeep([name])
+        assert not (tmp_path / "s" / name / "_delta_log" / f"{0:020d}.json").exists()
+    else:  # as `orca maintain` does: compact (the rows move to a new file), settle, vacuum
+        store.compact(name)
+        assert store.scan(name).collect()["v"].to_list() == [2]  # (the replaced files order them)
+        assert store.settle(name) == 1
+        DeltaTable(store.uri(name)).vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False)
+    fresh = orca.DeltaStore(tmp_path / "s")
+    live = fresh.scan(name).collect().filter(pl.col("__packet_hash") == bytes([7]) * 16)
+    assert live["v"].to_list() == [2] and live["__run_id"].to_list() == ["r-first"]
+    raw = fresh.scan(name, include_invalidated=True).collect()
+    assert raw.filter(pl.col("__run_id") == "r-second").is_empty()  # the passed-over copy is gone
 
 
 def test_a_change_by_another_process_then_a_compaction_is_seen(tmp_path):

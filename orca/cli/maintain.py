@@ -97,6 +97,7 @@ def _vacuum(store: DeltaStore, name: str, retention_hours: int, dry_run: bool) -
         return []
     size = sum(_size(os.path.join(store.uri(name), f)) for f in files)
     if not dry_run:
+        store.settle(name)  # the dedup rule reads replaced files to order duplicate rows: none left
         table.vacuum(dry_run=False, **options)
     return [_action("vacuum", name, f"{len(files)} old files", size, not dry_run)]
 

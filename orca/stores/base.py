@@ -95,7 +95,7 @@ class StoreOptions:
     background: bool = True  # commit a full buffer on a background thread (stores with slow I/O)
     # Upkeep after a run (see DeltaStore.upkeep): a checkpoint of a table's log every this
     # many versions, and a compaction of a table's small files once it has this many files.
-    checkpoint_every: int = 50
+    checkpoint_every: int = 20
     compact_files: int = 32
 
     def __post_init__(self) -> None:

@@ -47,7 +47,7 @@ from pyarrow.fs import FileSelector, FileType
 
 from orca.errors import StoreError
 from orca.hashing import keys_binary, keys_hex
-from orca.names import FAILURES, ID_COLUMNS, MAINTENANCE, RUNS, SOURCES_INDEX, has_ids
+from orca.names import ID_COLUMNS, MAINTENANCE, has_ids
 from orca.stores.base import (
     COMMIT,
     INVALIDATED_AT,
@@ -60,6 +60,7 @@ from orca.stores.base import (
     conform,
     is_panic,
     key_frame,
+    live_rows,
     single_key,
     sync_plan,
 )
@@ -85,9 +86,9 @@ _BACKOFF_CAP = 2.0
 _LEASE_SECONDS = 300.0
 _LEASE_WAIT = 330.0
 _LEASE_POLL = 0.25
-# How long the commit files of a bookkeeping table (see short_log) are kept after a checkpoint
-# covers them: deltalake 1.6 reads a table's whole commit-log folder on every commit, so a log
-# kept for Delta's default 30 days made each commit slower run after run (DESIGN_ISSUES #31).
+# How long the commit files of claims and the maintenance lease (see short_log) are kept after a
+# checkpoint covers them: deltalake 1.6 reads a table's whole commit-log folder on every commit,
+# so a log kept for Delta's default 30 days made each commit slower run after run (#31).
 _SHORT_LOG = "interval 1 hour"
 MARKER = ".orca-store"  # at the store root: says "this directory is an orca store"
 # Store-wide tables every run appends to: checked at the store's first I/O, so that damage to
@@ -110,6 +111,11 @@ class _CreateRace(Exception):
 
 
 _RETRYABLE = (CommitFailedError, _CreateRace)
+# What deltalake 1.6 says when a handle's commit files were trimmed under it (see
+# DeltaStore._trim): the table is fine, the handle must be reopened.
+_TRIMMED = ("Invalid table version", "No files in log segment")
+# What _trim removes before a checkpoint: commit files, their checksums, older checkpoints.
+_LOGGED = re.compile(r"^(\d{20})\.(?:json|crc|checkpoint(?:\.\d+\.\d+)?\.parquet)$")
 
 
 @dataclasses.dataclass
@@ -504,7 +510,10 @@ class DeltaStore(BufferedStore):
         log = self._join(self.uri(name), "_delta_log")
         # (commits are written atomically: an empty file is never one being written)
         following = self._join(log, f"{table.version() + 1:020d}.json")
-        versions = range(self._log_checked.get(name, -1) + 1, table.version() + 1)
+        # (on a first look, from the latest checkpoint: deltalake reads no commit file before it,
+        # and a trimmed log holds none)
+        checked = self._log_checked.get(name)
+        versions = range((self._checkpointed(name) if checked is None else checked) + 1, table.version() + 1)
         paths = [self._join(log, f"{v:020d}.json") for v in versions]
         if not (self.remote and self._log_checked.get(name) == table.version()):
             paths.append(following)
@@ -562,6 +571,11 @@ class DeltaStore(BufferedStore):
             except _RETRYABLE as exc:
                 last = exc
                 (self._open_tables if handles is None else handles).pop(name, None)
+            except DeltaError as exc:
+                if not _log_trimmed(exc):
+                    raise
+                last = exc
+                (self._open_tables if handles is None else handles).pop(name, None)
         raise StoreError(
             f"{self.uri(name)}: commit failed after {self.options.max_retries} tries "
             f"(the rows stay pending; flush again later): {self._clean(last) if last else ''}"
@@ -587,7 +601,7 @@ class DeltaStore(BufferedStore):
 
         def attempt() -> None:
             table = self._open(name, writing=True) or self._create(name, data.schema, key)
-            if short_log(name):  # a handle older than its log's retention could not commit (#31)
+            if trims_log(name):  # a handle older than the log's last trim could not commit (#31)
                 table.update_incremental()
             check_key(self.uri(name), key, self._keys_of[name])
             schema = pa.schema(table.schema().to_arrow())
@@ -651,6 +665,20 @@ class DeltaStore(BufferedStore):
                     raise StoreError(f"{self.uri(name)}: cannot compact: another process has held the store's "
                                      f"maintenance lease for over {_LEASE_WAIT:.0f} s; try again")
                 self._compact(name)
+
+    def settle(self, name: str) -> int:
+        """Delete the live rows of keyed table ``name`` that reads pass over -- of a key's several
+        live rows, all but the first committed (see ``docs/stores.md``) -- and return how many.
+        Holds the store's maintenance lease. Upkeep does it before trimming a log; do it before a
+        ``vacuum``, which removes the replaced files the dedup rule reads to order such rows (a
+        compaction or an invalidation leaves them, so they need none)."""
+        if self._open(check_name(name)) is None or not self._keys_of.get(name):
+            return 0
+        with self._maintenance(wait=_LEASE_WAIT) as held:
+            if not held:
+                raise StoreError(f"{self.uri(name)}: cannot settle: another process has held the store's "
+                                 f"maintenance lease for over {_LEASE_WAIT:.0f} s; try again")
+            return self._settle(name)
 
     def _compact(self, name: str) -> None:
         def compact() -> None:
@@ -758,7 +786,10 @@ class DeltaStore(BufferedStore):
         new = sorted(int(m[1]) for e in self._entries(log) or {} if (m := _LOG_FILE.match(e)) and int(m[1]) > added.parsed)
         with self._reading(name):
             for version in new:
-                text = self._read_text(self._join(log, f"{version:020d}.json"))
+                text = self._read_commit(self._join(log, f"{version:020d}.json"))
+                if text is None:  # trimmed since the listing (see _trim): its rows count as older
+                    added.parsed = version
+                    continue
                 actions = [json.loads(line) for line in text.splitlines() if line.strip()]
                 if any(a.get("commitInfo", {}).get("operation") == "WRITE" for a in actions):
                     for action in actions:
@@ -766,6 +797,15 @@ class DeltaStore(BufferedStore):
                             added.versions[urllib.parse.unquote(action["add"]["path"])] = version
                 added.parsed = version
         return added.versions
+
+    def _read_commit(self, path: str) -> str | None:
+        """The text of commit file ``path``, None if it is gone."""
+        try:
+            return self._read_text(path)
+        except (FileNotFoundError, StoreError):
+            if self._kind(path) is not None:
+                raise
+            return None
 
     def keys(self, name: str) -> pl.Series | None:
         """Distinct live keys, cached: only data files added since the last call are read."""
@@ -809,14 +849,17 @@ class DeltaStore(BufferedStore):
     def upkeep(self, names: Sequence[str]) -> None:
         """Keep the cost of a run bounded as runs accumulate: compact a table once it has
         ``compact_files`` files (reading a table costs per file), then checkpoint its log every
-        ``checkpoint_every`` versions (opening it replays a bounded log) and, for a bookkeeping
-        table (:func:`short_log`), remove the commit files past its retention.
+        ``checkpoint_every`` versions (opening it replays a bounded log) and remove the commit
+        files the checkpoint covers (:meth:`_trim`; every table but assets, see :func:`trims_log`):
+        deltalake reads a table's whole commit-log folder on every commit.
 
         Compaction holds the store's maintenance lease (:meth:`_maintenance`), as invalidation
         does, so the two never overlap: deltalake 1.6's ``optimize`` does not detect a concurrent
-        commit that removed the same files. If another process holds the lease, compaction waits
-        for a later run. Asset and claims tables are never compacted here (their merges do not
-        take the lease). Best effort: a failure is a warning, the next run tries again.
+        commit that removed the same files. A table with duplicate rows is settled
+        (:meth:`_settle`) under the lease before its log is trimmed. If another process holds the
+        lease, these wait for a later run. Asset and claims tables are never compacted here
+        (their merges do not take the lease). Best effort: a failure is a warning, the next run
+        tries again.
         """
         due = []
         for name in names:
@@ -836,6 +879,7 @@ class DeltaStore(BufferedStore):
                         self._compact(name)
                     except StoreError as exc:
                         warnings.warn(f"{self.uri(name)}: compaction skipped: {exc}", stacklevel=2)
+        trim = []
         for name in names:
             table = self._open(name, writing=True)
             if table is None:
@@ -844,10 +888,95 @@ class DeltaStore(BufferedStore):
                 table.update_incremental()
                 if table.version() - self._checkpointed(name) >= self.options.checkpoint_every:
                     table.create_checkpoint()
-                    if short_log(name):  # (by the table's own retention: a no-op for older tables)
-                        table.cleanup_metadata()
+                    if trims_log(name):
+                        trim.append((name, table.version()))
             except (DeltaError, OSError) as exc:
                 warnings.warn(f"{self.uri(name)}: upkeep skipped: {clean_message(exc)}", stacklevel=2)
+        # Only a table holding duplicate rows is settled first, under the lease (if another process
+        # holds it, the next checkpoint trims what this one covers).
+        unsettled = [(name, checkpoint) for name, checkpoint in trim if self._has_copies(name)]
+        for name, checkpoint in trim:
+            if (name, checkpoint) not in unsettled:
+                self._trim_or_warn(name, checkpoint)
+        if unsettled:
+            with self._maintenance(wait=0) as held:
+                for name, checkpoint in unsettled if held else ():
+                    self._trim_or_warn(name, checkpoint, settle=True)
+
+    def _has_copies(self, name: str) -> bool:
+        """Whether keyed table ``name`` has a key with several live rows (the key cache answers)."""
+        found = self._read(name) if self._keys_of.get(name) else None
+        if found is None:
+            return False
+        frame, key = found
+        copies = self._copies(name, frame.filter(pl.col(INVALIDATED_AT).is_null()), key)
+        return copies is not None and not copies.is_empty()
+
+    def _trim_or_warn(self, name: str, checkpoint: int, *, settle: bool = False) -> None:
+        try:
+            if settle:
+                self._settle(name)
+            self._trim(name, checkpoint)
+        except (StoreError, DeltaError, OSError) as exc:
+            warnings.warn(f"{self.uri(name)}: commit log not trimmed: {clean_message(exc)}", stacklevel=2)
+
+    def _trim(self, name: str, checkpoint: int) -> None:
+        """Remove the commit files of table ``name`` before version ``checkpoint`` (a checkpoint
+        holds everything they said), with their checksums and older checkpoints. A keyed table
+        must hold no duplicate rows when this is called (see upkeep).
+
+        What is lost is the table's history before ``checkpoint``: nobody reads these tables at an
+        earlier version (their rows carry their own history: ``__run_id``, times, invalidation),
+        and the dedup rule, which orders duplicate rows by the commit that appended them, stops
+        needing it once the duplicates are settled (:meth:`_settle`, after the checkpoint, so
+        that every row the trim makes unknown is seen). A handle loaded before the trim reloads
+        when it next commits (see _retry).
+        """
+        log = self._join(self.uri(name), "_delta_log")
+        for entry in self._entries(log) or {}:
+            found = _LOGGED.match(entry)
+            if found and int(found[1]) < checkpoint:
+                self._remove(self._join(log, entry))
+
+    def _remove(self, path: str) -> None:
+        """Delete file ``path`` (gone already: nothing to do)."""
+        if not self.remote:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self._call(lambda: self._handler().delete_file(self._key(path)))
+
+    def _settle(self, name: str) -> int:
+        """Delete the live rows of keyed table ``name`` that the dedup rule passes over (a key with
+        several live rows keeps the one committed first, :func:`live_rows`); returns how many.
+
+        Done, under the maintenance lease, before anything that makes the order of commits
+        unknown -- a trim of the log, a vacuum of replaced files -- so that the row readers were
+        served stays the one served. Several live rows of a key are rare (two processes computing
+        one packet at once): the check is what ``keys()`` reads (new files only, once cached).
+        """
+        found = self._read(name)
+        if found is None:
+            return 0
+        frame, key = found
+        live = frame.filter(pl.col(INVALIDATED_AT).is_null())
+        copies = self._copies(name, live, key)
+        if copies is None or copies.is_empty():
+            return 0
+        rows = live.join(copies.lazy().select(*key).unique(), on=list(key), how="semi", nulls_equal=True)
+        kept = self.collect(name, live_rows(rows, key, self._first_commits(name, copies).lazy()).select(*key, RUN_ID))
+        losers = copies.join(kept, on=[*key, RUN_ID], how="anti", nulls_equal=True)
+        if losers.is_empty():
+            return 0
+        source = _as_stored(losers.to_arrow(), _legacy_ids(name, self._open(name)))
+        predicate = " AND ".join([*(f't."{c}" = s."{c}"' for c in [*key, RUN_ID]), f't."{INVALIDATED_AT}" IS NULL'])
+
+        def attempt() -> int:
+            merger = self._open(name).merge(source, predicate=predicate, source_alias="s", target_alias="t")
+            return int(merger.when_matched_delete().execute()["num_target_rows_deleted"])
+
+        return self._retry(name, attempt)
 
     def _checkpointed(self, name: str) -> int:
         """The version of the table's latest checkpoint (-1: none, or unreadable), from its
@@ -1207,14 +1336,24 @@ def compactable(name: str) -> bool:
     return not name.startswith(("assets/", "claims/")) and name != MAINTENANCE
 
 
+def trims_log(name: str) -> bool:
+    """Whether upkeep removes the commit files of table ``name`` once a checkpoint covers them
+    (:meth:`DeltaStore._trim`): every table but assets, which are read at earlier versions
+    (time travel) and keep Delta's retention (30 days)."""
+    return not name.startswith("assets/")
+
+
+def _log_trimmed(exc: BaseException) -> bool:
+    """Whether a deltalake error says the handle's commit files were trimmed under it."""
+    return isinstance(exc, DeltaError) and not isinstance(exc, CommitFailedError) \
+        and any(m in str(exc) for m in _TRIMMED)
+
+
 def short_log(name: str) -> bool:
-    """Whether table ``name`` keeps its commit files only briefly after a checkpoint: the store's
-    bookkeeping (runs, the sources index, failures, claims, the maintenance lease), which nothing
-    reads at an earlier version (and whose writers bring their handle up to date before they
-    commit: an hour-old handle could not). Results, provenance and source records read their
-    commit log for the dedup rule (:meth:`DeltaStore._first_commits`), and assets are read at
-    earlier versions (time travel): theirs is kept."""
-    return name in (RUNS, SOURCES_INDEX, FAILURES, MAINTENANCE) or name.startswith("claims/")
+    """Whether table ``name`` is made with a short log retention (an hour): claims and the
+    maintenance lease, which upkeep does not visit (:func:`trims_log` covers the tables it does),
+    so deltalake's own checkpoint (every 100 commits) removes their older commit files."""
+    return name == MAINTENANCE or name.startswith("claims/")
 
 
 _OP = "__orca_op"  # a merge source's column: what each of its rows does ("upsert" or "delete")
