@@ -7,7 +7,11 @@ Run: ``python benchmarks/bench_growth.py history [--runs 200] [--step 1000]`` an
   ``--step`` rows; prints each run's seconds and the median of the first and last 20 runs.
   Target: last 20 median <= 1.3x the first 20's. ``--input all`` (default): each run reads
   every row so far (the input grows 200x, and hashing it with it); ``--input new``: each run
-  reads only its ``--step`` new rows, so what grows is only the store's history.
+  reads only its ``--step`` new rows, so what grows is only the store's history. Next to each
+  run, the same run is timed on a reference store made anew every 20 runs (so it is always in
+  the first 20 runs' state); ``last20_vs_reference`` (median of run / reference over the last
+  20) is the target measured without the machine's drift, which on a shared VM moves the raw
+  medians by 20-50 % within the benchmark's few minutes.
 * ``size`` -- a ``--input``-row input against stores holding 10k, 1M and 3M rows (built first,
   once, in a temp folder): the seconds of runs that find everything new, each in a fresh process
   with new rows. ``first`` is the run right after the build: its asset goes from the stored rows
@@ -52,16 +56,37 @@ def pipeline(store: orca.Store, data: pl.DataFrame) -> orca.Pipeline:
 
 def history(runs: int, step: int, only_new: bool) -> None:
     store = orca.DeltaStore(tempfile.mkdtemp(prefix="orca-growth-") + "/store")
-    seconds = []
+    # The reference: the same run on a store made anew every 20 runs (so it never has more than
+    # the first 20 runs' history), timed next to each run -- on a shared machine whose speed
+    # drifts by 20-50 % over a few minutes, run i / reference i measures the history alone.
+    reference, young = None, 0
+    seconds, references = [], []
+
+    def timed(target: orca.Store, data: pl.DataFrame) -> float:
+        start = time.perf_counter()
+        pipeline(target, data).run(progress=False)
+        return time.perf_counter() - start
+
     for i in range(runs):
         data = frame(i * step if only_new else 0, (i + 1) * step)
-        start = time.perf_counter()
-        pipeline(store, data).run(progress=False)
-        seconds.append(time.perf_counter() - start)
-        print(json.dumps({"run": i, "rows": data.height, "seconds": round(seconds[-1], 4)}), flush=True)
+        if i % 20 == 0:
+            reference, young = orca.DeltaStore(tempfile.mkdtemp(prefix="orca-reference-") + "/store"), 0
+        ref_data = frame(young * step if only_new else 0, (young + 1) * step) if only_new else data
+        young += 1
+        if i % 2:  # alternate which goes first
+            seconds.append(timed(store, data))
+            references.append(timed(reference, ref_data))
+        else:
+            references.append(timed(reference, ref_data))
+            seconds.append(timed(store, data))
+        print(json.dumps({"run": i, "rows": data.height, "seconds": round(seconds[-1], 4),
+                          "reference": round(references[-1], 4)}), flush=True)
     first, last = statistics.median(seconds[:20]), statistics.median(seconds[-20:])
+    relative = [s / r for s, r in zip(seconds, references, strict=True)]
     print(json.dumps({"first20_median": round(first, 4), "last20_median": round(last, 4),
-                      "ratio": round(last / first, 2)}))
+                      "ratio": round(last / first, 2),
+                      "last20_vs_reference": round(statistics.median(relative[-20:]), 2),
+                      "first20_vs_reference": round(statistics.median(relative[:20]), 2)}))
 
 
 def size(n_input: int, runs: int) -> None:
