@@ -88,17 +88,16 @@ def _compact(store: DeltaStore, info: TableInfo, dry_run: bool) -> list[dict[str
 
 def _vacuum(store: DeltaStore, name: str, retention_hours: int, dry_run: bool) -> list[dict[str, Any]]:
     """Delete files removed from the table (by compaction, invalidation) over the retention ago."""
-    table = DeltaTable(store.uri(name))
     # A retention shorter than the table's own (7 days by default) must be allowed explicitly:
     # the user chose it with --retention-hours.
     options = dict(retention_hours=retention_hours, enforce_retention_duration=False)
-    files = table.vacuum(dry_run=True, **options)
+    files = DeltaTable(store.uri(name)).vacuum(dry_run=True, **options)
     if not files:
         return []
     size = sum(_size(os.path.join(store.uri(name), f)) for f in files)
     if not dry_run:
         store.settle(name)  # the dedup rule reads replaced files to order duplicate rows: none left
-        table.vacuum(dry_run=False, **options)
+        DeltaTable(store.uri(name)).vacuum(dry_run=False, **options)  # (opened after the settle's commit)
     return [_action("vacuum", name, f"{len(files)} old files", size, not dry_run)]
 
 

@@ -114,6 +114,7 @@ _RETRYABLE = (CommitFailedError, _CreateRace)
 # What deltalake 1.6 says when a handle's commit files were trimmed under it (see
 # DeltaStore._trim): the table is fine, the handle must be reopened.
 _TRIMMED = ("Invalid table version", "No files in log segment")
+_TRIM_TRIES, _TRIM_PAUSE = 3, 0.05  # loads that meet a concurrent trim: tries, seconds between
 # What _trim removes before a checkpoint: commit files, their checksums, older checkpoints.
 _LOGGED = re.compile(r"^(\d{20})\.(?:json|crc|checkpoint(?:\.\d+\.\d+)?\.parquet)$")
 
@@ -131,6 +132,7 @@ class _Added:
     """What the commit log says about a table's data files: the version that added each."""
 
     parsed: int = -1  # commit files up to this version are read
+    vanished: int = 0  # commit files listed but gone when read (trimmed meanwhile, see DeltaStore._trim)
     versions: dict[str, int] = dataclasses.field(default_factory=dict)  # relative path -> version
 
 
@@ -367,7 +369,7 @@ class DeltaStore(BufferedStore):
             # writers added meanwhile (and a real conflict reopens the table, see _retry).
             if not writing:
                 with self._reading(name):
-                    table.update_incremental()
+                    table = handles[name] = self._refreshed(name, table)
                 self._check_log(name, table)
             return table
         self._check_root()
@@ -375,15 +377,18 @@ class DeltaStore(BufferedStore):
         # does not open is looked at more closely (absent, a folder of tables, or junk).
         table = self._open_remote(name) if self.remote else None
         state = "delta" if table is not None else self._state(name)
+        if state == "junk":  # (or mid-trim by another process, for a moment: look again)
+            time.sleep(_TRIM_PAUSE)
+            state = self._state(name)
         if state == "junk":
             if self._kind(self._join(self.uri(name), "_delta_log")) == "dir":
                 raise StoreError(f"{self.uri(name)}: the commit log has no readable first commit "
-                                 f"(version 0); restore the table from a backup, or remove it")
+                                 f"(version 0) nor a checkpoint; restore the table from a backup, or remove it")
             raise StoreError(f"{self.uri(name)}: holds files that are not a Delta table")
         if state != "delta":
             return None
         with self._reading(name):
-            table = table or self._delta(name)
+            table = table or self._loaded(name)
             config = table.metadata().configuration
             schema = pa.schema(table.schema().to_arrow())
         if config.get("orca.format") not in _FORMATS or "orca.key" not in config:
@@ -400,6 +405,28 @@ class DeltaStore(BufferedStore):
         self._keys_of[name] = key
         handles[name] = table
         return table
+
+    def _refreshed(self, name: str, table: DeltaTable) -> DeltaTable:
+        """``table`` brought up to date, or loaded again if another process trimmed its log under
+        it (deltalake then misses a commit file it had just listed)."""
+        try:
+            table.update_incremental()
+            return table
+        except DeltaError as exc:
+            if not _log_trimmed(exc):
+                raise
+        return self._loaded(name)
+
+    def _loaded(self, name: str) -> DeltaTable:
+        """Table ``name`` loaded; a load that meets another process's trim is tried again."""
+        for attempt in range(_TRIM_TRIES):
+            try:
+                return self._delta(name)
+            except DeltaError as exc:
+                if attempt == _TRIM_TRIES - 1 or not _log_trimmed(exc):
+                    raise
+                time.sleep(_TRIM_PAUSE * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def _open_remote(self, name: str) -> DeltaTable | None:
         try:
@@ -747,14 +774,40 @@ class DeltaStore(BufferedStore):
         ``orca maintain`` vacuums them -- after that their rows count as older than every known
         one). Paid only when a key has several live rows; results are remembered per store
         object, as a row's commit never changes."""
-        on = [*self._keys_of[name], RUN_ID]
+        key = list(self._keys_of[name])
+        on = [*key, RUN_ID]
         known = self._commit_order.get(name)
+        added = self._added.setdefault(name, _Added())
+        vanished = added.vanished
         todo = pairs if known is None else pairs.join(known, on=on, how="anti", nulls_equal=True)
         if not todo.is_empty():
             found = self._find_commits(name, todo, on).filter(pl.col(COMMIT).is_not_null())
             known = found if known is None else pl.concat([known, found])
             self._commit_order[name] = known
-        return pairs.join(known, on=on, how="left", nulls_equal=True)
+        commits = pairs.join(known, on=on, how="left", nulls_equal=True)
+        unknown = commits.filter(pl.col(COMMIT).is_null())
+        if (added.vanished > vanished and not unknown.is_empty()) or unknown[key].is_duplicated().any():
+            return self._as_settled(name, commits, on)
+        return commits
+
+    def _as_settled(self, name: str, commits: pl.DataFrame, on: list[str]) -> pl.DataFrame:
+        """``commits`` ordered by what the table holds now. Called when a read cannot order a key's
+        rows: several with unknown commits, or a commit file trimmed while it was being read.
+        A settled table never has that (:meth:`_settle`), so the read's snapshot predates another
+        process's settle and trim: the rows still live now are the ones the settle kept (the
+        first committed: unknown ones count as the oldest), the others were deleted (the latest).
+        If nothing moved, every row is still live and the fallback tie-break applies as before."""
+        frame, key = self._read(name)
+        live = self.collect(name, frame.filter(pl.col(INVALIDATED_AT).is_null())
+                            .join(commits.lazy().select(*key).unique(), on=list(key), how="semi", nulls_equal=True)
+                            .select(*on).unique())
+        marked = commits.join(live.with_columns(pl.lit(True).alias("__orca_live")), on=on, how="left",
+                              nulls_equal=True)
+        return marked.with_columns(
+            pl.when(pl.col(COMMIT).is_not_null()).then(pl.col(COMMIT).cast(pl.Int64))
+            .when(pl.col("__orca_live")).then(pl.lit(-1, pl.Int64))
+            .otherwise(pl.lit(2**62, pl.Int64)).alias(COMMIT)
+        ).drop("__orca_live")
 
     def _find_commits(self, name: str, pairs: pl.DataFrame, on: list[str]) -> pl.DataFrame:
         root = self.uri(name)
@@ -779,7 +832,7 @@ class DeltaStore(BufferedStore):
         """Data file (relative path) -> version of the append (``WRITE``) commit that added it,
         from every commit file still in ``_delta_log`` (each read once). Files that compaction
         or invalidation wrote hold rows appended earlier and are left out. Appends whose commit
-        file is gone (cleaned up after a checkpoint, 30 days by default) are unknown: their rows
+        file is gone (trimmed after a checkpoint, see _trim) are unknown: their rows
         count as older than every known one."""
         added = self._added.setdefault(name, _Added())
         log = self._join(self.uri(name), "_delta_log")
@@ -788,7 +841,7 @@ class DeltaStore(BufferedStore):
             for version in new:
                 text = self._read_commit(self._join(log, f"{version:020d}.json"))
                 if text is None:  # trimmed since the listing (see _trim): its rows count as older
-                    added.parsed = version
+                    added.parsed, added.vanished = version, added.vanished + 1
                     continue
                 actions = [json.loads(line) for line in text.splitlines() if line.strip()]
                 if any(a.get("commitInfo", {}).get("operation") == "WRITE" for a in actions):
@@ -886,22 +939,30 @@ class DeltaStore(BufferedStore):
                 continue
             try:
                 table.update_incremental()
-                if table.version() - self._checkpointed(name) >= self.options.checkpoint_every:
+                previous = self._checkpointed(name)
+                if table.version() - previous >= self.options.checkpoint_every:
                     table.create_checkpoint()
                     if trims_log(name):
-                        trim.append((name, table.version()))
+                        trim.append((name, table.version(), previous))
             except (DeltaError, OSError) as exc:
                 warnings.warn(f"{self.uri(name)}: upkeep skipped: {clean_message(exc)}", stacklevel=2)
         # Only a table holding duplicate rows is settled first, under the lease (if another process
-        # holds it, the next checkpoint trims what this one covers).
-        unsettled = [(name, checkpoint) for name, checkpoint in trim if self._has_copies(name)]
-        for name, checkpoint in trim:
-            if (name, checkpoint) not in unsettled:
+        # holds it, the next checkpoint trims what this one covers; see _trim_or_warn).
+        unsettled = []
+        for name, checkpoint, previous in trim:
+            try:
+                copies = self._has_copies(name)
+            except StoreError as exc:
+                warnings.warn(f"{self.uri(name)}: commit log not trimmed: {exc}", stacklevel=2)
+                continue
+            if copies:
+                unsettled.append((name, checkpoint, previous))
+            else:
                 self._trim_or_warn(name, checkpoint)
         if unsettled:
             with self._maintenance(wait=0) as held:
-                for name, checkpoint in unsettled if held else ():
-                    self._trim_or_warn(name, checkpoint, settle=True)
+                for name, checkpoint, previous in unsettled if held else ():
+                    self._trim_or_warn(name, checkpoint, settle_before=previous)
 
     def _has_copies(self, name: str) -> bool:
         """Whether keyed table ``name`` has a key with several live rows (the key cache answers)."""
@@ -912,10 +973,14 @@ class DeltaStore(BufferedStore):
         copies = self._copies(name, frame.filter(pl.col(INVALIDATED_AT).is_null()), key)
         return copies is not None and not copies.is_empty()
 
-    def _trim_or_warn(self, name: str, checkpoint: int, *, settle: bool = False) -> None:
+    def _trim_or_warn(self, name: str, checkpoint: int, *, settle_before: int | None = None) -> None:
+        """Trim ``name``'s log before ``checkpoint``; with ``settle_before``, settle it first, and
+        if that deleted rows trim only before ``settle_before`` (the previous checkpoint): reads
+        whose snapshot predates the settle still hold both rows and read the log to order them
+        (they cope without it, see _as_settled, but this keeps that rare)."""
         try:
-            if settle:
-                self._settle(name)
+            if settle_before is not None and self._settle(name):
+                checkpoint = settle_before
             self._trim(name, checkpoint)
         except (StoreError, DeltaError, OSError) as exc:
             warnings.warn(f"{self.uri(name)}: commit log not trimmed: {clean_message(exc)}", stacklevel=2)
@@ -944,8 +1009,11 @@ class DeltaStore(BufferedStore):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
             return
-        with contextlib.suppress(FileNotFoundError):
-            self._call(lambda: self._handler().delete_file(self._key(path)))
+        def delete() -> None:
+            with contextlib.suppress(FileNotFoundError):  # (before _call turns it into a StoreError)
+                self._handler().delete_file(self._key(path))
+
+        self._call(delete)
 
     def _settle(self, name: str) -> int:
         """Delete the live rows of keyed table ``name`` that the dedup rule passes over (a key with
@@ -1163,11 +1231,20 @@ class DeltaStore(BufferedStore):
         if self._open(check_name(name)) is None:
             return None
         with self._reading(name):
-            table = self._delta(name)
-            if version is not None:
-                table.load_as_version(version)
-            elif as_of is not None:
-                table.load_as_version(as_of)
+            table = self._loaded(name)
+            try:
+                if version is not None:
+                    table.load_as_version(version)
+                elif as_of is not None:
+                    table.load_as_version(as_of)
+            except DeltaError as exc:
+                if not _log_trimmed(exc):
+                    raise
+                asked = f"version {version}" if version is not None else f"the version current at {as_of}"
+                kept = "(Delta keeps an asset's commit log 30 days)" if not trims_log(name) else \
+                    "(upkeep trims every table's commit log but the assets' once a checkpoint covers it)"
+                raise StoreError(f"{self.uri(name)}: {asked} is older than the table's commit log reaches {kept}; "
+                                 f"the table itself is fine") from None
         return _as_read(pl.scan_delta(table), _legacy_ids(name, table))
 
     def history(self, name: str, limit: int | None = None) -> list[dict]:
@@ -1344,9 +1421,12 @@ def trims_log(name: str) -> bool:
 
 
 def _log_trimmed(exc: BaseException) -> bool:
-    """Whether a deltalake error says the handle's commit files were trimmed under it."""
-    return isinstance(exc, DeltaError) and not isinstance(exc, CommitFailedError) \
-        and any(m in str(exc) for m in _TRIMMED)
+    """Whether a deltalake error says commit files were trimmed under a handle or a load (a file
+    of ``_delta_log`` it listed is gone)."""
+    if not isinstance(exc, DeltaError) or isinstance(exc, CommitFailedError):
+        return False
+    text = str(exc)
+    return any(m in text for m in _TRIMMED) or ("_delta_log" in text and "not found" in text.lower())
 
 
 def short_log(name: str) -> bool:
