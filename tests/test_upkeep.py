@@ -265,13 +265,23 @@ def _duplicated(path, first: int, second: int):
     return name, orca.DeltaStore(path).with_options(checkpoint_every=2, compact_files=2)
 
 
+def _commits_then_upkeep(store: orca.DeltaStore, name: str, first: int) -> None:
+    """Four one-row commits of new keys (``first`` on) to keyed table ``name``, then upkeep."""
+    import pyarrow as pa
+
+    for i in range(first, first + 4):
+        store.append(name, pa.table({"__packet_hash": [bytes([i]) * 16], "v": [0], "__run_id": ["r"]}),
+                     key=["__packet_hash"])
+        store.flush()
+    store.upkeep([name])
+
+
 @pytest.mark.parametrize("forget", ["trim", "vacuum"])
 def test_the_first_committed_duplicate_stays_served_when_commit_order_is_forgotten(tmp_path, forget):
     """Trimming the log and vacuuming replaced files make the commit that appended a row
     unknown; the dedup rule serves the first-committed row of a key, so each first deletes the
     duplicates it passes over, or the value served would silently change (here the second row
     would win the tie-break on values)."""
-    import pyarrow as pa
     from deltalake import DeltaTable
 
     name, store = _duplicated(tmp_path / "s", first=2, second=1)
@@ -279,11 +289,7 @@ def test_the_first_committed_duplicate_stays_served_when_commit_order_is_forgott
     if forget == "trim":
         first_commit = tmp_path / "s" / name / "_delta_log" / f"{0:020d}.json"
         for checkpoint in range(2):
-            for i in range(4):
-                store.append(name, pa.table({"__packet_hash": [bytes([10 * checkpoint + i]) * 16], "v": [0],
-                                             "__run_id": ["r"]}), key=["__packet_hash"])
-                store.flush()
-            store.upkeep([name])
+            _commits_then_upkeep(store, name, first=10 * checkpoint)
             # The first upkeep settles and trims only before the previous checkpoint (none yet): a
             # read that took its snapshot before the settle still needs the commit files.
             assert first_commit.exists() == (checkpoint == 0)
@@ -382,18 +388,13 @@ def test_a_read_from_before_a_settle_and_trim_serves_the_settled_row(tmp_path, m
     """Another process settles the duplicates (deleting the later row) and, a checkpoint later,
     trims the log while this read, whose snapshot still holds both rows, learns their commits:
     it must still serve the first committed, not the tie-break's pick."""
-    import pyarrow as pa
 
     name, trimmer = _duplicated(tmp_path / "s", first=2, second=1)
     key = bytes([7]) * 16
 
     def settle_and_trim() -> None:
         for checkpoint in range(2):
-            for i in range(4):
-                trimmer.append(name, pa.table({"__packet_hash": [bytes([10 * checkpoint + i]) * 16], "v": [0],
-                                               "__run_id": ["r"]}), key=["__packet_hash"])
-                trimmer.flush()
-            trimmer.upkeep([name])
+            _commits_then_upkeep(trimmer, name, first=10 * checkpoint)
 
     reader = orca.DeltaStore(tmp_path / "s")
     method = "_appended_files" if when == "before the log read" else "_read_commit"
