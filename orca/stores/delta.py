@@ -132,7 +132,6 @@ class _Added:
     """What the commit log says about a table's data files: the version that added each."""
 
     parsed: int = -1  # commit files up to this version are read
-    vanished: int = 0  # commit files listed but gone when read (trimmed meanwhile, see DeltaStore._trim)
     versions: dict[str, int] = dataclasses.field(default_factory=dict)  # relative path -> version
 
 
@@ -777,36 +776,37 @@ class DeltaStore(BufferedStore):
         key = list(self._keys_of[name])
         on = [*key, RUN_ID]
         known = self._commit_order.get(name)
-        added = self._added.setdefault(name, _Added())
-        vanished = added.vanished
         todo = pairs if known is None else pairs.join(known, on=on, how="anti", nulls_equal=True)
         if not todo.is_empty():
             found = self._find_commits(name, todo, on).filter(pl.col(COMMIT).is_not_null())
             known = found if known is None else pl.concat([known, found])
             self._commit_order[name] = known
         commits = pairs.join(known, on=on, how="left", nulls_equal=True)
-        unknown = commits.filter(pl.col(COMMIT).is_null())
-        if (added.vanished > vanished and not unknown.is_empty()) or unknown[key].is_duplicated().any():
+        if commits[COMMIT].null_count():  # (rare: only keys with several live rows get here)
             return self._as_settled(name, commits, on)
         return commits
 
     def _as_settled(self, name: str, commits: pl.DataFrame, on: list[str]) -> pl.DataFrame:
-        """``commits`` ordered by what the table holds now. Called when a read cannot order a key's
-        rows: several with unknown commits, or a commit file trimmed while it was being read.
-        A settled table never has that (:meth:`_settle`), so the read's snapshot predates another
-        process's settle and trim: the rows still live now are the ones the settle kept (the
-        first committed: unknown ones count as the oldest), the others were deleted (the latest).
-        If nothing moved, every row is still live and the fallback tie-break applies as before."""
-        frame, key = self._read(name)
-        live = self.collect(name, frame.filter(pl.col(INVALIDATED_AT).is_null())
-                            .join(commits.lazy().select(*key).unique(), on=list(key), how="semi", nulls_equal=True)
-                            .select(*on).unique())
+        """``commits`` (some unknown) corrected by what the table holds now. A read whose snapshot
+        predates another process's settle and trim cannot learn the commits the trim removed
+        (a commit file may even vanish as it reads); the settle left, of each key's rows, the
+        first committed live and deleted the rest. So for a key of which some rows are still live
+        now and some are gone, the gone ones rank last; every other key keeps what the log said
+        (if nothing moved, the result is exactly the log's). Read through a handle of its own:
+        the caller's frame is bound to the shared one and must stay at its snapshot."""
+        key = on[:-1]
+        with self._reading(name):
+            fresh = self._loaded(name)
+            now = _as_read(pl.scan_delta(fresh), _legacy_ids(name, fresh))
+            live = (now.filter(pl.col(INVALIDATED_AT).is_null())
+                    .join(commits.lazy().select(*key).unique(), on=key, how="semi", nulls_equal=True)
+                    .select(*on).unique().collect())
         marked = commits.join(live.with_columns(pl.lit(True).alias("__orca_live")), on=on, how="left",
-                              nulls_equal=True)
+                              nulls_equal=True).with_columns(pl.col("__orca_live").fill_null(False))
+        settled = pl.col("__orca_live").any().over(key) & (~pl.col("__orca_live")).any().over(key)
         return marked.with_columns(
-            pl.when(pl.col(COMMIT).is_not_null()).then(pl.col(COMMIT).cast(pl.Int64))
-            .when(pl.col("__orca_live")).then(pl.lit(-1, pl.Int64))
-            .otherwise(pl.lit(2**62, pl.Int64)).alias(COMMIT)
+            pl.when(settled & ~pl.col("__orca_live")).then(pl.lit(2**62, pl.Int64))
+            .otherwise(pl.col(COMMIT).cast(pl.Int64)).alias(COMMIT)
         ).drop("__orca_live")
 
     def _find_commits(self, name: str, pairs: pl.DataFrame, on: list[str]) -> pl.DataFrame:
@@ -841,7 +841,7 @@ class DeltaStore(BufferedStore):
             for version in new:
                 text = self._read_commit(self._join(log, f"{version:020d}.json"))
                 if text is None:  # trimmed since the listing (see _trim): its rows count as older
-                    added.parsed, added.vanished = version, added.vanished + 1
+                    added.parsed = version
                     continue
                 actions = [json.loads(line) for line in text.splitlines() if line.strip()]
                 if any(a.get("commitInfo", {}).get("operation") == "WRITE" for a in actions):
@@ -1237,6 +1237,10 @@ class DeltaStore(BufferedStore):
                     table.load_as_version(version)
                 elif as_of is not None:
                     table.load_as_version(as_of)
+                    # (a time older than the log's first commit loads that commit, with no error)
+                    reached = self._committed_at(name, table.version())
+                    if reached is not None and reached > as_of.timestamp():
+                        raise DeltaError("No files in log segment before the time asked")
             except DeltaError as exc:
                 if not _log_trimmed(exc):
                     raise
@@ -1246,6 +1250,16 @@ class DeltaStore(BufferedStore):
                 raise StoreError(f"{self.uri(name)}: {asked} is older than the table's commit log reaches {kept}; "
                                  f"the table itself is fine") from None
         return _as_read(pl.scan_delta(table), _legacy_ids(name, table))
+
+    def _committed_at(self, name: str, version: int) -> float | None:
+        """When version ``version`` of ``name`` was committed (seconds since the epoch), from its
+        commit file; None if that file is gone."""
+        text = self._read_commit(self._join(self.uri(name), "_delta_log", f"{version:020d}.json"))
+        for line in (text or "").splitlines():
+            info = json.loads(line).get("commitInfo") if line.strip() else None
+            if info and info.get("timestamp") is not None:
+                return info["timestamp"] / 1000
+        return None
 
     def history(self, name: str, limit: int | None = None) -> list[dict]:
         """One dict per commit of ``name`` (the latest ``limit``): version, time, the run that
