@@ -455,3 +455,33 @@ def test_a_read_racing_an_invalidation_keeps_the_logs_order(tmp_path, monkeypatc
 
     monkeypatch.setattr(reader, "_find_commits", racing)
     assert reader.lookup(name, pl.Series([first_row]))["v"].to_list() == [4]
+
+
+def test_a_naive_time_is_utc_for_time_travel_past_a_trim(tmp_path):
+    """deltalake reads a naive ``as_of`` as UTC; the check that it is not older than a trimmed
+    log must read it the same way, whatever the machine's time zone."""
+    import datetime
+    import os
+    import time
+
+    import pyarrow as pa
+
+    store = orca.DeltaStore(tmp_path / "s").with_options(checkpoint_every=2)
+    name = "results/f/h"
+    for i in range(5):
+        store.append(name, pa.table({"__packet_hash": [bytes([i]) * 16], "v": [i], "__run_id": ["r"]}),
+                     key=["__packet_hash"])
+        store.flush()
+    store.upkeep([name])
+    naive_now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "Etc/GMT+10"  # ten hours behind UTC: read as local, "now" would be in the future
+    time.tzset()
+    try:
+        assert store.scan_version(name, as_of=naive_now).collect().height == 5
+        os.environ["TZ"] = "Etc/GMT-10"  # ten hours ahead: read as local, "now" would predate the log
+        time.tzset()
+        assert store.scan_version(name, as_of=naive_now).collect().height == 5
+    finally:
+        os.environ.pop("TZ") if old is None else os.environ.__setitem__("TZ", old)
+        time.tzset()

@@ -626,9 +626,8 @@ class DeltaStore(BufferedStore):
         self._write_marker()
 
         def attempt() -> None:
+            # (a handle older than another process's trim fails here and is reopened, see _retry)
             table = self._open(name, writing=True) or self._create(name, data.schema, key)
-            if trims_log(name):  # a handle older than the log's last trim could not commit (#31)
-                table.update_incremental()
             check_key(self.uri(name), key, self._keys_of[name])
             schema = pa.schema(table.schema().to_arrow())
             rows = conform(_as_stored(data, _legacy_ids(name, table)), schema, self.uri(name),
@@ -966,12 +965,18 @@ class DeltaStore(BufferedStore):
 
     def _has_copies(self, name: str) -> bool:
         """Whether keyed table ``name`` has a key with several live rows (the key cache answers)."""
-        found = self._read(name) if self._keys_of.get(name) else None
+        return bool(self._keys_of.get(name)) and self._live_copies(name) is not None
+
+    def _live_copies(self, name: str) -> tuple[pl.LazyFrame, tuple[str, ...], pl.DataFrame] | None:
+        """The live rows of keyed table ``name``, its key and the (key, ``__run_id``) pairs of keys
+        with several live rows; None if there are none."""
+        found = self._read(name)
         if found is None:
-            return False
+            return None
         frame, key = found
-        copies = self._copies(name, frame.filter(pl.col(INVALIDATED_AT).is_null()), key)
-        return copies is not None and not copies.is_empty()
+        live = frame.filter(pl.col(INVALIDATED_AT).is_null())
+        copies = self._copies(name, live, key)
+        return None if copies is None or copies.is_empty() else (live, key, copies)
 
     def _trim_or_warn(self, name: str, checkpoint: int, *, settle_before: int | None = None) -> None:
         """Trim ``name``'s log before ``checkpoint``; with ``settle_before``, settle it first, and
@@ -1009,6 +1014,7 @@ class DeltaStore(BufferedStore):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
             return
+
         def delete() -> None:
             with contextlib.suppress(FileNotFoundError):  # (before _call turns it into a StoreError)
                 self._handler().delete_file(self._key(path))
@@ -1024,14 +1030,10 @@ class DeltaStore(BufferedStore):
         served stays the one served. Several live rows of a key are rare (two processes computing
         one packet at once): the check is what ``keys()`` reads (new files only, once cached).
         """
-        found = self._read(name)
+        found = self._live_copies(name)
         if found is None:
             return 0
-        frame, key = found
-        live = frame.filter(pl.col(INVALIDATED_AT).is_null())
-        copies = self._copies(name, live, key)
-        if copies is None or copies.is_empty():
-            return 0
+        live, key, copies = found
         rows = live.join(copies.lazy().select(*key).unique(), on=list(key), how="semi", nulls_equal=True)
         kept = self.collect(name, live_rows(rows, key, self._first_commits(name, copies).lazy()).select(*key, RUN_ID))
         losers = copies.join(kept, on=[*key, RUN_ID], how="anti", nulls_equal=True)
@@ -1230,25 +1232,29 @@ class DeltaStore(BufferedStore):
         """Table ``name`` as of a version, or of the version current at ``as_of`` (time travel)."""
         if self._open(check_name(name)) is None:
             return None
+        def too_old() -> StoreError:
+            asked = f"version {version}" if version is not None else f"the version current at {as_of}"
+            kept = "(Delta keeps an asset's commit log 30 days)" if not trims_log(name) else \
+                "(upkeep trims every table's commit log but the assets' once a checkpoint covers it)"
+            return StoreError(f"{self.uri(name)}: {asked} is older than the table's commit log reaches {kept}; "
+                              f"the table itself is fine")
+
         with self._reading(name):
             table = self._loaded(name)
             try:
-                if version is not None:
-                    table.load_as_version(version)
-                elif as_of is not None:
-                    table.load_as_version(as_of)
-                    # (a time older than the log's first commit loads that commit, with no error)
-                    reached = self._committed_at(name, table.version())
-                    if reached is not None and reached > as_of.timestamp():
-                        raise DeltaError("No files in log segment before the time asked")
+                if version is not None or as_of is not None:
+                    table.load_as_version(version if version is not None else as_of)
             except DeltaError as exc:
                 if not _log_trimmed(exc):
                     raise
-                asked = f"version {version}" if version is not None else f"the version current at {as_of}"
-                kept = "(Delta keeps an asset's commit log 30 days)" if not trims_log(name) else \
-                    "(upkeep trims every table's commit log but the assets' once a checkpoint covers it)"
-                raise StoreError(f"{self.uri(name)}: {asked} is older than the table's commit log reaches {kept}; "
-                                 f"the table itself is fine") from None
+                raise too_old() from None
+        if version is None and as_of is not None:
+            # A time older than the log's first commit loads that commit, with no error (a naive
+            # time is UTC, as deltalake reads it).
+            reached = self._committed_at(name, table.version())
+            utc = as_of if as_of.tzinfo is not None else as_of.replace(tzinfo=datetime.UTC)
+            if reached is not None and reached > utc.timestamp():
+                raise too_old()
         return _as_read(pl.scan_delta(table), _legacy_ids(name, table))
 
     def _committed_at(self, name: str, version: int) -> float | None:
