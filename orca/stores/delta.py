@@ -626,8 +626,9 @@ class DeltaStore(BufferedStore):
         self._write_marker()
 
         def attempt() -> None:
-            # (a handle older than another process's trim fails here and is reopened, see _retry)
             table = self._open(name, writing=True) or self._create(name, data.schema, key)
+            if trims_log(name):  # a handle older than the log's last trim could not commit (#31)
+                table.update_incremental()
             check_key(self.uri(name), key, self._keys_of[name])
             schema = pa.schema(table.schema().to_arrow())
             rows = conform(_as_stored(data, _legacy_ids(name, table)), schema, self.uri(name),
