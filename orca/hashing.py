@@ -457,8 +457,7 @@ def _encode(arr: pa.Array, field: pa.Field, column: str) -> tuple[str, list[Part
     if pa.types.is_integer(t):
         kind = "i" if pa.types.is_signed_integer(t) else "u"
         low = _values(arr, f"<{kind}{t.bit_width // 8}").astype("<i8")
-        high = low >> 63 if kind == "i" else np.zeros(len(arr), "<i8")
-        return "int", [b"\x01", low, high]
+        return "int", [b"\x01", low, _high_words(low) if kind == "i" else bytes(8)]
     if pa.types.is_floating(t):
         with np.errstate(invalid="ignore"):  # signalling NaNs
             values = _values(arr, f"<f{t.bit_width // 8}").astype("<f8") + 0.0  # -0.0 -> +0.0
@@ -468,7 +467,10 @@ def _encode(arr: pa.Array, field: pa.Field, column: str) -> tuple[str, list[Part
     if _is_string(t) or _is_binary(t):
         data = arr.cast(_BIN)
         lengths = pc.binary_length(data).fill_null(0).to_numpy().astype("<u8")
-        return ("string" if _is_string(t) else "binary"), [b"\x01", lengths, _fixed_width(data, lengths)]
+        values = _fixed_width(data, lengths)
+        if isinstance(values, np.ndarray):  # one length: a constant part (see _high_words)
+            lengths = int(lengths[0]).to_bytes(8, "little")
+        return ("string" if _is_string(t) else "binary"), [b"\x01", lengths, values]
     if pa.types.is_decimal(t):
         return f"decimal({t.scale})", [b"\x01", _decimal128_bytes(arr, column)]
     if pa.types.is_date32(t):
@@ -524,6 +526,14 @@ def _values(arr: pa.Array, dtype: str) -> np.ndarray:
     return np.frombuffer(
         arr.buffers()[1], dtype, count=len(arr), offset=arr.offset * dtype.itemsize
     )
+
+
+def _high_words(low: np.ndarray) -> np.ndarray | bytes:
+    """The sign words of signed ``low`` (0 or -1 each), as the constant bytes they are when no
+    value is negative: a constant costs nothing per row in :func:`_pack`, an array part ~15 ms
+    per million rows. (The same bytes either way: hashes do not change.)"""
+    high = low >> 63
+    return bytes(8) if len(low) and not high.any() else high
 
 
 def _fixed_width(data: pa.Array, lengths: np.ndarray) -> pa.Array | np.ndarray:

@@ -44,8 +44,10 @@ from orca.errors import HashingError, SchemaError, SourceError
 from orca.hashing import (
     check_ordered,
     hash_bytes,
+    hash_packet_keys,
     hash_packets,
     is_path_field,
+    keys_hex,
     object_columns,
     resolve_files,
 )
@@ -75,13 +77,17 @@ def _default_id(kind: str, table: pa.Table, tags: Sequence[str]) -> str:
     return f"{kind}-{digest[:8]}"
 
 
-def _record_ids(table: pa.Table, tags: list[str], packets: list[str], keep_duplicates: bool, source_id: str) -> pa.Array:
-    """Record id per row: hash of the tag values (plus packet and occurrence when duplicates are kept)."""
-    tag_hash = pl.Series("t", hash_packets(table, tags))
-    dup = tag_hash.is_duplicated()
-    if not dup.any() and not keep_duplicates:
-        return tag_hash.to_arrow()
+def _record_ids(table: pa.Table, tags: list[str], packets: list[str], keep_duplicates: bool, source_id: str) -> pl.Series:
+    """Record id per row, as ``UInt128`` keys: hash of the tag values (plus packet and occurrence
+    when duplicates are kept)."""
+    keys = hash_packet_keys(table, tags)
+    # Counting distinct keys is ~5x faster than marking duplicates (1M rows: 0.06 s against 0.3 s
+    # as UInt128, 0.48 s as hex text), and nearly every source has none.
+    if not keep_duplicates and keys.n_unique() == len(keys):
+        return keys
+    tag_hash = pl.Series("t", keys_hex(keys))
     if not keep_duplicates:
+        dup = keys.is_duplicated()
         first = tag_hash.filter(dup)[0]
         example = table.filter(pa.array((tag_hash == first).to_list())).select(tags).slice(0, 1).to_pylist()
         n = int(dup.sum())
@@ -91,7 +97,7 @@ def _record_ids(table: pa.Table, tags: list[str], packets: list[str], keep_dupli
         )
     frame = pl.DataFrame({"t": tag_hash, "p": pl.Series(hash_packets(table, packets))})
     frame = frame.with_columns(n=pl.int_range(pl.len()).over("t", "p").cast(pl.Int64))
-    return hash_packets(frame.to_arrow(), ["t", "p", "n"])
+    return hash_packet_keys(frame.to_arrow(), ["t", "p", "n"])
 
 
 def build_source(
@@ -137,9 +143,9 @@ def build_source(
     if bad_paths:
         raise SourceError(f"source {source_id!r}: path columns {bad_paths} are not packet columns {packets}")
 
-    record_ids = _record_ids(table, tags, packets, keep_duplicates, source_id)
+    record_keys = _record_ids(table, tags, packets, keep_duplicates, source_id)
     frame = pl.from_arrow(table.select(tags + packets))
-    frame = frame.with_columns(pl.Series(SYSTEM_TAG_PREFIX + source_id, record_ids))
+    frame = frame.with_columns(pl.Series(SYSTEM_TAG_PREFIX + source_id, keys_hex(record_keys)))
     # The references are made when read, not held: they are ~45 bytes per row per packet column
     # (0.9 GB for 10M rows of two columns), and a run in slices reads them a slice at a time.
     refs = pl.lit(source_id + "#") + pl.col(SYSTEM_TAG_PREFIX + source_id)
@@ -149,6 +155,7 @@ def build_source(
         packet_columns=packets,
         path_columns=sorted(paths),
         identity=hash_bytes(f"source\x00{source_id}".encode()),
+        record_keys=record_keys.alias(source_id),
     )
 
 
@@ -158,7 +165,7 @@ class Source(Stream):
     The concrete sources below only turn their input into an Arrow table.
     """
 
-    __slots__ = ("source_id",)
+    __slots__ = ("source_id", "record_keys")
 
     def __init__(
         self,
@@ -173,11 +180,12 @@ class Source(Stream):
         if isinstance(tags, str):
             tags = [tags]
         source_id = source_id or _default_id(kind, table, list(tags))
-        super().__init__(
-            **build_source(table, tags=tags, source_id=source_id, kind=kind,
-                           path_columns=path_columns, keep_duplicates=keep_duplicates),
-            producer=self,
-        )
+        built = build_source(table, tags=tags, source_id=source_id, kind=kind, path_columns=path_columns,
+                             keep_duplicates=keep_duplicates)
+        # The record ids as UInt128 keys, beside their hex text in the frame: recording the
+        # source's rows (orca.lineage) digests them without parsing the text again.
+        self.record_keys: pl.Series = built.pop("record_keys")
+        super().__init__(**built, producer=self)
         self.source_id = source_id
 
     def __repr__(self) -> str:
