@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import polars as pl
@@ -47,18 +47,19 @@ class Materialisation:
 
 
 def materialise(store: Store, table: str, current: pa.Table, recorded: pl.Series, run_id: str,
-                function_hash: str, reflects: str) -> Materialisation:
+                function_hash: str, reflects: str, compare: Sequence[str] = ()) -> Materialisation:
     """Make asset ``table`` hold exactly ``current`` (one row per entry: tags, outputs and
     ``__entry_id``, ``__record_id``), in one commit, touching only the rows that changed.
 
     ``recorded``: entry ids this run recorded; their rows are written again even if present
     (an invalidated entry recomputed keeps its id but may have a new value). ``reflects``: the
     versions of the node's tables ``current`` was read from, kept in the commit's metadata
-    (see :func:`reflected`).
+    (see :func:`reflected`). ``compare``: columns whose values are compared with the table's, a
+    row that differs being written again (when the table may hold values its keys do not tell).
     """
     rows = _with_run(current, run_id, function_hash)
     version = store.sync_rows(table, ENTRY_ID, rows, recorded,
-                              metadata={"orca.run": run_id, "orca.versions": reflects})
+                              metadata={"orca.run": run_id, "orca.versions": reflects}, compare=compare)
     return Materialisation(table, version)
 
 
@@ -170,6 +171,20 @@ def reflected(store: Store, table: str) -> str | None:
     (a no-change run is O(1))."""
     latest = [r for r in store.history(table, limit=1) if r["operation"] != "CREATE TABLE"]
     return latest[0].get("versions") if latest else None
+
+
+def latest_rows(store: Store, table: str) -> tuple[str, pl.LazyFrame] | None:
+    """Asset ``table``'s latest materialisation -- what it was made from (the ``reflects`` given
+    to :func:`materialise`) and its rows (ids as stored) -- read as one snapshot; None if unknown,
+    or if the table moved on while it was read (its history is read again after the rows:
+    deltalake 1.6 can number a commit wrongly when another lands during the read)."""
+    before = store.history(table, limit=1)
+    if not before or before[0]["operation"] == "CREATE TABLE" or not before[0].get("versions"):
+        return None
+    frame = store.scan_version(table, version=before[0]["version"])
+    if frame is None or store.history(table, limit=1) != before:
+        return None
+    return before[0]["versions"], frame
 
 
 def read_asset(store: Store, table: str, *, version: int | None = None,

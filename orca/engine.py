@@ -9,7 +9,8 @@ node also names its provenance table). A run of one (:func:`run`):
 2. **status** (:func:`read_status`, which is also what a plan reads): *done* entries have a
    live provenance row and a live result (phase 1: served at once); *novel* entries either
    find their packet's result in the store (a cache hit: only a provenance row is added) or
-   must be computed (phase 2);
+   must be computed (phase 2). A rerun with nothing new finds all of it in the node's asset,
+   when the asset reflects the node's tables as they are (:func:`_found_in_asset`);
 3. **compute** the distinct missing packets through the executor, in batches of
    ``batch_rows`` packets; between batches, skip packets other processes committed meanwhile;
 4. **record** each computed chunk's results, then the provenance rows pointing at them (so no
@@ -254,16 +255,38 @@ def read_status(spec: NodeSpec, upstream: Status | None = None) -> Status:
 
     ``upstream``: the status of the node whose output is this node's input (when it is one),
     so its output is not read again and its packet keys give this node's source references.
+
+    When the node's asset reflects its tables as they are now (a rerun with nothing new, or
+    with edits), one join with the asset gives the outputs of the entries it holds, in place of
+    reading the results and provenance tables and joining both (:func:`_found_in_asset`); only
+    entries it lacks are looked up in the tables.
     """
+    frame = input_frame(spec, upstream)
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="orca-read") as pool:
-        tables = pool.submit(_read_tables, spec)  # reading and hashing both take a while
-        entries = _entries(spec, upstream)
-        recorded, index, versions = tables.result()
+        tables = pool.submit(_read_tables, spec, frame.height)  # reading and hashing both take a while
+        entries = _entries(spec, upstream, frame)
+        stored = tables.result()
     keys = [*spec.input.tag_columns, *spec.input.system_tag_columns, *_entry_key(spec), KEY]
-    found = attach_results(spec, entries.select(keys), list(spec.pod.output_keys), index)
+    found = _found_in_asset(spec, entries.select(keys), stored.asset) if stored.asset is not None else None
+    if found is None:
+        stored = stored if stored.asset is None else _read_tables(spec)
+        return Status(entries, _found_in_tables(spec, entries.select(keys), stored), stored.versions)
+    lacking = found[HIT].is_null()
+    if lacking.any():  # entries the asset does not hold: they may be done too, the tables tell
+        rest = _found_in_tables(spec, entries.select(keys).filter(lacking), _read_tables(spec))
+        position = pl.Series(_POSITION, np.arange(found.height))
+        found = pl.concat([found.filter(~lacking).with_columns(position.filter(~lacking)),
+                           rest.with_columns(position.filter(lacking))]).sort(_POSITION).drop(_POSITION)
+    return Status(entries, found, stored.versions)
+
+
+def _found_in_tables(spec: NodeSpec, entries: pl.DataFrame, stored: _Stored) -> pl.DataFrame:
+    """``entries`` (tags, system tags, keys) with each one's outputs, ``__hit`` and ``__done``,
+    from the recorded entry keys and the results index of ``stored``."""
+    found = attach_results(spec, entries, list(spec.pod.output_keys), stored.index)
     if spec.provenance_table is None:  # a cached pod alone: an entry is done when its packet is
-        return Status(entries, found.with_columns(pl.col(HIT).is_not_null().alias(DONE)), versions)
-    recorded_mask = np.zeros(found.height, bool)
+        return found.with_columns(pl.col(HIT).is_not_null().alias(DONE))
+    recorded, recorded_mask = stored.recorded, np.zeros(found.height, bool)
     if recorded is not None and recorded.len():
         # A semi-join for the positions of recorded entries: about half the cost of a left join.
         rows = found.select(ENTRY_KEY).with_row_index(_POSITION).join(
@@ -271,8 +294,27 @@ def read_status(spec: NodeSpec, upstream: Status | None = None) -> Status:
         recorded_mask[rows.to_numpy()] = True
     # Done = recorded *and* a live result: an entry whose result was invalidated (e.g. through
     # another entry with the same packet) is novel again.
-    return Status(entries, found.with_columns((pl.Series(recorded_mask) & pl.col(HIT).is_not_null()).alias(DONE)),
-                  versions)
+    return found.with_columns((pl.Series(recorded_mask) & pl.col(HIT).is_not_null()).alias(DONE))
+
+
+def _found_in_asset(spec: NodeSpec, entries: pl.DataFrame, asset: pl.DataFrame) -> pl.DataFrame | None:
+    """``entries`` as :func:`read_status` finds them -- each one's outputs, ``__hit`` and
+    ``__done`` -- taken from the node's asset (entry keys and outputs, see :func:`_read_tables`);
+    null ``__hit`` and ``__done`` for an entry it lacks; None if it holds an entry twice (not
+    orca's doing: then the tables are read).
+
+    Exact because the asset holds the done entries of a status read from the node's tables at
+    versions that :func:`_read_tables` checked are still theirs (or only compacted since): an
+    entry in it is recorded and its result live, with those outputs, now as then. An entry not
+    in it may be done too (recorded by an earlier run with another input), so it is not judged.
+    """
+    left = entries.select(ENTRY_KEY).with_row_index(_POSITION)
+    joined = left.join(_narrowed(asset, ENTRY_KEY, entries[ENTRY_KEY]), on=ENTRY_KEY, how="left",
+                       maintain_order="left")
+    if joined.height != entries.height:
+        return None
+    return entries.with_columns(*joined.select(*spec.pod.output_keys, HIT).get_columns(),
+                                joined[HIT].alias(DONE))
 
 
 def _entry_key(spec: NodeSpec) -> list[str]:
@@ -332,12 +374,52 @@ def _entry_keys(spec: NodeSpec, frame: pl.DataFrame) -> pl.Series:
     return (hash_packet_keys(id_table) ^ node).alias(ENTRY_KEY)
 
 
-def _read_tables(spec: NodeSpec) -> tuple[pl.Series | None, pl.DataFrame | None, tuple[int | None, ...]]:
-    """What :func:`read_status` reads from the store: recorded entry keys, the results index
-    and the tables' versions (read first: what is read holds at least those versions)."""
+@dataclasses.dataclass(frozen=True)
+class _Stored:
+    """What :func:`read_status` reads from the store: the versions of the node's tables (read
+    first: what is read holds at least those versions), and either the node's asset (entry keys
+    and outputs, when it reflects those versions) or the recorded entry keys and results index."""
+
+    versions: tuple[int | None, ...]
+    recorded: pl.Series | None = None
+    index: pl.DataFrame | None = None
+    asset: pl.DataFrame | None = None
+
+
+def _read_tables(spec: NodeSpec, inputs: int | None = None) -> _Stored:
+    """The store's side of :func:`read_status`; ``inputs``: the number of input rows, when the
+    asset may be read instead of the tables. (Not when it has fewer rows: some entries would be
+    looked up in the tables anyway, read then after the hashing instead of beside it.)"""
     versions = table_versions(spec)
+    asset = _current_asset(spec, versions, inputs) if inputs is not None else None
+    if asset is not None:
+        return _Stored(versions, asset=asset)
     recorded = recorded_entries(spec) if spec.provenance_table is not None else None
-    return recorded, results_index(spec, list(spec.pod.output_keys)), versions
+    return _Stored(versions, recorded, results_index(spec, list(spec.pod.output_keys)))
+
+
+def _current_asset(spec: NodeSpec, versions: tuple[int | None, ...], inputs: int) -> pl.DataFrame | None:
+    """The node's asset as entry keys, outputs and ``__hit``, if its latest materialisation was
+    made from the node's tables at ``versions`` (or only compactions followed), holds at least
+    ``inputs`` rows and has the results' output types; else None."""
+    if spec.asset_table is None or spec.provenance_table is None or spec.store.version(spec.asset_table) is None:
+        return None
+    latest = assets.latest_rows(spec.store, spec.asset_table)
+    if latest is None:
+        return None
+    reflects, frame = latest
+    made = Reflects.parse(reflects)
+    if made is None or not made.exact or not _only_compacted(spec, made.versions, versions):
+        return None
+    outputs = list(spec.pod.output_keys)
+    results = spec.store.scan(spec.results_table, include_invalidated=True)
+    schema, stored = frame.collect_schema(), results.collect_schema() if results is not None else {}
+    if any(schema.get(c) is None or schema.get(c) != stored.get(c) for c in outputs):
+        return None
+    if spec.store.collect(spec.asset_table, frame.select(pl.len())).item() < inputs:
+        return None
+    asset = spec.store.collect(spec.asset_table, frame.select(ENTRY_ID, *outputs, pl.lit(True).alias(HIT)))
+    return asset.with_columns(hash_keys(asset[ENTRY_ID]).alias(ENTRY_KEY)).drop(ENTRY_ID)
 
 
 def _memoisable(spec: NodeSpec) -> bool:
@@ -658,7 +740,8 @@ def run(spec: NodeSpec, options: RunOptions, *, status: Status | None = None, up
     materialising = None
     if spec.asset_table is not None:  # 7. materialise: a sharded run writes what all shards did so far
         asset_status = after if after is not None else read_status(spec, upstream)
-        materialising = functools.partial(_materialise, spec, asset_status, tuple(work.recorded), options.run_id)
+        materialising = functools.partial(_materialise, spec, asset_status, tuple(work.recorded), options.run_id,
+                                          status.versions)
     if materialising is not None and not defer_asset:
         return NodeRun(spec.label, work.counts, after, materialising())
     return NodeRun(spec.label, work.counts, after, None, materialising)
@@ -678,13 +761,13 @@ def staged_reflects(spec: NodeSpec, since: tuple[int | None, ...], entries: KeyS
     versions the node's tables (and its upstream nodes') are at now, and the digest of its done
     entries -- if every commit to those tables since ``since`` (the versions its
     :class:`KeyIndex` was read at) was this run's. Else versions that never hold, so the next
-    run compares the asset whole rather than trust it."""
-    digest = entries.digest
+    run compares the asset whole rather than trust it. Never ``exact`` (see :class:`Reflects`):
+    rows a slice did not write are not checked."""
     now, own, node, at = table_versions(spec), True, spec, 0
     while node is not None and own:  # (table_versions: each node's two, then its upstream's)
         own = _only_own_commits(node, since[at:at + 2])
         node, at = node.upstream, at + 2
-    return json.dumps([list(now) if own else [], digest])
+    return Reflects(now if own else (), entries.digest).text()
 
 
 def asset_rows(spec: NodeSpec, status: Status) -> pa.Table:
@@ -700,20 +783,69 @@ def asset_rows(spec: NodeSpec, status: Status) -> pa.Table:
         RECORD_ID, result_record_ids(spec.pod.identity.hash, digests))
 
 
-def _materialise(spec: NodeSpec, status: Status, recorded: tuple[pl.Series, ...], run_id: str) -> int | None:
+@dataclasses.dataclass(frozen=True)
+class Reflects:
+    """What an asset's materialisation was made from, kept as JSON in its commit's metadata:
+    the versions of the node's tables (and its upstream nodes') its status was read at, and the
+    digest of its done entries. ``exact``: every row holds the values of that status -- written
+    from it, or checked against it (see :func:`_materialise`), or carried over from an exact
+    materialisation while nothing but this run wrote to the node's tables. Only an exact asset
+    may stand in for the tables (:func:`_current_asset`); older forms and sliced runs' commits
+    (:func:`staged_reflects`) are not."""
+
+    versions: tuple[int | None, ...]
+    digest: str
+    exact: bool = False
+
+    def text(self) -> str:
+        return json.dumps([list(self.versions), self.digest, *(["exact"] if self.exact else [])])
+
+    @staticmethod
+    def parse(text: str | None) -> Reflects | None:
+        """None for no text, or text orca did not write (another tool's commit)."""
+        if text is None:
+            return None
+        try:
+            versions, digest, *rest = json.loads(text)
+            return Reflects(tuple(versions), str(digest), rest == ["exact"])
+        except (ValueError, TypeError):
+            return None
+
+
+def _materialise(spec: NodeSpec, status: Status, recorded: tuple[pl.Series, ...], run_id: str,
+                 before: tuple[int | None, ...] | None = None) -> int | None:
     """Step 7: make the node's asset table hold its done entries; the new version, or None when
     nothing changed (or the asset already reflects the node's tables as they are). ``recorded``:
-    the input rows this run recorded -- their asset rows are written again."""
+    the input rows this run recorded -- their asset rows are written again. ``before``: the
+    versions of the node's tables when the run started.
+
+    Rows are otherwise written by key (new entries in, gone ones out), so a row whose value
+    changed without this run recording it -- a run whose asset write failed, another process,
+    an invalidation through another node sharing the packet -- would keep its old value. Unless
+    the asset was exact and nothing but this run wrote to the node's tables since, its values
+    are compared with the status's as the merge writes it (``compare=``, on the snapshot it
+    commits over), and the rows that differ written again: the asset is then exact."""
     # What the asset is made from: the versions the status reflects and which entries are done
     # (entries can leave the input while the node's tables stay as they were).
     done = status.found.filter(pl.col(DONE))[ENTRY_KEY]
     digest = KeySet().add(done).digest
-    reflects = json.dumps([list(status.versions), digest])
-    if not recorded and _reflects(spec, assets.reflected(spec.store, spec.asset_table), status.versions, digest):
+    previous = Reflects.parse(assets.reflected(spec.store, spec.asset_table))
+    if not recorded and _reflects(spec, previous, status.versions, digest):
         return None
-    rows = asset_rows(spec, status)
-    return assets.materialise(spec.store, spec.asset_table, rows, _changed(status, recorded), run_id,
-                              spec.pod.identity.hash, reflects).version
+    compare = () if _carried_over(spec, previous, before) else tuple(spec.pod.output_keys)
+    return assets.materialise(spec.store, spec.asset_table, asset_rows(spec, status), _changed(status, recorded),
+                              run_id, spec.pod.identity.hash, Reflects(status.versions, digest, exact=True).text(),
+                              compare=compare).version
+
+
+def _carried_over(spec: NodeSpec, previous: Reflects | None, before: tuple[int | None, ...] | None) -> bool:
+    """Whether every asset row this run does not write still holds its value: the asset was
+    exact, made from the node's own tables at the versions the run started from (no other
+    writer, failed asset write or invalidation in between), and only this run wrote to them
+    since. (Upstream tables do not matter: they change which entries there are, not values.)"""
+    if previous is None or not previous.exact or before is None or len(previous.versions) != len(before):
+        return False
+    return previous.versions[:2] == before[:2] and _only_own_commits(spec, before)
 
 
 def _changed(status: Status, recorded: list[pl.Series] | tuple[pl.Series, ...]) -> pl.Series:
@@ -725,20 +857,13 @@ def _changed(status: Status, recorded: list[pl.Series] | tuple[pl.Series, ...]) 
     return status.found.filter(pl.Series(mask) & status.found[DONE])[ENTRY_KEY]
 
 
-def _reflects(spec: NodeSpec, reflected: str | None, versions: tuple[int | None, ...], digest: str) -> bool:
-    """Whether an asset made from ``reflected`` (versions and done entries, as JSON) holds what a
-    status at ``versions`` with done entries ``digest`` would make: the same entries, from tables
-    at those versions or with only compactions committed after them (else every no-change run
-    after a compaction would compare the whole asset again: 10 s at 10M rows). An asset another
-    process made from later versions also holds, if only compactions followed them."""
-    if reflected is None:
-        return False
-    try:
-        then, then_digest = json.loads(reflected)
-        then = tuple(then)
-    except (ValueError, TypeError):  # not orca's, or an older form: compare the asset itself
-        return False
-    return then_digest == digest and _only_compacted(spec, then, versions)
+def _reflects(spec: NodeSpec, previous: Reflects | None, versions: tuple[int | None, ...], digest: str) -> bool:
+    """Whether an asset made from ``previous`` holds what a status at ``versions`` with done
+    entries ``digest`` would make: the same entries, from tables at those versions or with only
+    compactions committed after them (else every no-change run after a compaction would compare
+    the whole asset again: 10 s at 10M rows). An asset another process made from later versions
+    also holds, if only compactions followed them."""
+    return previous is not None and previous.digest == digest and _only_compacted(spec, previous.versions, versions)
 
 
 def provenance_schema(spec: NodeSpec) -> pa.Schema:

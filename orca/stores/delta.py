@@ -1116,10 +1116,11 @@ class DeltaStore(BufferedStore):
 
     # ---- mutable tables (assets) ------------------------------------------------------------
     def sync_rows(self, name: str, key: str, rows: pa.Table, changed: pl.Series, *,
-                  metadata: dict[str, str] | None = None) -> int | None:
+                  metadata: dict[str, str] | None = None, compare: Sequence[str] = ()) -> int | None:
         """Make unkeyed table ``name`` hold exactly ``rows`` (one per ``key`` value), in one commit
         that touches only what differs: rows whose key is gone are deleted, new keys and keys in
-        ``changed`` (16-byte ids as bytes or as ``UInt128`` keys) are written. Returns the new
+        ``changed`` (16-byte ids as bytes or as ``UInt128`` keys) are written, and with
+        ``compare``, rows whose values in those columns differ from ``rows``'s. Returns the new
         version, or None when nothing differed.
 
         The difference is computed on the snapshot the merge commits over; a concurrent commit
@@ -1138,8 +1139,10 @@ class DeltaStore(BufferedStore):
             legacy = _legacy_ids(name, table)
             wanted = changed if key not in legacy else _hex_ids(changed)
             data = conform(_as_stored(rows, legacy), schema, self.uri(name))
-            existing = pl.scan_delta(table).select(key).collect().to_series()
-            plan = sync_plan(existing, data, key, wanted)
+            names = pa.schema(table.schema().to_arrow()).names
+            existing = pl.scan_delta(table).select(key, *(c for c in compare if c in names)).collect()
+            plan = sync_plan(existing if compare else existing[key], data, key, wanted)
+            existing = existing[key]
             delete, upsert, updated = plan.delete, plan.upsert, plan.updated
             if delete.len() == 0 and upsert.num_rows == 0:
                 return None

@@ -178,13 +178,14 @@ class MemoryStore(BufferedStore):
         return sorted(n for n in self._tables if n.startswith(prefix))
 
     def sync_rows(self, name: str, key: str, rows: pa.Table, changed: pl.Series, *,
-                  metadata: dict[str, str] | None = None) -> int | None:
+                  metadata: dict[str, str] | None = None, compare: Sequence[str] = ()) -> int | None:
         """As :meth:`DeltaStore.sync_rows`: make ``name`` hold exactly ``rows``, in one version."""
         table = self._tables.get(check_name(name))
         if table is None:
             table = self._tables[name] = _Table((), rows.slice(0, 0))
         data = conform(rows, table.data.schema, self.uri(name))
-        plan = sync_plan(pl.Series(key, table.data.column(key)), data, key, changed)
+        existing = pl.from_arrow(table.data.select([key, *(c for c in compare if c in table.data.column_names)]))
+        plan = sync_plan(existing if compare else existing[key], data, key, changed)
         delete, upsert, updated = plan.delete, plan.upsert, plan.updated
         if delete.len() == 0 and upsert.num_rows == 0 and table.writers:
             return None

@@ -1,0 +1,280 @@
+"""A rerun with nothing new reads each node's status from its asset (one join) instead of its
+results and provenance tables -- and only when the asset reflects those tables as they are."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import random
+
+import deltalake
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import orca
+import orca.engine
+
+N = 40
+
+
+@orca.function_pod(output_keys=["i", "f", "s", "l", "d", "t", "m"])
+def many(x: int) -> tuple[int, float, str, list[int], datetime.date, datetime.datetime, decimal.Decimal]:
+    """Outputs of many types: each must come back from the asset exactly as from the results."""
+    return (x * 3, x / 7, f"v{x}", [x, -x], datetime.date(2020, 1, 1) + datetime.timedelta(days=x),
+            datetime.datetime(2021, 1, 1, tzinfo=datetime.UTC) + datetime.timedelta(seconds=x),
+            decimal.Decimal(x) / 4)
+
+
+@orca.function_pod(output_keys="y")
+def follow(i: int) -> int:
+    return i + 1
+
+
+def source(n: int = N, edit: int | None = None) -> orca.PolarsSource:
+    xs = [x + (1000 if x == edit else 0) for x in range(n)]
+    return orca.PolarsSource(pl.DataFrame({"k": list(range(n)), "x": xs}), tags=["k"], source_id="src")
+
+
+def build(store: orca.Store, src: orca.Source) -> orca.Pipeline:
+    pipeline = orca.Pipeline("p", store=store)
+    with pipeline:
+        follow.pod(many.pod(src))
+    return pipeline
+
+
+@pytest.fixture(params=["memory", "delta"])
+def store(request, tmp_path):
+    return orca.MemoryStore() if request.param == "memory" else orca.DeltaStore(tmp_path / "store")
+
+
+@pytest.fixture
+def reads(monkeypatch) -> list[str]:
+    """The node tables each status read looked up (the asset path reads none of them)."""
+    seen: list[str] = []
+    results_index, recorded_entries = orca.engine.results_index, orca.engine.recorded_entries
+
+    def index(spec, columns):
+        seen.append(spec.results_table)
+        return results_index(spec, columns)
+
+    def recorded(spec):
+        seen.append(spec.provenance_table)
+        return recorded_entries(spec)
+
+    monkeypatch.setattr(orca.engine, "results_index", index)
+    monkeypatch.setattr(orca.engine, "recorded_entries", recorded)
+    return seen
+
+
+def outputs(pipeline: orca.Pipeline) -> tuple[pl.DataFrame, pl.DataFrame]:
+    return (pipeline["many"].output.to_polars().sort("k"), pipeline["follow"].output.to_polars().sort("k"))
+
+
+def fresh(src: orca.Source) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """What a store that never saw anything gives for ``src``."""
+    pipeline = build(orca.MemoryStore(), src)
+    pipeline.run(progress=False)
+    return outputs(pipeline)
+
+
+def same(a: tuple[pl.DataFrame, pl.DataFrame], b: tuple[pl.DataFrame, pl.DataFrame]) -> None:
+    for x, y in zip(a, b, strict=True):
+        assert x.schema == y.schema
+        assert x.equals(y)
+
+
+def test_a_rerun_with_nothing_new_reads_the_assets_and_serves_the_same_rows(store, reads):
+    first = build(store, source())
+    first.run(progress=False)
+    expected = outputs(first)
+    reads.clear()
+
+    again = build(store, source())  # (a new pipeline object: nothing remembered in memory)
+    result = again.run(progress=False)
+    assert reads == []
+    assert {label: c.computed for label, c in result.counts.items()} == {"many": 0, "follow": 0}
+    assert {label: c.cached for label, c in result.counts.items()} == {"many": N, "follow": N}
+    same(outputs(again), expected)
+    same(outputs(again), fresh(source()))
+
+
+def test_a_smaller_input_is_served_from_the_asset_too(store, reads):
+    build(store, source()).run(progress=False)
+    reads.clear()
+    pipeline = build(store, source(N // 2))
+    result = pipeline.run(progress=False)
+    assert reads == [] and result.counts["many"].computed == 0
+    same(outputs(pipeline), fresh(source(N // 2)))
+
+
+@pytest.mark.parametrize("change", ["new rows", "edited row"])
+def test_an_entry_the_asset_lacks_sends_the_run_to_the_tables(store, reads, change):
+    build(store, source()).run(progress=False)
+    reads.clear()
+    src = source(N + 3) if change == "new rows" else source(edit=5)
+    pipeline = build(store, src)
+    result = pipeline.run(progress=False)
+    assert reads, "the tables must be read: the asset cannot tell whether a new entry is done"
+    assert result.counts["many"].computed == (3 if change == "new rows" else 1)
+    same(outputs(pipeline), fresh(src))
+
+
+def test_an_invalidation_is_never_served_from_the_asset(store, reads):
+    pipeline = build(store, source())
+    pipeline.run(progress=False)
+    before = pipeline["many"].output.to_polars().filter(pl.col("k") == 3)
+    pipeline.invalidate("many", pl.col("k") == 3)
+    reads.clear()
+    again = build(store, source())
+    result = again.run(progress=False)
+    assert reads  # the tables moved on since the asset was made
+    assert result.counts["many"].computed == 1
+    same(outputs(again), fresh(source()))
+    assert again["many"].output.to_polars().filter(pl.col("k") == 3).equals(before)
+
+
+def test_upstream_tables_moving_on_send_a_downstream_node_to_its_tables(store, reads):
+    """Another pipeline over the same function writes to the upstream results table: the
+    downstream node's asset no longer reflects every table its status depends on."""
+    pipeline = build(store, source())
+    pipeline.run(progress=False)
+    other = orca.Pipeline("q", store=store)
+    with other:
+        many.pod(orca.PolarsSource(pl.DataFrame({"k": [999], "x": [999]}), tags=["k"], source_id="other"))
+    other.run(progress=False)
+    reads.clear()
+    again = build(store, source())
+    again.run(progress=False)
+    assert pipeline["many"].spec.results_table in reads
+    same(outputs(again), fresh(source()))
+
+
+def test_an_asset_changed_outside_orca_is_not_trusted(tmp_path, reads):
+    store = orca.DeltaStore(tmp_path / "store")
+    pipeline = build(store, source())
+    pipeline.run(progress=False)
+    asset = deltalake.DeltaTable(store.uri(pipeline["many"].spec.asset_table))
+    asset.update(updates={"i": "i + 1000"})  # an analyst's write: wrong values in every row
+    reads.clear()
+    again = build(store, source())
+    again.run(progress=False)
+    assert reads  # the asset's latest commit is not a materialisation
+    same(outputs(again), fresh(source()))
+
+
+def test_a_failed_asset_write_leaves_the_run_to_the_tables(tmp_path, monkeypatch, reads):
+    store = orca.DeltaStore(tmp_path / "store")
+    build(store, source()).run(progress=False)
+    with monkeypatch.context() as patched:
+        patched.setattr(orca.assets, "materialise", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+        with pytest.warns(UserWarning, match="asset was not written"), pytest.raises(OSError):
+            build(store, source(N + 2)).run(progress=False)
+    reads.clear()
+    again = build(store, source(N + 2))
+    result = again.run(progress=False)
+    assert reads  # the assets reflect the first run's tables, not these
+    assert result.counts["many"].computed == 0
+    same(outputs(again), fresh(source(N + 2)))
+
+
+def test_a_result_invalidated_through_another_pipeline_is_computed_again(store, reads):
+    """The asset's rows are untouched, but the shared results table moved on: the run must not
+    serve the invalidated result (its entry is novel again)."""
+    pipeline = build(store, source())
+    pipeline.run(progress=False)
+    other = orca.Pipeline("q", store=store)
+    with other:
+        many.pod(orca.PolarsSource(pl.DataFrame({"k": [999], "x": [3]}), tags=["k"], source_id="other"))
+    other.run(progress=False)
+    assert other.invalidate("many", pl.col("k") == 999) == 1  # the packet x=3 is pipeline p's too
+    reads.clear()
+    again = build(store, source())
+    result = again.run(progress=False)
+    assert reads
+    assert result.counts["many"].computed == 1
+    same(outputs(again), fresh(source()))
+
+
+_STEP = st.one_of(
+    st.tuples(st.just("add"), st.integers(1, 4)),
+    st.tuples(st.just("drop"), st.integers(1, 4)),
+    st.tuples(st.just("edit"), st.integers(0, 30)),
+    st.tuples(st.just("invalidate"), st.integers(0, 30)),
+    st.tuples(st.just("invalidate elsewhere"), st.integers(0, 30)),
+    st.tuples(st.just("rerun"), st.just(0)),
+)
+
+
+@settings(max_examples=15, deadline=None)
+@given(steps=st.lists(_STEP, min_size=1, max_size=6))
+def test_any_sequence_of_changes_serves_what_a_fresh_store_computes(steps):
+    """Whatever happened before (inputs grown, shrunk, edited; entries invalidated, here or
+    through another pipeline sharing a packet), a run serves exactly what a store that never
+    saw anything computes, asset shortcut or not, and every value it serves has a live result."""
+    store, keys, edits = orca.MemoryStore(), list(range(8)), {}
+
+    def current() -> orca.PolarsSource:
+        xs = [k + edits.get(k, 0) for k in keys]
+        return orca.PolarsSource(pl.DataFrame({"k": keys, "x": xs}), tags=["k"], source_id="src")
+
+    build(store, current()).run(progress=False)
+    for op, n in steps:
+        if op == "add":
+            keys += list(range(max(keys, default=-1) + 1, max(keys, default=-1) + 1 + n))
+        elif op == "drop":
+            keys = keys[:-n] or keys[:1]
+        elif op == "edit" and n in keys:
+            edits[n] = edits.get(n, 0) + 100
+        elif op == "invalidate":
+            build(store, current()).invalidate("many", pl.col("k") == n)
+        elif op == "invalidate elsewhere":  # the same packet as key n, in another pipeline
+            other = orca.Pipeline("q", store=store)
+            with other:
+                many.pod(orca.PolarsSource(pl.DataFrame({"k": [n], "x": [n + edits.get(n, 0)]}), tags=["k"],
+                                           source_id="other"))
+            other.run(progress=False)
+            other.invalidate("many", pl.col("k") == n)
+        pipeline = build(store, current())
+        pipeline.run(progress=False)
+        same(outputs(pipeline), fresh(current()))
+        live = store.scan(many.pod.results_table).collect()["__packet_hash"].bin.encode("hex").to_list()
+        served = pipeline["many"].output.to_polars()
+        assert all(orca.hash_packet({"x": x}) in live for x in [k + edits.get(k, 0) for k in served["k"]])
+
+
+@orca.function_pod(output_keys="r")
+def noisy(x: int) -> float:
+    """Not deterministic: a recomputed value differs from the one it replaces."""
+    return x + random.random()
+
+
+def test_a_value_recomputed_while_the_asset_write_failed_reaches_the_asset(store, monkeypatch):
+    """Design issue 30: a result invalidated through another pipeline sharing its packet is
+    recomputed by a run whose asset write fails; a later run must write the new value, and a
+    no-change run after it must serve the value the results table holds."""
+
+    def noisy_pipeline(name: str, frame: pl.DataFrame) -> orca.Pipeline:
+        pipeline = orca.Pipeline(name, store=store)
+        with pipeline:
+            noisy.pod(orca.PolarsSource(frame, tags=["k"], source_id=name))
+        return pipeline
+
+    rows = pl.DataFrame({"k": list(range(6)), "x": list(range(6))})
+    noisy_pipeline("p", rows).run(progress=False)
+    other = noisy_pipeline("q", pl.DataFrame({"k": [100], "x": [3]}))  # the packet x=3 again
+    other.run(progress=False)
+    other.invalidate("noisy", pl.col("k") == 100)
+    with monkeypatch.context() as patched:
+        patched.setattr(orca.assets, "materialise", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+        with pytest.warns(UserWarning, match="asset was not written"), pytest.raises(OSError):
+            noisy_pipeline("p", rows).run(progress=False)  # recomputes x=3
+    grown = pl.concat([rows, pl.DataFrame({"k": [6], "x": [6]})])
+    for frame in (grown, grown):  # a run that writes the asset, then one with nothing new
+        pipeline = noisy_pipeline("p", frame)
+        pipeline.run(progress=False)
+        asset = pipeline.asset("noisy").collect().select("k", "r").sort("k")
+        assert asset.equals(pipeline["noisy"].results().collect().select("k", "r").sort("k"))
+        live = store.scan(noisy.pod.results_table).collect()
+        assert sorted(asset["r"].to_list()) == sorted(live["r"].to_list())
