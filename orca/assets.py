@@ -176,12 +176,13 @@ def reflected(store: Store, table: str) -> str | None:
 def latest_rows(store: Store, table: str) -> tuple[str, pl.LazyFrame] | None:
     """Asset ``table``'s latest materialisation -- what it was made from (the ``reflects`` given
     to :func:`materialise`) and its rows (ids as stored) -- read as one snapshot; None if unknown,
-    or if the table moved on while it was read (its history is read again after the rows:
-    deltalake 1.6 can number a commit wrongly when another lands during the read)."""
+    or if the table moved on while it was read (its latest commit is looked at before and after
+    the rows, twice also because deltalake 1.6 can number a commit wrongly when another lands
+    during the read)."""
     before = store.history(table, limit=1)
     if not before or before[0]["operation"] == "CREATE TABLE" or not before[0].get("versions"):
         return None
-    frame = store.scan_version(table, version=before[0]["version"])
+    frame = store.scan(table)  # (between two equal looks at the latest commit: that commit's rows)
     if frame is None or store.history(table, limit=1) != before:
         return None
     return before[0]["versions"], frame

@@ -263,7 +263,7 @@ def read_status(spec: NodeSpec, upstream: Status | None = None) -> Status:
     """
     frame = input_frame(spec, upstream)
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="orca-read") as pool:
-        tables = pool.submit(_read_tables, spec, frame.height)  # reading and hashing both take a while
+        tables = pool.submit(_read_tables, spec, frame)  # reading and hashing both take a while
         entries = _entries(spec, upstream, frame)
         stored = tables.result()
     keys = [*spec.input.tag_columns, *spec.input.system_tag_columns, *_entry_key(spec), KEY]
@@ -386,40 +386,51 @@ class _Stored:
     asset: pl.DataFrame | None = None
 
 
-def _read_tables(spec: NodeSpec, inputs: int | None = None) -> _Stored:
-    """The store's side of :func:`read_status`; ``inputs``: the number of input rows, when the
-    asset may be read instead of the tables. (Not when it has fewer rows: some entries would be
-    looked up in the tables anyway, read then after the hashing instead of beside it.)"""
+def _read_tables(spec: NodeSpec, frame: pl.DataFrame | None = None) -> _Stored:
+    """The store's side of :func:`read_status`; ``frame``: the input rows, when the node's
+    asset may be read instead of its tables (see :func:`_current_asset`)."""
     versions = table_versions(spec)
-    asset = _current_asset(spec, versions, inputs) if inputs is not None else None
+    asset = _current_asset(spec, versions, frame) if frame is not None else None
     if asset is not None:
         return _Stored(versions, asset=asset)
     recorded = recorded_entries(spec) if spec.provenance_table is not None else None
     return _Stored(versions, recorded, results_index(spec, list(spec.pod.output_keys)))
 
 
-def _current_asset(spec: NodeSpec, versions: tuple[int | None, ...], inputs: int) -> pl.DataFrame | None:
-    """The node's asset as entry keys, outputs and ``__hit``, if its latest materialisation was
-    made from the node's tables at ``versions`` (or only compactions followed), holds at least
-    ``inputs`` rows and has the results' output types; else None."""
-    if spec.asset_table is None or spec.provenance_table is None or spec.store.version(spec.asset_table) is None:
+_SAMPLE = 16  # input rows whose entries must be in the asset before it is used
+# Smaller inputs read the tables: looking at the asset costs ~15-35 ms (its latest commit read
+# twice, its rows, a sample hashed), which only a large input's joins repay.
+_ASSET_MIN_ROWS = 50_000
+
+
+def _current_asset(spec: NodeSpec, versions: tuple[int | None, ...], frame: pl.DataFrame) -> pl.DataFrame | None:
+    """The node's asset as entry keys, outputs and ``__hit``, if it may stand in for the node's
+    tables for input ``frame``: its latest materialisation is exact and was made from the tables
+    at ``versions`` (or only compactions followed), its outputs have the pod's types, and it
+    likely holds the input's entries -- as many rows, and the entries of a few input rows spread
+    over it (hashed here: a run with new rows then reads the tables beside its hashing, as
+    before, instead of after it) -- and the input is large enough to repay the look
+    (``_ASSET_MIN_ROWS``). Else None."""
+    if spec.asset_table is None or spec.provenance_table is None or frame.height < _ASSET_MIN_ROWS:
         return None
     latest = assets.latest_rows(spec.store, spec.asset_table)
     if latest is None:
         return None
-    reflects, frame = latest
+    reflects, rows = latest
     made = Reflects.parse(reflects)
     if made is None or not made.exact or not _only_compacted(spec, made.versions, versions):
         return None
     outputs = list(spec.pod.output_keys)
-    results = spec.store.scan(spec.results_table, include_invalidated=True)
-    schema, stored = frame.collect_schema(), results.collect_schema() if results is not None else {}
-    if any(schema.get(c) is None or schema.get(c) != stored.get(c) for c in outputs):
+    expected, schema = pl.from_arrow(pa.schema(spec.pod.output_fields).empty_table()).schema, rows.collect_schema()
+    if any(schema.get(c) is None or schema.get(c) != expected.get(c) for c in outputs):
         return None
-    if spec.store.collect(spec.asset_table, frame.select(pl.len())).item() < inputs:
+    asset = spec.store.collect(spec.asset_table, rows.select(ENTRY_ID, *outputs, pl.lit(True).alias(HIT)))
+    if asset.height < frame.height or frame.height == 0:
         return None
-    asset = spec.store.collect(spec.asset_table, frame.select(ENTRY_ID, *outputs, pl.lit(True).alias(HIT)))
-    return asset.with_columns(hash_keys(asset[ENTRY_ID]).alias(ENTRY_KEY)).drop(ENTRY_ID)
+    asset = asset.with_columns(hash_keys(asset[ENTRY_ID]).alias(ENTRY_KEY)).drop(ENTRY_ID)
+    spread = np.unique(np.linspace(0, frame.height - 1, min(frame.height, _SAMPLE)).astype(np.int64))
+    sample = _entries(spec, None, frame.select(pl.all().gather(spread)))[ENTRY_KEY]
+    return asset if bool(sample.is_in(asset[ENTRY_KEY].implode()).all()) else None
 
 
 def _memoisable(spec: NodeSpec) -> bool:
@@ -720,6 +731,7 @@ def run(spec: NodeSpec, options: RunOptions, *, status: Status | None = None, up
         settled = left if rest.height == 0 else None  # (then it is already the status after the run)
     else:
         drive(spec.store, work.steps(novel), on_step=on_step)
+    own = True  # whether the status after the run is the one before plus what this run did
     if novel.height == 0:  # nothing changed: the status already holds the output (and its versions)
         after: Status | None = status
     elif options.shard is None and not options.claim and _only_own_commits(spec, status.versions):
@@ -728,11 +740,11 @@ def run(spec: NodeSpec, options: RunOptions, *, status: Status | None = None, up
         after = _refreshed_from_run(spec, status, work) or _refreshed(spec, status, work, narrow=sliced)
         after = dataclasses.replace(after, versions=table_versions(spec))
     elif sliced:  # other writers: the slice's novel entries take their results as now stored
-        after = _refreshed(spec, status, work, narrow=True)
+        after, own = _refreshed(spec, status, work, narrow=True), False
     elif options.shard is None:  # other writers (claims, another process): read what is stored
-        after = settled if options.claim and settled is not None else read_status(spec, upstream)
+        after, own = settled if options.claim and settled is not None else read_status(spec, upstream), False
     else:
-        after = None
+        after, own = None, False
     if sliced:  # a slice's status is not the node's: never served as its output
         return NodeRun(spec.label, work.counts, after, changed=_changed(after, work.recorded))
     if after is not None:
@@ -741,7 +753,7 @@ def run(spec: NodeSpec, options: RunOptions, *, status: Status | None = None, up
     if spec.asset_table is not None:  # 7. materialise: a sharded run writes what all shards did so far
         asset_status = after if after is not None else read_status(spec, upstream)
         materialising = functools.partial(_materialise, spec, asset_status, tuple(work.recorded), options.run_id,
-                                          status.versions)
+                                          status.versions if own else None)
     if materialising is not None and not defer_asset:
         return NodeRun(spec.label, work.counts, after, materialising())
     return NodeRun(spec.label, work.counts, after, None, materialising)
@@ -817,7 +829,8 @@ def _materialise(spec: NodeSpec, status: Status, recorded: tuple[pl.Series, ...]
     """Step 7: make the node's asset table hold its done entries; the new version, or None when
     nothing changed (or the asset already reflects the node's tables as they are). ``recorded``:
     the input rows this run recorded -- their asset rows are written again. ``before``: the
-    versions of the node's tables when the run started.
+    versions of the node's tables when the run started, if ``status`` is the status then plus
+    only what this run did (None: other writers committed, or not known).
 
     Rows are otherwise written by key (new entries in, gone ones out), so a row whose value
     changed without this run recording it -- a run whose asset write failed, another process,
@@ -832,20 +845,21 @@ def _materialise(spec: NodeSpec, status: Status, recorded: tuple[pl.Series, ...]
     previous = Reflects.parse(assets.reflected(spec.store, spec.asset_table))
     if not recorded and _reflects(spec, previous, status.versions, digest):
         return None
-    compare = () if _carried_over(spec, previous, before) else tuple(spec.pod.output_keys)
+    compare = () if _carried_over(previous, before) else tuple(spec.pod.output_keys)
     return assets.materialise(spec.store, spec.asset_table, asset_rows(spec, status), _changed(status, recorded),
                               run_id, spec.pod.identity.hash, Reflects(status.versions, digest, exact=True).text(),
                               compare=compare).version
 
 
-def _carried_over(spec: NodeSpec, previous: Reflects | None, before: tuple[int | None, ...] | None) -> bool:
+def _carried_over(previous: Reflects | None, before: tuple[int | None, ...] | None) -> bool:
     """Whether every asset row this run does not write still holds its value: the asset was
     exact, made from the node's own tables at the versions the run started from (no other
     writer, failed asset write or invalidation in between), and only this run wrote to them
-    since. (Upstream tables do not matter: they change which entries there are, not values.)"""
+    since (``before`` given). (Upstream tables do not matter: they change which entries there
+    are, not values.)"""
     if previous is None or not previous.exact or before is None or len(previous.versions) != len(before):
         return False
-    return previous.versions[:2] == before[:2] and _only_own_commits(spec, before)
+    return previous.versions[:2] == before[:2]
 
 
 def _changed(status: Status, recorded: list[pl.Series] | tuple[pl.Series, ...]) -> pl.Series:
