@@ -47,7 +47,8 @@ class Materialisation:
 
 
 def materialise(store: Store, table: str, current: pa.Table, recorded: pl.Series, run_id: str,
-                function_hash: str, reflects: str, compare: Sequence[str] = ()) -> Materialisation:
+                function_hash: str, reflects: str, compare: Sequence[str] = (),
+                trust_since: int | None = None) -> Materialisation:
     """Make asset ``table`` hold exactly ``current`` (one row per entry: tags, outputs and
     ``__entry_id``, ``__record_id``), in one commit, touching only the rows that changed.
 
@@ -55,11 +56,13 @@ def materialise(store: Store, table: str, current: pa.Table, recorded: pl.Series
     (an invalidated entry recomputed keeps its id but may have a new value). ``reflects``: the
     versions of the node's tables ``current`` was read from, kept in the commit's metadata
     (see :func:`reflected`). ``compare``: columns whose values are compared with the table's, a
-    row that differs being written again (when the table may hold values its keys do not tell).
+    row that differs being written again (the table may hold values its keys do not tell),
+    unless the table is still at version ``trust_since`` (the caller knows what it held then).
     """
     rows = _with_run(current, run_id, function_hash)
     version = store.sync_rows(table, ENTRY_ID, rows, recorded,
-                              metadata={"orca.run": run_id, "orca.versions": reflects}, compare=compare)
+                              metadata={"orca.run": run_id, "orca.versions": reflects}, compare=compare,
+                              trust_since=trust_since)
     return Materialisation(table, version)
 
 
@@ -165,12 +168,15 @@ def _with_run(rows: pa.Table, run_id: str, function_hash: str) -> pa.Table:
         RUN_ID, pa.repeat(pa.scalar(run_id, pa.string()), n))  # (``string``, as the table holds text)
 
 
-def reflected(store: Store, table: str) -> str | None:
-    """What asset ``table``'s latest materialisation was made from (the ``reflects`` given to
-    :func:`materialise`), None if unknown: when it still holds, a run need not read the asset
-    (a no-change run is O(1))."""
-    latest = [r for r in store.history(table, limit=1) if r["operation"] != "CREATE TABLE"]
-    return latest[0].get("versions") if latest else None
+def reflected(store: Store, table: str) -> tuple[int, str | None] | None:
+    """Asset ``table``'s latest version and what it was made from (the ``reflects`` given to
+    :func:`materialise`; None for another writer's commit), None if unknown: when it still
+    holds, a run need not read the asset (a no-change run is O(1)). Looked at twice: deltalake
+    1.6 can number a commit wrongly when another lands during the read."""
+    latest = store.history(table, limit=1)
+    if not latest or latest[0]["operation"] == "CREATE TABLE" or store.history(table, limit=1) != latest:
+        return None
+    return latest[0]["version"], latest[0].get("versions")
 
 
 def latest_rows(store: Store, table: str) -> tuple[str, pl.LazyFrame] | None:

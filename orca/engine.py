@@ -413,12 +413,21 @@ def _current_asset(spec: NodeSpec, versions: tuple[int | None, ...], frame: pl.D
     (``_ASSET_MIN_ROWS``). Else None."""
     if spec.asset_table is None or spec.provenance_table is None or frame.height < _ASSET_MIN_ROWS:
         return None
+    try:
+        return _asset_standing_in(spec, versions, frame)
+    except Exception:  # noqa: BLE001 - a shortcut: an asset that cannot be read leaves it to the tables
+        return None
+
+
+def _asset_standing_in(spec: NodeSpec, versions: tuple[int | None, ...], frame: pl.DataFrame) -> pl.DataFrame | None:
+    """:func:`_current_asset` once the input is large enough; may raise (the store's errors)."""
     latest = assets.latest_rows(spec.store, spec.asset_table)
     if latest is None:
         return None
     reflects, rows = latest
     made = Reflects.parse(reflects)
-    if made is None or not made.exact or not _only_compacted(spec, made.versions, versions):
+    if made is None or not made.exact or made.ids != table_ids(spec) or not _only_compacted(spec, made.versions,
+                                                                                              versions):
         return None
     outputs = list(spec.pod.output_keys)
     expected, schema = pl.from_arrow(pa.schema(spec.pod.output_fields).empty_table()).schema, rows.collect_schema()
@@ -732,13 +741,15 @@ def run(spec: NodeSpec, options: RunOptions, *, status: Status | None = None, up
     else:
         drive(spec.store, work.steps(novel), on_step=on_step)
     own = True  # whether the status after the run is the one before plus what this run did
+    # (read before the check below: a commit by another writer after it is then not counted in)
+    now = table_versions(spec) if novel.height else status.versions
     if novel.height == 0:  # nothing changed: the status already holds the output (and its versions)
         after: Status | None = status
     elif options.shard is None and not options.claim and _only_own_commits(spec, status.versions):
         # Nobody else wrote the node's tables: the status after the run is the one before plus
-        # what this run did, and reflects the tables as they are now.
+        # what this run did, and reflects the tables as they were at ``now``.
         after = _refreshed_from_run(spec, status, work) or _refreshed(spec, status, work, narrow=sliced)
-        after = dataclasses.replace(after, versions=table_versions(spec))
+        after = dataclasses.replace(after, versions=now)
     elif sliced:  # other writers: the slice's novel entries take their results as now stored
         after, own = _refreshed(spec, status, work, narrow=True), False
     elif options.shard is None:  # other writers (claims, another process): read what is stored
@@ -779,7 +790,7 @@ def staged_reflects(spec: NodeSpec, since: tuple[int | None, ...], entries: KeyS
     while node is not None and own:  # (table_versions: each node's two, then its upstream's)
         own = _only_own_commits(node, since[at:at + 2])
         node, at = node.upstream, at + 2
-    return Reflects(now if own else (), entries.digest).text()
+    return Reflects(now if own else (), entries.digest, ids=table_ids(spec)).text()
 
 
 def asset_rows(spec: NodeSpec, status: Status) -> pa.Table:
@@ -798,19 +809,23 @@ def asset_rows(spec: NodeSpec, status: Status) -> pa.Table:
 @dataclasses.dataclass(frozen=True)
 class Reflects:
     """What an asset's materialisation was made from, kept as JSON in its commit's metadata:
-    the versions of the node's tables (and its upstream nodes') its status was read at, and the
-    digest of its done entries. ``exact``: every row holds the values of that status -- written
-    from it, or checked against it (see :func:`_materialise`), or carried over from an exact
-    materialisation while nothing but this run wrote to the node's tables. Only an exact asset
-    may stand in for the tables (:func:`_current_asset`); older forms and sliced runs' commits
-    (:func:`staged_reflects`) are not."""
+    the versions of the node's tables (and its upstream nodes') its status was read at, the
+    digest of its done entries and the tables' ids (:meth:`Store.table_id`: a table removed and
+    made again counts its versions from 0 again). ``exact``: every row holds the values of that
+    status -- written from it, checked against it in the merge, or carried over from an exact
+    materialisation while nothing but this run wrote to the node's tables (see
+    :func:`_materialise`). Only an exact asset may stand in for the tables
+    (:func:`_current_asset`); older forms and sliced runs' commits (:func:`staged_reflects`) are
+    not exact."""
 
     versions: tuple[int | None, ...]
     digest: str
     exact: bool = False
+    ids: tuple[str | None, ...] | None = None
 
     def text(self) -> str:
-        return json.dumps([list(self.versions), self.digest, *(["exact"] if self.exact else [])])
+        facts = {"exact": self.exact, **({"ids": list(self.ids)} if self.ids is not None else {})}
+        return json.dumps([list(self.versions), self.digest, facts])
 
     @staticmethod
     def parse(text: str | None) -> Reflects | None:
@@ -819,9 +834,17 @@ class Reflects:
             return None
         try:
             versions, digest, *rest = json.loads(text)
-            return Reflects(tuple(versions), str(digest), rest == ["exact"])
+            facts = rest[0] if rest and isinstance(rest[0], dict) else {}
+            ids = facts.get("ids")
+            return Reflects(tuple(versions), str(digest), facts.get("exact") is True,
+                            tuple(ids) if isinstance(ids, list) else None)
         except (ValueError, TypeError):
             return None
+
+
+def table_ids(spec: NodeSpec) -> tuple[str | None, ...]:
+    """The ids of the tables whose versions :func:`table_versions` gives, in its order."""
+    return tuple(None if name is None else store.table_id(name) for store, name in _tables_of(spec))
 
 
 def _materialise(spec: NodeSpec, status: Status, recorded: tuple[pl.Series, ...], run_id: str,
@@ -835,31 +858,34 @@ def _materialise(spec: NodeSpec, status: Status, recorded: tuple[pl.Series, ...]
     Rows are otherwise written by key (new entries in, gone ones out), so a row whose value
     changed without this run recording it -- a run whose asset write failed, another process,
     an invalidation through another node sharing the packet -- would keep its old value. Unless
-    the asset was exact and nothing but this run wrote to the node's tables since, its values
-    are compared with the status's as the merge writes it (``compare=``, on the snapshot it
-    commits over), and the rows that differ written again: the asset is then exact."""
+    the asset was exact, made from the tables the run started from, and is still at the version
+    looked at here when the merge is planned, the merge compares its output values with the
+    status's and writes again the rows that differ: the asset is then exact."""
     # What the asset is made from: the versions the status reflects and which entries are done
     # (entries can leave the input while the node's tables stay as they were).
     done = status.found.filter(pl.col(DONE))[ENTRY_KEY]
-    digest = KeySet().add(done).digest
-    previous = Reflects.parse(assets.reflected(spec.store, spec.asset_table))
-    if not recorded and _reflects(spec, previous, status.versions, digest):
+    digest, ids = KeySet().add(done).digest, table_ids(spec)
+    look = assets.reflected(spec.store, spec.asset_table)
+    previous = Reflects.parse(look[1]) if look is not None else None
+    if not recorded and previous is not None and previous.exact and _reflects(spec, previous, status.versions,
+                                                                               digest, ids):
         return None
-    compare = () if _carried_over(previous, before) else tuple(spec.pod.output_keys)
+    trusted = look[0] if look is not None and _carried_over(previous, before, ids) else None
     return assets.materialise(spec.store, spec.asset_table, asset_rows(spec, status), _changed(status, recorded),
-                              run_id, spec.pod.identity.hash, Reflects(status.versions, digest, exact=True).text(),
-                              compare=compare).version
+                              run_id, spec.pod.identity.hash, Reflects(status.versions, digest, True, ids).text(),
+                              compare=tuple(spec.pod.output_keys), trust_since=trusted).version
 
 
-def _carried_over(previous: Reflects | None, before: tuple[int | None, ...] | None) -> bool:
+def _carried_over(previous: Reflects | None, before: tuple[int | None, ...] | None,
+                  ids: tuple[str | None, ...]) -> bool:
     """Whether every asset row this run does not write still holds its value: the asset was
-    exact, made from the node's own tables at the versions the run started from (no other
-    writer, failed asset write or invalidation in between), and only this run wrote to them
-    since (``before`` given). (Upstream tables do not matter: they change which entries there
-    are, not values.)"""
-    if previous is None or not previous.exact or before is None or len(previous.versions) != len(before):
+    exact, made from the node's own tables (the same tables, by id) at the versions the run
+    started from -- no other writer, failed asset write or invalidation in between -- and only
+    this run wrote to them since (``before`` given). (Upstream tables do not matter: they change
+    which entries there are, not values.)"""
+    if previous is None or not previous.exact or previous.ids is None or before is None:
         return False
-    return previous.versions[:2] == before[:2]
+    return previous.ids[:2] == ids[:2] and previous.versions[:2] == before[:2]
 
 
 def _changed(status: Status, recorded: list[pl.Series] | tuple[pl.Series, ...]) -> pl.Series:
@@ -871,13 +897,15 @@ def _changed(status: Status, recorded: list[pl.Series] | tuple[pl.Series, ...]) 
     return status.found.filter(pl.Series(mask) & status.found[DONE])[ENTRY_KEY]
 
 
-def _reflects(spec: NodeSpec, previous: Reflects | None, versions: tuple[int | None, ...], digest: str) -> bool:
+def _reflects(spec: NodeSpec, previous: Reflects, versions: tuple[int | None, ...], digest: str,
+              ids: tuple[str | None, ...]) -> bool:
     """Whether an asset made from ``previous`` holds what a status at ``versions`` with done
-    entries ``digest`` would make: the same entries, from tables at those versions or with only
-    compactions committed after them (else every no-change run after a compaction would compare
-    the whole asset again: 10 s at 10M rows). An asset another process made from later versions
-    also holds, if only compactions followed them."""
-    return previous is not None and previous.digest == digest and _only_compacted(spec, previous.versions, versions)
+    entries ``digest`` would make: the same entries, from the same tables (``ids``) at those
+    versions or with only compactions committed after them (else every no-change run after a
+    compaction would compare the whole asset again: 10 s at 10M rows). An asset another process
+    made from later versions also holds, if only compactions followed them."""
+    return (previous.digest == digest and previous.ids == ids
+            and _only_compacted(spec, previous.versions, versions))
 
 
 def provenance_schema(spec: NodeSpec) -> pa.Schema:

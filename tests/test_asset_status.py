@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime
 import decimal
 import random
+import subprocess
+import sys
 
 import deltalake
 import polars as pl
@@ -286,3 +288,134 @@ def test_a_value_recomputed_while_the_asset_write_failed_reaches_the_asset(store
         assert asset.equals(pipeline["noisy"].results().collect().select("k", "r").sort("k"))
         live = store.scan(noisy.pod.results_table).collect()
         assert sorted(asset["r"].to_list()) == sorted(live["r"].to_list())
+
+
+# -- regressions found in review --------------------------------------------------------------
+def _tens(store: orca.Store, xs: list[int]) -> orca.Pipeline:
+    pipeline = orca.Pipeline("p", store=store)
+    with pipeline:
+        tens.pod(orca.PolarsSource(pl.DataFrame({"k": xs, "x": xs}), tags=["k"], source_id="src"))
+    return pipeline
+
+
+@orca.function_pod(output_keys="y")
+def tens(x: int) -> int:
+    if x == -1:
+        raise ValueError("bad row")
+    return x * 10
+
+
+def test_tables_made_anew_at_the_same_versions_are_not_the_asset_s(tmp_path):
+    """`orca rm` drops the provenance tables, not the assets; the new tables count versions
+    from 0 again and, after one failed run, stand at the numbers the old asset records."""
+    path = tmp_path / "store"
+    _tens(orca.DeltaStore(path), list(range(10))).run(progress=False)
+    done = subprocess.run([sys.executable, "-m", "orca", "--store", str(path), "rm", "p", "--yes"],
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    with pytest.raises(Exception, match="bad row"):
+        _tens(orca.DeltaStore(path), [0, 1, 2, 3, 4, -1]).run(progress=False)
+    store = orca.DeltaStore(path)
+    pipeline = _tens(store, list(range(10)))
+    pipeline.run(progress=False)
+    assert store.scan("pipelines/p/tens").collect().height == 10  # every entry served has provenance
+    assert pipeline.invalidate("tens", pl.col("k") == 7) == 1
+
+
+def test_a_commit_by_another_writer_during_the_run_is_not_counted_in(tmp_path, monkeypatch):
+    """Another process invalidates a shared packet right after the run checked that only it
+    wrote the node's tables: the asset must not be marked exact at versions that include it."""
+    path = tmp_path / "store"
+    _tens(orca.DeltaStore(path), list(range(10))).run(progress=False)
+    other = orca.Pipeline("q", store=orca.DeltaStore(path))
+    with other:  # the packet x=3 again, in another pipeline
+        tens.pod(orca.PolarsSource(pl.DataFrame({"k": [100], "x": [3]}), tags=["k"], source_id="other"))
+    other.run(progress=False)
+    real, fired = orca.engine._refreshed_from_run, []
+
+    def refreshed(spec, status, work):  # just after the run's own-commits check
+        if not fired:
+            fired.append(other.invalidate("tens", pl.col("k") == 100))
+        return real(spec, status, work)
+
+    monkeypatch.setattr(orca.engine, "_refreshed_from_run", refreshed)
+    _tens(orca.DeltaStore(path), list(range(11))).run(progress=False)  # one new row
+    monkeypatch.setattr(orca.engine, "_refreshed_from_run", real)
+    assert fired == [1]
+    result = _tens(orca.DeltaStore(path), list(range(11))).run(progress=False)
+    assert result.counts["tens"].computed == 1  # x=3 has no live result: computed again
+
+
+def test_an_asset_write_landing_between_a_run_s_look_and_its_merge_is_compared(store, monkeypatch):
+    """A slower run's late (legitimate, older) asset write lands after this run looked at the
+    asset and before its merge: the merge must compare, not carry the asset over as exact."""
+
+    def noisy_p(frame: pl.DataFrame, name: str = "p", source_id: str = "src") -> orca.Pipeline:
+        pipeline = orca.Pipeline(name, store=store)
+        with pipeline:
+            noisy.pod(orca.PolarsSource(frame, tags=["k"], source_id=source_id))
+        return pipeline
+
+    rows = pl.DataFrame({"k": list(range(10)), "x": list(range(10))})
+    noisy_p(rows).run(progress=False)
+    slow_spec = noisy_p(rows.head(9))["noisy"].spec  # another done set: its write is not skipped
+    slow_status = orca.engine.read_status(slow_spec)
+    shared = noisy_p(pl.DataFrame({"k": [100], "x": [3]}), "q", "other")
+    shared.run(progress=False)
+    shared.invalidate("noisy", pl.col("k") == 100)
+    noisy_p(rows).run(progress=False)  # recomputes x=3
+    real, fired = orca.assets.materialise, []
+
+    def materialise(*args, **kwargs):
+        if not fired:
+            monkeypatch.setattr(orca.assets, "materialise", real)
+            fired.append(orca.engine._materialise(slow_spec, slow_status, (), "slow", slow_status.versions))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(orca.assets, "materialise", materialise)
+    grown = pl.concat([rows, pl.DataFrame({"k": [10], "x": [10]})])
+    noisy_p(grown).run(progress=False)
+    monkeypatch.setattr(orca.assets, "materialise", real)
+    assert fired and fired[0] is not None
+    again = noisy_p(grown)
+    again.run(progress=False)
+    served = again["noisy"].output.to_polars().filter(pl.col("k") == 3)["r"].item()
+    live = store.scan(noisy.pod.results_table).collect()
+    assert live.filter(pl.col("__packet_hash").bin.encode("hex") == orca.hash_packet({"x": 3}))["r"].to_list() == [served]
+
+
+def test_a_stale_row_is_found_after_a_sliced_run(store, monkeypatch):
+    """Design issue 30 again, with a run in slices in between: its asset commit is not exact, so
+    the next whole run compares even with nothing new."""
+
+    def noisy_p(frame: pl.DataFrame, name: str = "p") -> orca.Pipeline:
+        pipeline = orca.Pipeline(name, store=store)
+        with pipeline:
+            noisy.pod(orca.PolarsSource(frame, tags=["k"], source_id=name))
+        return pipeline
+
+    rows = pl.DataFrame({"k": list(range(6)), "x": list(range(6))})
+    noisy_p(rows).run(progress=False)
+    shared = noisy_p(pl.DataFrame({"k": [100], "x": [3]}), "q")
+    shared.run(progress=False)
+    shared.invalidate("noisy", pl.col("k") == 100)
+    with monkeypatch.context() as patched:
+        patched.setattr(orca.assets, "materialise", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+        with pytest.warns(UserWarning), pytest.raises(OSError):
+            noisy_p(rows).run(progress=False)
+    grown = pl.concat([rows, pl.DataFrame({"k": [6], "x": [6]})])
+    noisy_p(grown).run(progress=False, memory_rows=3)
+    pipeline = noisy_p(grown)
+    pipeline.run(progress=False)
+    asset = pipeline.asset("noisy").collect().select("k", "r").sort("k")
+    assert asset.equals(pipeline["noisy"].results().collect().select("k", "r").sort("k"))
+
+
+def test_an_unreadable_asset_leaves_the_status_to_the_tables(tmp_path):
+    path = tmp_path / "store"
+    _tens(orca.DeltaStore(path), list(range(10))).run(progress=False)
+    for data in (path / "assets" / "p" / "tens").glob("*.parquet"):
+        data.unlink()
+    pipeline = _tens(orca.DeltaStore(path), list(range(10)))
+    assert pipeline["tens"].output.to_polars().height == 10
+    assert pipeline.plan()["tens"] is not None

@@ -1076,6 +1076,11 @@ class DeltaStore(BufferedStore):
         table = self._open(check_name(name))
         return None if table is None else table.version()
 
+    def table_id(self, name: str) -> str | None:
+        """The table's Delta id (``metaData.id``, made when the table is created)."""
+        table = self._open(check_name(name))
+        return None if table is None else table.metadata().id
+
     def only_own_commits(self, name: str, since: int | None) -> bool:
         """Reads the commit log after ``since``: orca marks its appends with the store object's id."""
         table = self._open(check_name(name))
@@ -1116,12 +1121,14 @@ class DeltaStore(BufferedStore):
 
     # ---- mutable tables (assets) ------------------------------------------------------------
     def sync_rows(self, name: str, key: str, rows: pa.Table, changed: pl.Series, *,
-                  metadata: dict[str, str] | None = None, compare: Sequence[str] = ()) -> int | None:
+                  metadata: dict[str, str] | None = None, compare: Sequence[str] = (),
+                  trust_since: int | None = None) -> int | None:
         """Make unkeyed table ``name`` hold exactly ``rows`` (one per ``key`` value), in one commit
         that touches only what differs: rows whose key is gone are deleted, new keys and keys in
         ``changed`` (16-byte ids as bytes or as ``UInt128`` keys) are written, and with
-        ``compare``, rows whose values in those columns differ from ``rows``'s. Returns the new
-        version, or None when nothing differed.
+        ``compare``, rows whose values in those columns differ from ``rows``'s -- unless the
+        table is still at version ``trust_since`` when the merge is planned (the caller knows
+        its values then). Returns the new version, or None when nothing differed.
 
         The difference is computed on the snapshot the merge commits over; a concurrent commit
         makes the merge conflict, and it is computed again on the new snapshot.
@@ -1140,8 +1147,9 @@ class DeltaStore(BufferedStore):
             wanted = changed if key not in legacy else _hex_ids(changed)
             data = conform(_as_stored(rows, legacy), schema, self.uri(name))
             names = pa.schema(table.schema().to_arrow()).names
-            existing = pl.scan_delta(table).select(key, *(c for c in compare if c in names)).collect()
-            plan = sync_plan(existing if compare else existing[key], data, key, wanted)
+            values = () if trust_since is not None and table.version() == trust_since else compare
+            existing = pl.scan_delta(table).select(key, *(c for c in values if c in names)).collect()
+            plan = sync_plan(existing if values else existing[key], data, key, wanted)
             existing = existing[key]
             delete, upsert, updated = plan.delete, plan.upsert, plan.updated
             if delete.len() == 0 and upsert.num_rows == 0:
