@@ -867,12 +867,17 @@ def _materialise(spec: NodeSpec, status: Status, recorded: tuple[pl.Series, ...]
     digest, ids = KeySet().add(done).digest, table_ids(spec)
     look = assets.reflected(spec.store, spec.asset_table)
     previous = Reflects.parse(look[1]) if look is not None else None
-    if not recorded and previous is not None and previous.exact and _reflects(spec, previous, status.versions,
-                                                                               digest, ids):
-        return None
+    changed = _changed(status, recorded)
+    if not recorded and previous is not None and _reflects(spec, previous, status.versions, digest, ids):
+        if previous.exact:
+            return None
+        # Made from these tables but not known exact (by an older orca, or a run in slices): the
+        # merge compares every row, and rewrites one at least, so that its commit marks the
+        # asset exact (once: from then on such runs write nothing, and may read the asset).
+        changed = done.head(1)
     trusted = look[0] if look is not None and _carried_over(previous, before, ids) else None
-    return assets.materialise(spec.store, spec.asset_table, asset_rows(spec, status), _changed(status, recorded),
-                              run_id, spec.pod.identity.hash, Reflects(status.versions, digest, True, ids).text(),
+    return assets.materialise(spec.store, spec.asset_table, asset_rows(spec, status), changed, run_id,
+                              spec.pod.identity.hash, Reflects(status.versions, digest, True, ids).text(),
                               compare=tuple(spec.pod.output_keys), trust_since=trusted).version
 
 

@@ -419,3 +419,22 @@ def test_an_unreadable_asset_leaves_the_status_to_the_tables(tmp_path):
     pipeline = _tens(orca.DeltaStore(path), list(range(10)))
     assert pipeline["tens"].output.to_polars().height == 10
     assert pipeline.plan()["tens"] is not None
+
+
+def test_an_asset_not_known_exact_is_checked_once_then_read(store, reads):
+    """An asset whose last commit is not known exact (an older orca's, a run in slices) is
+    compared by the next run, marked exact by one commit, and then stands in for the tables."""
+    pipeline = build(store, source())
+    pipeline.run(progress=False)
+    table = pipeline["many"].spec.asset_table
+    build(store, source(N + 1)).run(progress=False, memory_rows=7)  # a run in slices: not exact
+    assert not orca.engine.Reflects.parse(orca.assets.reflected(store, table)[1]).exact
+    versions = len(pipeline.history("many"))
+    build(store, source(N + 1)).run(progress=False)  # nothing new: compares, marks exact
+    assert orca.engine.Reflects.parse(orca.assets.reflected(store, table)[1]).exact
+    assert len(pipeline.history("many")) == versions + 1
+    reads.clear()
+    again = build(store, source(N + 1))
+    again.run(progress=False)
+    assert reads == [] and len(pipeline.history("many")) == versions + 1
+    same(outputs(again), fresh(source(N + 1)))
