@@ -87,14 +87,21 @@ class Staging:
         self._staged: list[pl.Series] = []
         self.entries = KeySet()  # the digest of every slice's entries (what the asset holds after commit)
         self._schema: pa.Schema | None = None  # the rows' (known from the first slice)
+        # What the asset was made from at the version read (see reflected; None: unknown or not
+        # orca's), and whether it held no row then: what the run keeps of it is exact only so.
+        self.previous: str | None = None
+        self.empty = False
 
     def _open(self) -> None:
         """Create the asset if it is absent (so a run that leaves no entry done still makes it),
         then note its version and read its entry ids: the commit's plan holds against them."""
         self.store.ensure(self.table, self._schema)
         self._version = self.store.version(self.table)
+        look = reflected(self.store, self.table)
+        self.previous = look[1] if look is not None and look[0] == self._version else None
         frame = self.store.scan(self.table)  # (a commit after the version read only fails the plan)
         ids = self.store.collect(self.table, frame.select(ENTRY_ID)).to_series()
+        self.empty = ids.len() == 0
         self._existing = comparable_keys(ids)
         self._seen = pl.repeat(False, ids.len(), eager=True, dtype=pl.Boolean)
 

@@ -779,18 +779,22 @@ def _only_own_commits(spec: NodeSpec, versions: tuple[int | None, ...]) -> bool:
     return own
 
 
-def staged_reflects(spec: NodeSpec, since: tuple[int | None, ...], entries: KeySet) -> str:
+def staged_reflects(spec: NodeSpec, since: tuple[int | None, ...], staging: assets.Staging) -> str:
     """What an asset written in slices is made from (as :func:`_materialise` records it): the
     versions the node's tables (and its upstream nodes') are at now, and the digest of its done
     entries -- if every commit to those tables since ``since`` (the versions its
     :class:`KeyIndex` was read at) was this run's. Else versions that never hold, so the next
-    run compares the asset whole rather than trust it. Never ``exact`` (see :class:`Reflects`):
-    rows a slice did not write are not checked."""
+    run compares the asset whole rather than trust it. ``exact`` as a whole run's
+    (:func:`_carried_over`): the rows the slices did not write were kept from an asset that was
+    empty, or exact and made from the node's tables at ``since`` (the commit is planned against
+    the asset's version ``staging`` read, and made only if the asset is still there)."""
     now, own, node, at = table_versions(spec), True, spec, 0
     while node is not None and own:  # (table_versions: each node's two, then its upstream's)
         own = _only_own_commits(node, since[at:at + 2])
         node, at = node.upstream, at + 2
-    return Reflects(now if own else (), entries.digest, ids=table_ids(spec)).text()
+    ids = table_ids(spec)
+    exact = own and (staging.empty or _carried_over(Reflects.parse(staging.previous), since, ids))
+    return Reflects(now if own else (), staging.entries.digest, exact, ids).text()
 
 
 def asset_rows(spec: NodeSpec, status: Status) -> pa.Table:
@@ -867,14 +871,15 @@ def _materialise(spec: NodeSpec, status: Status, recorded: tuple[pl.Series, ...]
     digest, ids = KeySet().add(done).digest, table_ids(spec)
     look = assets.reflected(spec.store, spec.asset_table)
     previous = Reflects.parse(look[1]) if look is not None else None
+    if not recorded and previous is not None and previous.exact and _reflects(spec, previous, status.versions,
+                                                                               digest, ids):
+        return None
     changed = _changed(status, recorded)
-    if not recorded and previous is not None and _reflects(spec, previous, status.versions, digest, ids):
-        if previous.exact:
-            return None
-        # Made from these tables but not known exact (by an older orca, or a run in slices): the
-        # merge compares every row, and rewrites one at least, so that its commit marks the
-        # asset exact (once: from then on such runs write nothing, and may read the asset).
-        changed = done.head(1)
+    if previous is None or not previous.exact:
+        # Not known exact (an older orca's commit, another tool's, a run in slices'): the merge
+        # compares every row, and rewrites one at least, so that a commit marks the asset exact
+        # (once: from then on a run with nothing new writes nothing, and may read the asset).
+        changed = pl.concat([changed, done.head(1)])
     trusted = look[0] if look is not None and _carried_over(previous, before, ids) else None
     return assets.materialise(spec.store, spec.asset_table, asset_rows(spec, status), changed, run_id,
                               spec.pod.identity.hash, Reflects(status.versions, digest, True, ids).text(),

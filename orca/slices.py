@@ -136,7 +136,7 @@ def run(specs: Sequence[NodeSpec], options: Mapping[NodeSpec, RunOptions], memor
         for spec, node in nodes.items():
             version = None
             if node.staging is not None:
-                reflects = engine.staged_reflects(spec, node.since, node.staging.entries)
+                reflects = engine.staged_reflects(spec, node.since, node.staging)
                 version = node.staging.commit(reflects).version
             ran[spec] = NodeRun(spec.label, node.counts, None, version)
         return ran

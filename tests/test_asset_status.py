@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import json
 import random
 import subprocess
 import sys
@@ -385,8 +386,9 @@ def test_an_asset_write_landing_between_a_run_s_look_and_its_merge_is_compared(s
 
 
 def test_a_stale_row_is_found_after_a_sliced_run(store, monkeypatch):
-    """Design issue 30 again, with a run in slices in between: its asset commit is not exact, so
-    the next whole run compares even with nothing new."""
+    """Design issue 30 again, with a run in slices in between: it keeps the asset's rows it does
+    not write, so its commit is not exact (the asset was not), and the next whole run compares
+    even with nothing new."""
 
     def noisy_p(frame: pl.DataFrame, name: str = "p") -> orca.Pipeline:
         pipeline = orca.Pipeline(name, store=store)
@@ -421,13 +423,15 @@ def test_an_unreadable_asset_leaves_the_status_to_the_tables(tmp_path):
     assert pipeline.plan()["tens"] is not None
 
 
-def test_an_asset_not_known_exact_is_checked_once_then_read(store, reads):
-    """An asset whose last commit is not known exact (an older orca's, a run in slices) is
-    compared by the next run, marked exact by one commit, and then stands in for the tables."""
+def test_an_asset_not_known_exact_is_checked_once_then_read(store, reads, monkeypatch):
+    """An asset whose last commit is not known exact (an older orca's) is compared by the next
+    run, marked exact by one commit, and then stands in for the tables."""
     pipeline = build(store, source())
     pipeline.run(progress=False)
     table = pipeline["many"].spec.asset_table
-    build(store, source(N + 1)).run(progress=False, memory_rows=7)  # a run in slices: not exact
+    with monkeypatch.context() as older:  # what an orca before session 8 recorded
+        older.setattr(orca.engine.Reflects, "text", lambda self: json.dumps([list(self.versions), self.digest]))
+        build(store, source(N + 1)).run(progress=False)
     assert not orca.engine.Reflects.parse(orca.assets.reflected(store, table)[1]).exact
     versions = len(pipeline.history("many"))
     build(store, source(N + 1)).run(progress=False)  # nothing new: compares, marks exact
@@ -438,3 +442,17 @@ def test_an_asset_not_known_exact_is_checked_once_then_read(store, reads):
     again.run(progress=False)
     assert reads == [] and len(pipeline.history("many")) == versions + 1
     same(outputs(again), fresh(source(N + 1)))
+
+
+def test_runs_in_slices_keep_an_asset_exact(store, reads):
+    """A run in slices that writes into an exact asset made from the tables it started from
+    leaves it exact: the next whole run with nothing new reads it and writes nothing."""
+    build(store, source()).run(progress=False, memory_rows=7)
+    pipeline = build(store, source(N + 5))
+    pipeline.run(progress=False, memory_rows=7)
+    versions = len(pipeline.history("many"))
+    reads.clear()
+    again = build(store, source(N + 5))
+    again.run(progress=False)
+    assert reads == [] and len(again.history("many")) == versions
+    same(outputs(again), fresh(source(N + 5)))
