@@ -793,7 +793,7 @@ def staged_reflects(spec: NodeSpec, since: tuple[int | None, ...], staging: asse
         own = _only_own_commits(node, since[at:at + 2])
         node, at = node.upstream, at + 2
     ids = table_ids(spec)
-    exact = own and (staging.empty or _carried_over(Reflects.parse(staging.previous), since, ids))
+    exact = own and (staging.empty or _carried_over(spec, Reflects.parse(staging.previous), since, ids))
     return Reflects(now if own else (), staging.entries.digest, exact, ids).text()
 
 
@@ -880,22 +880,27 @@ def _materialise(spec: NodeSpec, status: Status, recorded: tuple[pl.Series, ...]
         # compares every row, and rewrites one at least, so that a commit marks the asset exact
         # (once: from then on a run with nothing new writes nothing, and may read the asset).
         changed = pl.concat([changed, done.head(1)])
-    trusted = look[0] if look is not None and _carried_over(previous, before, ids) else None
+    trusted = look[0] if look is not None and _carried_over(spec, previous, before, ids) else None
     return assets.materialise(spec.store, spec.asset_table, asset_rows(spec, status), changed, run_id,
                               spec.pod.identity.hash, Reflects(status.versions, digest, True, ids).text(),
                               compare=tuple(spec.pod.output_keys), trust_since=trusted).version
 
 
-def _carried_over(previous: Reflects | None, before: tuple[int | None, ...] | None,
+def _carried_over(spec: NodeSpec, previous: Reflects | None, before: tuple[int | None, ...] | None,
                   ids: tuple[str | None, ...]) -> bool:
     """Whether every asset row this run does not write still holds its value: the asset was
     exact, made from the node's own tables (the same tables, by id) at the versions the run
-    started from -- no other writer, failed asset write or invalidation in between -- and only
-    this run wrote to them since (``before`` given). (Upstream tables do not matter: they change
-    which entries there are, not values.)"""
+    started from, or only compactions came between -- no other writer, failed asset write or
+    invalidation -- and only this run wrote to them since (``before`` given). (Upstream tables
+    do not matter: they change which entries there are, not values.)"""
     if previous is None or not previous.exact or previous.ids is None or before is None:
         return False
-    return previous.ids[:2] == ids[:2] and previous.versions[:2] == before[:2]
+    if previous.ids[:2] != ids[:2] or len(previous.versions) < 2:
+        return False
+    own = ((spec.store, spec.results_table), (spec.store, spec.provenance_table))
+    return all(a == b or (name is not None and isinstance(a, int) and isinstance(b, int) and a < b
+                          and store.unchanged_since(name, a, until=b))
+               for (store, name), a, b in zip(own, previous.versions[:2], before[:2], strict=True))
 
 
 def _changed(status: Status, recorded: list[pl.Series] | tuple[pl.Series, ...]) -> pl.Series:

@@ -67,7 +67,7 @@ class Store(Protocol):
     def version(self, name: str) -> int | None: ...
     def table_id(self, name: str) -> str | None: ...
     def only_own_commits(self, name: str, since: int | None) -> bool: ...
-    def unchanged_since(self, name: str, since: int | None) -> bool: ...
+    def unchanged_since(self, name: str, since: int | None, until: int | None = None) -> bool: ...
     def with_options(self, **options: object) -> Store: ...
     def sync_rows(self, name: str, key: str, rows: pa.Table, changed: pl.Series, *,
                   metadata: dict[str, str] | None = None, compare: Sequence[str] = (),
@@ -421,10 +421,10 @@ class BufferedStore(abc.ABC):
         by this store object; False when in doubt. Lets a caller trust what it just wrote."""
 
     @abc.abstractmethod
-    def unchanged_since(self, name: str, since: int | None) -> bool:
-        """Whether every commit to ``name`` after version ``since`` left its rows as they were
-        (a compaction rewrites files, not rows); False when in doubt. Lets a caller keep what it
-        read at ``since``."""
+    def unchanged_since(self, name: str, since: int | None, until: int | None = None) -> bool:
+        """Whether every commit to ``name`` after version ``since`` (up to ``until``, default the
+        latest) left its rows as they were (a compaction rewrites files, not rows); False when in
+        doubt. Lets a caller keep what it read at ``since``."""
 
     @abc.abstractmethod
     def _read(self, name: str) -> tuple[pl.LazyFrame, tuple[str, ...]] | None:

@@ -1093,17 +1093,21 @@ class DeltaStore(BufferedStore):
         commits = self._commits_after(table, since, latest)
         return commits is not None and all(c.get(_WRITER) == self.writer_id for c in commits)
 
-    def unchanged_since(self, name: str, since: int | None) -> bool:
-        """Reads the commit log after ``since``: only compactions follow."""
+    def unchanged_since(self, name: str, since: int | None, until: int | None = None) -> bool:
+        """Reads the commit log after ``since`` (up to ``until``, default the latest version):
+        only compactions follow."""
         table = self._open(check_name(name))
         if table is None or since is None:
             return table is None and since is None
         latest = table.version()
-        newer = latest - since
-        if newer <= 0:
-            return newer == 0
+        end = latest if until is None else until
+        if end > latest:
+            return False
+        if end - since <= 0:
+            return end == since
         commits = self._commits_after(table, since, latest)
-        return commits is not None and all(c.get("operation") in _NO_DATA_CHANGE for c in commits)
+        return commits is not None and all(c.get("operation") in _NO_DATA_CHANGE for c in commits
+                                           if c.get("version", -1) <= end)
 
     def _commits_after(self, table: DeltaTable, since: int, latest: int) -> list[dict] | None:
         """The commit infos of versions ``since + 1 .. latest``, or None when they cannot be told

@@ -113,8 +113,13 @@ class MemoryStore(BufferedStore):
         first = 0 if since is None else since + 1
         return all(w == self.writer_id for w in table.writers[first:])
 
-    def unchanged_since(self, name: str, since: int | None) -> bool:
-        return self.version(name) == since  # (nothing here rewrites a table without changing it)
+    def unchanged_since(self, name: str, since: int | None, until: int | None = None) -> bool:
+        table = self._tables.get(check_name(name))
+        if table is None or since is None:
+            return table is None and since is None
+        end = len(table.writers) - 1 if until is None else until
+        # (compact() rewrites without changing rows; every other commit may change them)
+        return since <= end <= len(table.writers) - 1 and all(w == "compact" for w in table.writers[since + 1:end + 1])
 
     def _read(self, name: str) -> tuple[pl.LazyFrame, tuple[str, ...]] | None:
         table = self._tables.get(name)
