@@ -261,29 +261,30 @@ def noisy(x: int) -> float:
     return x + random.random()
 
 
+def noisy_pipeline(store: orca.Store, frame: pl.DataFrame, name: str = "p") -> orca.Pipeline:
+    pipeline = orca.Pipeline(name, store=store)
+    with pipeline:
+        noisy.pod(orca.PolarsSource(frame, tags=["k"], source_id=name))
+    return pipeline
+
+
 def test_a_value_recomputed_while_the_asset_write_failed_reaches_the_asset(store, monkeypatch):
     """Design issue 30: a result invalidated through another pipeline sharing its packet is
     recomputed by a run whose asset write fails; a later run must write the new value, and a
     no-change run after it must serve the value the results table holds."""
 
-    def noisy_pipeline(name: str, frame: pl.DataFrame) -> orca.Pipeline:
-        pipeline = orca.Pipeline(name, store=store)
-        with pipeline:
-            noisy.pod(orca.PolarsSource(frame, tags=["k"], source_id=name))
-        return pipeline
-
     rows = pl.DataFrame({"k": list(range(6)), "x": list(range(6))})
-    noisy_pipeline("p", rows).run(progress=False)
-    other = noisy_pipeline("q", pl.DataFrame({"k": [100], "x": [3]}))  # the packet x=3 again
+    noisy_pipeline(store, rows).run(progress=False)
+    other = noisy_pipeline(store, pl.DataFrame({"k": [100], "x": [3]}), "q")  # the packet x=3 again
     other.run(progress=False)
     other.invalidate("noisy", pl.col("k") == 100)
     with monkeypatch.context() as patched:
         patched.setattr(orca.assets, "materialise", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
         with pytest.warns(UserWarning, match="asset was not written"), pytest.raises(OSError):
-            noisy_pipeline("p", rows).run(progress=False)  # recomputes x=3
+            noisy_pipeline(store, rows).run(progress=False)  # recomputes x=3
     grown = pl.concat([rows, pl.DataFrame({"k": [6], "x": [6]})])
     for frame in (grown, grown):  # a run that writes the asset, then one with nothing new
-        pipeline = noisy_pipeline("p", frame)
+        pipeline = noisy_pipeline(store, frame)
         pipeline.run(progress=False)
         asset = pipeline.asset("noisy").collect().select("k", "r").sort("k")
         assert asset.equals(pipeline["noisy"].results().collect().select("k", "r").sort("k"))
@@ -351,20 +352,14 @@ def test_an_asset_write_landing_between_a_run_s_look_and_its_merge_is_compared(s
     """A slower run's late (legitimate, older) asset write lands after this run looked at the
     asset and before its merge: the merge must compare, not carry the asset over as exact."""
 
-    def noisy_p(frame: pl.DataFrame, name: str = "p", source_id: str = "src") -> orca.Pipeline:
-        pipeline = orca.Pipeline(name, store=store)
-        with pipeline:
-            noisy.pod(orca.PolarsSource(frame, tags=["k"], source_id=source_id))
-        return pipeline
-
     rows = pl.DataFrame({"k": list(range(10)), "x": list(range(10))})
-    noisy_p(rows).run(progress=False)
-    slow_spec = noisy_p(rows.head(9))["noisy"].spec  # another done set: its write is not skipped
+    noisy_pipeline(store, rows).run(progress=False)
+    slow_spec = noisy_pipeline(store, rows.head(9))["noisy"].spec  # another done set: its write is not skipped
     slow_status = orca.engine.read_status(slow_spec)
-    shared = noisy_p(pl.DataFrame({"k": [100], "x": [3]}), "q", "other")
+    shared = noisy_pipeline(store, pl.DataFrame({"k": [100], "x": [3]}), "q")
     shared.run(progress=False)
     shared.invalidate("noisy", pl.col("k") == 100)
-    noisy_p(rows).run(progress=False)  # recomputes x=3
+    noisy_pipeline(store, rows).run(progress=False)  # recomputes x=3
     real, fired = orca.assets.materialise, []
 
     def materialise(*args, **kwargs):
@@ -375,10 +370,10 @@ def test_an_asset_write_landing_between_a_run_s_look_and_its_merge_is_compared(s
 
     monkeypatch.setattr(orca.assets, "materialise", materialise)
     grown = pl.concat([rows, pl.DataFrame({"k": [10], "x": [10]})])
-    noisy_p(grown).run(progress=False)
+    noisy_pipeline(store, grown).run(progress=False)
     monkeypatch.setattr(orca.assets, "materialise", real)
     assert fired and fired[0] is not None
-    again = noisy_p(grown)
+    again = noisy_pipeline(store, grown)
     again.run(progress=False)
     served = again["noisy"].output.to_polars().filter(pl.col("k") == 3)["r"].item()
     live = store.scan(noisy.pod.results_table).collect()
@@ -390,24 +385,18 @@ def test_a_stale_row_is_found_after_a_sliced_run(store, monkeypatch):
     not write, so its commit is not exact (the asset was not), and the next whole run compares
     even with nothing new."""
 
-    def noisy_p(frame: pl.DataFrame, name: str = "p") -> orca.Pipeline:
-        pipeline = orca.Pipeline(name, store=store)
-        with pipeline:
-            noisy.pod(orca.PolarsSource(frame, tags=["k"], source_id=name))
-        return pipeline
-
     rows = pl.DataFrame({"k": list(range(6)), "x": list(range(6))})
-    noisy_p(rows).run(progress=False)
-    shared = noisy_p(pl.DataFrame({"k": [100], "x": [3]}), "q")
+    noisy_pipeline(store, rows).run(progress=False)
+    shared = noisy_pipeline(store, pl.DataFrame({"k": [100], "x": [3]}), "q")
     shared.run(progress=False)
     shared.invalidate("noisy", pl.col("k") == 100)
     with monkeypatch.context() as patched:
         patched.setattr(orca.assets, "materialise", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
         with pytest.warns(UserWarning), pytest.raises(OSError):
-            noisy_p(rows).run(progress=False)
+            noisy_pipeline(store, rows).run(progress=False)
     grown = pl.concat([rows, pl.DataFrame({"k": [6], "x": [6]})])
-    noisy_p(grown).run(progress=False, memory_rows=3)
-    pipeline = noisy_p(grown)
+    noisy_pipeline(store, grown).run(progress=False, memory_rows=3)
+    pipeline = noisy_pipeline(store, grown)
     pipeline.run(progress=False)
     asset = pipeline.asset("noisy").collect().select("k", "r").sort("k")
     assert asset.equals(pipeline["noisy"].results().collect().select("k", "r").sort("k"))
