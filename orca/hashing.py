@@ -465,6 +465,9 @@ def _encode(arr: pa.Array, field: pa.Field, column: str) -> tuple[str, list[Part
         bits[np.isnan(values)] = _CANONICAL_NAN
         return "float", [b"\x01", bits]
     if _is_string(t) or _is_binary(t):
+        same = _same_width(arr)
+        if same is not None:  # (the bytes of the general path below, without copying the values)
+            return ("string" if _is_string(t) else "binary"), [b"\x01", same.shape[1].to_bytes(8, "little"), same]
         data = arr.cast(_BIN)
         lengths = pc.binary_length(data).fill_null(0).to_numpy().astype("<u8")
         values = _fixed_width(data, lengths)
@@ -545,6 +548,34 @@ def _fixed_width(data: pa.Array, lengths: np.ndarray) -> pa.Array | np.ndarray:
     offsets = np.frombuffer(data.buffers()[1], np.int64)[data.offset:data.offset + n + 1]
     values = np.frombuffer(data.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]
     return values.reshape(n, int(lengths[0]))
+
+
+def _same_width(arr: pa.Array) -> np.ndarray | None:
+    """The values of a string or binary array without nulls whose values all have one length,
+    as an ``(n, width)`` uint8 view of its data buffer; None otherwise (or for view types).
+
+    What :func:`_fixed_width` finds after a cast to ``large_binary``, without the cast: ids and
+    digests (e.g. the packet hash in every entry id) skip a copy of their bytes and offsets."""
+    n, t = len(arr), arr.type
+    if n == 0 or arr.null_count:
+        return None
+    if pa.types.is_fixed_size_binary(t):
+        width = t.byte_width
+        data = np.frombuffer(arr.buffers()[1], np.uint8, count=n * width, offset=arr.offset * width)
+        return data.reshape(n, width)
+    if pa.types.is_string(t) or pa.types.is_binary(t):
+        offsets = np.frombuffer(arr.buffers()[1], np.int32, count=n + 1, offset=arr.offset * 4)
+    elif pa.types.is_large_string(t) or pa.types.is_large_binary(t):
+        offsets = np.frombuffer(arr.buffers()[1], np.int64, count=n + 1, offset=arr.offset * 8)
+    else:
+        return None
+    first, last = int(offsets[0]), int(offsets[-1])
+    width = int(offsets[1]) - first
+    if last - first != n * width or not (np.diff(offsets) == width).all():
+        return None
+    if width == 0:
+        return np.zeros((n, 0), np.uint8)
+    return np.frombuffer(arr.buffers()[2], np.uint8, count=last - first, offset=first).reshape(n, width)
 
 
 def _decimal128_bytes(arr: pa.Array, column: str) -> np.ndarray:
@@ -781,13 +812,19 @@ class KeySet:
             return self
         parts = keys.to_frame("k").select((pl.col("k") // _TWO_64).cast(pl.UInt64).alias("hi"),
                                           (pl.col("k") % _TWO_64).cast(pl.UInt64).alias("lo"))
-        hi, lo = parts["hi"].to_numpy(), parts["lo"].to_numpy()
+        return self.add_words(parts["hi"].to_numpy(), parts["lo"].to_numpy())
+
+    def add_words(self, hi: np.ndarray, lo: np.ndarray) -> KeySet:
+        """This set plus the keys whose high and low 64 bits are ``hi`` and ``lo`` (e.g. the
+        two big-endian words of each of :func:`hex_digests`' rows: no ``UInt128`` made)."""
+        if len(hi) == 0:
+            return self
         sums = [int(np.add.reduce(x, dtype=np.uint64)) for x in (hi, lo)]  # (wraps: mod 2**64)
-        xors = [int(np.bitwise_xor.reduce(x)) for x in (hi, lo)]
+        xors = [int(np.bitwise_xor.reduce(x, dtype=np.uint64)) for x in (hi, lo)]
         mask = 2**64 - 1
         mine = self.lanes
-        return KeySet(self.count + keys.len(), ((mine[0] + sums[0]) & mask, (mine[1] + sums[1]) & mask,
-                                                mine[2] ^ xors[0], mine[3] ^ xors[1]))
+        return KeySet(self.count + len(hi), ((mine[0] + sums[0]) & mask, (mine[1] + sums[1]) & mask,
+                                             mine[2] ^ xors[0], mine[3] ^ xors[1]))
 
     @property
     def digest(self) -> str:
