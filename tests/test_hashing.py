@@ -396,6 +396,28 @@ def test_string_and_binary_kinds():
     assert b != s
 
 
+@settings(max_examples=80, deadline=None)
+@given(width=st.integers(0, 40), data=st.data())
+def test_values_of_one_width_hash_as_any_other_values(width, data):
+    """Values that all have one width are hashed from a view of their buffer (no cast): the same
+    hashes as the view types, which take the general path, for every kind, slice and null."""
+    n = data.draw(st.integers(1, 12))
+    values = [data.draw(st.binary(min_size=width, max_size=width)) for _ in range(n)]
+    odd = data.draw(st.sampled_from([None, "null", "longer"]))
+    if odd is not None:
+        values[data.draw(st.integers(0, n - 1))] = None if odd == "null" else b"x" * (width + 1)
+    start = data.draw(st.integers(0, n - 1))
+    expected = hash_packets(pa.table({"v": pa.array(values, pa.binary_view()).slice(start)})).to_pylist()
+    kinds = [pa.binary(), pa.large_binary()] + ([pa.binary(width)] if odd != "longer" else [])
+    for kind in kinds:
+        got = hash_packets(pa.table({"v": pa.array(values, kind).slice(start)})).to_pylist()
+        assert got == expected, kind
+    text = [None if v is None else v.hex()[:len(v)] for v in values]
+    expected = hash_packets(pa.table({"v": pa.array(text, pa.string_view()).slice(start)})).to_pylist()
+    for kind in (pa.string(), pa.large_string()):
+        assert hash_packets(pa.table({"v": pa.array(text, kind).slice(start)})).to_pylist() == expected
+
+
 def test_list_kinds_agree():
     values = [1, None, 3]
     expected = h(values, pa.list_(pa.int64()))
