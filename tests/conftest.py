@@ -19,9 +19,10 @@ import pytest
 
 import orca
 
-# Fixture pipelines are imported by the tests (and run as scripts); they hold no tests or
-# doctests of their own, and some read their configuration from the environment when imported.
-collect_ignore_glob = ["pipelines/*.py"]
+# Fixture pipelines are imported by the tests (and run as scripts), test servers run as scripts;
+# they hold no tests or doctests of their own, and some read their configuration from the
+# environment (or patch a library) when imported.
+collect_ignore_glob = ["pipelines/*.py", "servers/*.py"]
 
 
 @pytest.fixture(params=["memory", "delta"])
@@ -90,11 +91,13 @@ class ObjectStore:
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[ObjectStore]:
     """An S3 server (moto's, in a subprocess: deltalake's file listing holds the GIL, so an
-    in-process server thread could not answer it) with bucket ``orca-test``."""
+    in-process server thread could not answer it; its conditional writes made atomic, as S3's
+    are, by ``tests/servers/moto_s3.py``) with bucket ``orca-test``."""
     if importlib.util.find_spec("moto") is None:
         pytest.skip("moto[server] is not installed (pip install -e '.[dev]')")
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+    server = ROOT / "tests" / "servers" / "moto_s3.py"
+    proc = subprocess.Popen([sys.executable, str(server), "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_for_port(proc, port, "the moto S3 server")

@@ -108,7 +108,7 @@ class LocalCluster:
         probing the directory, which races when two start at once.
         """
         launched = {ip: self._launch(ip, cpus) for ip in ips}
-        deadline = time.monotonic() + START_TIMEOUT
+        deadline = time.monotonic() + START_TIMEOUT * len(ips)  # (they start at once, sharing 2 cores)
         for ip, log in launched.items():
             while "Ray runtime started" not in log.read_text():
                 if self.nodes[ip].poll() is not None or time.monotonic() > deadline:
@@ -252,7 +252,7 @@ def test_closures_and_lambdas_are_shipped_by_cloudpickle(cluster, executor):
     offset, table_of = 7, np.arange(1000) * 3  # captured by the closure, shipped by value
 
     def add_and_look_up(chunk: pa.Table) -> pa.Table:
-        time.sleep(0.01)  # long enough that the 4 chunks in flight need both nodes
+        time.sleep(0.05)  # long enough that the 4 chunks in flight need both nodes (even under load)
         ids = chunk.column("id").to_numpy()
         return pa.table({"id": ids, "z": ids + offset + table_of[ids],
                          "node": [ray.util.get_node_ip_address()] * len(ids)})
