@@ -25,6 +25,30 @@ import orca
 collect_ignore_glob = ["pipelines/*.py", "servers/*.py"]
 
 
+# The tests that start Ray run in one pytest-xdist worker, in file order: a process that ran a
+# local Ray (test_executors) and shut it down cannot then drive the multi-node cluster of
+# test_cluster_ray (its workers find the driver's objects' owner dead), and two clusters at once
+# starve a 2-core machine. (pyproject.toml runs the suite with --dist loadfile; xdist_group
+# marks would need xdist to rename the tests, which pytest 9 no longer lets it do.)
+_RAY_FILES = {"test_cluster_ray.py", "test_executors.py"}
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    from xdist.scheduler import LoadFileScheduling
+
+    class OneRayWorker(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = super()._split_scope(nodeid)
+            return "ray" if file.rsplit("/", 1)[-1] in _RAY_FILES else file
+
+    return OneRayWorker(config, log)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The multi-node cluster's tests before any other test that starts Ray (see above)."""
+    items.sort(key=lambda item: item.path.name != "test_cluster_ray.py" and item.path.name in _RAY_FILES)
+
+
 @pytest.fixture(params=["memory", "delta"])
 def store(request: pytest.FixtureRequest, tmp_path) -> orca.Store:
     """A fresh store of each kind: in memory, and a Delta store in a temporary directory."""
