@@ -172,7 +172,7 @@ def _fingerprint(keys: pl.Series) -> str:
     """An order-independent digest of a source's row keys (32-hex-digit record ids; for files,
     the rows' state keys): a source that delivers the same rows again is recognised without
     reading what was recorded. Their bytes are summed and XORed (:class:`KeySet`), not hashed
-    and sorted: ~15 ms per million rows instead of ~0.25 s."""
+    and sorted: 0.06-0.10 s per million rows instead of 0.24-0.29 s (mostly reading the hex)."""
     words = hex_digests(keys).view(">u8")
     return KeySet().add_words(words[:, 0], words[:, 1]).digest
 
