@@ -465,15 +465,14 @@ def _encode(arr: pa.Array, field: pa.Field, column: str) -> tuple[str, list[Part
         bits[np.isnan(values)] = _CANONICAL_NAN
         return "float", [b"\x01", bits]
     if _is_string(t) or _is_binary(t):
-        same = _same_width(arr)
-        if same is not None:  # (the bytes of the general path below, without copying the values)
-            return ("string" if _is_string(t) else "binary"), [b"\x01", same.shape[1].to_bytes(8, "little"), same]
-        data = arr.cast(_BIN)
-        lengths = pc.binary_length(data).fill_null(0).to_numpy().astype("<u8")
-        values = _fixed_width(data, lengths)
-        if isinstance(values, np.ndarray):  # one length: a constant part (see _high_words)
-            lengths = int(lengths[0]).to_bytes(8, "little")
-        return ("string" if _is_string(t) else "binary"), [b"\x01", lengths, values]
+        kind = "string" if _is_string(t) else "binary"
+        # View types have no offsets buffer to read: they are laid out as large_binary first.
+        data = arr.cast(_BIN) if pa.types.is_string_view(t) or pa.types.is_binary_view(t) else arr
+        same = _same_width(data)
+        if same is not None:  # one length: a fixed-width part, its length a constant (see _high_words)
+            return kind, [b"\x01", same.shape[1].to_bytes(8, "little"), same]
+        data = data.cast(_BIN)
+        return kind, [b"\x01", pc.binary_length(data).fill_null(0).to_numpy().astype("<u8"), data]
     if pa.types.is_decimal(t):
         return f"decimal({t.scale})", [b"\x01", _decimal128_bytes(arr, column)]
     if pa.types.is_date32(t):
@@ -539,23 +538,10 @@ def _high_words(low: np.ndarray) -> np.ndarray | bytes:
     return bytes(8) if len(low) and not high.any() else high
 
 
-def _fixed_width(data: pa.Array, lengths: np.ndarray) -> pa.Array | np.ndarray:
-    """Values that all have one length (ids, codes) as an ``(n, width)`` uint8 array: the same
-    bytes, but a fixed-width part, so the row needs no variable-width join (see :func:`_pack`)."""
-    n = len(data)
-    if n == 0 or data.null_count or not (lengths == lengths[0]).all():
-        return data
-    offsets = np.frombuffer(data.buffers()[1], np.int64)[data.offset:data.offset + n + 1]
-    values = np.frombuffer(data.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]
-    return values.reshape(n, int(lengths[0]))
-
-
 def _same_width(arr: pa.Array) -> np.ndarray | None:
     """The values of a string or binary array without nulls whose values all have one length,
-    as an ``(n, width)`` uint8 view of its data buffer; None otherwise (or for view types).
-
-    What :func:`_fixed_width` finds after a cast to ``large_binary``, without the cast: ids and
-    digests (e.g. the packet hash in every entry id) skip a copy of their bytes and offsets."""
+    as an ``(n, width)`` uint8 view of its data buffer (no copy: ids and digests, e.g. the packet
+    hash in every entry id, are hashed in place); None otherwise, and for view types."""
     n, t = len(arr), arr.type
     if n == 0 or arr.null_count:
         return None
