@@ -914,15 +914,16 @@ class DeltaStore(BufferedStore):
         (their merges do not take the lease). Best effort: a failure is a warning, the next run
         tries again.
         """
-        due = []
+        due, checkpoints = [], []
         for name in names:
-            table = self._open(check_name(name), writing=True)
-            if table is None:
-                continue
             try:
-                table.update_incremental()
+                table = self._upkeep_view(check_name(name))
+                if table is None:
+                    continue
                 if compactable(name) and len(table.file_uris()) >= self.options.compact_files:
                     due.append(name)
+                if table.version() - self._checkpointed(name) >= self.options.checkpoint_every:
+                    checkpoints.append(name)
             except (DeltaError, OSError) as exc:  # upkeep is best effort: the next run tries again
                 warnings.warn(f"{self.uri(name)}: upkeep skipped: {clean_message(exc)}", stacklevel=2)
         if due:
@@ -933,7 +934,7 @@ class DeltaStore(BufferedStore):
                     except StoreError as exc:
                         warnings.warn(f"{self.uri(name)}: compaction skipped: {exc}", stacklevel=2)
         trim = []
-        for name in names:
+        for name in [n for n in names if n in checkpoints or n in due]:  # (a compaction is a version)
             table = self._open(name, writing=True)
             if table is None:
                 continue
@@ -963,6 +964,23 @@ class DeltaStore(BufferedStore):
             with self._maintenance(wait=0) as held:
                 for name, checkpoint, previous in unsettled if held else ():
                     self._trim_or_warn(name, checkpoint, settle_before=previous)
+
+    def _upkeep_view(self, name: str) -> DeltaTable | None:
+        """The handle :meth:`upkeep` decides on: this store object's write handle brought up to
+        date, or, for a table it only read, its read handle as the run read it -- loading a write
+        handle for each costs ~10-25 ms a table, most of a no-change rerun's upkeep; a commit
+        another process made since is that process's to upkeep (or the next run's) -- else a
+        write handle loaded now. What is due is done on a write handle brought up to date."""
+        table = self._write_tables.get(name)
+        if table is None:
+            table = self._open_tables.get(name)
+            if table is not None:
+                return table
+            table = self._open(name, writing=True)
+            if table is None:
+                return None
+        table.update_incremental()
+        return table
 
     def _has_copies(self, name: str) -> bool:
         """Whether keyed table ``name`` has a key with several live rows (the key cache answers)."""
