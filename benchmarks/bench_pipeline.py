@@ -58,6 +58,13 @@ def two_nodes(store: orca.Store, n: int) -> orca.Pipeline:
     return pipeline
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process so far, every thread (user + system): on two cores a run's wall
+    time swings with the machine, its CPU time much less."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -65,14 +72,14 @@ def peak_rss_mb() -> float:
 def scenario(name: str, store_path: str, n: int) -> dict:
     if name in ("first", "rerun"):
         pipeline = two_nodes(orca.DeltaStore(store_path), n)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), cpu_seconds()
         result = pipeline.run(progress=False)
         table = pipeline["bump"].output.to_arrow()
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, cpu_seconds() - cpu
         assert table.num_rows == n, table.num_rows
         computed = sum(c.computed for c in result.counts.values())
         return {"scenario": name, "rows": n, "seconds": round(elapsed, 3), "rows_per_s": round(n / elapsed),
-                "computed": computed, "peak_rss_mb": round(peak_rss_mb())}
+                "computed": computed, "peak_rss_mb": round(peak_rss_mb()), "cpu_s": round(cpu, 3)}
     executor = {"inprocess": orca.InProcessExecutor(), "threads": orca.ThreadExecutor(max_workers=2),
                 "processes": orca.ProcessExecutor(max_workers=2),
                 "processes_warm": orca.ProcessExecutor(max_workers=2)}[name]

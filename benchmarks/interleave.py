@@ -5,7 +5,8 @@ Run: ``python benchmarks/interleave.py A_DIR B_DIR --rounds 3 -- bench_pipeline.
 Each checkout's ``orca`` is imported through ``PYTHONPATH`` (it precedes the editable install),
 and its own copy of the benchmark script is run, so A and B each measure their own code. Lines
 printed by the script that are JSON objects with a ``seconds`` field are collected per
-``scenario`` (or per line number) and reported as min / median / max.
+``scenario`` (or per line number) and reported as min / median / max; so is a ``cpu_s`` field
+(the process's CPU seconds, every thread), where the script reports one.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ def main() -> None:
         for name, checkout in (("A", args.a), ("B", args.b)):
             for row in run(checkout, script):
                 seconds[(row["scenario"], name)].append(row["seconds"])
+                if "cpu_s" in row:
+                    seconds[(row["scenario"] + " cpu", name)].append(row["cpu_s"])
                 print(name, json.dumps(row), flush=True)
     for (scenario, name), values in sorted(seconds.items()):
         print(f"{scenario:>16} {name}: min {min(values):.3f}  median {statistics.median(values):.3f}  "
