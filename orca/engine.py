@@ -1281,13 +1281,13 @@ def _refreshed_from_run(spec: NodeSpec, status: Status, work: _Work) -> Status |
     outputs = list(spec.pod.output_keys)
     if any(found[c].dtype.is_nested() for c in outputs):
         return None
+    if any(entries_of.first is not None for entries_of, _, _ in work.computed):
+        return None
     hit, columns = found[HIT].clone(), {c: found[c].clone() for c in outputs}
-    for entries_of, rows, values in work.computed:
-        if entries_of.first is not None:
-            return None
-        where = entries_of.todo[INPUT_ROW].gather(rows)
+    if work.computed:  # (one scatter for all chunks: per chunk it cost ~0.07 s per million rows)
+        where = pl.concat([entries_of.todo[INPUT_ROW].gather(rows) for entries_of, rows, _ in work.computed])
+        values = pl.from_arrow(pa.concat_tables([v for _, _, v in work.computed]))
         hit.scatter(where, True)
-        values = pl.from_arrow(values)
         for c in outputs:
             columns[c].scatter(where, values[c].cast(columns[c].dtype))
     done = found[DONE] | (hit.is_not_null() & pl.Series(_recorded_mask(work, found.height)))
