@@ -1138,7 +1138,10 @@ class _Work:
         """Record the entries whose packets were computed (first entry rows ``done``)."""
         if not done:
             return 0
-        finished = entries_of(np.concatenate(done))
+        # Only the columns provenance reads are gathered: packet columns can be large (files, arrays).
+        keep = {INPUT_ROW, KEY, ENTRY_KEY, UPSTREAM_KEY, *self.spec.input.tag_columns,
+                *self.spec.input.system_tag_columns, *(source_column(p) for p in self.spec.pod.parameters)}
+        finished = entries_of(np.concatenate(done), [c for c in entries_of.todo.columns if c in keep])
         self._record(finished)
         return finished.height
 
@@ -1257,10 +1260,12 @@ class _EntriesOf:
         if todo.height and todo[KEY].n_unique() != todo.height:
             self.first = todo.with_row_index(_FIRST).select(pl.col(_FIRST).min().over(KEY)).to_series()
 
-    def __call__(self, rows: np.ndarray) -> pl.DataFrame:
+    def __call__(self, rows: np.ndarray, columns: list[str] | None = None) -> pl.DataFrame:
+        """The entries whose packets' first entry rows are ``rows`` (only ``columns``, if given)."""
+        todo = self.todo if columns is None else self.todo.select(columns)
         if self.first is None:
-            return self.todo[rows]
-        return self.todo.filter(self.first.is_in(pl.Series(rows, dtype=self.first.dtype).implode()))
+            return todo[rows]
+        return todo.filter(self.first.is_in(pl.Series(rows, dtype=self.first.dtype).implode()))
 
 
 # -- refreshing -----------------------------------------------------------------------------
