@@ -369,7 +369,9 @@ def _entry_keys(spec: NodeSpec, frame: pl.DataFrame) -> pl.Series:
     system = sorted(spec.input.system_tag_columns)
     digests = key_digests(frame[KEY])
     packet = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), frame.height, [None, pa.py_buffer(digests.tobytes())])
-    id_table = frame.select(*spec.input.tag_columns, *system).to_arrow().append_column(PACKET_HASH, packet)
+    id_table = frame.select(*spec.input.tag_columns, *system).to_arrow()
+    # (no tags and no system tags -- a stream built by hand: Polars selects zero columns as zero rows)
+    id_table = id_table.append_column(PACKET_HASH, packet) if id_table.num_columns else pa.table({PACKET_HASH: packet})
     node = hash_keys(pl.Series([spec.identity]))[0]
     return (hash_packet_keys(id_table) ^ node).alias(ENTRY_KEY)
 
@@ -1158,21 +1160,25 @@ class _Work:
         system_json = [pl.struct(system).struct.json_encode().alias(SYSTEM_TAGS)] if system else []
         # Only the columns Polars holds go through it; the ids and references are made as Arrow
         # and stay so (through Polars each was copied twice more, ~0.2 s per million rows).
-        if UPSTREAM_KEY in rows.columns:  # see input_frame
-            refs = result_references(spec.upstream.pod, rows[UPSTREAM_KEY])
-            sources = {source_column(p): refs for p in spec.pod.parameters if p in spec.input.packet_columns}
-            held = rows.select(*spec.input.tag_columns, *system_json).to_arrow()
-        else:
-            names = [source_column(p) for p in spec.pod.parameters if source_column(p) in rows.columns]
-            held = rows.select(*spec.input.tag_columns, *system_json, *names).to_arrow()
-            sources = {c: held.column(c) for c in names}
+        upstream = UPSTREAM_KEY in rows.columns  # (see input_frame)
+        names = [] if upstream else [source_column(p) for p in spec.pod.parameters if source_column(p) in rows.columns]
         try:  # operators can make tag types Delta cannot hold (UInt32 from pl.len(), ns datetimes)
-            tags = storable_table(held.select(list(spec.input.tag_columns)))
+            held = storable_table(rows.select(*spec.input.tag_columns, *system_json, *names).to_arrow())
         except SchemaError as exc:
             raise SchemaError(f"node {spec.label!r}: {exc}") from exc
+        if upstream:
+            refs = result_references(spec.upstream.pod, rows[UPSTREAM_KEY])
+            sources = {source_column(p): refs for p in spec.pod.parameters if p in spec.input.packet_columns}
+        else:
+            sources = {c: held.column(c) for c in names}
+        clash = set(spec.input.tag_columns) & {SYSTEM_TAGS, ENTRY_ID, PACKET_HASH, RECORD_ID, RUN_ID, RECORDED_AT,
+                                               *sources}
+        if clash:  # (the dict below would keep one of the two columns)
+            raise SchemaError(f"node {spec.label!r}: tag column(s) {sorted(clash)} have the names of provenance "
+                              "columns; rename them")
         digests = key_digests(rows[KEY])
         table = pa.table({
-            **{c: tags.column(c) for c in tags.column_names},
+            **{c: held.column(c) for c in spec.input.tag_columns},
             SYSTEM_TAGS: held.column(SYSTEM_TAGS) if system else pa.repeat(pa.scalar("{}", pa.large_string()), n),
             ENTRY_ID: keys_binary(rows[ENTRY_KEY]),
             PACKET_HASH: digests_binary(digests),

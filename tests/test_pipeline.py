@@ -67,6 +67,21 @@ def test_pod_outside_pipeline_records_nothing(store):
     assert out.to_polars()["a"].to_list() == [1]
 
 
+def test_a_stream_with_no_tags_at_all_runs_and_reruns(store):
+    """A stream built by hand may have neither tags nor system tags: each row's entry is then
+    its packet alone (the entry ids once failed with an Arrow error: no columns selected)."""
+    from orca.streams import Stream
+
+    stream = Stream(pl.DataFrame({"x": [4, 5]}).lazy(), tag_columns=(), packet_columns=("x",), identity="by-hand")
+    pipeline = orca.Pipeline("p", store=store)
+    with pipeline:
+        step_a.pod(stream)
+    assert pipeline.run(progress=False).counts["step_a"] == orca.Counts(0, 2, 0)
+    assert pipeline.run(progress=False).counts["step_a"] == orca.Counts(2, 0, 0)
+    assert sorted(pipeline["step_a"].output.to_polars()["a"].to_list()) == [1, 2]  # (x % 3)
+    assert set(pl.scan_delta(store.uri("pipelines/p/step_a")).collect()["__system_tags"]) == {"{}"}
+
+
 def test_run_in_dependency_order_then_everything_cached(store):
     rows = [{"k": i, "x": i} for i in range(30)]
     result = build(store, rows).run(progress=False)

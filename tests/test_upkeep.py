@@ -485,3 +485,26 @@ def test_a_naive_time_is_utc_for_time_travel_past_a_trim(tmp_path):
     finally:
         os.environ.pop("TZ") if old is None else os.environ.__setitem__("TZ", old)
         time.tzset()
+
+
+def test_upkeep_judges_a_table_by_a_read_handle_only_if_read_since_the_last_upkeep(tmp_path):
+    """A table this store object only read is judged by its read handle, as read (no write
+    handle loaded); one read before its last upkeep is looked at afresh: commits another
+    process made since are checkpointed, not left waiting for the table to be read again."""
+    import pyarrow as pa
+
+    reader = orca.DeltaStore(tmp_path / "s").with_options(checkpoint_every=5)
+    other = orca.DeltaStore(tmp_path / "s").with_options(checkpoint_every=5)
+    name = "results/f/h"
+    row = lambda i: pa.table({"__packet_hash": [bytes([i]) * 16], "n": [i], "__run_id": [f"r{i}"]})  # noqa: E731
+    other.append(name, row(0), key=["__packet_hash"])
+    other.flush()
+    assert reader.scan(name).collect().height == 1  # read in this "run"
+    reader.upkeep([name])  # judged by the read handle it holds: nothing due
+    for i in range(1, 8):  # another process commits, and never runs upkeep
+        other.append(name, row(i), key=["__packet_hash"])
+        other.flush()
+    last_checkpoint = tmp_path / "s" / name / "_delta_log" / "_last_checkpoint"
+    assert not last_checkpoint.exists()
+    reader.upkeep([name])  # not read since its last upkeep: looked at afresh, and checkpointed
+    assert last_checkpoint.exists()

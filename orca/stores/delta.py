@@ -196,6 +196,8 @@ class DeltaStore(BufferedStore):
         # a commit's hold on a handle (deltalake serialises calls on one DeltaTable).
         self._open_tables: dict[str, DeltaTable] = {}
         self._write_tables: dict[str, DeltaTable] = {}
+        # Tables whose read handle was brought up to date since the last upkeep (see _upkeep_view).
+        self._read_lately: set[str] = set()
         self._keys_of: dict[str, tuple[str, ...]] = {}
         self._key_caches: dict[str, _KeyCache] = {}
         self._checked_files: dict[str, set[str]] = {}  # data files found whole, per table
@@ -370,6 +372,7 @@ class DeltaStore(BufferedStore):
                 with self._reading(name):
                     table = handles[name] = self._refreshed(name, table)
                 self._check_log(name, table)
+                self._read_lately.add(name)
             return table
         self._check_root()
         # On object storage every probe is a request: a table is opened first, and only what
@@ -403,6 +406,8 @@ class DeltaStore(BufferedStore):
             self._check_files(name, table)
         self._keys_of[name] = key
         handles[name] = table
+        if not writing:
+            self._read_lately.add(name)
         return table
 
     def _refreshed(self, name: str, table: DeltaTable) -> DeltaTable:
@@ -926,6 +931,7 @@ class DeltaStore(BufferedStore):
                     checkpoints.append(name)
             except (DeltaError, OSError) as exc:  # upkeep is best effort: the next run tries again
                 warnings.warn(f"{self.uri(name)}: upkeep skipped: {clean_message(exc)}", stacklevel=2)
+        self._read_lately.clear()  # (the next upkeep trusts only what is read after this one)
         if due:
             with self._maintenance(wait=0) as held:  # another process compacts: next time
                 for name in due if held else ():
@@ -967,13 +973,14 @@ class DeltaStore(BufferedStore):
 
     def _upkeep_view(self, name: str) -> DeltaTable | None:
         """The handle :meth:`upkeep` decides on: this store object's write handle brought up to
-        date, or, for a table it only read, its read handle as the run read it -- loading a write
-        handle for each costs ~10-25 ms a table, most of a no-change rerun's upkeep; a commit
-        another process made since is that process's to upkeep (or the next run's) -- else a
-        write handle loaded now. What is due is done on a write handle brought up to date."""
+        date, or, for a table it only read since the last upkeep (in this run), its read handle
+        as read -- loading a write handle for each costs ~10-25 ms a table, most of a no-change
+        rerun's upkeep; a commit another process made since is that process's to upkeep (or the
+        next run's) -- else a write handle loaded now. What is due is done on a write handle
+        brought up to date."""
         table = self._write_tables.get(name)
         if table is None:
-            table = self._open_tables.get(name)
+            table = self._open_tables.get(name) if name in self._read_lately else None
             if table is not None:
                 return table
             table = self._open(name, writing=True)
