@@ -1161,21 +1161,25 @@ class _Work:
         # Only the columns Polars holds go through it; the ids and references are made as Arrow
         # and stay so (through Polars each was copied twice more, ~0.2 s per million rows).
         upstream = UPSTREAM_KEY in rows.columns  # (see input_frame)
-        names = [] if upstream else [source_column(p) for p in spec.pod.parameters if source_column(p) in rows.columns]
+        if upstream:
+            names = [source_column(p) for p in spec.pod.parameters if p in spec.input.packet_columns]
+        else:
+            names = [source_column(p) for p in spec.pod.parameters if source_column(p) in rows.columns]
+        clash = set(spec.input.tag_columns) & {SYSTEM_TAGS, ENTRY_ID, PACKET_HASH, RECORD_ID, RUN_ID, RECORDED_AT,
+                                               *names}
+        if clash:  # (the table below would hold two columns of one name, or keep one of them)
+            raise SchemaError(f"node {spec.label!r}: tag column(s) {sorted(clash)} have the names of provenance "
+                              "columns; rename them")
         try:  # operators can make tag types Delta cannot hold (UInt32 from pl.len(), ns datetimes)
-            held = storable_table(rows.select(*spec.input.tag_columns, *system_json, *names).to_arrow())
+            held = storable_table(rows.select(*spec.input.tag_columns, *system_json,
+                                              *([] if upstream else names)).to_arrow())
         except SchemaError as exc:
             raise SchemaError(f"node {spec.label!r}: {exc}") from exc
         if upstream:
             refs = result_references(spec.upstream.pod, rows[UPSTREAM_KEY])
-            sources = {source_column(p): refs for p in spec.pod.parameters if p in spec.input.packet_columns}
+            sources = dict.fromkeys(names, refs)
         else:
             sources = {c: held.column(c) for c in names}
-        clash = set(spec.input.tag_columns) & {SYSTEM_TAGS, ENTRY_ID, PACKET_HASH, RECORD_ID, RUN_ID, RECORDED_AT,
-                                               *sources}
-        if clash:  # (the dict below would keep one of the two columns)
-            raise SchemaError(f"node {spec.label!r}: tag column(s) {sorted(clash)} have the names of provenance "
-                              "columns; rename them")
         digests = key_digests(rows[KEY])
         table = pa.table({
             **{c: held.column(c) for c in spec.input.tag_columns},

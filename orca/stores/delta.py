@@ -212,7 +212,7 @@ class DeltaStore(BufferedStore):
         new = super().with_options(**options)
         new._open_tables, new._write_tables, new._key_caches = {}, {}, {}  # handles are per store
         new._checked_files, new._added, new._commit_order, new._log_checked = {}, {}, {}, {}
-        new._read_version = {}
+        new._read_version, new._read_lately = {}, set()
         return new
 
     @property
