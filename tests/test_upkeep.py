@@ -232,22 +232,14 @@ def test_commit_logs_are_trimmed_at_checkpoints_except_assets(tmp_path):
 def test_a_store_object_older_than_the_trim_still_appends(tmp_path):
     """Another process's upkeep removed the commit files this store object's handle stood on:
     its next append reloads the table instead of failing."""
-    import pyarrow as pa
-
-    old = orca.DeltaStore(tmp_path / "s").with_options(checkpoint_every=5)
-    other = orca.DeltaStore(tmp_path / "s").with_options(checkpoint_every=5)
-    name = "results/f/h"
-    row = lambda i: pa.table({"__packet_hash": [bytes([i]) * 16], "n": [i], "__run_id": [f"r{i}"]})  # noqa: E731
-    old.append(name, row(0), key=["__packet_hash"])
-    old.flush()
+    old, other = _two_store_objects(tmp_path / "s")
+    _commit(old, 0)
     for i in range(1, 13):
-        other.append(name, row(i), key=["__packet_hash"])
-        other.flush()
-    other.upkeep([name])
-    assert len(list((tmp_path / "s" / name / "_delta_log").glob("*.json"))) < 5  # trimmed
-    old.append(name, row(99), key=["__packet_hash"])
-    old.flush()
-    assert sorted(orca.DeltaStore(tmp_path / "s").scan(name).collect()["n"]) == [*range(13), 99]
+        _commit(other, i)
+    other.upkeep([_RESULTS])
+    assert len(list((tmp_path / "s" / _RESULTS / "_delta_log").glob("*.json"))) < 5  # trimmed
+    _commit(old, 99)
+    assert sorted(orca.DeltaStore(tmp_path / "s").scan(_RESULTS).collect()["n"]) == [*range(13), 99]
 
 
 def _duplicated(path, first: int, second: int):
@@ -491,20 +483,30 @@ def test_upkeep_judges_a_table_by_a_read_handle_only_if_read_since_the_last_upke
     """A table this store object only read is judged by its read handle, as read (no write
     handle loaded); one read before its last upkeep is looked at afresh: commits another
     process made since are checkpointed, not left waiting for the table to be read again."""
+    reader, other = _two_store_objects(tmp_path / "s")
+    _commit(other, 0)
+    assert reader.scan(_RESULTS).collect().height == 1  # read in this "run"
+    reader.upkeep([_RESULTS])  # judged by the read handle it holds: nothing due
+    for i in range(1, 8):  # another process commits, and never runs upkeep
+        _commit(other, i)
+    last_checkpoint = tmp_path / "s" / _RESULTS / "_delta_log" / "_last_checkpoint"
+    assert not last_checkpoint.exists()
+    reader.upkeep([_RESULTS])  # not read since its last upkeep: looked at afresh, and checkpointed
+    assert last_checkpoint.exists()
+
+
+_RESULTS = "results/f/h"
+
+
+def _two_store_objects(path) -> tuple[orca.DeltaStore, orca.DeltaStore]:
+    """Two store objects on one store (two processes), checkpointing every 5 versions."""
+    return tuple(orca.DeltaStore(path).with_options(checkpoint_every=5) for _ in range(2))
+
+
+def _commit(store: orca.DeltaStore, i: int) -> None:
+    """Commit result row ``i`` to ``_RESULTS`` (a packet hash of 16 bytes ``i``)."""
     import pyarrow as pa
 
-    reader = orca.DeltaStore(tmp_path / "s").with_options(checkpoint_every=5)
-    other = orca.DeltaStore(tmp_path / "s").with_options(checkpoint_every=5)
-    name = "results/f/h"
-    row = lambda i: pa.table({"__packet_hash": [bytes([i]) * 16], "n": [i], "__run_id": [f"r{i}"]})  # noqa: E731
-    other.append(name, row(0), key=["__packet_hash"])
-    other.flush()
-    assert reader.scan(name).collect().height == 1  # read in this "run"
-    reader.upkeep([name])  # judged by the read handle it holds: nothing due
-    for i in range(1, 8):  # another process commits, and never runs upkeep
-        other.append(name, row(i), key=["__packet_hash"])
-        other.flush()
-    last_checkpoint = tmp_path / "s" / name / "_delta_log" / "_last_checkpoint"
-    assert not last_checkpoint.exists()
-    reader.upkeep([name])  # not read since its last upkeep: looked at afresh, and checkpointed
-    assert last_checkpoint.exists()
+    row = pa.table({"__packet_hash": [bytes([i]) * 16], "n": [i], "__run_id": [f"r{i}"]})
+    store.append(_RESULTS, row, key=["__packet_hash"])
+    store.flush()

@@ -979,14 +979,11 @@ class DeltaStore(BufferedStore):
         next run's) -- else a write handle loaded now. What is due is done on a write handle
         brought up to date."""
         table = self._write_tables.get(name)
-        if table is None:
-            table = self._open_tables.get(name) if name in self._read_lately else None
-            if table is not None:
-                return table
-            table = self._open(name, writing=True)
-            if table is None:
-                return None
-        table.update_incremental()
+        if table is None and name in self._read_lately and name in self._open_tables:
+            return self._open_tables[name]
+        table = table or self._open(name, writing=True)
+        if table is not None:
+            table.update_incremental()
         return table
 
     def _has_copies(self, name: str) -> bool:
