@@ -6,6 +6,7 @@ import datetime
 import pathlib
 
 import polars as pl
+import pyarrow as pa
 import pytest
 
 import orca
@@ -322,3 +323,30 @@ def test_an_input_that_shrinks_leaves_exactly_its_rows(store):
     assert history.select("inserted", "updated", "deleted").row(-1) == (3, 0, 35)
     assert history["operation"][-1] == "MERGE"  # one commit that conflicts with a concurrent writer's
     assert pipeline.asset("twice", version=int(history["version"][0])).collect().height == 40
+
+
+def test_two_writers_adding_the_same_entries_leave_each_once(tmp_path, monkeypatch):
+    """Adding entries only is an append, which deltalake commits blindly over a concurrent
+    append. The sync transaction every materialisation carries makes the later of the two
+    conflict: it is planned again on the winner's version, which holds its rows already."""
+    import orca.stores.delta as delta
+
+    first, second = orca.DeltaStore(tmp_path / "s"), orca.DeltaStore(tmp_path / "s")
+    keys = pl.Series("__entry_id", [1, 2, 3], pl.UInt128)
+    rows = pa.table({"__entry_id": orca.hashing.keys_binary(keys), "v": pa.array([10, 20, 30], pa.int64())})
+    first.ensure("assets/race", rows.schema)
+    second.version("assets/race")  # (its handle is at the empty version)
+    append, raced = delta.write_deltalake, []
+
+    def racing(table, data, **kwargs):  # the other writer commits between this one's plan and commit
+        if not raced:
+            raced.append(None)
+            raced[0] = first.sync_rows("assets/race", "__entry_id", rows, keys.clear())
+        return append(table, data, **kwargs)
+
+    monkeypatch.setattr(delta, "write_deltalake", racing)
+    version = second.sync_rows("assets/race", "__entry_id", rows, keys.clear())
+    assert raced == [1] and version is None  # the loser, planned again, found nothing to write
+    stored = orca.DeltaStore(tmp_path / "s").scan("assets/race").collect()
+    assert sorted(stored["v"].to_list()) == [10, 20, 30]
+    assert [h["operation"] for h in first.history("assets/race")] == ["WRITE", "CREATE TABLE"]
