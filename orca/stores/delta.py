@@ -112,6 +112,7 @@ class _CreateRace(Exception):
 
 
 _RETRYABLE = (CommitFailedError, _CreateRace)
+_CHECKED = "__orca_checked"  # (see DeltaStore._first_commits)
 _SYNC = "orca.sync"  # the app transaction every sync of an unkeyed table (an asset) commits (see _synced)
 # What deltalake 1.6 says when a handle's commit files were trimmed under it (see
 # DeltaStore._trim): the table is fine, the handle must be reopened.
@@ -206,7 +207,9 @@ class DeltaStore(BufferedStore):
         self._log_checked: dict[str, int] = {}  # commit files found non-empty up to this version
         self._read_version: dict[str, int] = {}  # the version the last _read of a table gave
         self._added: dict[str, _Added] = {}
-        self._commit_order: dict[str, pl.DataFrame] = {}  # resolved (key, run id) -> first commit
+        # Per table: resolved (key, run id) -> the commit of its latest append, and the last
+        # version of the log read to know it (_CHECKED).
+        self._commit_order: dict[str, pl.DataFrame] = {}
 
     _read_errors = (*BufferedStore._read_errors, DeltaError, json.JSONDecodeError)
 
@@ -779,16 +782,27 @@ class DeltaStore(BufferedStore):
         commit log; files later rewritten by compaction or invalidation stay on disk until
         ``orca maintain`` vacuums them -- after that their rows count as older than every known
         one). Paid only when a key has several live rows; results are remembered per store
-        object, as a row's commit never changes."""
+        object: a pair's commit changes only when it is appended again, which only the log read
+        since it was looked up can show."""
         key = list(self._keys_of[name])
         on = [*key, RUN_ID]
         known = self._commit_order.get(name)
         todo = pairs if known is None else pairs.join(known, on=on, how="anti", nulls_equal=True)
-        if not todo.is_empty():
-            found = self._find_commits(name, todo, on).filter(pl.col(COMMIT).is_not_null())
-            known = found if known is None else pl.concat([known, found])
+        found = [self._find_commits(name, todo, on).filter(pl.col(COMMIT).is_not_null())] if not todo.is_empty() else []
+        if known is not None:
+            # A pair known already may have been appended again since it was looked up (its row
+            # invalidated, then the same run appending the key again): its latest append is the
+            # live row's commit, so the log read since is searched for it.
+            again = known.join(pairs, on=on, how="semi", nulls_equal=True)
+            if not again.is_empty():  # (null: not appended again; the max below keeps the known commit)
+                found.append(self._find_commits(name, again.select(on), on, after=int(again[_CHECKED].min())))
+        if found:
+            parsed = self._added[name].parsed
+            added = pl.concat(found).with_columns(pl.lit(parsed, pl.Int64).alias(_CHECKED))
+            known = added if known is None else pl.concat([known, added], how="vertical_relaxed").group_by(on).agg(
+                pl.col(COMMIT).max(), pl.col(_CHECKED).max())
             self._commit_order[name] = known
-        commits = pairs.join(known, on=on, how="left", nulls_equal=True)
+        commits = pairs.join(known.drop(_CHECKED), on=on, how="left", nulls_equal=True)
         if commits[COMMIT].null_count():  # (rare: only keys with several live rows get here)
             return self._as_settled(name, commits, on)
         return commits
@@ -816,9 +830,11 @@ class DeltaStore(BufferedStore):
             .otherwise(pl.col(COMMIT).cast(pl.Int64)).alias(COMMIT)
         ).drop("__orca_live")
 
-    def _find_commits(self, name: str, pairs: pl.DataFrame, on: list[str]) -> pl.DataFrame:
+    def _find_commits(self, name: str, pairs: pl.DataFrame, on: list[str], after: int = -1) -> pl.DataFrame:
+        """``pairs`` with the version of the latest append (after version ``after``) that added
+        each, null if none."""
         root = self.uri(name)
-        appended = {self._join(root, p): v for p, v in self._appended_files(name).items()}
+        appended = {self._join(root, p): v for p, v in self._appended_files(name).items() if v > after}
         sizes = self._sizes(list(appended), root)
         files = {p: v for (p, v), size in zip(appended.items(), sizes, strict=True) if size is not None}
         if not files:
