@@ -233,7 +233,7 @@ FLAKY_SEEN: set[int] = set()
 
 @orca.function_pod(output_keys="y")
 def flaky_in_a_block(x: int) -> int:
-    if x == 700:
+    if x in (700, 4321):
         raise ValueError("always fails")
     if x == 701 and x not in FLAKY_SEEN:  # fails once, then succeeds on retry
         FLAKY_SEEN.add(x)
@@ -242,19 +242,21 @@ def flaky_in_a_block(x: int) -> int:
 
 
 def test_failures_inside_a_timed_block_keep_every_other_row():
-    # Past the first 256 calls a fast function is called in blocks of 64: a call that raises in
-    # the middle of a block must not shift or lose the values around it.
+    # Past the first 256 calls a fast function is called in blocks of 64, then 128, ... up to
+    # 1024 (700: in a block of 256; 4321: of 1024): a call that raises in the middle of a block
+    # must not shift or lose the values around it.
     import pyarrow as pa
 
     from orca.calls import run_chunk
     from orca.names import ERROR_COLUMNS, OK, ROW
 
     FLAKY_SEEN.clear()
-    n = 1000
+    n = 6000
     out = run_chunk(flaky_in_a_block.pod, 1, pa.table({"x": list(range(n)), ROW: list(range(n))}))
     ok = out.column(OK).to_pylist()
-    assert [i for i in range(n) if not ok[i]] == [700]
+    assert [i for i in range(n) if not ok[i]] == [700, 4321]
     ys = out.column("y").to_pylist()
-    assert ys[:700] == [3 * i for i in range(700)] and ys[701:] == [3 * i for i in range(701, n)]
+    assert ys[:700] == [3 * i for i in range(700)] and ys[701:4321] == [3 * i for i in range(701, 4321)]
+    assert ys[4322:] == [3 * i for i in range(4322, n)] and ys[4321] is None
     assert out.column(ERROR_COLUMNS[1]).to_pylist()[700] == "always fails"
     assert out.column("__attempts").to_pylist()[699:702] == [1, 2, 2]
