@@ -37,7 +37,13 @@ from orca import operators as _ops
 from orca import views
 from orca._operator import arrow_schema_of
 from orca.hashing import PATH_METADATA
-from orca.names import SOURCE_PREFIX, SYSTEM_PREFIX, SYSTEM_TAG_PREFIX, source_column
+from orca.names import (
+    SOURCE_PREFIX,
+    SYSTEM_PREFIX,
+    SYSTEM_TAG_PREFIX,
+    check_user_columns,
+    source_column,
+)
 
 __all__ = ["Stream", "SYSTEM_PREFIX", "SOURCE_PREFIX", "SYSTEM_TAG_PREFIX", "source_column"]
 
@@ -78,6 +84,8 @@ class Stream:
     ) -> None:
         if schema is None and not isinstance(frame, pl.LazyFrame):
             raise TypeError("a Stream backed by a function needs an explicit schema")
+        # (sources, operators and pods check their own columns; a stream built by hand is checked here)
+        check_user_columns([*tag_columns, *packet_columns], f"stream {identity!r}")
         if not isinstance(frame, pl.LazyFrame):
             frame = pl.defer(frame, schema=pl.from_arrow(schema.empty_table()).schema)
         self._frame = frame

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 from hypothesis import given
 
+import orca
 from orca.hashing import is_path_field
 from orca.sources import DictSource
 from orca.streams import SOURCE_PREFIX, SYSTEM_TAG_PREFIX, Stream, source_column
@@ -196,3 +197,13 @@ def test_iteration_matches_to_polars(rows):
     stream = Stream(frame.lazy(), tag_columns=["k"], packet_columns=["v"], identity="t")
     assert [(t["k"], p["v"]) for t, p in stream] == frame.rows()
     assert len(stream) == len(rows)
+
+
+def test_a_stream_built_by_hand_refuses_reserved_column_names():
+    """Sources and operators refuse ``__`` names; a stream built by hand did not, and its run
+    failed later with Polars' DuplicateError when its input was read."""
+    frame = pl.DataFrame({"__run_id": ["r"], "x": [1]}).lazy()
+    with pytest.raises(orca.SchemaError, match=r"stream 'by-hand'.*\['__run_id'\]"):
+        Stream(frame, tag_columns=["__run_id"], packet_columns=["x"], identity="by-hand")
+    with pytest.raises(orca.SchemaError, match=r"\['__x'\]"):
+        Stream(frame.rename({"x": "__x"}), tag_columns=[], packet_columns=["__x"], identity="by-hand")
