@@ -741,7 +741,11 @@ def run(spec: NodeSpec, options: RunOptions, *, status: Status | None = None, up
         drive(spec.store, work.steps(rest), on_step=on_step)
         settled = left if rest.height == 0 else None  # (then it is already the status after the run)
     else:
-        drive(spec.store, work.steps(novel), on_step=on_step)
+        drive(spec.store, work.steps(novel), on_step=on_step, wait=False)
+    # The status after the run if nobody else wrote the node's tables (checked below), made while
+    # the last commits are under way: its outputs are this run's, from memory.
+    mine = _refreshed_from_run(spec, status, work) if novel.height and not (options.shard or options.claim) else None
+    spec.store.flush()
     own = True  # whether the status after the run is the one before plus what this run did
     # (read before the check below: a commit by another writer after it is then not counted in)
     now = table_versions(spec) if novel.height else status.versions
@@ -750,7 +754,7 @@ def run(spec: NodeSpec, options: RunOptions, *, status: Status | None = None, up
     elif options.shard is None and not options.claim and _only_own_commits(spec, status.versions):
         # Nobody else wrote the node's tables: the status after the run is the one before plus
         # what this run did, and reflects the tables as they were at ``now``.
-        after = _refreshed_from_run(spec, status, work) or _refreshed(spec, status, work, narrow=sliced)
+        after = mine or _refreshed(spec, status, work, narrow=sliced)
         after = dataclasses.replace(after, versions=now)
     elif sliced:  # other writers: the slice's novel entries take their results as now stored
         after, own = _refreshed(spec, status, work, narrow=True), False
@@ -805,7 +809,7 @@ def asset_rows(spec: NodeSpec, status: Status) -> pa.Table:
     In Arrow, ids as ``binary`` as the asset table holds them: through Polars they became
     ``large_binary`` and were cast back on the way in, a copy of every id (a 3M-row first run
     peaked ~0.1 GB higher, and took ~5 % longer)."""
-    done = status.found.filter(pl.col(DONE))
+    done = status.found if status.found[DONE].all() else status.found.filter(pl.col(DONE))  # (a copy spared)
     digests = key_digests(done[KEY])
     rows = done.select(*spec.input.tag_columns, *spec.pod.output_keys).to_arrow()
     return rows.append_column(ENTRY_ID, keys_binary(done[ENTRY_KEY])).append_column(
@@ -996,8 +1000,11 @@ def _still_novel(spec: NodeSpec, rows: pl.DataFrame) -> pl.DataFrame:
     return rows.with_columns(found[HIT])
 
 
-def drive(store: Store, steps: Iterator[None], on_step: Callable[[], None] | None = None) -> None:
-    """Drive ``steps``; commit whatever was appended when they end, fail or are interrupted."""
+def drive(store: Store, steps: Iterator[None], on_step: Callable[[], None] | None = None, *,
+          wait: bool = True) -> None:
+    """Drive ``steps``; commit whatever was appended when they end, fail or are interrupted.
+    ``wait=False``: when they end, only start that commit (the caller flushes, e.g. after work
+    of its own that needs no store)."""
     try:
         for _ in steps:
             if on_step is not None:
@@ -1006,7 +1013,7 @@ def drive(store: Store, steps: Iterator[None], on_step: Callable[[], None] | Non
         steps.close()
         store.flush()  # commit what succeeded (results before the rows pointing at them)
         raise
-    store.flush()
+    store.flush(wait=wait)
 
 
 @dataclasses.dataclass(frozen=True)
