@@ -263,8 +263,19 @@ def read_status(spec: NodeSpec, upstream: Status | None = None) -> Status:
     """
     frame = input_frame(spec, upstream)
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="orca-read") as pool:
-        tables = pool.submit(_read_tables, spec, frame)  # reading and hashing both take a while
-        entries = _entries(spec, upstream, frame)
+        # Reading and hashing both take a while: the store is read on the pool meanwhile. Its
+        # first task only looks (versions, the asset's latest commit), so that the entry ids are
+        # hashed only if the asset cannot tell them (see _found_unchanged).
+        looked = pool.submit(_look, spec, frame)
+        tables = pool.submit(lambda: _read_tables(spec, frame, looked.result()))
+        keyed = frame.with_columns(hash_inputs(spec.pod, frame, spec.input.path_columns))
+        made = looked.result().made
+        if made is not None and made.inputs is not None and made.inputs == inputs_digest(spec, keyed):
+            stored = tables.result()
+            found = _found_unchanged(spec, keyed, stored.asset) if stored.asset is not None else None
+            if found is not None:
+                return Status(keyed.with_columns(found[ENTRY_KEY]), found, stored.versions)
+        entries = keyed if spec.provenance_table is None else keyed.with_columns(_entry_keys(spec, keyed))
         stored = tables.result()
     keys = [*spec.input.tag_columns, *spec.input.system_tag_columns, *_entry_key(spec), KEY]
     found = _found_in_asset(spec, entries.select(keys), stored.asset) if stored.asset is not None else None
@@ -388,15 +399,44 @@ class _Stored:
     asset: pl.DataFrame | None = None
 
 
-def _read_tables(spec: NodeSpec, frame: pl.DataFrame | None = None) -> _Stored:
-    """The store's side of :func:`read_status`; ``frame``: the input rows, when the node's
-    asset may be read instead of its tables (see :func:`_current_asset`)."""
+@dataclasses.dataclass(frozen=True)
+class _Look:
+    """The first, quick part of reading the store for :func:`read_status`: the versions of the
+    node's tables, and the asset's latest materialisation (what it was made from, and its rows
+    unread) if it may stand in for the tables at those versions (see :func:`_current_asset`)."""
+
+    versions: tuple[int | None, ...]
+    made: Reflects | None = None
+    rows: pl.LazyFrame | None = None
+
+
+def _look(spec: NodeSpec, frame: pl.DataFrame | None = None) -> _Look:
     versions = table_versions(spec)
-    asset = _current_asset(spec, versions, frame) if frame is not None else None
+    if frame is None or spec.asset_table is None or spec.provenance_table is None or frame.height < _ASSET_MIN_ROWS:
+        return _Look(versions)
+    try:
+        latest = assets.latest_rows(spec.store, spec.asset_table)
+    except Exception:  # noqa: BLE001 - a shortcut: an asset that cannot be read leaves it to the tables
+        return _Look(versions)
+    if latest is None:
+        return _Look(versions)
+    made = Reflects.parse(latest[0])
+    if made is None or not made.exact or made.ids != table_ids(spec) or not _only_compacted(spec, made.versions,
+                                                                                              versions):
+        return _Look(versions)
+    return _Look(versions, made, latest[1])
+
+
+def _read_tables(spec: NodeSpec, frame: pl.DataFrame | None = None, look: _Look | None = None) -> _Stored:
+    """The store's side of :func:`read_status`; ``frame``: the input rows, when the node's
+    asset may be read instead of its tables (see :func:`_current_asset`); ``look``: what
+    :func:`_look` found, if called already."""
+    look = look if look is not None else _look(spec, frame)
+    asset = _current_asset(spec, look, frame) if frame is not None and look.rows is not None else None
     if asset is not None:
-        return _Stored(versions, asset=asset)
+        return _Stored(look.versions, asset=asset)
     recorded = recorded_entries(spec) if spec.provenance_table is not None else None
-    return _Stored(versions, recorded, results_index(spec, list(spec.pod.output_keys)))
+    return _Stored(look.versions, recorded, results_index(spec, list(spec.pod.output_keys)))
 
 
 _SAMPLE = 16  # input rows whose entries must be in the asset before it is used
@@ -405,43 +445,96 @@ _SAMPLE = 16  # input rows whose entries must be in the asset before it is used
 _ASSET_MIN_ROWS = 50_000
 
 
-def _current_asset(spec: NodeSpec, versions: tuple[int | None, ...], frame: pl.DataFrame) -> pl.DataFrame | None:
-    """The node's asset as entry keys, outputs and ``__hit``, if it may stand in for the node's
-    tables for input ``frame``: its latest materialisation is exact and was made from the tables
-    at ``versions`` (or only compactions followed), its outputs have the pod's types, and it
-    likely holds the input's entries -- as many rows, and the entries of a few input rows spread
-    over it (hashed here: a run with new rows then reads the tables beside its hashing, as
-    before, instead of after it) -- and the input is large enough to repay the look
-    (``_ASSET_MIN_ROWS``). Else None."""
-    if spec.asset_table is None or spec.provenance_table is None or frame.height < _ASSET_MIN_ROWS:
-        return None
+def _current_asset(spec: NodeSpec, look: _Look, frame: pl.DataFrame) -> pl.DataFrame | None:
+    """The node's asset as entry keys, outputs and ``__hit`` (and, when its latest commit
+    digested its input, ``__packet_tag_key``: see :func:`_found_unchanged`), if it may stand in
+    for the node's tables for input ``frame``: its latest materialisation is exact and was made
+    from the tables at the versions ``look`` read (or only compactions followed; see
+    :func:`_look`), its outputs have the pod's types, and it likely holds the input's entries --
+    as many rows, and the entries of a few input rows spread over it (hashed here: a run with new
+    rows then reads the tables beside its hashing, as before, instead of after it) -- and the
+    input is large enough to repay the look (``_ASSET_MIN_ROWS``). Else None."""
     try:
-        return _asset_standing_in(spec, versions, frame)
+        return _asset_standing_in(spec, look, frame)
     except Exception:  # noqa: BLE001 - a shortcut: an asset that cannot be read leaves it to the tables
         return None
 
 
-def _asset_standing_in(spec: NodeSpec, versions: tuple[int | None, ...], frame: pl.DataFrame) -> pl.DataFrame | None:
-    """:func:`_current_asset` once the input is large enough; may raise (the store's errors)."""
-    latest = assets.latest_rows(spec.store, spec.asset_table)
-    if latest is None:
-        return None
-    reflects, rows = latest
-    made = Reflects.parse(reflects)
-    if made is None or not made.exact or made.ids != table_ids(spec) or not _only_compacted(spec, made.versions,
-                                                                                              versions):
-        return None
-    outputs = list(spec.pod.output_keys)
+def _asset_standing_in(spec: NodeSpec, look: _Look, frame: pl.DataFrame) -> pl.DataFrame | None:
+    """:func:`_current_asset`; may raise (the store's errors)."""
+    rows, outputs, tags = look.rows, list(spec.pod.output_keys), list(spec.input.tag_columns)
     expected, schema = pl.from_arrow(pa.schema(spec.pod.output_fields).empty_table()).schema, rows.collect_schema()
     if any(schema.get(c) is None or schema.get(c) != expected.get(c) for c in outputs):
         return None
-    asset = spec.store.collect(spec.asset_table, rows.select(ENTRY_ID, *outputs, pl.lit(True).alias(HIT)))
+    # (tags of other types than the input's, e.g. as Delta stores them, would not match: no key)
+    keyed = look.made.inputs is not None and all(schema.get(t) == frame.schema[t] for t in tags)
+    asset = spec.store.collect(spec.asset_table, rows.select(
+        ENTRY_ID, *outputs, pl.lit(True).alias(HIT), *([*tags, RECORD_ID] if keyed else [])))
     if asset.height < frame.height or frame.height == 0:
         return None
     asset = asset.with_columns(hash_keys(asset[ENTRY_ID]).alias(ENTRY_KEY)).drop(ENTRY_ID)
+    if keyed:  # (the record id is the packet hash XOR the function hash)
+        packets = hash_keys(asset[RECORD_ID]) ^ int(spec.pod.identity.hash, 16)
+        asset = asset.with_columns(_packet_tag_keys(asset.select(tags), packets)).drop(*tags, RECORD_ID)
     spread = np.unique(np.linspace(0, frame.height - 1, min(frame.height, _SAMPLE)).astype(np.int64))
-    sample = _entries(spec, None, frame.select(pl.all().gather(spread)))[ENTRY_KEY]
-    return asset if bool(sample.is_in(asset[ENTRY_KEY].implode()).all()) else None
+    sample = _entries(spec, None, frame.select(pl.all().gather(spread)))[ENTRY_KEY].unique()
+    # (the asset's keys probed against the sample's: a set of 1M keys to probe cost ~0.1 s)
+    held = asset[ENTRY_KEY].filter(asset[ENTRY_KEY].is_in(sample.implode())).unique()
+    return asset if held.len() == sample.len() else None
+
+
+_PACKET_TAG_KEY = "__packet_tag_key"
+# Seeds of Polars' row hashes for the input digest (see inputs_digest) and the packet-tag keys.
+_SEEDS = (0x6F726361, 0x696E7075, 0x7461676B)
+
+
+def inputs_digest(spec: NodeSpec, entries: pl.DataFrame) -> str:
+    """A digest of the multiset of the node's input entries -- tags, system tags and input
+    packet hash (``__hash_key``) of each row of ``entries`` -- kept in the asset's commit when
+    every entry is done (:class:`Reflects`), so that a later run can tell its input is the same
+    without hashing entry ids (:func:`_found_unchanged`).
+
+    Made of Polars' row hashes (two 64-bit hashes a row, ~0.03 s per million rows, against
+    ~0.2 s for the entry ids), which Polars keeps stable only within one version: the version is
+    part of the digest, and a digest made by another one never matches (the run then hashes
+    entry ids, as without it)."""
+    rows = entries.select(*spec.input.tag_columns, *sorted(spec.input.system_tag_columns), KEY)
+    words = [rows.hash_rows(seed=seed).to_numpy() for seed in _SEEDS[:2]]
+    return f"polars {pl.__version__}: {KeySet().add_words(*words).digest}"
+
+
+def _packet_tag_keys(tags: pl.DataFrame, packets: pl.Series) -> pl.Series:
+    """Per row, the packet hash key XOR a 64-bit Polars hash of the tags: a join key for
+    (tags, packet) in one ``UInt128`` column (joining on the columns themselves cost ~2x).
+    Made within one process for both sides of a join, so Polars' hash need not be stable."""
+    if not tags.width:
+        return packets.alias(_PACKET_TAG_KEY)
+    hashed = tags.select(pl.struct(tags.columns).hash(_SEEDS[2])).to_series().cast(pl.UInt128)
+    return (packets ^ hashed).alias(_PACKET_TAG_KEY)
+
+
+def _found_unchanged(spec: NodeSpec, keyed: pl.DataFrame, asset: pl.DataFrame) -> pl.DataFrame | None:
+    """:func:`read_status`'s ``found`` for input ``keyed`` (the input with its packet hashes)
+    taken from the node's asset without hashing entry ids, when the asset's latest commit says
+    its input was then the same multiset of entries as now (:func:`inputs_digest`), every one of
+    them done. None if the asset has no packet-tag keys or any row does not find exactly one
+    asset row (then entry ids are hashed, as without the digest).
+
+    The asset then holds exactly the input's entries, and an entry is known by its tags and
+    packet unless two share them (other system tags: their rows would meet two asset rows), so
+    each row takes the entry id and outputs of the asset row with its tags and packet hash. The
+    outputs are right whatever the match: they are its packet's live result (the asset stands in
+    for the node's tables, see :func:`_current_asset`)."""
+    if _PACKET_TAG_KEY not in asset.columns:
+        return None
+    tags = list(spec.input.tag_columns)
+    left = _packet_tag_keys(keyed.select(tags), keyed[KEY]).to_frame()
+    joined = left.join(asset, on=_PACKET_TAG_KEY, how="left", maintain_order="left")
+    if joined.height != keyed.height or joined[HIT].null_count():
+        return None
+    return keyed.select(*tags, *spec.input.system_tag_columns).with_columns(
+        joined[ENTRY_KEY], keyed[KEY], *joined.select(*spec.pod.output_keys, HIT).get_columns(),
+        joined[HIT].alias(DONE))
 
 
 def _memoisable(spec: NodeSpec) -> bool:
@@ -826,15 +919,18 @@ class Reflects:
     materialisation while nothing but this run wrote to the node's tables (see
     :func:`_materialise`). Only an exact asset may stand in for the tables
     (:func:`_current_asset`); older forms and sliced runs' commits (:func:`staged_reflects`) are
-    not exact."""
+    not exact. ``inputs``: :func:`inputs_digest` of the status's entries, when every one was
+    done (None: not known; older forms, sliced runs)."""
 
     versions: tuple[int | None, ...]
     digest: str
     exact: bool = False
     ids: tuple[str | None, ...] | None = None
+    inputs: str | None = None
 
     def text(self) -> str:
-        facts = {"exact": self.exact, **({"ids": list(self.ids)} if self.ids is not None else {})}
+        facts = {"exact": self.exact, **({"ids": list(self.ids)} if self.ids is not None else {}),
+                 **({"inputs": self.inputs} if self.inputs is not None else {})}
         return json.dumps([list(self.versions), self.digest, facts])
 
     @staticmethod
@@ -845,9 +941,9 @@ class Reflects:
         try:
             versions, digest, *rest = json.loads(text)
             facts = rest[0] if rest and isinstance(rest[0], dict) else {}
-            ids = facts.get("ids")
+            ids, inputs = facts.get("ids"), facts.get("inputs")
             return Reflects(tuple(versions), str(digest), facts.get("exact") is True,
-                            tuple(ids) if isinstance(ids, list) else None)
+                            tuple(ids) if isinstance(ids, list) else None, inputs if isinstance(inputs, str) else None)
         except (ValueError, TypeError):
             return None
 
@@ -887,8 +983,9 @@ def _materialise(spec: NodeSpec, status: Status, recorded: tuple[pl.Series, ...]
         # (once: from then on a run with nothing new writes nothing, and may read the asset).
         changed = pl.concat([changed, done.head(1)])
     trusted = look[0] if look is not None and _carried_over(spec, previous, before, ids) else None
+    inputs = inputs_digest(spec, status.entries) if status.found[DONE].all() else None
     return assets.materialise(spec.store, spec.asset_table, asset_rows(spec, status), changed, run_id,
-                              spec.pod.identity.hash, Reflects(status.versions, digest, True, ids).text(),
+                              spec.pod.identity.hash, Reflects(status.versions, digest, True, ids, inputs).text(),
                               compare=tuple(spec.pod.output_keys), trust_since=trusted).version
 
 

@@ -464,3 +464,82 @@ def test_a_compaction_between_runs_keeps_the_asset_exact(store):
     versions = len(pipeline.history("many"))
     build(store, source(N + 5)).run(progress=False)
     assert len(pipeline.history("many")) == versions
+
+
+# -- an unchanged input matched to the asset by tags and packet (no entry ids hashed) ---------
+def _statuses(pipeline: orca.Pipeline, monkeypatch) -> tuple[list, list[int]]:
+    """Each node's status read now, and the row counts entry ids were hashed for meanwhile."""
+    hashed: list[int] = []
+    entry_keys = orca.engine._entry_keys
+
+    def counting(spec, frame):
+        hashed.append(frame.height)
+        return entry_keys(spec, frame)
+
+    monkeypatch.setattr(orca.engine, "_entry_keys", counting)
+    upstream, statuses = None, []
+    for label in ("many", "follow"):
+        upstream = orca.engine.read_status(pipeline[label].spec, upstream)
+        statuses.append(upstream)
+    monkeypatch.setattr(orca.engine, "_entry_keys", entry_keys)
+    return statuses, hashed
+
+
+def test_an_unchanged_input_is_matched_to_the_asset_without_hashing_entry_ids(store, monkeypatch):
+    """The asset's commit digests its input; a rerun whose input digests the same takes each
+    row's entry id and outputs from the asset row with its tags and packet, and hashes entry ids
+    only for the few rows that check the asset holds the input. Its status equals the one made
+    by hashing every entry id and joining on them."""
+    pipeline = build(store, source())
+    pipeline.run(progress=False)
+    shortcut, hashed = _statuses(pipeline, monkeypatch)
+    assert hashed and max(hashed) <= orca.engine._SAMPLE
+    monkeypatch.setattr(orca.engine, "inputs_digest", lambda spec, entries: "another input")
+    hashing, hashed = _statuses(pipeline, monkeypatch)
+    assert N in hashed
+    for a, b in zip(shortcut, hashing, strict=True):
+        assert a.versions == b.versions and a.done == b.done == N
+        assert a.found.equals(b.found) and a.entries.equals(b.entries)
+    assert pipeline.run(progress=False).counts["follow"] == orca.Counts(cached=N)
+
+
+def test_an_edited_input_digests_otherwise_and_is_computed(store, monkeypatch):
+    build(store, source()).run(progress=False)
+    pipeline = build(store, source(edit=7))
+    assert pipeline.run(progress=False).counts["many"] == orca.Counts(cached=N - 1, computed=1)
+    same(outputs(pipeline), fresh(source(edit=7)))
+
+
+@orca.function_pod(output_keys="y")
+def halve(x: int) -> float:
+    return x / 2
+
+
+def test_two_entries_with_one_tag_and_packet_are_not_matched_by_them(store, monkeypatch):
+    """A tag dropped: two entries per tags and packet (their system tags, the source rows, differ).
+    Matching by tags and packet would meet two asset rows, so the run hashes the entry ids
+    instead, and each entry keeps its own."""
+    def pipeline_of() -> orca.Pipeline:
+        frame = pl.DataFrame({"k": list(range(N)) * 2, "j": [0] * N + [1] * N, "x": list(range(N)) * 2})
+        pipeline = orca.Pipeline("twice", store=store)
+        with pipeline:
+            halve.pod(orca.PolarsSource(frame, tags=["k", "j"], source_id="a").drop_tags("j"))
+        return pipeline
+
+    assert pipeline_of().run(progress=False).counts["halve"] == orca.Counts(computed=2 * N)
+    pipeline = pipeline_of()
+    monkeypatch.setattr(orca.engine, "_found_unchanged", spy := _Spy(orca.engine._found_unchanged))
+    status = orca.engine.read_status(pipeline["halve"].spec)
+    assert spy.results == [None]  # looked at, and left to the entry ids
+    assert status.done == 2 * N and status.found[orca.engine.ENTRY_KEY].n_unique() == 2 * N
+    assert pipeline.run(progress=False).counts["halve"] == orca.Counts(cached=2 * N)
+
+
+class _Spy:
+    def __init__(self, function) -> None:
+        self.function, self.results = function, []
+
+    def __call__(self, *args):
+        result = self.function(*args)
+        self.results.append(result)
+        return result
