@@ -532,9 +532,11 @@ def _found_unchanged(spec: NodeSpec, keyed: pl.DataFrame, asset: pl.DataFrame) -
     joined = left.join(asset, on=_PACKET_TAG_KEY, how="left", maintain_order="left")
     if joined.height != keyed.height or joined[HIT].null_count():
         return None
-    return keyed.select(*tags, *spec.input.system_tag_columns).with_columns(
-        joined[ENTRY_KEY], keyed[KEY], *joined.select(*spec.pod.output_keys, HIT).get_columns(),
-        joined[HIT].alias(DONE))
+    # (selected with the packet hash: tags and system tags alone may be no column, which Polars
+    # selects as no rows either)
+    found = keyed.select(*tags, *spec.input.system_tag_columns, KEY)
+    return found.insert_column(found.width - 1, joined[ENTRY_KEY]).with_columns(
+        *joined.select(*spec.pod.output_keys, HIT).get_columns(), joined[HIT].alias(DONE))
 
 
 def _memoisable(spec: NodeSpec) -> bool:
@@ -837,8 +839,10 @@ def run(spec: NodeSpec, options: RunOptions, *, status: Status | None = None, up
         drive(spec.store, work.steps(novel), on_step=on_step, wait=False)
     # The status after the run if nobody else wrote the node's tables (checked below), made while
     # the last commits are under way: its outputs are this run's, from memory.
-    mine = _refreshed_from_run(spec, status, work) if novel.height and not (options.shard or options.claim) else None
-    spec.store.flush()
+    try:
+        mine = _refreshed_from_run(spec, status, work) if novel.height and not (options.shard or options.claim) else None
+    finally:
+        spec.store.flush()
     own = True  # whether the status after the run is the one before plus what this run did
     # (read before the check below: a commit by another writer after it is then not counted in)
     now = table_versions(spec) if novel.height else status.versions

@@ -543,3 +543,21 @@ class _Spy:
         result = self.function(*args)
         self.results.append(result)
         return result
+
+
+def test_a_stream_with_no_tags_is_matched_by_its_packets(store, monkeypatch):
+    """No tags and no system tags (a stream built by hand): the rows are matched by packet hash
+    alone (each packet once here), and the status still has every column."""
+    from orca.streams import Stream
+
+    stream = Stream(pl.DataFrame({"x": list(range(N))}).lazy(), tag_columns=(), packet_columns=("x",),
+                    identity="by-hand")
+    pipeline = orca.Pipeline("untagged", store=store)
+    with pipeline:
+        halve.pod(stream)
+    pipeline.run(progress=False)
+    monkeypatch.setattr(orca.engine, "_found_unchanged", spy := _Spy(orca.engine._found_unchanged))
+    status = orca.engine.read_status(pipeline["halve"].spec)
+    assert spy.results[0] is not None and status.done == N
+    assert status.found.columns == [orca.engine.ENTRY_KEY, orca.engine.KEY, "y", orca.engine.HIT, orca.engine.DONE]
+    assert pipeline.run(progress=False).counts["halve"] == orca.Counts(cached=N)

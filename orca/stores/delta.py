@@ -787,17 +787,20 @@ class DeltaStore(BufferedStore):
         key = list(self._keys_of[name])
         on = [*key, RUN_ID]
         known = self._commit_order.get(name)
+        appended = self._appended_files(name)  # (one listing for both searches, and the stamp below)
+        parsed = self._added[name].parsed
         todo = pairs if known is None else pairs.join(known, on=on, how="anti", nulls_equal=True)
-        found = [self._find_commits(name, todo, on).filter(pl.col(COMMIT).is_not_null())] if not todo.is_empty() else []
+        found = [self._find_commits(name, todo, on, appended).filter(pl.col(COMMIT).is_not_null())
+                 ] if not todo.is_empty() else []
         if known is not None:
             # A pair known already may have been appended again since it was looked up (its row
             # invalidated, then the same run appending the key again): its latest append is the
             # live row's commit, so the log read since is searched for it.
             again = known.join(pairs, on=on, how="semi", nulls_equal=True)
             if not again.is_empty():  # (null: not appended again; the max below keeps the known commit)
-                found.append(self._find_commits(name, again.select(on), on, after=int(again[_CHECKED].min())))
+                found.append(self._find_commits(name, again.select(on), on, appended,
+                                                after=int(again[_CHECKED].min())))
         if found:
-            parsed = self._added[name].parsed
             added = pl.concat(found).with_columns(pl.lit(parsed, pl.Int64).alias(_CHECKED))
             known = added if known is None else pl.concat([known, added], how="vertical_relaxed").group_by(on).agg(
                 pl.col(COMMIT).max(), pl.col(_CHECKED).max())
@@ -830,11 +833,12 @@ class DeltaStore(BufferedStore):
             .otherwise(pl.col(COMMIT).cast(pl.Int64)).alias(COMMIT)
         ).drop("__orca_live")
 
-    def _find_commits(self, name: str, pairs: pl.DataFrame, on: list[str], after: int = -1) -> pl.DataFrame:
+    def _find_commits(self, name: str, pairs: pl.DataFrame, on: list[str], appended: dict[str, int],
+                      after: int = -1) -> pl.DataFrame:
         """``pairs`` with the version of the latest append (after version ``after``) that added
-        each, null if none."""
+        each, null if none; ``appended``: :meth:`_appended_files`."""
         root = self.uri(name)
-        appended = {self._join(root, p): v for p, v in self._appended_files(name).items() if v > after}
+        appended = {self._join(root, p): v for p, v in appended.items() if v > after}
         sizes = self._sizes(list(appended), root)
         files = {p: v for (p, v), size in zip(appended.items(), sizes, strict=True) if size is not None}
         if not files:
