@@ -91,7 +91,7 @@ def test_another_writer_s_invalidation_during_a_run_is_not_hidden(tmp_path, monk
     other = squares(orca.DeltaStore(path), range(5))  # stands for another process
     real_drive = engine.drive
 
-    def drive(store, steps, on_step=None):
+    def drive(store, steps, on_step=None, **_):  # (waits for the run's commits, then the other writer acts)
         real_drive(store, steps, on_step)
         other.invalidate("square", pl.col("k") < 2)
 
