@@ -839,11 +839,8 @@ def run(spec: NodeSpec, options: RunOptions, *, status: Status | None = None, up
         drive(spec.store, work.steps(novel), on_step=on_step, wait=False)
     # The status after the run if nobody else wrote the node's tables (checked below), made while
     # the last commits are under way: its outputs are this run's, from memory.
-    # So is the asset's draft (its rows and digests), which the node's last commit would otherwise
-    # wait for, on the last node at the end of the run.
     try:
         mine = _refreshed_from_run(spec, status, work) if novel.height and not (options.shard or options.claim) else None
-        draft = _draft(spec, mine) if mine is not None and spec.asset_table is not None and not sliced else None
     finally:
         spec.store.flush()
     own = True  # whether the status after the run is the one before plus what this run did
@@ -870,9 +867,7 @@ def run(spec: NodeSpec, options: RunOptions, *, status: Status | None = None, up
     if spec.asset_table is not None:  # 7. materialise: a sharded run writes what all shards did so far
         asset_status = after if after is not None else read_status(spec, upstream)
         materialising = functools.partial(_materialise, spec, asset_status, tuple(work.recorded), options.run_id,
-                                          status.versions if own else None,
-                                          draft if mine is not None and after is not None and after.found is mine.found
-                                          else None)
+                                          status.versions if own else None)
     if materialising is not None and not defer_asset:
         return NodeRun(spec.label, work.counts, after, materialising())
     return NodeRun(spec.label, work.counts, after, None, materialising)
@@ -962,32 +957,13 @@ def table_ids(spec: NodeSpec) -> tuple[str | None, ...]:
     return tuple(None if name is None else store.table_id(name) for store, name in _tables_of(spec))
 
 
-@dataclasses.dataclass(frozen=True)
-class _Draft:
-    """What :func:`_materialise` makes of a status before it looks at the asset: the digest of
-    its done entries, its asset rows and :func:`inputs_digest` (None unless every entry is done)."""
-
-    digest: str
-    rows: pa.Table
-    inputs: str | None
-
-
-def _draft(spec: NodeSpec, status: Status, digest: str | None = None) -> _Draft:
-    """``digest``: of the done entries, if known."""
-    every = bool(status.found[DONE].all())
-    if digest is None:
-        digest = KeySet().add(status.found[ENTRY_KEY].filter(status.found[DONE])).digest
-    return _Draft(digest, asset_rows(spec, status), inputs_digest(spec, status.entries) if every else None)
-
-
 def _materialise(spec: NodeSpec, status: Status, recorded: tuple[pl.Series, ...], run_id: str,
-                 before: tuple[int | None, ...] | None = None, draft: _Draft | None = None) -> int | None:
+                 before: tuple[int | None, ...] | None = None) -> int | None:
     """Step 7: make the node's asset table hold its done entries; the new version, or None when
     nothing changed (or the asset already reflects the node's tables as they are). ``recorded``:
     the input rows this run recorded -- their asset rows are written again. ``before``: the
     versions of the node's tables when the run started, if ``status`` is the status then plus
-    only what this run did (None: other writers committed, or not known). ``draft``:
-    :func:`_draft` of ``status``, if made already.
+    only what this run did (None: other writers committed, or not known).
 
     Rows are otherwise written by key (new entries in, gone ones out), so a row whose value
     changed without this run recording it -- a run whose asset write failed, another process,
@@ -997,8 +973,8 @@ def _materialise(spec: NodeSpec, status: Status, recorded: tuple[pl.Series, ...]
     status's and writes again the rows that differ: the asset is then exact."""
     # What the asset is made from: the versions the status reflects and which entries are done
     # (entries can leave the input while the node's tables stay as they were).
-    done = status.found[ENTRY_KEY].filter(status.found[DONE])
-    digest, ids = draft.digest if draft is not None else KeySet().add(done).digest, table_ids(spec)
+    done = status.found.filter(pl.col(DONE))[ENTRY_KEY]
+    digest, ids = KeySet().add(done).digest, table_ids(spec)
     look = assets.reflected(spec.store, spec.asset_table)
     previous = Reflects.parse(look[1]) if look is not None else None
     if not recorded and previous is not None and previous.exact and _reflects(spec, previous, status.versions,
@@ -1011,9 +987,9 @@ def _materialise(spec: NodeSpec, status: Status, recorded: tuple[pl.Series, ...]
         # (once: from then on a run with nothing new writes nothing, and may read the asset).
         changed = pl.concat([changed, done.head(1)])
     trusted = look[0] if look is not None and _carried_over(spec, previous, before, ids) else None
-    draft = draft if draft is not None else _draft(spec, status, digest)
-    return assets.materialise(spec.store, spec.asset_table, draft.rows, changed, run_id, spec.pod.identity.hash,
-                              Reflects(status.versions, digest, True, ids, draft.inputs).text(),
+    inputs = inputs_digest(spec, status.entries) if status.found[DONE].all() else None
+    return assets.materialise(spec.store, spec.asset_table, asset_rows(spec, status), changed, run_id,
+                              spec.pod.identity.hash, Reflects(status.versions, digest, True, ids, inputs).text(),
                               compare=tuple(spec.pod.output_keys), trust_since=trusted).version
 
 
