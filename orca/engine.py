@@ -275,7 +275,7 @@ def read_status(spec: NodeSpec, upstream: Status | None = None) -> Status:
             found = _found_unchanged(spec, keyed, stored.asset) if stored.asset is not None else None
             if found is not None:
                 return Status(keyed.with_columns(found[ENTRY_KEY]), found, stored.versions)
-        entries = keyed if spec.provenance_table is None else keyed.with_columns(_entry_keys(spec, keyed))
+        entries = _with_entry_keys(spec, keyed)
         stored = tables.result()
     keys = [*spec.input.tag_columns, *spec.input.system_tag_columns, *_entry_key(spec), KEY]
     found = _found_in_asset(spec, entries.select(keys), stored.asset) if stored.asset is not None else None
@@ -336,10 +336,12 @@ def _entries(spec: NodeSpec, upstream: Status | None, frame: pl.DataFrame | None
     """The input rows with system columns, packet keys and (for a node) entry keys; ``frame``:
     the input rows (as :func:`input_frame` makes them) when already read, e.g. one slice."""
     frame = input_frame(spec, upstream) if frame is None else frame
-    frame = frame.with_columns(hash_inputs(spec.pod, frame, spec.input.path_columns))
-    if spec.provenance_table is None:
-        return frame
-    return frame.with_columns(_entry_keys(spec, frame))
+    return _with_entry_keys(spec, frame.with_columns(hash_inputs(spec.pod, frame, spec.input.path_columns)))
+
+
+def _with_entry_keys(spec: NodeSpec, keyed: pl.DataFrame) -> pl.DataFrame:
+    """``keyed`` (input rows with packet keys) with entry keys, for a node."""
+    return keyed if spec.provenance_table is None else keyed.with_columns(_entry_keys(spec, keyed))
 
 
 def input_frame(spec: NodeSpec, upstream: Status | None) -> pl.DataFrame:

@@ -84,7 +84,7 @@ class Stream:
     ) -> None:
         if schema is None and not isinstance(frame, pl.LazyFrame):
             raise TypeError("a Stream backed by a function needs an explicit schema")
-        # (sources, operators and pods check their own columns; a stream built by hand is checked here)
+        # (every stream: sources and operators check their names first, a stream built by hand only here)
         check_user_columns([*tag_columns, *packet_columns], f"stream {identity!r}")
         if not isinstance(frame, pl.LazyFrame):
             frame = pl.defer(frame, schema=pl.from_arrow(schema.empty_table()).schema)
