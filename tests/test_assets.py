@@ -336,15 +336,15 @@ def test_two_writers_adding_the_same_entries_leave_each_once(tmp_path, monkeypat
     rows = pa.table({"__entry_id": orca.hashing.keys_binary(keys), "v": pa.array([10, 20, 30], pa.int64())})
     first.ensure("assets/race", rows.schema)
     second.version("assets/race")  # (its handle is at the empty version)
-    append, raced = delta.write_deltalake, []
+    append, raced = delta.append_file, []
 
-    def racing(table, data, **kwargs):  # the other writer commits between this one's plan and commit
+    def racing(*args, **kwargs):  # the other writer commits between this one's plan and commit
         if not raced:
             raced.append(None)
             raced[0] = first.sync_rows("assets/race", "__entry_id", rows, keys.clear())
-        return append(table, data, **kwargs)
+        return append(*args, **kwargs)
 
-    monkeypatch.setattr(delta, "write_deltalake", racing)
+    monkeypatch.setattr(delta, "append_file", racing)
     version = second.sync_rows("assets/race", "__entry_id", rows, keys.clear())
     assert raced == [1] and version is None  # the loser, planned again, found nothing to write
     stored = orca.DeltaStore(tmp_path / "s").scan("assets/race").collect()

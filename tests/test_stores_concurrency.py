@@ -88,7 +88,7 @@ def _results(keys) -> pa.Table:
 def test_commit_that_keeps_failing_stays_pending(tmp_path, monkeypatch):
     monkeypatch.setattr(delta_module, "_BACKOFF_BASE", 0.001)
     calls = []
-    real_write = delta_module.write_deltalake
+    real_write = delta_module.append_file  # (a local store's appends; remote ones: write_deltalake)
 
     def failing(*args, **kwargs):
         calls.append(1)
@@ -97,7 +97,7 @@ def test_commit_that_keeps_failing_stays_pending(tmp_path, monkeypatch):
     store = DeltaStore(tmp_path, max_retries=3)
     store.append("results/f/h", _results(["a", "b"]), key=["__packet_hash"])
     store.append("pipelines/p/n", _results(["a", "b"]), key=["__packet_hash"])
-    monkeypatch.setattr(delta_module, "write_deltalake", failing)
+    monkeypatch.setattr(delta_module, "append_file", failing)
     with pytest.raises(StoreError, match="results/f/h") as info:
         store.flush()
     assert "3 tries" in str(info.value)
@@ -106,7 +106,7 @@ def test_commit_that_keeps_failing_stays_pending(tmp_path, monkeypatch):
     with pytest.raises(StoreError):
         store.flush()
 
-    monkeypatch.setattr(delta_module, "write_deltalake", real_write)
+    monkeypatch.setattr(delta_module, "append_file", real_write)
     store.flush()
     assert sorted(store.keys("results/f/h")) == ["a", "b"]
     assert sorted(store.keys("pipelines/p/n")) == ["a", "b"]
@@ -115,15 +115,15 @@ def test_commit_that_keeps_failing_stays_pending(tmp_path, monkeypatch):
 
 def test_transient_conflicts_are_retried(tmp_path, monkeypatch):
     monkeypatch.setattr(delta_module, "_BACKOFF_BASE", 0.001)
-    real_write = delta_module.write_deltalake
+    real_write = delta_module.append_file
     failures = iter([True, True])
 
     def flaky(*args, **kwargs):
         if next(failures, False):
             _conflict()
-        real_write(*args, **kwargs)
+        return real_write(*args, **kwargs)
 
-    monkeypatch.setattr(delta_module, "write_deltalake", flaky)
+    monkeypatch.setattr(delta_module, "append_file", flaky)
     store = DeltaStore(tmp_path)
     store.append("results/f/h", _results(["a"]), key=["__packet_hash"])
     store.flush()

@@ -35,7 +35,6 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import (
-    ColumnProperties,
     CommitProperties,
     DeltaTable,
     Transaction,
@@ -65,6 +64,7 @@ from orca.stores.base import (
     single_key,
     sync_plan,
 )
+from orca.stores.parquet_files import Layout, append_file, writable
 
 FORMAT = "2"  # written into every table's configuration and the store marker
 # Formats this orca reads: "1" stored ids (packet hashes, entry and record ids) as hex text,
@@ -643,12 +643,21 @@ class DeltaStore(BufferedStore):
             schema = pa.schema(table.schema().to_arrow())
             rows = conform(_as_stored(data, _legacy_ids(name, table)), schema, self.uri(name),
                            evolve=name in self._evolving)
-            properties = _writer_properties(rows.schema, key, rows)
-            write_deltalake(table, rows, mode="append", writer_properties=properties,
-                            commit_properties=self._mark(),
-                            schema_mode="merge" if len(rows.schema) > len(schema) else None)
+            self._append(table, name, rows, _layout(rows.schema, key, rows), self._mark(),
+                         evolve=len(rows.schema) > len(schema))
 
         self._write(name, attempt)
+
+    def _append(self, table: DeltaTable, name: str, rows: pa.Table, layout: Layout, properties: CommitProperties,
+                *, evolve: bool = False) -> int:
+        """Commit ``rows`` (in ``table``'s schema, or adding columns to it if ``evolve``) to
+        ``table`` as one appended file, and return the commit's version: written by pyarrow in
+        a local table that allows it (:mod:`orca.stores.parquet_files`), else by deltalake."""
+        if self.remote or evolve or not writable(table):
+            write_deltalake(table, rows, mode="append", writer_properties=layout.writer_properties(),
+                            commit_properties=properties, schema_mode="merge" if evolve else None)
+            return table.version()
+        return append_file(table, self.uri(name), rows, layout, properties)
 
     def invalidate(self, name: str, keys: pl.Series | pa.Array) -> int:
         """Mark live rows whose key is in ``keys`` invalidated (one merge); return rows hit.
@@ -1215,10 +1224,8 @@ class DeltaStore(BufferedStore):
                 # Only new keys (e.g. a first materialisation): an append, ~0.35 s per million rows
                 # cheaper than an insert-only merge. It conflicts with a concurrent sync all the
                 # same, through the sync transaction both commits carry (see _synced).
-                write_deltalake(table, upsert, mode="append",
-                                writer_properties=_writer_properties(upsert.schema, (key,), upsert),
-                                commit_properties=_synced(table, {**custom, "orca.inserted": str(upsert.num_rows)}))
-                return table.version()
+                return self._append(table, name, upsert, _layout(upsert.schema, (key,), upsert),
+                                    _synced(table, {**custom, "orca.inserted": str(upsert.num_rows)}))
             source = pa.concat_tables([_marked(upsert, "upsert"), _deletions(delete.to_arrow(), data.schema, key)])
             _upsert_and_delete(table, source, key, data.schema, properties)
             return table.version()
@@ -1442,7 +1449,7 @@ def _is_unwritable(exc: BaseException) -> bool:
                                    "access denied", "accessdenied", "forbidden", "authorizationpermissionmismatch"))
 
 
-def _writer_properties(schema: pa.Schema, key: tuple[str, ...], data: pa.Table | None = None) -> WriterProperties:
+def _layout(schema: pa.Schema, key: tuple[str, ...], data: pa.Table | None = None) -> Layout:
     """Parquet options for one commit (or, without ``data``, a compaction), chosen by measurement
     (see ``docs/stores.md``).
 
@@ -1453,19 +1460,22 @@ def _writer_properties(schema: pa.Schema, key: tuple[str, ...], data: pa.Table |
     keeps Snappy. A column of ``data`` whose first values are mostly distinct is written without
     a dictionary too: trying one and falling back costs more than the rest of the column's write.
     """
-    hashes = ColumnProperties(dictionary_enabled=False, statistics_enabled="NONE")
-    plain = ColumnProperties(dictionary_enabled=False)
-    options, compressible = {}, False
+    bare, plain, compressible = set(), set(), False
     for field in schema:
         name = field.name
         if name in key or name in _UNIQUE_COLUMNS or name.startswith(_UNIQUE_PREFIXES):
-            options[name] = hashes
+            bare.add(name)
             continue
         if name not in _CONSTANT_COLUMNS and not (pa.types.is_primitive(field.type) or pa.types.is_null(field.type)):
             compressible = True
         if data is not None and _mostly_distinct(data.column(name)):
-            options[name] = plain
-    return WriterProperties(compression="SNAPPY" if compressible else "UNCOMPRESSED", column_properties=options)
+            plain.add(name)
+    return Layout(snappy=compressible, plain=frozenset(plain), bare=frozenset(bare))
+
+
+def _writer_properties(schema: pa.Schema, key: tuple[str, ...], data: pa.Table | None = None) -> WriterProperties:
+    """:func:`_layout` for deltalake's writers."""
+    return _layout(schema, key, data).writer_properties()
 
 
 def _mostly_distinct(column: pa.ChunkedArray, sample: int = 2048) -> bool:
