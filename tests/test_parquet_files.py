@@ -5,16 +5,22 @@ from __future__ import annotations
 import datetime
 import decimal
 import json
+import math
 import os
+import sys
+import tempfile
 
+import hypothesis
+import hypothesis.strategies as st
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError
 
 import orca
-from orca.stores.parquet_files import Layout, append_file
+from orca.stores.parquet_files import Layout, append_file, statistics
 
 UTC = datetime.UTC
 
@@ -47,7 +53,7 @@ def _added_stats(folder) -> list[dict]:
     return [json.loads(a["stats"]) for a in adds]
 
 
-def test_statistics_agree_with_deltalake_s_where_both_keep_one(tmp_path):
+def test_statistics_agree_with_deltalake_s_where_deltalake_s_are_right(tmp_path):
     rows = _every_type()
     write_deltalake(tmp_path / "theirs", rows)
     write_deltalake(tmp_path / "ours", rows.slice(0, 0))
@@ -56,24 +62,111 @@ def test_statistics_agree_with_deltalake_s_where_both_keep_one(tmp_path):
     assert append_file(ours, str(tmp_path / "ours"), rows, Layout(snappy=True), CommitProperties()) == 1
     theirs, mine = _added_stats(tmp_path / "theirs")[0], _added_stats(tmp_path / "ours")[-1]
     assert mine["numRecords"] == theirs["numRecords"] == 3
-    for kind in ("minValues", "maxValues", "nullCount"):
-        both = set(mine[kind]) & set(theirs[kind])
-        assert {c: mine[kind][c] for c in both} == {c: theirs[kind][c] for c in both}, kind  # deltalake's formats
-    assert mine["nullCount"] == {c: rows.column(c).null_count for c in mine["nullCount"]}
-    # Left out where this module has no format (or nothing to bound); never a wrong bound.
-    assert set(mine["minValues"]) == {"i", "i8", "f", "f32", "b", "s", "d", "tz"}
-    assert set(mine["nullCount"]) >= {"i", "f", "b", "s", "d", "tz", "ntz", "dec", "bin", "n"}
+    same = ["i", "i8", "f32", "b", "s", "d", "tz", "ntz", "dec", "st"]  # deltalake's formats, value for value
+    for kind in ("minValues", "maxValues"):
+        assert {c: mine[kind][c] for c in same} == {c: theirs[kind][c] for c in same}, kind
+    # Where deltalake's differ: NaN (its maximum leaves it out), text kept whole up to 256 characters.
+    assert mine["minValues"]["f"] == -0.25 and mine["maxValues"]["f"] == sys.float_info.max
+    assert mine["minValues"]["long"] == "a" * 100 and mine["maxValues"]["long"] == "c"
+    # Every column a reader could prune by has bounds (binary and list columns are not pruned).
+    assert set(mine["minValues"]) == set(mine["maxValues"]) == {*same, "f", "long"}
+    assert mine["nullCount"] == {**{c: rows.column(c).null_count for c in rows.column_names if c not in ("l", "st")},
+                                 "st": {"a": 1}}
     assert pl.read_delta(str(tmp_path / "ours")).equals(pl.read_delta(str(tmp_path / "theirs")))
 
 
+EDGES = {  # per column: values, then a filter each row must pass (through deltalake's pyarrow dataset)
+    "f": ([float("nan"), 0.5, None], "f > 1"),  # NaN orders above every number in DuckDB
+    "inf": ([float("inf"), float("-inf"), 1.0], "inf > 1e308 OR inf < -1e308"),
+    "s": (["\U0010ffff" * 300, "a" * 300 + "b", "z"], "s >= '\U0010ffff' OR s > 'a'"),
+    "late": ([datetime.datetime(2026, 1, 1, 0, 0, 0, 999_999, tzinfo=UTC), None, None],
+             "late > TIMESTAMPTZ '2026-01-01 00:00:00.9995+00'"),
+    "early": ([datetime.datetime(1, 1, 1, 0, 0, 0, 1, tzinfo=UTC), None, None], "early < TIMESTAMPTZ '0002-01-01 00:00:00+00'"),
+    "dec": ([decimal.Decimal("1.10"), decimal.Decimal("-7.30"), None], "dec >= 1.10 OR dec <= -7.30"),
+    "st": ([{"a": None}, None, {"a": 5}], "st.a = 5 OR st.a IS NULL"),
+    "nothing": ([None, None, None], "nothing IS NULL"),
+}
+
+
+@pytest.mark.parametrize("column", sorted(EDGES))
+def test_no_filter_loses_a_row_through_the_arrow_dataset(tmp_path, column):
+    """What DuckDB is handed (docs/assets.md) skips a file by its bounds, and skips it from
+    every filter on a column it has none for: each row here must pass its filter."""
+    duckdb = pytest.importorskip("duckdb")
+    values, where = EDGES[column]
+    types = {"s": pa.string(), "late": pa.timestamp("us", tz="UTC"), "early": pa.timestamp("us", tz="UTC"),
+             "dec": pa.decimal128(10, 2), "st": pa.struct([("a", pa.int64())]), "nothing": pa.string()}
+    rows = pa.table({column: pa.array(values, types.get(column, pa.float64()))})
+    folder = str(tmp_path / "t")
+    write_deltalake(folder, rows.slice(0, 0))
+    table = DeltaTable(folder)
+    append_file(table, folder, rows.cast(pa.schema(table.schema().to_arrow())), Layout(snappy=False),
+                CommitProperties())
+    data = DeltaTable(folder).to_pyarrow_dataset()  # noqa: F841 - read by DuckDB by name
+    wanted = duckdb.sql(f"SELECT count(*) FROM (SELECT * FROM data WHERE true) WHERE {where}").fetchall()[0]
+    found = duckdb.sql(f"SELECT count(*) FROM data WHERE {where}").fetchall()[0]
+    assert found == wanted and found[0] > 0
+
+
+@hypothesis.settings(max_examples=40, deadline=None)
+@hypothesis.given(ints=st.lists(st.integers(-2**63, 2**63 - 1), min_size=1, max_size=5),
+                  floats=st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=1, max_size=5),
+                  texts=st.lists(st.text(max_size=300), min_size=1, max_size=5))
+def test_every_value_is_within_its_file_s_bounds(ints, floats, texts):
+    """The property behind the filters above, on random values: every value written lies within
+    the bounds written for its column (NaN: the maximum is the largest double)."""
+    n = min(len(ints), len(floats), len(texts))
+    rows = pa.table({"i": ints[:n], "f": pa.array(floats[:n], pa.float64()), "t": texts[:n]})
+    with tempfile.TemporaryDirectory() as folder:
+        pq.write_table(rows, f"{folder}/x.parquet", use_dictionary=False)
+        stats = statistics(rows, pq.read_metadata(f"{folder}/x.parquet"))
+    low, high = stats["minValues"], stats["maxValues"]
+    assert all(low["i"] <= v <= high["i"] for v in ints[:n])
+    largest = sys.float_info.max  # (JSON has no infinity: infinities are bounded by the largest double)
+    for v in floats[:n]:
+        if math.isnan(v) or v == math.inf:
+            assert high["f"] == largest
+        elif v == -math.inf:
+            assert low["f"] == -largest
+        else:
+            assert low["f"] <= v <= high["f"]
+    # text compares as UTF-8 bytes, as Parquet and the readers do
+    assert all(low["t"].encode() <= v.encode() <= high["t"].encode() for v in texts[:n])
+    json.dumps(stats, allow_nan=False)  # valid JSON: no NaN or infinity
+
+
+def test_orca_s_reference_and_timing_columns_can_be_filtered_in_duckdb(tmp_path):
+    """Before session 12, ``__source__*``, ``__system_tags`` and ``__duration_s`` had no
+    statistics, and DuckDB over the Arrow dataset found no row in any filter on them."""
+    duckdb = pytest.importorskip("duckdb")
+
+    @orca.function_pod(output_keys="y")
+    def double(x: int) -> int:
+        return 2 * x
+
+    store = orca.DeltaStore(tmp_path / "s")
+    pipeline = orca.Pipeline("p", store=store)
+    with pipeline:
+        double.pod(orca.DictSource([{"k": i, "x": i} for i in range(5)], tags=["k"], source_id="src"))
+    pipeline.run(progress=False)
+    provenance = DeltaTable(store.uri("pipelines/p/double")).to_pyarrow_dataset()  # noqa: F841 - DuckDB reads it
+    reference = pl.read_delta(store.uri("pipelines/p/double"))["__source__x"][2]
+    assert duckdb.sql(f"SELECT count(*) FROM provenance WHERE __source__x = '{reference}'").fetchall()[0] == (1,)
+    assert duckdb.sql("SELECT count(*) FROM provenance WHERE __system_tags LIKE '%src%'").fetchall()[0] == (5,)
+    results = DeltaTable(store.uri(double.pod.results_table)).to_pyarrow_dataset()  # noqa: F841
+    assert duckdb.sql("SELECT count(*) FROM results WHERE __duration_s >= 0").fetchall()[0] == (5,)
+
+
 def test_bare_columns_get_no_statistics_and_readers_still_filter(tmp_path):
+    """Binary ids: no statistics at all (deltalake writes none for binary either, and its
+    readers then keep the file)."""
     rows = pa.table({"k": [b"\x01" * 16, b"\x02" * 16], "v": [1, 2]})
     write_deltalake(tmp_path / "t", rows.slice(0, 0))
     table = DeltaTable(tmp_path / "t")
     append_file(table, str(tmp_path / "t"), rows.cast(pa.schema(table.schema().to_arrow())),
                 Layout(snappy=False, bare=frozenset({"k"})), CommitProperties())
     stats = _added_stats(tmp_path / "t")[-1]
-    assert "k" not in stats["nullCount"] and stats["minValues"] == {"v": 1} and stats["maxValues"] == {"v": 2}
+    assert "k" not in stats["minValues"] and stats["minValues"] == {"v": 1} and stats["maxValues"] == {"v": 2}
     assert pl.scan_delta(str(tmp_path / "t")).filter(pl.col("v") > 1).collect()["v"].to_list() == [2]
     assert DeltaTable(tmp_path / "t").to_pyarrow_table(filters=[("v", "<", 2)])["v"].to_pylist() == [1]
 
@@ -121,3 +214,16 @@ def test_a_store_s_appends_are_read_back_by_polars_and_deltalake(tmp_path):
     assert pl.read_delta(uri).height == DeltaTable(uri).to_pyarrow_table().num_rows == 3
     assert pl.read_delta(uri)["at"].to_list() == [when] * 3
     assert [s["numRecords"] for s in _added_stats(uri)] == [3]  # (the store's buffer: one commit)
+
+
+def test_a_table_another_tool_gave_a_constraint_keeps_deltalake_s_writer(tmp_path):
+    """deltalake's writer enforces constraints (and column mapping, invariants...); this
+    module does not, so such a table's appends go through it."""
+    store = orca.DeltaStore(tmp_path / "s")
+    store.append("things", pa.table({"v": [1]}))
+    store.flush()
+    DeltaTable(store.uri("things")).alter.add_constraint({"positive": "v > 0"})
+    store.append("things", pa.table({"v": [-1]}))
+    with pytest.raises(orca.StoreError, match="things"):
+        store.flush()
+    assert pl.read_delta(store.uri("things"))["v"].to_list() == [1]

@@ -649,15 +649,19 @@ class DeltaStore(BufferedStore):
         self._write(name, attempt)
 
     def _append(self, table: DeltaTable, name: str, rows: pa.Table, layout: Layout, properties: CommitProperties,
-                *, evolve: bool = False) -> int:
+                *, evolve: bool = False) -> int | None:
         """Commit ``rows`` (in ``table``'s schema, or adding columns to it if ``evolve``) to
         ``table`` as one appended file, and return the commit's version: written by pyarrow in
-        a local table that allows it (:mod:`orca.stores.parquet_files`), else by deltalake."""
+        a local table that allows it (:mod:`orca.stores.parquet_files`), else by deltalake. None
+        if the commit was made but its version could not be read back (the handle is dropped)."""
         if self.remote or evolve or not writable(table):
             write_deltalake(table, rows, mode="append", writer_properties=layout.writer_properties(),
                             commit_properties=properties, schema_mode="merge" if evolve else None)
             return table.version()
-        return append_file(table, self.uri(name), rows, layout, properties)
+        version = append_file(table, self.uri(name), rows, layout, properties)
+        if version is None:
+            self._write_tables.pop(name, None)
+        return version
 
     def invalidate(self, name: str, keys: pl.Series | pa.Array) -> int:
         """Mark live rows whose key is in ``keys`` invalidated (one merge); return rows hit.
@@ -1224,8 +1228,12 @@ class DeltaStore(BufferedStore):
                 # Only new keys (e.g. a first materialisation): an append, ~0.35 s per million rows
                 # cheaper than an insert-only merge. It conflicts with a concurrent sync all the
                 # same, through the sync transaction both commits carry (see _synced).
-                return self._append(table, name, upsert, _layout(upsert.schema, (key,), upsert),
-                                    _synced(table, {**custom, "orca.inserted": str(upsert.num_rows)}))
+                version = self._append(table, name, upsert, _layout(upsert.schema, (key,), upsert),
+                                       _synced(table, {**custom, "orca.inserted": str(upsert.num_rows)}))
+                if version is None:  # (never planned and committed again: the rows are in)
+                    raise StoreError(f"{self.uri(name)}: the rows were committed, but the commit's version could "
+                                     "not be read back (another process changed the commit log meanwhile)")
+                return version
             source = pa.concat_tables([_marked(upsert, "upsert"), _deletions(delete.to_arrow(), data.schema, key)])
             _upsert_and_delete(table, source, key, data.schema, properties)
             return table.version()
@@ -1453,9 +1461,9 @@ def _layout(schema: pa.Schema, key: tuple[str, ...], data: pa.Table | None = Non
     """Parquet options for one commit (or, without ``data``, a compaction), chosen by measurement
     (see ``docs/stores.md``).
 
-    Key, hash and reference columns never repeat a value and are random hex: dictionaries and
-    min/max statistics on them cost write time and never prune a file, and Snappy does not
-    shrink them. Tables of only such columns and fixed-width values (provenance, most results)
+    Key, hash and reference columns never repeat a value and are random: dictionaries cost
+    write time, and Snappy does not shrink them; binary ids get no statistics either (no reader
+    prunes by them), text and float ones keep theirs (see :mod:`orca.stores.parquet_files`). Tables of only such columns and fixed-width values (provenance, most results)
     are written uncompressed; a table with other text, binary or nested columns (user data)
     keeps Snappy. A column of ``data`` whose first values are mostly distinct is written without
     a dictionary too: trying one and falling back costs more than the rest of the column's write.
@@ -1464,7 +1472,9 @@ def _layout(schema: pa.Schema, key: tuple[str, ...], data: pa.Table | None = Non
     for field in schema:
         name = field.name
         if name in key or name in _UNIQUE_COLUMNS or name.startswith(_UNIQUE_PREFIXES):
-            bare.add(name)
+            # Binary ids get no statistics at all. Other columns keep them: deltalake's pyarrow
+            # dataset (DuckDB's way in) drops a file from every filter on a column without any.
+            (bare if pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type) else plain).add(name)
             continue
         if name not in _CONSTANT_COLUMNS and not (pa.types.is_primitive(field.type) or pa.types.is_null(field.type)):
             compressible = True
