@@ -1463,8 +1463,9 @@ def _layout(schema: pa.Schema, key: tuple[str, ...], data: pa.Table | None = Non
 
     Key, hash and reference columns never repeat a value and are random: dictionaries cost
     write time, and Snappy does not shrink them; binary ids get no statistics either (no reader
-    prunes by them), text and float ones keep theirs (see :mod:`orca.stores.parquet_files`). Tables of only such columns and fixed-width values (provenance, most results)
-    are written uncompressed; a table with other text, binary or nested columns (user data)
+    prunes by them), text and float ones keep theirs (see :mod:`orca.stores.parquet_files`).
+    Tables of only such columns and fixed-width values (provenance, most results) are written
+    uncompressed; a table with other text, binary or nested columns (user data)
     keeps Snappy. A column of ``data`` whose first values are mostly distinct is written without
     a dictionary too: trying one and falling back costs more than the rest of the column's write.
     """
