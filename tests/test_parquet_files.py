@@ -227,3 +227,15 @@ def test_a_table_another_tool_gave_a_constraint_keeps_deltalake_s_writer(tmp_pat
     with pytest.raises(orca.StoreError, match="things"):
         store.flush()
     assert pl.read_delta(store.uri("things"))["v"].to_list() == [1]
+
+
+def test_a_value_with_no_bound_leaves_its_file_without_column_statistics(tmp_path):
+    """``datetime.max``-like sentinels: the maximum rounded up to the millisecond would pass
+    year 9999. The file gets ``numRecords`` alone (every reader then reads it) and the append
+    goes on."""
+    store = orca.DeltaStore(tmp_path / "s")
+    last = datetime.datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)
+    store.append("things", pa.table({"at": pa.array([last], pa.timestamp("us", tz="UTC")), "v": [1]}))
+    store.flush()
+    assert _added_stats(store.uri("things")) == [{"numRecords": 1}]
+    assert DeltaTable(store.uri("things")).to_pyarrow_table(filters=[("v", "=", 1)]).num_rows == 1

@@ -136,7 +136,7 @@ def statistics(rows: pa.Table, footer: pq.FileMetaData) -> dict[str, Any]:
         nulls: dict[str, Any] = {}
         for field in rows.schema:
             _column_statistics(rows.column(field.name), field, (field.name,), footer, least, most, nulls)
-    except (_Unbounded, OverflowError, ValueError, TypeError, decimal.InvalidOperation):
+    except (_Unbounded, pa.ArrowException, OverflowError, ValueError, TypeError, decimal.InvalidOperation):
         return {"numRecords": rows.num_rows}
     return {"numRecords": rows.num_rows, "minValues": least, "maxValues": most, "nullCount": nulls}
 
