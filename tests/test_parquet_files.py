@@ -239,3 +239,36 @@ def test_a_value_with_no_bound_leaves_its_file_without_column_statistics(tmp_pat
     store.flush()
     assert _added_stats(store.uri("things")) == [{"numRecords": 1}]
     assert DeltaTable(store.uri("things")).to_pyarrow_table(filters=[("v", "=", 1)]).num_rows == 1
+
+
+_VALUES = {
+    "i": st.integers(-2**63, 2**63 - 1),
+    "f": st.floats(allow_nan=True, allow_infinity=True),
+    "s": st.text(max_size=300),
+    "at": st.datetimes(min_value=datetime.datetime(1, 1, 2), max_value=datetime.datetime(9999, 12, 30),
+                       timezones=st.just(UTC)),
+}
+
+
+@hypothesis.settings(max_examples=30, deadline=None, suppress_health_check=[hypothesis.HealthCheck.too_slow])
+@hypothesis.given(column=st.sampled_from(sorted(_VALUES)), data=st.data())
+def test_filters_through_the_arrow_dataset_find_what_a_full_read_finds(tmp_path_factory, column, data):
+    """Whatever the values, DuckDB's filters over the Arrow dataset (which skips files by their
+    statistics) count what they count over the rows read whole."""
+    duckdb = pytest.importorskip("duckdb")
+    files = data.draw(st.lists(st.lists(st.one_of(st.none(), _VALUES[column]), min_size=1, max_size=6),
+                               min_size=1, max_size=3))
+    probe = data.draw(_VALUES[column])
+    dtype = {"i": pa.int64(), "f": pa.float64(), "s": pa.string(), "at": pa.timestamp("us", tz="UTC")}[column]
+    folder = str(tmp_path_factory.mktemp("t") / "t")
+    write_deltalake(folder, pa.table({column: pa.array([], dtype)}))
+    table = DeltaTable(folder)
+    for values in files:
+        append_file(table, folder, pa.table({column: pa.array(values, dtype)}), Layout(snappy=False),
+                    CommitProperties())
+    pruned = DeltaTable(folder).to_pyarrow_dataset()  # noqa: F841 - read by DuckDB by name
+    whole = DeltaTable(folder).to_pyarrow_table()  # noqa: F841
+    for op in ("<", "<=", "=", ">=", ">"):
+        query = f"SELECT count(*) FROM {{}} WHERE \"{column}\" {op} $probe"
+        expected = duckdb.execute(query.format("whole"), {"probe": probe}).fetchall()
+        assert duckdb.execute(query.format("pruned"), {"probe": probe}).fetchall() == expected, (op, probe)
