@@ -492,7 +492,7 @@ _SEEDS = (0x6F726361, 0x696E7075, 0x7461676B)
 
 def inputs_digest(spec: NodeSpec, entries: pl.DataFrame) -> str:
     """A digest of the multiset of the node's input entries -- tags, system tags and input
-    packet hash (``__hash_key``) of each row of ``entries`` -- kept in the asset's commit when
+    packet hash (its ``UInt128`` key) of each row of ``entries`` -- kept in the asset's commit when
     every entry is done (:class:`Reflects`), so that a later run can tell its input is the same
     without hashing entry ids (:func:`_found_unchanged`).
 

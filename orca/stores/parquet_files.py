@@ -134,23 +134,26 @@ def statistics(rows: pa.Table, footer: pq.FileMetaData) -> dict[str, Any]:
         least: dict[str, Any] = {}
         most: dict[str, Any] = {}
         nulls: dict[str, Any] = {}
+        leaves = {footer.schema.column(j).path: j for j in range(footer.num_columns)}
         for field in rows.schema:
-            _column_statistics(rows.column(field.name), field, (field.name,), footer, least, most, nulls)
+            _column_statistics(rows.column(field.name), field, (field.name,), footer, leaves, least, most, nulls)
     except (_Unbounded, pa.ArrowException, OverflowError, ValueError, TypeError, decimal.InvalidOperation):
         return {"numRecords": rows.num_rows}
     return {"numRecords": rows.num_rows, "minValues": least, "maxValues": most, "nullCount": nulls}
 
 
 def _column_statistics(column: pa.ChunkedArray | pa.Array, field: pa.Field, path: tuple[str, ...],
-                       footer: pq.FileMetaData, least: dict, most: dict, nulls: dict) -> None:
-    """Add ``column``'s statistics (a struct's, nested, field by field) under ``path``'s last name."""
+                       footer: pq.FileMetaData, leaves: dict[str, int], least: dict, most: dict, nulls: dict) -> None:
+    """Add ``column``'s statistics (a struct's, nested, field by field) under ``path``'s last
+    name; ``leaves``: the footer's column index of each leaf path."""
     name, dtype = path[-1], field.type
     if pa.types.is_struct(dtype):
         inner: tuple[dict, dict, dict] = ({}, {}, {})
         chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
-        for i, child in enumerate(dtype):  # (flatten: a null struct's fields are null)
-            values = pa.chunked_array([c.flatten()[i] for c in chunks], child.type)
-            _column_statistics(values, child, (*path, child.name), footer, *inner)
+        fields = [c.flatten() for c in chunks]  # (flattened: a null struct's fields are null)
+        for i, child in enumerate(dtype):
+            values = pa.chunked_array([f[i] for f in fields], child.type)
+            _column_statistics(values, child, (*path, child.name), footer, leaves, *inner)
         for into, part in zip((least, most, nulls), inner, strict=True):
             if part:
                 into[name] = part
@@ -160,17 +163,16 @@ def _column_statistics(column: pa.ChunkedArray | pa.Array, field: pa.Field, path
     nulls[name] = column.null_count
     if pa.types.is_binary(dtype) or pa.types.is_large_binary(dtype) or column.null_count == len(column):
         return  # (no bounds: binary columns are not pruned by them; an all-null one by its null count)
-    low, high = _footer_bounds(footer, ".".join(path))
+    low, high = _footer_bounds(footer, leaves.get(".".join(path)))
     if low is None or high is None:  # (statistics off for the column, or dropped for long values)
         low, high = pc.min_max(column).values()
         low, high = low.as_py(), high.as_py()
     least[name], most[name] = _bounds(column, dtype, low, high)
 
 
-def _footer_bounds(footer: pq.FileMetaData, path: str) -> tuple[Any, Any]:
-    """The least minimum and greatest maximum of the leaf column at ``path`` over the row
-    groups; (None, None) if any row group with values has none."""
-    index = next((j for j in range(footer.num_columns) if footer.schema.column(j).path == path), None)
+def _footer_bounds(footer: pq.FileMetaData, index: int | None) -> tuple[Any, Any]:
+    """The least minimum and greatest maximum of the footer's leaf column ``index`` over the
+    row groups; (None, None) if any row group with values has none (or there is no such leaf)."""
     low = high = None
     for g in range(footer.num_row_groups if index is not None else 0):
         chunk = footer.row_group(g).column(index)
