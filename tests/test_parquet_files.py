@@ -79,6 +79,8 @@ EDGES = {  # per column: values, then a filter each row must pass (through delta
     "f": ([float("nan"), 0.5, None], "f > 1"),  # NaN orders above every number in DuckDB
     "inf": ([float("inf"), float("-inf"), 1.0], "inf > 1e308 OR inf < -1e308"),
     "s": (["\U0010ffff" * 300, "a" * 300 + "b", "z"], "s >= '\U0010ffff' OR s > 'a'"),
+    # (found by the property below: deltalake read a \u-escaped surrogate pair as another character)
+    "astral": (["\U00020000", None, None], "astral > '\U00010000'"),
     "late": ([datetime.datetime(2026, 1, 1, 0, 0, 0, 999_999, tzinfo=UTC), None, None],
              "late > TIMESTAMPTZ '2026-01-01 00:00:00.9995+00'"),
     "early": ([datetime.datetime(1, 1, 1, 0, 0, 0, 1, tzinfo=UTC), None, None], "early < TIMESTAMPTZ '0002-01-01 00:00:00+00'"),
@@ -94,7 +96,7 @@ def test_no_filter_loses_a_row_through_the_arrow_dataset(tmp_path, column):
     every filter on a column it has none for: each row here must pass its filter."""
     duckdb = pytest.importorskip("duckdb")
     values, where = EDGES[column]
-    types = {"s": pa.string(), "late": pa.timestamp("us", tz="UTC"), "early": pa.timestamp("us", tz="UTC"),
+    types = {"s": pa.string(), "astral": pa.string(), "late": pa.timestamp("us", tz="UTC"), "early": pa.timestamp("us", tz="UTC"),
              "dec": pa.decimal128(10, 2), "st": pa.struct([("a", pa.int64())]), "nothing": pa.string()}
     rows = pa.table({column: pa.array(values, types.get(column, pa.float64()))})
     folder = str(tmp_path / "t")

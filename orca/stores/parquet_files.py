@@ -91,7 +91,9 @@ def append_file(table: DeltaTable, folder: str, rows: pa.Table, layout: Layout,
         pq.write_table(rows, path, compression="snappy" if layout.snappy else "none",
                        use_dictionary=[c for c in rows.column_names if c not in layout.plain | layout.bare],
                        write_statistics=[c for c in rows.column_names if c not in layout.bare])
-        stats = json.dumps(statistics(rows, pq.read_metadata(path)))
+        # (UTF-8, not \u escapes: deltalake 1.6 misreads an escaped pair of surrogates, e.g. U+20000
+        # as U+10000, and the bound with it)
+        stats = json.dumps(statistics(rows, pq.read_metadata(path)), ensure_ascii=False)
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(path)
