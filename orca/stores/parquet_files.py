@@ -14,10 +14,11 @@ turns a column without bounds into ``col >= null``, which drops the file from ev
 filters on the column (binary and list columns excepted; a column of nulls only is known by its
 null count). So every other column gets bounds: a timestamp maximum is rounded up to the
 millisecond (deltalake cuts it), long text is bounded by a prefix (and the prefix bumped
-above it), a float column holding NaN or infinities gets the largest finite double as its
-maximum (or its negation as minimum: JSON has no infinity, so a filter comparing with an
-infinity itself could still skip the file). A file with a value that has no bound here gets no
-column statistics at all (``numRecords`` only), which readers take as "read the file".
+above it). A file with a value that has no bound here gets no column statistics at all
+(``numRecords`` only), which readers take as "read the file": among them NaN and the
+infinities, as JSON has no infinity and a finite stand-in is wrong both ways -- pyarrow takes a
+file's bounds as true of every row, and drops a filter they imply (``f <= 1.8e308`` over a file
+bounded by the largest double returned its infinite row).
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ from deltalake.exceptions import CommitFailedError
 from deltalake.transaction import AddAction
 
 _TEXT_BOUND = 256  # longer text is bounded by its first characters (the log stays small)
-_LARGEST = sys.float_info.max
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,11 +193,10 @@ def _bounds(column: pa.ChunkedArray | pa.Array, dtype: pa.DataType, low: Any, hi
     if pa.types.is_boolean(dtype) or pa.types.is_integer(dtype):
         return (bool(low), bool(high)) if pa.types.is_boolean(dtype) else (int(low), int(high))
     if pa.types.is_floating(dtype):
-        # (Parquet's bounds and pc.min_max leave NaN out; JSON has no infinity)
-        nan = pc.any(pc.is_nan(column)).as_py()
-        low = float(low) if low is not None and math.isfinite(low) else -_LARGEST
-        high = float(high) if not nan and high is not None and math.isfinite(high) else _LARGEST
-        return low, high
+        # (Parquet's bounds and pc.min_max leave NaN out; JSON has no infinity: no bound is true)
+        if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)) or pc.any(pc.is_nan(column)).as_py():
+            raise _Unbounded
+        return float(low), float(high)
     if pa.types.is_decimal(dtype):
         if not (isinstance(low, decimal.Decimal) and isinstance(high, decimal.Decimal)):
             raise _Unbounded
