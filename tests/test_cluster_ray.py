@@ -367,42 +367,59 @@ def test_max_chunk_bytes_is_checked_at_construction():
 ROWS = 360
 
 
-# The nodes the tests below kill work slower, so that a call is still under way on the victim
-# when it dies, however the machine's load spreads the run over the nodes (with one speed for all,
-# a loaded CI machine once let every other node finish the run before the kill landed).
+# The nodes the tests below kill work slower, and once told to (a flag file per node), every
+# call on them hangs until the node dies: so a call is under way on the victim when it dies,
+# however the machine's load spreads the run over the nodes and Ray's leases come and go (CI saw
+# the other nodes finish the run before the kill landed, and a kill between two of the victim's
+# calls, which then fails nothing).
 SLOW_NODES = ("127.0.0.5", "127.0.0.6")
+FLAGS = pathlib.Path(tempfile.gettempdir()) / "orca-test-kill-flags"
 
 
 @orca.function_pod(output_keys=["y", "node"])
 def slow_square(x: int) -> tuple[int, str]:
     node = ray.util.get_node_ip_address()
-    time.sleep(0.3 if node in SLOW_NODES else 0.05)
+    if node not in SLOW_NODES:
+        time.sleep(0.05)
+        return x * x, node
+    time.sleep(0.3)
+    if (FLAGS / f"hang-{node}").exists():
+        (FLAGS / f"busy-{node}").touch()
+        time.sleep(600)  # (until the node is killed)
     return x * x, node
 
 
 def run_and_kill(cluster, store, executor, victim: str, rows: int = ROWS):
     """Run ``slow_square`` over ``rows`` rows on the cluster and kill the worker node at
-    ``victim`` once results computed on it are committed. Returns the run's outcome (a
-    RunResult or the exception it raised) and the pipeline."""
+    ``victim`` once results computed on it are committed and a call is under way on it.
+    Returns the run's outcome (a RunResult or the exception it raised) and the pipeline."""
     if victim not in cluster.alive():
         pytest.fail(f"worker node {victim} is not alive before the test kills it")
+    FLAGS.mkdir(exist_ok=True)
+    hang, busy = FLAGS / f"hang-{victim}", FLAGS / f"busy-{victim}"
+    hang.unlink(missing_ok=True)
+    busy.unlink(missing_ok=True)
     pipeline = orca.Pipeline("kill", store=store)
     with pipeline:
         slow_square.pod(orca.DictSource([{"k": i, "x": i} for i in range(rows)], tags=["k"], source_id="xs"))
 
     results = pathlib.Path(store.location) / slow_square.pod.results_table
+    seen = {}
 
     def kill_when_victim_has_committed() -> None:
         # Watch the results table itself: provenance (what results() joins) is appended only
         # every second, results as each chunk comes back.
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not hang.exists():
             try:
                 if victim in set(pl.read_delta(str(results))["node"]):
-                    break
+                    hang.touch()  # the victim's next call (or the one under way) hangs
             except Exception:  # not created yet
                 pass
             time.sleep(0.02)
+        while time.monotonic() < deadline and not busy.exists():
+            time.sleep(0.02)
+        seen["busy"] = busy.exists()
         cluster.kill(victim)
 
     killer = threading.Thread(target=kill_when_victim_has_committed)
@@ -412,6 +429,10 @@ def run_and_kill(cluster, store, executor, victim: str, rows: int = ROWS):
     except Exception as err:
         outcome = err
     killer.join()
+    hang.unlink(missing_ok=True)
+    busy.unlink(missing_ok=True)
+    if not seen["busy"]:
+        pytest.fail(f"no call was under way on {victim} within 30 s of its first commit: nothing to kill it during")
     return outcome, pipeline
 
 
