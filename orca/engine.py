@@ -85,6 +85,7 @@ from orca.names import (
     source_column,
 )
 from orca.pods import FunctionPod, check_timeout, result_record_ids, result_references
+from orca.status import Settled, Status
 from orca.stores import Store
 from orca.stores.base import member
 from orca.streams import Stream
@@ -204,37 +205,6 @@ def shard_filter(shard: tuple[int, int] | None, column: str = _SHARD_KEY) -> pl.
 
 
 @dataclasses.dataclass(frozen=True)
-class Status:
-    """A node's status, read without running: per input entry, whether it is done, and whether
-    its packet has a live result.
-
-    ``entries``: the input rows (tags, system tags, the packet columns the function reads) with
-    ``__hash_key`` and, for a node, ``__entry_key``. ``found``: per entry, in input order, tags,
-    system tags, keys, the outputs of its live result, ``__hit`` (null: no live result) and
-    ``__done``. ``versions``: the versions of the node's tables it reflects.
-    """
-
-    entries: pl.DataFrame
-    found: pl.DataFrame
-    versions: tuple[int | None, ...]
-
-    @property
-    def done(self) -> int:
-        """Entries served from the store (phase 1)."""
-        return int(self.found[DONE].sum())
-
-    @property
-    def hits(self) -> int:
-        """Novel entries whose packet already has a live result (only provenance is added)."""
-        return int((~self.found[DONE] & self.found[HIT].is_not_null()).sum())
-
-    @property
-    def to_compute(self) -> int:
-        """Novel entries whose packet has no live result: the next run computes them."""
-        return int(self.found[HIT].is_null().sum())
-
-
-@dataclasses.dataclass(frozen=True)
 class NodeRun:
     """What one run of one node did (``counts``) and its status after the run (``None`` after a
     sharded run, which leaves other shards' entries to other processes)."""
@@ -250,7 +220,7 @@ class NodeRun:
 
 
 # -- status ---------------------------------------------------------------------------------
-def read_status(spec: NodeSpec, upstream: Status | None = None) -> Status:
+def read_status(spec: NodeSpec, upstream: Status | None = None, *, settle: bool = True) -> Status:
     """Hash ``spec``'s input and look it up in the store; writes nothing.
 
     ``upstream``: the status of the node whose output is this node's input (when it is one),
@@ -260,35 +230,168 @@ def read_status(spec: NodeSpec, upstream: Status | None = None) -> Status:
     with edits), one join with the asset gives the outputs of the entries it holds, in place of
     reading the results and provenance tables and joining both (:func:`_found_in_asset`); only
     entries it lacks are looked up in the tables.
+
+    When the asset also says its input was then the same as now, every entry done, the status
+    is *settled* (:class:`~orca.status.Settled`, unless ``settle`` is False): its rows are read
+    when first asked for. A downstream node whose asset says the same of its input -- made
+    from its upstream chain's tables as they are, over the same first input -- is settled too
+    without hashing or reading anything (:func:`_settled_downstream`): a rerun with nothing new
+    reads the last node's rows for its output, not every node's.
     """
+    if upstream is None and spec.upstream is not None:
+        upstream = current_status(spec.upstream)
+    if settle and upstream is not None and upstream.settled is not None:
+        status = _settled_downstream(spec, upstream)
+        if status is not None:
+            return status
     frame = input_frame(spec, upstream)
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="orca-read") as pool:
+    settling: concurrent.futures.Future[bool] = concurrent.futures.Future()
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="orca-read")
+    try:
         # Reading and hashing both take a while: the store is read on the pool meanwhile. Its
         # first task only looks (versions, the asset's latest commit), so that the entry ids are
-        # hashed only if the asset cannot tell them (see _found_unchanged).
-        looked = pool.submit(_look, spec, frame)
-        tables = pool.submit(lambda: _read_tables(spec, frame, looked.result()))
+        # hashed only if the asset cannot tell them (see _found_unchanged), and the tables are
+        # not read at all for a settled status.
+        looked = pool.submit(_look, spec, frame.height, upstream)
+
+        def read() -> _Stored | None:
+            look = looked.result()
+            if settle and look.made is not None and look.made.inputs is not None and settling.result():
+                return None
+            return _read_tables(spec, frame, look, upstream)
+
+        tables = pool.submit(read)
         keyed = frame.with_columns(hash_inputs(spec.pod, frame, spec.input.path_columns))
-        made = looked.result().made
-        if made is not None and made.inputs is not None and made.inputs == inputs_digest(spec, keyed):
-            stored = tables.result()
-            found = _found_unchanged(spec, keyed, stored.asset) if stored.asset is not None else None
-            if found is not None:
-                return Status(keyed.with_columns(found[ENTRY_KEY]), found, stored.versions)
-        entries = _with_entry_keys(spec, keyed)
+        look = looked.result()
+        same = look.made is not None and look.made.inputs is not None and look.made.inputs == inputs_digest(spec, keyed)
+        settling.set_result(same)
+        if same and settle:
+            return _settled(spec, frame, keyed, look, upstream)
         stored = tables.result()
+    finally:
+        if not settling.done():
+            settling.set_result(False)
+        pool.shutdown(wait=True)
+    entries, found, versions = _found(spec, keyed, stored, same, upstream)
+    return Status(entries, found, versions, upstream=upstream)
+
+
+def _found(spec: NodeSpec, keyed: pl.DataFrame, stored: _Stored, same: bool,
+           upstream: Status | None) -> tuple[pl.DataFrame, pl.DataFrame, tuple[int | None, ...]]:
+    """:func:`read_status`'s entries, found rows and versions for input ``keyed`` (with packet
+    keys) from what was read (``stored``); ``same``: the asset says its input was the same."""
+    if same and stored.asset is not None:
+        found = _found_unchanged(spec, keyed, stored.asset)
+        if found is not None:
+            return keyed.with_columns(found[ENTRY_KEY]), found, stored.versions
+    entries = _with_entry_keys(spec, keyed)
     keys = [*spec.input.tag_columns, *spec.input.system_tag_columns, *_entry_key(spec), KEY]
     found = _found_in_asset(spec, entries.select(keys), stored.asset) if stored.asset is not None else None
     if found is None:
-        stored = stored if stored.asset is None else _read_tables(spec)
-        return Status(entries, _found_in_tables(spec, entries.select(keys), stored), stored.versions)
+        stored = stored if stored.asset is None else _read_tables(spec, upstream=upstream)
+        return entries, _found_in_tables(spec, entries.select(keys), stored), stored.versions
     lacking = found[HIT].is_null()
     if lacking.any():  # entries the asset does not hold: they may be done too, the tables tell
-        rest = _found_in_tables(spec, entries.select(keys).filter(lacking), _read_tables(spec))
+        rest = _found_in_tables(spec, entries.select(keys).filter(lacking), _read_tables(spec, upstream=upstream))
         position = pl.Series(_POSITION, np.arange(found.height))
         found = pl.concat([found.filter(~lacking).with_columns(position.filter(~lacking)),
                            rest.with_columns(position.filter(lacking))]).sort(_POSITION).drop(_POSITION)
-    return Status(entries, found, stored.versions)
+    return entries, found, stored.versions
+
+
+def _settled(spec: NodeSpec, frame: pl.DataFrame, keyed: pl.DataFrame, look: _Look,
+             upstream: Status | None) -> Status:
+    """The settled status of input ``keyed``, which the asset's latest materialisation
+    (``look``) says was then its input, every entry done: its rows are read from that
+    materialisation when asked for (or, should it not hold them as expected, the tables)."""
+    made = look.made
+    root = (upstream.settled.root if upstream is not None and upstream.settled is not None
+            else made.inputs if spec.upstream is None and _memoisable(spec) else None)
+    tags = keyed.select(*spec.input.tag_columns, *spec.input.system_tag_columns)
+
+    def found() -> pl.DataFrame:
+        return _found(spec, keyed, _read_tables(spec, frame, look, upstream), True, upstream)[1]
+
+    status: Status
+
+    def entries() -> pl.DataFrame:
+        return keyed.with_columns(status.found[ENTRY_KEY])
+
+    status = Status(None, None, look.versions, upstream=upstream, settled=Settled(keyed.height, tags, made.digest, root),
+                    later_entries=entries, later_found=found)
+    return status
+
+
+def _settled_downstream(spec: NodeSpec, upstream: Status) -> Status | None:
+    """The status of a node fed by a settled one, settled too if its asset's latest
+    materialisation says its input was then what it is now: made from the same first input of
+    the chain (``Settled.root``) through the upstream nodes' tables as they are now (or only
+    compacted since), every entry done, and from its own tables as they are now. Its input is
+    then the upstream's rows, every one done, in input order, and its rows are taken from the
+    asset when asked for (:func:`_found_by_tags`). None otherwise (the status is then read)."""
+    settled = upstream.settled
+    if settled.root is None or spec.provenance_table is None or not _memoisable(spec):
+        return None
+    look = _look(spec, settled.rows, upstream)
+    made = look.made
+    if made is None or made.inputs is None or made.root != settled.root:
+        return None
+
+    def found() -> pl.DataFrame:
+        by_tags = _found_by_tags(spec, settled.tags, look)
+        return by_tags if by_tags is not None else read_status(spec, upstream, settle=False).found
+
+    status: Status
+
+    def entries() -> pl.DataFrame:
+        frame = input_frame(spec, upstream)
+        return frame.with_columns(status.found[KEY], status.found[ENTRY_KEY])
+
+    status = Status(None, None, look.versions, upstream=upstream,
+                    settled=Settled(settled.rows, settled.tags, made.digest, settled.root),
+                    later_entries=entries, later_found=found)
+    return status
+
+
+def _found_by_tags(spec: NodeSpec, tags: pl.DataFrame, look: _Look) -> pl.DataFrame | None:
+    """A settled downstream node's found rows (:func:`_settled_downstream`): its input entries
+    are the asset's rows, so each input row (``tags``: its tags and system tags, in input order)
+    takes the asset row with its tags -- when no two rows share tags (else None: the status is
+    then read). Keys come from the asset: the entry id, and the packet hash from the record id
+    (the packet hash XOR the function hash)."""
+    tag_columns, outputs = list(spec.input.tag_columns), list(spec.pod.output_keys)
+    if not tag_columns:
+        return None
+    try:
+        rows, schema = look.rows, look.rows.collect_schema()
+        expected = pl.from_arrow(pa.schema(spec.pod.output_fields).empty_table()).schema
+        if any(schema.get(c) != expected.get(c) for c in outputs) or any(
+                schema.get(t) != tags.schema[t] for t in tag_columns):
+            return None
+        asset = spec.store.collect(spec.asset_table, rows.select(*tag_columns, ENTRY_ID, RECORD_ID, *outputs))
+    except Exception:  # noqa: BLE001 - a shortcut: an asset that cannot be read leaves it to the tables
+        return None
+    if asset.height != tags.height:
+        return None
+    on = _tag_key(tags.select(tag_columns))
+    joined = on.to_frame().join(asset.select(_tag_key(asset.select(tag_columns)), ENTRY_ID, RECORD_ID, *outputs),
+                                on=_TAG_KEY, how="left", maintain_order="left")
+    if joined.height != tags.height or joined[ENTRY_ID].null_count():
+        return None
+    packets = hash_keys(joined[RECORD_ID]) ^ int(spec.pod.identity.hash, 16)
+    return tags.with_columns(hash_keys(joined[ENTRY_ID]).alias(ENTRY_KEY), packets.alias(KEY),
+                             *joined.select(outputs).get_columns(), pl.lit(True).alias(HIT), pl.lit(True).alias(DONE))
+
+
+_TAG_KEY = "__tag_key"
+
+
+def _tag_key(tags: pl.DataFrame) -> pl.Series:
+    """A join key for a row's tags: the one tag column itself, or a 64-bit hash of several (a
+    collision makes two rows of the asset meet one input row, which the caller detects)."""
+    if tags.width == 1:
+        return tags.to_series().alias(_TAG_KEY)
+    return tags.select(pl.struct(tags.columns).hash(_SEEDS[2])).to_series().alias(_TAG_KEY)
 
 
 def _found_in_tables(spec: NodeSpec, entries: pl.DataFrame, stored: _Stored) -> pl.DataFrame:
@@ -412,9 +515,11 @@ class _Look:
     rows: pl.LazyFrame | None = None
 
 
-def _look(spec: NodeSpec, frame: pl.DataFrame | None = None) -> _Look:
-    versions = table_versions(spec)
-    if frame is None or spec.asset_table is None or spec.provenance_table is None or frame.height < _ASSET_MIN_ROWS:
+def _look(spec: NodeSpec, rows: int | None = None, upstream: Status | None = None) -> _Look:
+    """``rows``: the input's height, when the node's asset may stand in for its tables (see
+    :func:`_current_asset`); ``upstream``: as for :func:`read_status` (see :func:`_versions`)."""
+    versions = _versions(spec, upstream)
+    if rows is None or spec.asset_table is None or spec.provenance_table is None or rows < _ASSET_MIN_ROWS:
         return _Look(versions)
     try:
         latest = assets.latest_rows(spec.store, spec.asset_table)
@@ -429,11 +534,23 @@ def _look(spec: NodeSpec, frame: pl.DataFrame | None = None) -> _Look:
     return _Look(versions, made, latest[1])
 
 
-def _read_tables(spec: NodeSpec, frame: pl.DataFrame | None = None, look: _Look | None = None) -> _Stored:
+def _versions(spec: NodeSpec, upstream: Status | None) -> tuple[int | None, ...]:
+    """The versions a status of ``spec`` reflects: its own tables' now and, when its input is
+    another node's output, those ``upstream`` (the status that output was taken from) reflects
+    -- what its input was made from, even if another process has committed since."""
+    own = (spec.store.version(spec.results_table),
+           None if spec.provenance_table is None else spec.store.version(spec.provenance_table))
+    if spec.upstream is None:
+        return own
+    return own + (upstream.versions if upstream is not None else table_versions(spec.upstream))
+
+
+def _read_tables(spec: NodeSpec, frame: pl.DataFrame | None = None, look: _Look | None = None,
+                 upstream: Status | None = None) -> _Stored:
     """The store's side of :func:`read_status`; ``frame``: the input rows, when the node's
     asset may be read instead of its tables (see :func:`_current_asset`); ``look``: what
-    :func:`_look` found, if called already."""
-    look = look if look is not None else _look(spec, frame)
+    :func:`_look` found, if called already; ``upstream``: as for :func:`read_status`."""
+    look = look if look is not None else _look(spec, None if frame is None else frame.height, upstream)
     asset = _current_asset(spec, look, frame) if frame is not None and look.rows is not None else None
     if asset is not None:
         return _Stored(look.versions, asset=asset)
@@ -669,7 +786,7 @@ def current_status(spec: NodeSpec) -> Status:
         if now == known.versions:
             return known
         if _only_compacted(spec, known.versions, now):  # e.g. the run's upkeep compacted the tables
-            _latest[spec] = known = dataclasses.replace(known, versions=now)
+            _latest[spec] = known = known.replace(versions=now)
             return known
     status = read_status(spec)
     _latest[spec] = status
@@ -814,9 +931,12 @@ def run(spec: NodeSpec, options: RunOptions, *, status: Status | None = None, up
     stages each slice's rows (``NodeRun.changed`` names the entries to write again).
     """
     status = status if status is not None else read_status(spec, upstream)
-    novel = status.entries.with_columns(status.found[HIT], status.found[DONE]).with_row_index(INPUT_ROW)
-    novel = novel.filter(~pl.col(DONE) if skip is None else ~pl.col(DONE) & ~skip)
-    if options.shard is not None:
+    if status.settled is not None:  # every entry done: its rows are not read for nothing
+        novel = pl.DataFrame()
+    else:
+        novel = status.entries.with_columns(status.found[HIT], status.found[DONE]).with_row_index(INPUT_ROW)
+        novel = novel.filter(~pl.col(DONE) if skip is None else ~pl.col(DONE) & ~skip)
+    if options.shard is not None and novel.height:
         # Shard by tags + system tags, which pods pass through unchanged: a row falls in the
         # same shard in every node of a chain, so each shard finds its upstream rows done.
         key = hash_packets(novel.select(*spec.input.tag_columns, *spec.input.system_tag_columns).to_arrow())
@@ -847,14 +967,14 @@ def run(spec: NodeSpec, options: RunOptions, *, status: Status | None = None, up
         spec.store.flush()
     own = True  # whether the status after the run is the one before plus what this run did
     # (read before the check below: a commit by another writer after it is then not counted in)
-    now = table_versions(spec) if novel.height else status.versions
+    now = _versions(spec, status.upstream) if novel.height else status.versions
     if novel.height == 0:  # nothing changed: the status already holds the output (and its versions)
         after: Status | None = status
     elif options.shard is None and not options.claim and _only_own_commits(spec, status.versions):
         # Nobody else wrote the node's tables: the status after the run is the one before plus
         # what this run did, and reflects the tables as they were at ``now``.
         after = mine or _refreshed(spec, status, work, narrow=sliced)
-        after = dataclasses.replace(after, versions=now)
+        after = after.replace(versions=now)
     elif sliced:  # other writers: the slice's novel entries take their results as now stored
         after, own = _refreshed(spec, status, work, narrow=True), False
     elif options.shard is None:  # other writers (claims, another process): read what is stored
@@ -926,17 +1046,22 @@ class Reflects:
     :func:`_materialise`). Only an exact asset may stand in for the tables
     (:func:`_current_asset`); older forms and sliced runs' commits (:func:`staged_reflects`) are
     not exact. ``inputs``: :func:`inputs_digest` of the status's entries, when every one was
-    done (None: not known; older forms, sliced runs)."""
+    done (None: not known; older forms, sliced runs). ``root``: for a node fed by a chain of
+    nodes from a source, :func:`inputs_digest` of the first node's input, which with the
+    chain's table versions in ``versions`` fixes this node's input (see
+    :func:`_settled_downstream`; None: not known)."""
 
     versions: tuple[int | None, ...]
     digest: str
     exact: bool = False
     ids: tuple[str | None, ...] | None = None
     inputs: str | None = None
+    root: str | None = None
 
     def text(self) -> str:
         facts = {"exact": self.exact, **({"ids": list(self.ids)} if self.ids is not None else {}),
-                 **({"inputs": self.inputs} if self.inputs is not None else {})}
+                 **({"inputs": self.inputs} if self.inputs is not None else {}),
+                 **({"root": self.root} if self.root is not None else {})}
         return json.dumps([list(self.versions), self.digest, facts])
 
     @staticmethod
@@ -947,9 +1072,10 @@ class Reflects:
         try:
             versions, digest, *rest = json.loads(text)
             facts = rest[0] if rest and isinstance(rest[0], dict) else {}
-            ids, inputs = facts.get("ids"), facts.get("inputs")
+            ids, inputs, root = facts.get("ids"), facts.get("inputs"), facts.get("root")
             return Reflects(tuple(versions), str(digest), facts.get("exact") is True,
-                            tuple(ids) if isinstance(ids, list) else None, inputs if isinstance(inputs, str) else None)
+                            tuple(ids) if isinstance(ids, list) else None, inputs if isinstance(inputs, str) else None,
+                            root if isinstance(root, str) else None)
         except (ValueError, TypeError):
             return None
 
@@ -975,8 +1101,9 @@ def _materialise(spec: NodeSpec, status: Status, recorded: tuple[pl.Series, ...]
     status's and writes again the rows that differ: the asset is then exact."""
     # What the asset is made from: the versions the status reflects and which entries are done
     # (entries can leave the input while the node's tables stay as they were).
-    done = status.found.filter(pl.col(DONE))[ENTRY_KEY]
-    digest, ids = KeySet().add(done).digest, table_ids(spec)
+    # (a settled status's done entries are those its asset was made from: their digest is known)
+    done = None if status.settled is not None else status.found.filter(pl.col(DONE))[ENTRY_KEY]
+    digest, ids = status.settled.done if done is None else KeySet().add(done).digest, table_ids(spec)
     look = assets.reflected(spec.store, spec.asset_table)
     previous = Reflects.parse(look[1]) if look is not None else None
     if not recorded and previous is not None and previous.exact and _reflects(spec, previous, status.versions,
@@ -987,12 +1114,35 @@ def _materialise(spec: NodeSpec, status: Status, recorded: tuple[pl.Series, ...]
         # Not known exact (an older orca's commit, another tool's, a run in slices'): the merge
         # compares every row, and rewrites one at least, so that a commit marks the asset exact
         # (once: from then on a run with nothing new writes nothing, and may read the asset).
-        changed = pl.concat([changed, done.head(1)])
+        changed = pl.concat([changed, status.found.filter(pl.col(DONE))[ENTRY_KEY].head(1)])
     trusted = look[0] if look is not None and _carried_over(spec, previous, before, ids) else None
-    inputs = inputs_digest(spec, status.entries) if status.found[DONE].all() else None
+    inputs = _inputs_digest_of(spec, status) if status.found[DONE].all() else None
+    reflects = Reflects(status.versions, digest, True, ids, inputs, _root_digest(spec, status))
     return assets.materialise(spec.store, spec.asset_table, asset_rows(spec, status), changed, run_id,
-                              spec.pod.identity.hash, Reflects(status.versions, digest, True, ids, inputs).text(),
-                              compare=tuple(spec.pod.output_keys), trust_since=trusted).version
+                              spec.pod.identity.hash, reflects.text(), compare=tuple(spec.pod.output_keys),
+                              trust_since=trusted).version
+
+
+def _inputs_digest_of(spec: NodeSpec, status: Status) -> str:
+    """:func:`inputs_digest` of ``status``'s entries, made once per status (a node's and its
+    downstream nodes' materialisations ask for it)."""
+    return status.remember("inputs", lambda: inputs_digest(spec, status.entries))
+
+
+def _root_digest(spec: NodeSpec, status: Status) -> str | None:
+    """For a status of a node fed by a chain of nodes from a source, :func:`inputs_digest` of
+    the first node's input -- the status that node's output was taken from, up the chain; None
+    for a first node, or when not known (a chain through an operator, statuses read without
+    their upstream)."""
+    if spec.upstream is None or not _memoisable(spec):
+        return None
+    while spec.upstream is not None:
+        if status.upstream is None:
+            return None
+        spec, status = spec.upstream, status.upstream
+        if status.settled is not None:
+            return status.settled.root
+    return _inputs_digest_of(spec, status)
 
 
 def _carried_over(spec: NodeSpec, previous: Reflects | None, before: tuple[int | None, ...] | None,
@@ -1416,7 +1566,7 @@ def _refreshed_from_run(spec: NodeSpec, status: Status, work: _Work) -> Status |
         for c in outputs:
             columns[c].scatter(where, values[c].cast(columns[c].dtype))
     done = found[DONE] | (hit.is_not_null() & pl.Series(_recorded_mask(work, found.height)))
-    return dataclasses.replace(status, found=found.with_columns(*columns.values(), hit, done.alias(DONE)))
+    return status.replace(found=found.with_columns(*columns.values(), hit, done.alias(DONE)))
 
 
 def _refreshed(spec: NodeSpec, status: Status, work: _Work, *, narrow: bool = False) -> Status:
@@ -1438,5 +1588,5 @@ def _refreshed(spec: NodeSpec, status: Status, work: _Work, *, narrow: bool = Fa
     done = fresh[HIT].is_not_null() & pl.Series(recorded).gather(fresh[_INDEX])
     fresh = fresh.with_columns(done.alias(DONE)).select(indexed.columns)
     if novel.all():
-        return dataclasses.replace(status, found=fresh.drop(_INDEX))
-    return dataclasses.replace(status, found=pl.concat([indexed.filter(~novel), fresh]).sort(_INDEX).drop(_INDEX))
+        return status.replace(found=fresh.drop(_INDEX))
+    return status.replace(found=pl.concat([indexed.filter(~novel), fresh]).sort(_INDEX).drop(_INDEX))

@@ -138,7 +138,7 @@ def _after_run(status: Status) -> Status:
     """An upstream status as the run would leave it, as far as known without computing: cache
     hits become done (their values are in the store); entries to compute are pending."""
     found = status.found.with_columns((pl.col(DONE) | pl.col(HIT).is_not_null()).alias(DONE))
-    return dataclasses.replace(status, found=found)
+    return status.replace(found=found)
 
 
 def _node_plan(pipeline: str, label: str, spec: NodeSpec, status: Status, pending: int) -> NodePlan:

@@ -214,11 +214,12 @@ _STEP = st.one_of(
     st.tuples(st.just("edit"), st.integers(0, 30)),
     st.tuples(st.just("invalidate"), st.integers(0, 30)),
     st.tuples(st.just("invalidate elsewhere"), st.integers(0, 30)),
+    st.tuples(st.just("invalidate downstream"), st.integers(0, 30)),
     st.tuples(st.just("rerun"), st.just(0)),
 )
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(steps=st.lists(_STEP, min_size=1, max_size=6))
 def test_any_sequence_of_changes_serves_what_a_fresh_store_computes(steps):
     """Whatever happened before (inputs grown, shrunk, edited; entries invalidated, here or
@@ -240,6 +241,8 @@ def test_any_sequence_of_changes_serves_what_a_fresh_store_computes(steps):
             edits[n] = edits.get(n, 0) + 100
         elif op == "invalidate":
             build(store, current()).invalidate("many", pl.col("k") == n)
+        elif op == "invalidate downstream":
+            build(store, current()).invalidate("follow", pl.col("k") == n)
         elif op == "invalidate elsewhere":  # the same packet as key n, in another pipeline
             other = orca.Pipeline("q", store=store)
             with other:
@@ -480,6 +483,7 @@ def _statuses(pipeline: orca.Pipeline, monkeypatch) -> tuple[list, list[int]]:
     upstream, statuses = None, []
     for label in ("many", "follow"):
         upstream = orca.engine.read_status(pipeline[label].spec, upstream)
+        upstream.found, upstream.entries  # noqa: B018 - (a settled status reads its rows when asked)
         statuses.append(upstream)
     monkeypatch.setattr(orca.engine, "_entry_keys", entry_keys)
     return statuses, hashed
@@ -530,6 +534,8 @@ def test_two_entries_with_one_tag_and_packet_are_not_matched_by_them(store, monk
     pipeline = pipeline_of()
     monkeypatch.setattr(orca.engine, "_found_unchanged", spy := _Spy(orca.engine._found_unchanged))
     status = orca.engine.read_status(pipeline["halve"].spec)
+    assert status.settled is not None and status.done == 2 * N and not spy.results  # (rows not read yet)
+    assert status.found.height == 2 * N
     assert spy.results == [None]  # looked at, and left to the entry ids
     assert status.done == 2 * N and status.found[orca.engine.ENTRY_KEY].n_unique() == 2 * N
     assert pipeline.run(progress=False).counts["halve"] == orca.Counts(cached=2 * N)
@@ -558,6 +564,93 @@ def test_a_stream_with_no_tags_is_matched_by_its_packets(store, monkeypatch):
     pipeline.run(progress=False)
     monkeypatch.setattr(orca.engine, "_found_unchanged", spy := _Spy(orca.engine._found_unchanged))
     status = orca.engine.read_status(pipeline["halve"].spec)
-    assert spy.results[0] is not None and status.done == N
+    assert status.found.height == N and spy.results[0] is not None and status.done == N
     assert status.found.columns == [orca.engine.ENTRY_KEY, orca.engine.KEY, "y", orca.engine.HIT, orca.engine.DONE]
     assert pipeline.run(progress=False).counts["halve"] == orca.Counts(cached=N)
+
+
+def _spy_hashing(monkeypatch) -> list[str]:
+    """The labels of the nodes whose input packets are hashed from now on."""
+    hashed: list[str] = []
+    hash_inputs = orca.engine.hash_inputs
+
+    def spying(pod, frame, path_columns):
+        hashed.append(pod.name)
+        return hash_inputs(pod, frame, path_columns)
+
+    monkeypatch.setattr(orca.engine, "hash_inputs", spying)
+    return hashed
+
+
+def test_a_downstream_node_of_a_settled_chain_is_settled_without_hashing_its_input(store, reads, monkeypatch):
+    """Nothing new: the first node's input digests as its asset says, so it is settled; the
+    second node's asset was made over that same first input through the first node's tables as
+    they are, so it is settled too without hashing anything, and its rows -- read when asked
+    for, from its asset alone -- are those the status read in full would have."""
+    build(store, source()).run(progress=False)
+    reads.clear()
+    pipeline = build(store, source())
+    hashed = _spy_hashing(monkeypatch)
+    first = orca.engine.read_status(pipeline["many"].spec)
+    second = orca.engine.read_status(pipeline["follow"].spec, first)
+    assert first.settled is not None and second.settled is not None
+    assert second.settled.root == first.settled.root and second.done == N
+    assert hashed == ["many"] and reads == []
+    found = second.found  # (read now: the second node's asset, joined on the tags)
+    assert hashed == ["many"] and reads == []
+    full = orca.engine.read_status(pipeline["follow"].spec, orca.engine.read_status(pipeline["many"].spec, settle=False),
+                                   settle=False)
+    assert found.equals(full.found) and second.entries.equals(full.entries) and second.versions == full.versions
+    assert pipeline.run(progress=False).counts == {"many": orca.Counts(cached=N), "follow": orca.Counts(cached=N)}
+    same(outputs(pipeline), fresh(source()))
+
+
+def test_a_downstream_node_whose_own_table_moved_is_read(store, reads):
+    """The second node's own tables moved on (an invalidation there): it is not settled, and
+    the run computes the invalidated entry again."""
+    pipeline = build(store, source())
+    pipeline.run(progress=False)
+    assert pipeline.invalidate("follow", pl.col("k") == 4) == 1
+    again = build(store, source())
+    first = orca.engine.read_status(again["many"].spec)
+    assert first.settled is not None and orca.engine.read_status(again["follow"].spec, first).settled is None
+    assert again.run(progress=False).counts["follow"] == orca.Counts(cached=N - 1, computed=1)
+    same(outputs(again), fresh(source()))
+
+
+def test_a_downstream_asset_made_before_roots_were_recorded_is_read(store, monkeypatch):
+    """An asset whose commit does not name the chain's first input (an older orca's) says nothing
+    of the downstream node's input: it is hashed and digested, as before, and the status right."""
+    monkeypatch.setattr(orca.engine, "_root_digest", lambda spec, status: None)
+    build(store, source()).run(progress=False)
+    monkeypatch.undo()
+    pipeline = build(store, source())
+    hashed = _spy_hashing(monkeypatch)
+    first = orca.engine.read_status(pipeline["many"].spec)
+    orca.engine.read_status(pipeline["follow"].spec, first)
+    assert first.settled is not None and hashed[0] == "many" and hashed[-1] == "follow"
+    assert pipeline.run(progress=False).counts["follow"] == orca.Counts(cached=N)
+    same(outputs(pipeline), fresh(source()))
+
+
+def test_a_settled_chain_whose_tags_repeat_is_read_by_entry(store, monkeypatch):
+    """Two rows per tags (a source that keeps duplicates): the downstream node is settled, but
+    its rows cannot be matched by tags; they are read with the status in full, each its own."""
+    def pipeline_of() -> orca.Pipeline:
+        frame = pl.DataFrame({"k": list(range(N)) * 2, "x": list(range(2 * N))})
+        pipeline = orca.Pipeline("twice", store=store)
+        with pipeline:
+            follow.pod(many.pod(orca.PolarsSource(frame, tags=["k"], source_id="a", keep_duplicates=True)))
+        return pipeline
+
+    expected = pipeline_of()
+    expected.run(progress=False)
+    expected = expected["follow"].output.to_polars()
+    pipeline = pipeline_of()
+    monkeypatch.setattr(orca.engine, "_found_by_tags", spy := _Spy(orca.engine._found_by_tags))
+    first = orca.engine.read_status(pipeline["many"].spec)
+    second = orca.engine.read_status(pipeline["follow"].spec, first)
+    assert second.settled is not None and second.found.height == 2 * N and spy.results == [None]
+    assert second.found[orca.engine.ENTRY_KEY].n_unique() == 2 * N
+    assert pipeline.run(progress=False).counts["follow"] == orca.Counts(cached=2 * N)
+    assert pipeline["follow"].output.to_polars().equals(expected)
