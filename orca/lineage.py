@@ -80,7 +80,7 @@ def record_sources(store: Store, sources: Mapping[str, Source], run_id: str) -> 
     for source_id, source in sources.items():
         rows = _delivered(source)
         key = _ROW_KEY if source.path_columns else RECORD_ID
-        fingerprint = _fingerprint(rows[key])
+        fingerprint = _fingerprint(rows[key]) if source.path_columns else source.records_digest
         if fingerprint == _recorded_fingerprint(store, source_id):
             continue  # delivered exactly these rows before: nothing to read or write
         delivered = rows.height
@@ -171,7 +171,8 @@ def _changed(store: Store, source_id: str, rows: pl.DataFrame, state: list[str])
 def _fingerprint(keys: pl.Series) -> str:
     """An order-independent digest of a source's row keys (32-hex-digit record ids; for files,
     the rows' state keys): a source that delivers the same rows again is recognised without
-    reading what was recorded. Their bytes are summed and XORed (:class:`KeySet`), not hashed
+    reading what was recorded. (A source's record ids are digested so when it is built,
+    ``Source.records_digest``: the hex is not read again each run.) Their bytes are summed and XORed (:class:`KeySet`), not hashed
     and sorted: 0.06-0.10 s per million rows instead of 0.24-0.29 s (mostly reading the hex)."""
     words = hex_digests(keys).view(">u8")
     return KeySet().add_words(words[:, 0], words[:, 1]).digest

@@ -115,6 +115,12 @@ def source_column(packet_column: str) -> str:
     return SOURCE_PREFIX + packet_column
 
 
+def source_references(source_id: str) -> pl.Expr:
+    """A source's rows' ``__source__`` references (one for all its packet columns):
+    ``<source id>#<record id>``, from the record id system tag."""
+    return pl.lit(source_id + "#") + pl.col(SYSTEM_TAG_PREFIX + source_id)
+
+
 def check_label(kind: str, value: object) -> str:
     """A pipeline name or node label: letters, digits, ``_``, ``-`` and ``.`` (it names a table).
 

@@ -654,3 +654,20 @@ def test_a_settled_chain_whose_tags_repeat_is_read_by_entry(store, monkeypatch):
     assert second.found[orca.engine.ENTRY_KEY].n_unique() == 2 * N
     assert pipeline.run(progress=False).counts["follow"] == orca.Counts(cached=2 * N)
     assert pipeline["follow"].output.to_polars().equals(expected)
+
+
+def test_a_settled_chain_over_reordered_rows_serves_them_in_their_new_order(store, monkeypatch):
+    """The same rows in another order digest the same: the downstream node is settled, its
+    asset (in the first run's order) is matched to the input by tags, and every row keeps its
+    own values, in the input's order."""
+    build(store, source()).run(progress=False)
+    rows = pl.DataFrame({"k": list(range(N)), "x": list(range(N))}).reverse()
+    pipeline = build(store, orca.PolarsSource(rows, tags=["k"], source_id="src"))
+    monkeypatch.setattr(orca.engine, "_found_by_tags", spy := _Spy(orca.engine._found_by_tags))
+    first = orca.engine.read_status(pipeline["many"].spec)
+    second = orca.engine.read_status(pipeline["follow"].spec, first)
+    assert second.settled is not None and second.found["k"].to_list() == list(reversed(range(N)))
+    assert spy.results[0] is not None
+    assert second.found["y"].to_list() == [3 * k + 1 for k in reversed(range(N))]
+    assert pipeline.run(progress=False).counts["follow"] == orca.Counts(cached=N)
+    assert pipeline["follow"].output.to_polars()["y"].to_list() == [3 * k + 1 for k in reversed(range(N))]

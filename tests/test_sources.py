@@ -290,6 +290,19 @@ def test_keep_duplicates_record_ids_survive_adding_and_reordering():
     assert set(ids(base)) <= set(ids(grown))
 
 
+@pytest.mark.parametrize("keep_duplicates", [False, True])
+def test_the_records_digest_is_the_fingerprint_a_run_records(keep_duplicates):
+    """Made when the source is built, it must equal what the run's source records digest from
+    the record ids as delivered (stores recorded before it existed compare with that)."""
+    from orca.lineage import _fingerprint
+
+    rows = DUPES if keep_duplicates else [{"k": k, "x": k * 2} for k in range(50)]
+    src = DictSource(rows, tags=["k"], source_id="d", keep_duplicates=keep_duplicates)
+    assert src.records_digest == _fingerprint(src.to_polars(include_system=True)["__tag__d"])
+    again = DictSource(rows[::-1], tags=["k"], source_id="d", keep_duplicates=keep_duplicates)
+    assert again.records_digest == src.records_digest  # (order-independent)
+
+
 # -- default ids -----------------------------------------------------------------------------
 
 
