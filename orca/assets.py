@@ -186,21 +186,6 @@ def reflected(store: Store, table: str) -> tuple[int, str | None] | None:
     return latest[0]["version"], latest[0].get("versions")
 
 
-def latest_rows(store: Store, table: str) -> tuple[str, pl.LazyFrame] | None:
-    """Asset ``table``'s latest materialisation -- what it was made from (the ``reflects`` given
-    to :func:`materialise`) and its rows (ids as stored) -- read as one snapshot; None if unknown,
-    or if the table moved on while it was read (its latest commit is looked at before and after
-    the rows, twice also because deltalake 1.6 can number a commit wrongly when another lands
-    during the read)."""
-    before = store.history(table, limit=1)
-    if not before or before[0]["operation"] == "CREATE TABLE" or not before[0].get("versions"):
-        return None
-    frame = store.scan(table)  # (between two equal looks at the latest commit: that commit's rows)
-    if frame is None or store.history(table, limit=1) != before:
-        return None
-    return before[0]["versions"], frame
-
-
 def read_asset(store: Store, table: str, *, version: int | None = None,
                as_of: datetime.datetime | None = None) -> pl.LazyFrame:
     """The asset as of its latest version, a given ``version``, or the version current at ``as_of``."""

@@ -366,7 +366,10 @@ def _found_by_tags(spec: NodeSpec, tags: pl.DataFrame, look: _Look) -> pl.DataFr
     if not tag_columns:
         return None
     try:
-        rows, schema = look.rows, look.rows.collect_schema()
+        rows = look.rows(spec)
+        if rows is None:
+            return None
+        schema = rows.collect_schema()
         expected = pl.from_arrow(pa.schema(spec.pod.output_fields).empty_table()).schema
         if any(schema.get(c) != expected.get(c) for c in outputs) or any(
                 schema.get(t) != tags.schema[t] for t in tag_columns):
@@ -525,12 +528,19 @@ class _Stored:
 @dataclasses.dataclass(frozen=True)
 class _Look:
     """The first, quick part of reading the store for :func:`read_status`: the versions of the
-    node's tables, and the asset's latest materialisation (what it was made from, and its rows
-    unread) if it may stand in for the tables at those versions (see :func:`_current_asset`)."""
+    node's tables, and the asset's latest materialisation (what it was made from, and its
+    version) if it may stand in for the tables at those versions (see :func:`_current_asset`).
+    Its rows are read by that version (:meth:`rows`), however late: a settled status reads them
+    when asked for, and by then another writer may have committed to the asset."""
 
     versions: tuple[int | None, ...]
     made: Reflects | None = None
-    rows: pl.LazyFrame | None = None
+    asset_version: int | None = None
+
+    def rows(self, spec: NodeSpec) -> pl.LazyFrame | None:
+        """The rows of the asset's materialisation looked at (None: none, or no longer readable)."""
+        return None if self.asset_version is None else spec.store.scan_version(spec.asset_table,
+                                                                               version=self.asset_version)
 
 
 def _look(spec: NodeSpec, rows: int | None = None, upstream: Status | None = None) -> _Look:
@@ -540,16 +550,16 @@ def _look(spec: NodeSpec, rows: int | None = None, upstream: Status | None = Non
     if rows is None or spec.asset_table is None or spec.provenance_table is None or rows < _ASSET_MIN_ROWS:
         return _Look(versions)
     try:
-        latest = assets.latest_rows(spec.store, spec.asset_table)
+        latest = assets.reflected(spec.store, spec.asset_table)
     except Exception:  # noqa: BLE001 - a shortcut: an asset that cannot be read leaves it to the tables
         return _Look(versions)
     if latest is None:
         return _Look(versions)
-    made = Reflects.parse(latest[0])
+    made = Reflects.parse(latest[1])
     if made is None or not made.exact or made.ids != table_ids(spec) or not _only_compacted(spec, made.versions,
                                                                                               versions):
         return _Look(versions)
-    return _Look(versions, made, latest[1])
+    return _Look(versions, made, latest[0])
 
 
 def _versions(spec: NodeSpec, upstream: Status | None) -> tuple[int | None, ...]:
@@ -569,7 +579,7 @@ def _read_tables(spec: NodeSpec, frame: pl.DataFrame | None = None, look: _Look 
     asset may be read instead of its tables (see :func:`_current_asset`); ``look``: what
     :func:`_look` found, if called already; ``upstream``: as for :func:`read_status`."""
     look = look if look is not None else _look(spec, None if frame is None else frame.height, upstream)
-    asset = _current_asset(spec, look, frame) if frame is not None and look.rows is not None else None
+    asset = _current_asset(spec, look, frame) if frame is not None and look.asset_version is not None else None
     if asset is not None:
         return _Stored(look.versions, asset=asset)
     recorded = recorded_entries(spec) if spec.provenance_table is not None else None
@@ -599,7 +609,9 @@ def _current_asset(spec: NodeSpec, look: _Look, frame: pl.DataFrame) -> pl.DataF
 
 def _asset_standing_in(spec: NodeSpec, look: _Look, frame: pl.DataFrame) -> pl.DataFrame | None:
     """:func:`_current_asset`; may raise (the store's errors)."""
-    rows, outputs, tags = look.rows, list(spec.pod.output_keys), list(spec.input.tag_columns)
+    rows, outputs, tags = look.rows(spec), list(spec.pod.output_keys), list(spec.input.tag_columns)
+    if rows is None:
+        return None
     expected, schema = pl.from_arrow(pa.schema(spec.pod.output_fields).empty_table()).schema, rows.collect_schema()
     if any(schema.get(c) is None or schema.get(c) != expected.get(c) for c in outputs):
         return None
