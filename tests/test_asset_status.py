@@ -671,3 +671,22 @@ def test_a_settled_chain_over_reordered_rows_serves_them_in_their_new_order(stor
     assert second.found["y"].to_list() == [3 * k + 1 for k in reversed(range(N))]
     assert pipeline.run(progress=False).counts["follow"] == orca.Counts(cached=N)
     assert pipeline["follow"].output.to_polars()["y"].to_list() == [3 * k + 1 for k in reversed(range(N))]
+
+
+def test_a_settled_status_reads_the_asset_as_it_was_looked_at(tmp_path):
+    """A settled status reads its rows when asked for; an analyst's write to the asset since
+    (not a materialisation: its values are not the node's) must not reach them, even once the
+    store's table handle has moved on to it."""
+    store = orca.DeltaStore(tmp_path / "store")
+    build(store, source()).run(progress=False)
+    pipeline = build(store, source())
+    first = orca.engine.read_status(pipeline["many"].spec)
+    second = orca.engine.read_status(pipeline["follow"].spec, first)
+    assert first.settled is not None and second.settled is not None
+    for label, column in (("many", "i"), ("follow", "y")):
+        asset = pipeline[label].spec.asset_table
+        deltalake.DeltaTable(store.uri(asset)).update(updates={column: f"{column} + 1000"})
+        store.scan(asset).collect()  # (the store's handle now reads the analyst's commit)
+    assert second.found["y"].to_list() == [3 * k + 1 for k in range(N)]
+    assert first.found["i"].to_list() == [3 * k for k in range(N)]
+    assert second.entries.height == N
