@@ -18,8 +18,6 @@ import polars as pl
 
 from orca.names import DONE, HIT
 
-Frames = tuple[pl.DataFrame, pl.DataFrame]
-
 
 @dataclasses.dataclass(frozen=True)
 class Settled:
@@ -29,12 +27,12 @@ class Settled:
     is done, has them in the same order). ``done``: the digest of the done entries' keys, as
     the asset's commit records it. ``root``: the digest of the input of the chain's first node
     (:func:`orca.engine.inputs_digest`), which with the chain's table versions fixes this
-    node's input."""
+    node's input (None: not a chain of nodes from a source)."""
 
     rows: int
     tags: pl.DataFrame
     done: str
-    root: str
+    root: str | None
 
 
 class Status:
