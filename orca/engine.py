@@ -45,7 +45,7 @@ import pyarrow.compute as pc
 from orca import assets, claims
 from orca._operator import arrow_schema_of
 from orca.calls import chunk_call, failed_for_tag, input_packets
-from orca.errors import SchemaError
+from orca.errors import SchemaError, StoreError
 from orca.executors import Executor
 from orca.hashing import (
     KeySet,
@@ -257,21 +257,27 @@ def read_status(spec: NodeSpec, upstream: Status | None = None, *, settle: bool 
 
         def read() -> _Stored | None:
             look = looked.result()
-            if settle and look.made is not None and look.made.inputs is not None and settling.result():
+            # (waits for the digest only when the status may settle: else the tables are read
+            # beside the hashing, as a run with new rows needs them)
+            if settle and look.made is not None and look.made.rows == frame.height and settling.result():
                 return None
             return _read_tables(spec, frame, look, upstream)
 
         tables = pool.submit(read)
         keyed = frame.with_columns(hash_inputs(spec.pod, frame, spec.input.path_columns))
         look = looked.result()
-        same = look.made is not None and look.made.inputs is not None and look.made.inputs == inputs_digest(spec, keyed)
-        settling.set_result(same)
-        if same and settle:
+        values = _values_digest(spec, keyed) if look.made is not None and look.made.inputs is not None else None
+        # The entries are the asset's (the status settles), or at least their values (session
+        # 11's digest: the entry ids of a sample are then checked, see _current_asset).
+        entries_same = values is not None and look.made.inputs == _with_node(spec, values)
+        same = entries_same or (values is not None and look.made.inputs == values)
+        settling.set_result(entries_same)
+        if entries_same and settle:
             return _settled(spec, frame, keyed, look, upstream)
         stored = tables.result()
     finally:
-        if not settling.done():
-            settling.set_result(False)
+        if not settling.done():  # (an error: nothing is read for it)
+            settling.set_result(True)
         pool.shutdown(wait=True)
     entries, found, versions = _found(spec, keyed, stored, same, upstream)
     return Status(entries, found, versions, upstream=upstream)
@@ -311,7 +317,8 @@ def _settled(spec: NodeSpec, frame: pl.DataFrame, keyed: pl.DataFrame, look: _Lo
     tags = keyed.select(*spec.input.tag_columns, *spec.input.system_tag_columns)
 
     def found() -> pl.DataFrame:
-        return _found(spec, keyed, _read_tables(spec, frame, look, upstream), True, upstream)[1]
+        return _as_settled(spec, _found(spec, keyed, _read_tables(spec, frame, look, upstream), True, upstream)[1],
+                           keyed.height)
 
     status: Status
 
@@ -340,7 +347,9 @@ def _settled_downstream(spec: NodeSpec, upstream: Status) -> Status | None:
 
     def found() -> pl.DataFrame:
         by_tags = _found_by_tags(spec, settled.tags, look)
-        return by_tags if by_tags is not None else read_status(spec, upstream, settle=False).found
+        if by_tags is not None:
+            return by_tags
+        return _as_settled(spec, read_status(spec, upstream, settle=False).found, settled.rows)
 
     status: Status
 
@@ -352,6 +361,17 @@ def _settled_downstream(spec: NodeSpec, upstream: Status) -> Status | None:
                     settled=Settled(settled.rows, settled.tags, made.digest, settled.root),
                     later_entries=entries, later_found=found)
     return status
+
+
+def _as_settled(spec: NodeSpec, found: pl.DataFrame, rows: int) -> pl.DataFrame:
+    """``found``, read for a settled status other than from the asset version it was settled on
+    (e.g. its rows share tags), if it agrees with it: ``rows`` entries, every one done. Else the
+    tables changed since -- only while the status was held, and that version is gone by now
+    (vacuumed): the status cannot be told as it was, and must be read again."""
+    if found.height != rows or not found[DONE].all():
+        raise StoreError(f"node {spec.label!r}: its tables changed since this status was read, and the "
+                         f"asset version it was read from is no longer there: read it again (or run again)")
+    return found
 
 
 def _found_by_tags(spec: NodeSpec, tags: pl.DataFrame, look: _Look) -> pl.DataFrame | None:
@@ -638,18 +658,33 @@ _SEEDS = (0x6F726361, 0x696E7075, 0x7461676B)
 
 
 def inputs_digest(spec: NodeSpec, entries: pl.DataFrame) -> str:
-    """A digest of the multiset of the node's input entries -- tags, system tags and input
-    packet hash (its ``UInt128`` key) of each row of ``entries`` -- kept in the asset's commit when
-    every entry is done (:class:`Reflects`), so that a later run can tell its input is the same
-    without hashing entry ids (:func:`_found_unchanged`).
+    """A digest of the node's input entries -- the multiset of tags, system tags and input packet
+    hash (its ``UInt128`` key) of each row of ``entries``, the names of those columns, and the
+    node's identity (what its entry ids are made of beside the values: a source given another
+    id delivers the same values as other entries) -- kept in the asset's commit when every entry
+    is done (:class:`Reflects`), so that a later run can tell its entries are the same without
+    hashing entry ids (:func:`_found_unchanged`), or settle its status (:func:`_settled`).
 
     Made of Polars' row hashes (two 64-bit hashes a row, ~0.03 s per million rows, against
     ~0.2 s for the entry ids), which Polars keeps stable only within one version: the version is
     part of the digest, and a digest made by another one never matches (the run then hashes
     entry ids, as without it)."""
+    return _with_node(spec, _values_digest(spec, entries))
+
+
+def _values_digest(spec: NodeSpec, entries: pl.DataFrame) -> str:
+    """The multiset part of :func:`inputs_digest` -- what session 11's assets recorded alone,
+    which tells the values the same but not the entries (their ids are the node's too): such a
+    digest is trusted only where the entry ids of a sample are checked (:func:`_current_asset`)."""
     rows = entries.select(*spec.input.tag_columns, *sorted(spec.input.system_tag_columns), KEY)
     words = [rows.hash_rows(seed=seed).to_numpy() for seed in _SEEDS[:2]]
     return f"polars {pl.__version__}: {KeySet().add_words(*words).digest}"
+
+
+def _with_node(spec: NodeSpec, values: str) -> str:
+    names = json.dumps([spec.identity, list(spec.input.tag_columns), sorted(spec.input.system_tag_columns)])
+    version, _, digest = values.partition(": ")
+    return f"{version}, node: {hash_bytes(f'{names}{digest}'.encode())}"
 
 
 def _packet_tag_keys(tags: pl.DataFrame, packets: pl.Series) -> pl.Series:
@@ -710,11 +745,20 @@ def _tables_of(spec: NodeSpec) -> tuple[tuple[Store, str | None], ...]:
 
 
 def _only_compacted(spec: NodeSpec, then: tuple[int | None, ...], now: tuple[int | None, ...]) -> bool:
-    """Whether every table of ``spec`` that moved on from version ``then`` (to ``now``) had only
-    compactions committed after ``then`` (its rows unchanged): a status read at ``then`` still
-    holds."""
+    """Whether every table of ``spec`` holds the same rows at versions ``then`` and ``now``: only
+    compactions were committed between them, whichever is later (a status's upstream versions
+    are its upstream status's, which may be older than those an asset was made from)."""
     return len(then) == len(now) and all(
-        a == b or (name is not None and (a is None or isinstance(a, int)) and store.unchanged_since(name, a))
+        a == b or (name is not None and isinstance(a, int) and isinstance(b, int)
+                   and store.unchanged_since(name, min(a, b), until=max(a, b)))
+        for (store, name), a, b in zip(_tables_of(spec), then, now, strict=True))
+
+
+def _unchanged_after(spec: NodeSpec, then: tuple[int | None, ...], now: tuple[int | None, ...]) -> bool:
+    """Whether every table of ``spec`` is at version ``then`` still, or had only compactions
+    committed after it (e.g. an asset another process made from later versions than ``now``)."""
+    return len(then) == len(now) and all(
+        a == b or (name is not None and isinstance(a, int) and store.unchanged_since(name, a))
         for (store, name), a, b in zip(_tables_of(spec), then, now, strict=True))
 
 
@@ -1079,7 +1123,8 @@ class Reflects:
     done (None: not known; older forms, sliced runs). ``root``: for a node fed by a chain of
     nodes from a source, :func:`inputs_digest` of the first node's input, which with the
     chain's table versions in ``versions`` fixes this node's input (see
-    :func:`_settled_downstream`; None: not known)."""
+    :func:`_settled_downstream`; None: not known). ``rows``: the input's entries, with
+    ``inputs``."""
 
     versions: tuple[int | None, ...]
     digest: str
@@ -1087,11 +1132,13 @@ class Reflects:
     ids: tuple[str | None, ...] | None = None
     inputs: str | None = None
     root: str | None = None
+    rows: int | None = None
 
     def text(self) -> str:
         facts = {"exact": self.exact, **({"ids": list(self.ids)} if self.ids is not None else {}),
                  **({"inputs": self.inputs} if self.inputs is not None else {}),
-                 **({"root": self.root} if self.root is not None else {})}
+                 **({"root": self.root} if self.root is not None else {}),
+                 **({"rows": self.rows} if self.rows is not None else {})}
         return json.dumps([list(self.versions), self.digest, facts])
 
     @staticmethod
@@ -1102,10 +1149,11 @@ class Reflects:
         try:
             versions, digest, *rest = json.loads(text)
             facts = rest[0] if rest and isinstance(rest[0], dict) else {}
-            ids, inputs, root = facts.get("ids"), facts.get("inputs"), facts.get("root")
+            ids, inputs, root, rows = facts.get("ids"), facts.get("inputs"), facts.get("root"), facts.get("rows")
             return Reflects(tuple(versions), str(digest), facts.get("exact") is True,
                             tuple(ids) if isinstance(ids, list) else None, inputs if isinstance(inputs, str) else None,
-                            root if isinstance(root, str) else None)
+                            root if isinstance(root, str) else None,
+                            rows if isinstance(rows, int) and not isinstance(rows, bool) else None)
         except (ValueError, TypeError):
             return None
 
@@ -1147,7 +1195,8 @@ def _materialise(spec: NodeSpec, status: Status, recorded: tuple[pl.Series, ...]
         changed = pl.concat([changed, status.found.filter(pl.col(DONE))[ENTRY_KEY].head(1)])
     trusted = look[0] if look is not None and _carried_over(spec, previous, before, ids) else None
     inputs = _inputs_digest_of(spec, status) if status.found[DONE].all() else None
-    reflects = Reflects(status.versions, digest, True, ids, inputs, _root_digest(spec, status))
+    reflects = Reflects(status.versions, digest, True, ids, inputs, _root_digest(spec, status),
+                        status.found.height if inputs is not None else None)
     return assets.materialise(spec.store, spec.asset_table, asset_rows(spec, status), changed, run_id,
                               spec.pod.identity.hash, reflects.text(), compare=tuple(spec.pod.output_keys),
                               trust_since=trusted).version
@@ -1208,8 +1257,7 @@ def _reflects(spec: NodeSpec, previous: Reflects, versions: tuple[int | None, ..
     versions or with only compactions committed after them (else every no-change run after a
     compaction would compare the whole asset again: 10 s at 10M rows). An asset another process
     made from later versions also holds, if only compactions followed them."""
-    return (previous.digest == digest and previous.ids == ids
-            and _only_compacted(spec, previous.versions, versions))
+    return previous.digest == digest and previous.ids == ids and _unchanged_after(spec, previous.versions, versions)
 
 
 def provenance_schema(spec: NodeSpec) -> pa.Schema:

@@ -215,6 +215,7 @@ _STEP = st.one_of(
     st.tuples(st.just("invalidate"), st.integers(0, 30)),
     st.tuples(st.just("invalidate elsewhere"), st.integers(0, 30)),
     st.tuples(st.just("invalidate downstream"), st.integers(0, 30)),
+    st.tuples(st.just("rename source"), st.just(0)),
     st.tuples(st.just("rerun"), st.just(0)),
 )
 
@@ -225,11 +226,11 @@ def test_any_sequence_of_changes_serves_what_a_fresh_store_computes(steps):
     """Whatever happened before (inputs grown, shrunk, edited; entries invalidated, here or
     through another pipeline sharing a packet), a run serves exactly what a store that never
     saw anything computes, asset shortcut or not, and every value it serves has a live result."""
-    store, keys, edits = orca.MemoryStore(), list(range(8)), {}
+    store, keys, edits, source_id = orca.MemoryStore(), list(range(8)), {}, ["src"]
 
     def current() -> orca.PolarsSource:
         xs = [k + edits.get(k, 0) for k in keys]
-        return orca.PolarsSource(pl.DataFrame({"k": keys, "x": xs}), tags=["k"], source_id="src")
+        return orca.PolarsSource(pl.DataFrame({"k": keys, "x": xs}), tags=["k"], source_id=source_id[0])
 
     build(store, current()).run(progress=False)
     for op, n in steps:
@@ -241,6 +242,8 @@ def test_any_sequence_of_changes_serves_what_a_fresh_store_computes(steps):
             edits[n] = edits.get(n, 0) + 100
         elif op == "invalidate":
             build(store, current()).invalidate("many", pl.col("k") == n)
+        elif op == "rename source":  # the same values, other entries
+            source_id[0] = "other" if source_id[0] == "src" else "src"
         elif op == "invalidate downstream":
             build(store, current()).invalidate("follow", pl.col("k") == n)
         elif op == "invalidate elsewhere":  # the same packet as key n, in another pipeline
@@ -498,7 +501,7 @@ def test_an_unchanged_input_is_matched_to_the_asset_without_hashing_entry_ids(st
     pipeline.run(progress=False)
     shortcut, hashed = _statuses(pipeline, monkeypatch)
     assert hashed and max(hashed) <= orca.engine._SAMPLE
-    monkeypatch.setattr(orca.engine, "inputs_digest", lambda spec, entries: "another input")
+    monkeypatch.setattr(orca.engine, "_values_digest", lambda spec, entries: "polars: another input")
     hashing, hashed = _statuses(pipeline, monkeypatch)
     assert N in hashed
     for a, b in zip(shortcut, hashing, strict=True):
@@ -690,3 +693,70 @@ def test_a_settled_status_reads_the_asset_as_it_was_looked_at(tmp_path):
     assert second.found["y"].to_list() == [3 * k + 1 for k in range(N)]
     assert first.found["i"].to_list() == [3 * k for k in range(N)]
     assert second.entries.height == N
+
+
+@pytest.mark.parametrize("renamed", ["source id", "source kind"])
+def test_the_same_values_under_another_source_are_other_entries(store, renamed):
+    """A source given another id (or another kind, whose default id differs) delivers the same
+    values, but its entries are other entries (their ids are the node's): the input digests
+    otherwise, the status is not settled, and each entry is recorded, its result a cache hit."""
+    rows = pl.DataFrame({"k": list(range(N)), "x": list(range(N))})
+    first = orca.PolarsSource(rows, tags=["k"], source_id=None if renamed == "source kind" else "src")
+    build(store, first).run(progress=False)
+    again = (orca.ArrowSource(rows.to_arrow(), tags=["k"]) if renamed == "source kind"
+             else orca.PolarsSource(rows, tags=["k"], source_id="other"))
+    pipeline = build(store, again)
+    status = orca.engine.read_status(pipeline["many"].spec)
+    assert status.settled is None and status.hits == N
+    assert pipeline.run(progress=False).counts["many"] == orca.Counts(cached=N)
+    assert pipeline["many"].output.to_polars().height == N and pipeline["follow"].output.to_polars().height == N
+    same(outputs(pipeline), fresh(again))
+
+
+@orca.function_pod(output_keys="i")
+def drifting(x: int) -> int:
+    """Not deterministic: a recomputed value differs from the one it replaces."""
+    return x * 3 + random.randrange(1, 10**6) * 1000
+
+
+@orca.function_pod(output_keys="y")
+def after_drifting(i: int) -> int:
+    return i + 1
+
+
+def test_a_downstream_node_is_not_settled_on_an_upstream_status_older_than_its_asset(store):
+    """One process reads the first node's (settled) status; another invalidates an entry there
+    and runs again, so the first node gets a new value and the second node's asset is made from
+    it. A status of the second node over the older upstream status must not take its asset's
+    rows: their input is not that status's output."""
+    def build_drifting() -> orca.Pipeline:
+        pipeline = orca.Pipeline("d", store=store)
+        with pipeline:
+            after_drifting.pod(drifting.pod(source()))
+        return pipeline
+
+    build_drifting().run(progress=False)
+    held = build_drifting()
+    upstream = orca.engine.read_status(held["drifting"].spec)
+    assert upstream.settled is not None
+    other = build_drifting()
+    assert other.invalidate("drifting", pl.col("k") == 4) == 1
+    other.run(progress=False)
+    status = orca.engine.read_status(held["after_drifting"].spec, upstream)
+    full = orca.engine.read_status(held["after_drifting"].spec, upstream, settle=False)
+    assert status.settled is None
+    assert status.found.equals(full.found)
+    i = orca.engine.output_frame(held["drifting"].spec, upstream).filter(pl.col("k") == 4)["i"][0]
+    assert status.found.filter(pl.col("k") == 4)["y"].to_list() == [i + 1]
+
+
+def test_a_settled_status_whose_asset_version_is_gone_after_a_change_asks_to_be_read_again(store, monkeypatch):
+    """Its rows cannot then be told as they were when it was settled: an error, not other rows."""
+    build(store, source()).run(progress=False)
+    pipeline = build(store, source())
+    status = orca.engine.read_status(pipeline["many"].spec)
+    assert status.settled is not None
+    assert build(store, source()).invalidate("many", pl.col("k") == 4) == 1
+    monkeypatch.setattr(type(store), "scan_version", lambda self, name, **kwargs: None)  # (vacuumed)
+    with pytest.raises(orca.StoreError, match="changed since this status was read"):
+        status.found  # noqa: B018
