@@ -90,6 +90,7 @@ class LocalCluster:
         self.temp_dir = temp_dir
         self.address = f"{HEAD}:{_free_port()}"
         self.nodes: dict[str, subprocess.Popen] = {}
+        self.head: str | None = None  # (the first node started)
         # Token authentication is on by default in Ray 2.60 and would refuse the workers;
         # a fast health check makes a killed node read as dead within ~2 s, not ~30 s.
         self.env = dict(
@@ -110,12 +111,22 @@ class LocalCluster:
         launched = {ip: self._launch(ip, cpus) for ip in ips}
         deadline = time.monotonic() + START_TIMEOUT * len(ips)  # (they start at once, sharing 2 cores)
         for ip, log in launched.items():
-            while "Ray runtime started" not in log.read_text():
-                if self.nodes[ip].poll() is not None or time.monotonic() > deadline:
+            if not self._started(ip, log, deadline):
+                # Ray gives a raylet 30 s to register with the GCS (hard-coded in ray 2.60); on a
+                # loaded 2-core machine four starting at once once took longer. Once more, alone.
+                self.kill(ip)
+                log = self._launch(ip, cpus, attempt=1)
+                if not self._started(ip, log, time.monotonic() + START_TIMEOUT):
                     raise RuntimeError(f"ray node {ip} did not start:\n{log.read_text()[-1500:]}")
-                time.sleep(0.2)
 
-    def _launch(self, ip: str, cpus: int) -> pathlib.Path:
+    def _started(self, ip: str, log: pathlib.Path, deadline: float) -> bool:
+        while "Ray runtime started" not in log.read_text():
+            if self.nodes[ip].poll() is not None or time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+        return True
+
+    def _launch(self, ip: str, cpus: int, attempt: int = 0) -> pathlib.Path:
         ports = [
             f"--{name}-port={_free_port()}"
             for name in (
@@ -123,12 +134,13 @@ class LocalCluster:
                 "dashboard-agent-grpc", "runtime-env-agent", "metrics-export",
             )
         ]
-        if not self.nodes:
+        self.head = self.head or ip
+        if ip == self.head:
             role = ["--head", f"--port={self.address.split(':')[1]}",
                     "--include-dashboard=false", f"--dashboard-port={_free_port()}"]
         else:
             role = [f"--address={self.address}"]
-        node_dir = pathlib.Path(self.temp_dir) / ip.rsplit(".", 1)[1]
+        node_dir = pathlib.Path(self.temp_dir) / (ip.rsplit(".", 1)[1] + (f"-{attempt}" if attempt else ""))
         node_dir.mkdir()
         log = node_dir / "start.log"
         ray_cli = pathlib.Path(sys.executable).parent / "ray"
