@@ -171,9 +171,10 @@ def _changed(store: Store, source_id: str, rows: pl.DataFrame, state: list[str])
 def _fingerprint(keys: pl.Series) -> str:
     """An order-independent digest of a source's row keys (32-hex-digit record ids; for files,
     the rows' state keys): a source that delivers the same rows again is recognised without
-    reading what was recorded. (A source's record ids are digested so when it is built,
-    ``Source.records_digest``: the hex is not read again each run.) Their bytes are summed and XORed (:class:`KeySet`), not hashed
-    and sorted: 0.06-0.10 s per million rows instead of 0.24-0.29 s (mostly reading the hex)."""
+    reading what was recorded. Their bytes are summed and XORed (:class:`KeySet`), not hashed
+    and sorted: 0.06-0.10 s per million rows instead of 0.24-0.29 s (mostly reading the hex). A
+    source's record ids are digested so when it is built (``Source.records_digest``), while
+    they are keys: the hex is not read again each run."""
     words = hex_digests(keys).view(">u8")
     return KeySet().add_words(words[:, 0], words[:, 1]).digest
 
