@@ -390,7 +390,7 @@ def _found_by_tags(spec: NodeSpec, tags: pl.DataFrame, look: _Look) -> pl.DataFr
         if rows is None:
             return None
         schema = rows.collect_schema()
-        expected = pl.from_arrow(pa.schema(spec.pod.output_fields).empty_table()).schema
+        expected = _output_types(spec)
         if any(schema.get(c) != expected.get(c) for c in outputs) or any(
                 schema.get(t) != tags.schema[t] for t in tag_columns):
             return None
@@ -420,9 +420,17 @@ _REFERENCES = "__references"  # (a source's rows' references, made for the rows 
 def _tag_key(tags: pl.DataFrame) -> pl.Series:
     """A join key for a row's tags: the one tag column itself, or a 64-bit hash of several (a
     collision makes two rows of the asset meet one input row, which the caller detects)."""
-    if tags.width == 1:
-        return tags.to_series().alias(_TAG_KEY)
-    return tags.select(pl.struct(tags.columns).hash(_SEEDS[2])).to_series().alias(_TAG_KEY)
+    return tags.to_series().alias(_TAG_KEY) if tags.width == 1 else _tags_hash(tags).alias(_TAG_KEY)
+
+
+def _tags_hash(tags: pl.DataFrame) -> pl.Series:
+    """A 64-bit Polars hash of each row's tags, for joins within one process (not stable)."""
+    return tags.select(pl.struct(tags.columns).hash(_SEEDS[2])).to_series()
+
+
+def _output_types(spec: NodeSpec) -> pl.Schema:
+    """The Polars types of the pod's outputs."""
+    return pl.from_arrow(spec.pod.output_schema.empty_table()).schema
 
 
 def _found_in_tables(spec: NodeSpec, entries: pl.DataFrame, stored: _Stored) -> pl.DataFrame:
@@ -632,7 +640,7 @@ def _asset_standing_in(spec: NodeSpec, look: _Look, frame: pl.DataFrame) -> pl.D
     rows, outputs, tags = look.rows(spec), list(spec.pod.output_keys), list(spec.input.tag_columns)
     if rows is None:
         return None
-    expected, schema = pl.from_arrow(pa.schema(spec.pod.output_fields).empty_table()).schema, rows.collect_schema()
+    expected, schema = _output_types(spec), rows.collect_schema()
     if any(schema.get(c) is None or schema.get(c) != expected.get(c) for c in outputs):
         return None
     # (tags of other types than the input's, e.g. as Delta stores them, would not match: no key)
@@ -682,6 +690,7 @@ def _values_digest(spec: NodeSpec, entries: pl.DataFrame) -> str:
 
 
 def _with_node(spec: NodeSpec, values: str) -> str:
+    """:func:`inputs_digest` from its multiset part (:func:`_values_digest`)."""
     names = json.dumps([spec.identity, list(spec.input.tag_columns), sorted(spec.input.system_tag_columns)])
     version, _, digest = values.partition(": ")
     return f"{version}, node: {hash_bytes(f'{names}{digest}'.encode())}"
@@ -693,8 +702,7 @@ def _packet_tag_keys(tags: pl.DataFrame, packets: pl.Series) -> pl.Series:
     Made within one process for both sides of a join, so Polars' hash need not be stable."""
     if not tags.width:
         return packets.alias(_PACKET_TAG_KEY)
-    hashed = tags.select(pl.struct(tags.columns).hash(_SEEDS[2])).to_series().cast(pl.UInt128)
-    return (packets ^ hashed).alias(_PACKET_TAG_KEY)
+    return (packets ^ _tags_hash(tags).cast(pl.UInt128)).alias(_PACKET_TAG_KEY)
 
 
 def _found_unchanged(spec: NodeSpec, keyed: pl.DataFrame, asset: pl.DataFrame) -> pl.DataFrame | None:
@@ -794,7 +802,7 @@ def attach_results(spec: NodeSpec, entries: pl.DataFrame, columns: list[str],
     """
     results = results_index(spec, columns) if isinstance(index, str) else index
     if results is None:
-        types = pl.from_arrow(spec.pod.output_schema.empty_table()).schema
+        types = _output_types(spec)
         return entries.with_columns(*(pl.lit(None, types[c]).alias(c) for c in columns),
                                     pl.lit(None, pl.Boolean).alias(HIT))
     # Only the keys go through the join; its outputs are then laid beside the entries' own
@@ -908,7 +916,7 @@ def read_results(spec: NodeSpec) -> ResultIndex:
     narrow = sum(_width(spec.pod.output_schema.field(c).type) for c in outputs) <= NARROW_OUTPUTS
     values = results_index(spec, outputs if narrow else [])
     if values is None:
-        types = pl.from_arrow(spec.pod.output_schema.empty_table()).schema
+        types = _output_types(spec)
         values = pl.DataFrame(schema={**{c: types[c] for c in outputs}, HIT: pl.Boolean, KEY: pl.UInt128})
     return ResultIndex(values[KEY], version, values=values.select(*outputs, HIT, KEY) if narrow else None)
 
