@@ -67,6 +67,10 @@ def _join_plan(what: str, streams: Sequence[Stream], merge: bool, allow_cross: b
             raise SchemaError(f"{what}: column(s) {mixed} are tags on one side and packets on the other")
         cast_left, cast_right = _unify(what, "shared tag", keys, types, rtypes)
         collide = tuple(p for p in right.packet_columns if p in packets)
+        unmarked = sorted(p for p in collide if (p in paths) != (p in right.path_columns))
+        if unmarked:  # (a list of paths and names would hash some by content, some by name)
+            raise SchemaError(f"{what}: packet column(s) {unmarked} hold paths in some streams and not in "
+                              f"stream {index}; mark them as paths in every stream (path_columns=...) or in none")
         if collide and not merge:
             raise SchemaError(
                 f"{what}: packet column(s) {list(collide)} appear in more than one stream; rename "
@@ -90,7 +94,7 @@ def _join_plan(what: str, streams: Sequence[Stream], merge: bool, allow_cross: b
         system |= {rename.get(c, c) for c in right.system_columns}
         types.update({k: v for k, v in rtypes.items() if k not in types})
         paths |= set(right.path_columns)
-    return steps, tags, packets, sorted(paths - merged), sorted(merged)
+    return steps, tags, packets, sorted(paths), sorted(merged)
 
 
 def _join_frames(steps: list[_Step], merged: list[str], frames: Sequence[pl.LazyFrame]) -> pl.LazyFrame:
@@ -151,7 +155,8 @@ class MergeJoin(Operator):
 
     The list holds the streams' values sorted (nulls last; ties broken by source), and the
     column's ``__source__`` column becomes the list of their sources, aligned with the values.
-    Merged columns lose path marking (see ``docs/operators.md``).
+    A merged path column is a list of paths, hashed by the files' content; it must be a path
+    column in every stream that has it.
 
     >>> import orca
     >>> a = orca.DictSource([{"id": 1, "x": 5.0}], tags=["id"], source_id="a")

@@ -336,10 +336,14 @@ def _settled_downstream(spec: NodeSpec, upstream: Status) -> Status | None:
     the chain (``Settled.root``) through the upstream nodes' tables as they are now (or only
     compacted since), every entry done, and from its own tables as they are now. Its input is
     then the upstream's rows, every one done, in input order, and its rows are taken from the
-    asset when asked for (:func:`_found_by_tags`). None otherwise (the status is then read)."""
+    asset when asked for (:func:`_found_by_tags`). None otherwise (the status is then read),
+    and always when the node reads a path column: its packets hash files, which the tables do not
+    hold."""
     settled = upstream.settled
     if settled.root is None or spec.provenance_table is None or not _memoisable(spec):
         return None
+    if spec.input.path_columns & set(spec.pod.parameters):
+        return None  # files the upstream wrote may have been edited since: the packets are hashed
     look = _look(spec, settled.rows, upstream)
     made = look.made
     if made is None or made.inputs is None or made.root != settled.root:
@@ -1276,7 +1280,8 @@ def provenance_schema(spec: NodeSpec) -> pa.Schema:
     sources = [source_column(p) for p in spec.pod.parameters if source_column(p) in full.names]
     return pa.schema([*tags, (SYSTEM_TAGS, pa.large_string()), (ENTRY_ID, ID_TYPE),
                       (PACKET_HASH, ID_TYPE), (RECORD_ID, ID_TYPE),
-                      *((c, pa.large_string()) for c in sources),
+                      # (text; a list of references after Batch or MergeJoin)
+                      *((c, storable_type(full.field(c).type, c)) for c in sources),
                       (RUN_ID, pa.large_string()), (RECORDED_AT, pa.timestamp("us", tz="UTC"))])
 
 

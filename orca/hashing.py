@@ -62,7 +62,8 @@ _FILE_DIGESTS: dict[str, tuple[int, int, bytes]] = {}
 
 
 def is_path_field(field: pa.Field) -> bool:
-    """True if ``field`` carries ``PATH_METADATA``: its values are paths hashed by content.
+    """True if ``field`` carries ``PATH_METADATA``: its values are paths hashed by content (or,
+    in a list field, at any depth of lists, its elements are).
 
     Examples
     --------
@@ -298,8 +299,9 @@ def hash_packet(mapping: Mapping[str, Any]) -> str:
     for name, value in mapping.items():
         if not isinstance(name, str):
             raise HashingError(f"packet column names must be str, got {name!r}")
-        array = _one_value_array(name, value)
-        metadata = PATH_METADATA if isinstance(value, PurePath) else None
+        paths = _as_path_text(value)
+        array = _one_value_array(name, value if paths is None else paths)
+        metadata = PATH_METADATA if paths is not None else None
         arrays.append(array)
         fields.append(pa.field(name, array.type, metadata=metadata))
     if not fields:  # a batch with no columns has no rows; the empty packet is still one row
@@ -328,6 +330,18 @@ def _column(table: pa.Table | pa.RecordBatch, index: int) -> pa.Array:
     if isinstance(column, pa.ChunkedArray):
         return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
     return column
+
+
+def _as_path_text(value: Any) -> Any:
+    """A ``Path``, or a list (at any depth) of ``Path`` and ``None`` holding at least one, as
+    text in the same shape: a path column's value; None for any other value."""
+    if isinstance(value, PurePath):
+        return os.fspath(value)
+    if isinstance(value, list | tuple) and any(v is not None for v in value):
+        texts = [None if v is None else _as_path_text(v) for v in value]
+        if all(t is not None for t, v in zip(texts, value, strict=True) if v is not None):
+            return texts
+    return None
 
 
 def _one_value_array(name: str, value: Any) -> pa.Array:
@@ -447,8 +461,10 @@ def _encode(arr: pa.Array, field: pa.Field, column: str) -> tuple[str, list[Part
     """(logical type, parts of ``\\x01`` + payload per element; anything under null slots)."""
     t = arr.type
     if is_path_field(field):
+        if _is_list(t):  # lists of paths (a batch of files): each element is hashed by content
+            return _encode_list(arr, column, paths=True)
         if not _is_string(t):
-            raise HashingError(f"column {column!r}: a path column must hold strings, not {t}")
+            raise HashingError(f"column {column!r}: a path column must hold strings or lists of them, not {t}")
         return "path", [b"\x01", _path_digests(arr, column)]
     if pa.types.is_null(t):
         return "null", [b"\x00"]
@@ -578,9 +594,11 @@ def _decimal128_bytes(arr: pa.Array, column: str) -> np.ndarray:
     return raw.reshape(len(arr), 16)
 
 
-def _encode_list(arr: pa.Array, column: str) -> tuple[str, list[Part]]:
+def _encode_list(arr: pa.Array, column: str, *, paths: bool = False) -> tuple[str, list[Part]]:
+    """``paths``: the list is a path column, so are its elements (at any depth of lists)."""
     child = pc.list_flatten(arr)
-    child_name, child_parts = _enc_values(child, arr.type.value_field, f"{column}[]")
+    field = arr.type.value_field.with_metadata(PATH_METADATA) if paths else arr.type.value_field
+    child_name, child_parts = _enc_values(child, field, f"{column}[]")
     lengths = pc.list_value_length(arr).fill_null(0).to_numpy().astype("<u8")
     offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]), pa.int64())
     elements = pa.LargeListArray.from_arrays(offsets, _join(child_parts, len(child)))

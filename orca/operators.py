@@ -386,8 +386,8 @@ class Batch(Operator):
     The ``by`` tags stay scalar tags; every other column -- other tags, packets, system tags
     and ``__source__`` columns -- becomes a list, aligned within a row, so each list element
     still names its source row. Rows are sorted by the ``by`` tags, the other tags and the
-    system tags first (nulls last); an empty input gives no batch. Path marking is dropped
-    (list-of-path columns are not hashed by content).
+    system tags first (nulls last); an empty input gives no batch. A path column becomes a
+    list of paths, still hashed by the files' content.
 
     >>> import orca
     >>> s = orca.DictSource([{"subject": "m1", "session": i, "x": float(i)} for i in range(3)],
@@ -424,7 +424,7 @@ class Batch(Operator):
             return grouped.drop(f"{TMP}batch")
 
         tags = [*by, *(t for t in s.tag_columns if t not in by)]
-        return self._output([s], build, tags=tags, packets=s.packet_columns)
+        return self._output([s], build, tags=tags, packets=s.packet_columns, paths=s.path_columns)
 
 
 @dataclass(frozen=True)

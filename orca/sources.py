@@ -144,6 +144,13 @@ def build_source(
     bad_paths = sorted(p for p in paths if p not in packets)
     if bad_paths:
         raise SourceError(f"source {source_id!r}: path columns {bad_paths} are not packet columns {packets}")
+    # (a source records each file's size and mtime, the file-hash memo's key: one file per row)
+    not_text = sorted(p for p in paths if not (pa.types.is_string(table.schema.field(p).type)
+                                               or pa.types.is_large_string(table.schema.field(p).type)))
+    if not_text:
+        raise SourceError(f"source {source_id!r}: path columns {not_text} must hold one path (a string) per row, "
+                          f"not {[str(table.schema.field(p).type) for p in not_text]}; for a list of files "
+                          "per packet, batch a source of files (stream.batch(...))")
 
     record_keys = _record_ids(table, tags, packets, keep_duplicates, source_id)
     frame = pl.from_arrow(table.select(tags + packets))

@@ -44,6 +44,7 @@ from orca.names import (
     check_user_columns,
     source_column,
 )
+from orca.types import as_paths
 
 __all__ = ["Stream", "SYSTEM_PREFIX", "SOURCE_PREFIX", "SYSTEM_TAG_PREFIX", "source_column"]
 
@@ -62,7 +63,8 @@ class Stream:
         A structural hash of how the stream was made (source id, operators, pods), not of its
         content: it stays the same when rows are added.
     path_columns
-        Packet columns holding ``pathlib.Path`` values (files as data).
+        Packet columns holding ``pathlib.Path`` values, or lists of them (files as data): hashed
+        by the files' content.
     schema
         Arrow schema of all columns; required when ``frame`` is a function, derived otherwise.
     producer
@@ -165,7 +167,7 @@ class Stream:
         for name in frame.columns:
             values = frame.get_column(name).to_list()
             if name in self.path_columns:
-                values = [None if v is None else pathlib.Path(v) for v in values]
+                values = [None if v is None else as_paths(v) for v in values]
             columns[name] = values
         tags = [columns[n] for n in self.tag_columns]
         packets = [columns[n] for n in self.packet_columns]

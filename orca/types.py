@@ -272,9 +272,24 @@ def arrow_type(annotation: Any) -> pa.DataType:
                       "T | None, pydantic models, dataclasses, TypedDicts, Arrow types)")
 
 
+def is_path_annotation(annotation: Any) -> bool:
+    """``Path`` or a list of paths at any depth (``list[Path]``, ``list[list[Path | None]]``),
+    optional or not: a column of files, hashed by content.
+
+    >>> is_path_annotation(list[pathlib.Path | None]), is_path_annotation(list[str])
+    (True, False)
+    """
+    tp = strip_optional(annotation)
+    if tp is pathlib.Path:
+        return True
+    args = typing.get_args(tp)
+    return typing.get_origin(tp) in (list, typing.List) and len(args) == 1 and is_path_annotation(args[0])  # noqa: UP006
+
+
 def arrow_field(name: str, annotation: Any) -> pa.Field:
-    """An Arrow field for ``annotation``: nullable iff Optional, path metadata for ``Path``."""
-    metadata = PATH_METADATA if strip_optional(annotation) is pathlib.Path else None
+    """An Arrow field for ``annotation``: nullable iff Optional, path metadata for ``Path`` and
+    lists of paths (:func:`is_path_annotation`)."""
+    metadata = PATH_METADATA if is_path_annotation(annotation) else None
     try:
         tp = arrow_type(annotation)
     except SchemaError as exc:
@@ -308,10 +323,17 @@ def to_python(column: pa.Array | pa.ChunkedArray, annotation: Any = None, *, pat
         values = column.to_numpy(zero_copy_only=False).tolist()  # same values, ~10x faster than to_pylist
     else:
         values = column.to_pylist()
-    convert = pathlib.Path if path and annotation is None else _converter(annotation)
+    convert = as_paths if path and annotation is None else _converter(annotation)
     if convert is None:
         return values
     return [None if v is None else convert(v) for v in values]
+
+
+def as_paths(value: Any) -> Any:
+    """A path column's value as ``Path``: the text, or each text of a list of them."""
+    if isinstance(value, list):
+        return [None if v is None else as_paths(v) for v in value]
+    return pathlib.Path(value)
 
 
 def _to_plain(value: Any) -> Any:
