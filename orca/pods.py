@@ -27,6 +27,7 @@ from __future__ import annotations
 import binascii
 import inspect
 import typing
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -36,7 +37,7 @@ import pyarrow as pa
 
 from orca import _context
 from orca.calls import compute_all, input_packets
-from orca.errors import PodError, SchemaError
+from orca.errors import IdentityWarning, PodError, SchemaError
 from orca.hashing import (
     digests_binary,
     hash_bytes,
@@ -173,6 +174,14 @@ class FunctionPod:
                 raise PodError(f"function {self.name!r}: parameter {name!r} is annotated "
                                f"{_annotation_name(self.parameters[name])} ({field.type}) but packet column "
                                f"{name!r} holds {schema.field(name).type}")
+            if name in stream.packet_columns and is_path_field(field) and name not in stream.path_columns:
+                # (not marked for it: a function may only write to the path it is given)
+                warnings.warn(f"function {self.name!r}: parameter {name!r} is annotated "
+                              f"{_annotation_name(self.parameters[name])} but packet column {name!r} is not a path "
+                              "column, so its packets hash the names, not the files: an edited file is not computed "
+                              "again. Mark it as paths (a Path value, or path_columns=[...] on the source), or "
+                              "annotate the parameter str if the function does not read the files.",
+                              IdentityWarning, stacklevel=4)
 
     @property
     def path_outputs(self) -> list[str]:

@@ -5,6 +5,7 @@ file must be computed again, never served from the cache by its unchanged name."
 from __future__ import annotations
 
 import pathlib
+import warnings
 
 import polars as pl
 import pyarrow as pa
@@ -170,3 +171,19 @@ def test_a_file_a_node_wrote_and_someone_edited_is_computed_again(tmp_path, monk
     assert (counts[reader.pod.name].cached, counts[reader.pod.name].computed) == (2, 1)
     measured = pipeline[reader.pod.name].output.to_polars().sort("i")["measured"].to_list()
     assert measured == ([1, 7, 3] if writer is write_one else [2, 2 + 7, 6])
+
+
+@orca.function_pod(output_keys="n")
+def read_size(f: pathlib.Path) -> int:
+    return len(f.read_text())
+
+
+def test_a_path_parameter_over_text_warns_that_files_are_hashed_by_name(tmp_path):
+    (tmp_path / "a.txt").write_text("a")
+    text = orca.DictSource([{"i": 1, "f": str(tmp_path / "a.txt")}], tags=["i"], source_id="text")
+    with pytest.warns(orca.errors.IdentityWarning, match="packet column 'f' is not a path column"):
+        read_size.pod(text)
+    marked = orca.DictSource([{"i": 1, "f": tmp_path / "a.txt"}], tags=["i"], source_id="marked")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_size.pod(marked)
