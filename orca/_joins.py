@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -67,15 +67,12 @@ def _join_plan(what: str, streams: Sequence[Stream], merge: bool, allow_cross: b
             raise SchemaError(f"{what}: column(s) {mixed} are tags on one side and packets on the other")
         cast_left, cast_right = _unify(what, "shared tag", keys, types, rtypes)
         collide = tuple(p for p in right.packet_columns if p in packets)
-        unmarked = sorted(p for p in collide if (p in paths) != (p in right.path_columns))
-        if unmarked:  # (a list of paths and names would hash some by content, some by name)
-            raise SchemaError(f"{what}: packet column(s) {unmarked} hold paths in some streams and not in "
-                              f"stream {index}; mark them as paths in every stream (path_columns=...) or in none")
         if collide and not merge:
             raise SchemaError(
                 f"{what}: packet column(s) {list(collide)} appear in more than one stream; rename "
                 "them first (stream.rename_packets({...})) or use MergeJoin to merge them into lists"
             )
+        _check_path_marks(what, index, collide, paths, types, right, rtypes)
         more_left, more_right = _unify(what, "merged packet", collide, types, rtypes)
         cast_left |= {p: t for p, t in more_left.items() if p not in merged}
         cast_right |= more_right
@@ -95,6 +92,21 @@ def _join_plan(what: str, streams: Sequence[Stream], merge: bool, allow_cross: b
         types.update({k: v for k, v in rtypes.items() if k not in types})
         paths |= set(right.path_columns)
     return steps, tags, packets, sorted(paths), sorted(merged)
+
+
+def _check_path_marks(what: str, index: int, merged: Sequence[str], paths: set[str], types: dict[str, Any],
+                      right: Stream, rtypes: dict[str, Any]) -> None:
+    """A merged column must be paths on both sides or on neither (a list of paths and names would
+    hash some by content, some by name) -- unless one side has no values (Null): it takes the
+    other's mark."""
+    for p in merged:
+        left_marked, right_marked = p in paths, p in right.path_columns
+        if left_marked == right_marked or pl.Null in (types[p], rtypes[p]):
+            continue
+        marked, unmarked = ((f"stream {index}", "the streams before it") if right_marked
+                            else ("the streams before it", f"stream {index}"))
+        raise SchemaError(f"{what}: packet column {p!r} holds paths in {marked} but not in {unmarked}; mark it as "
+                          "paths in every stream (a Path value, or path_columns=[...] on the source) or in none")
 
 
 def _join_frames(steps: list[_Step], merged: list[str], frames: Sequence[pl.LazyFrame]) -> pl.LazyFrame:

@@ -335,13 +335,33 @@ def _column(table: pa.Table | pa.RecordBatch, index: int) -> pa.Array:
 def _as_path_text(value: Any) -> Any:
     """A ``Path``, or a list (at any depth) of ``Path`` and ``None`` holding at least one, as
     text in the same shape: a path column's value; None for any other value."""
+    text = _path_text(value)
+    return None if text is _NOT_PATHS or not _holds_path(value) else text
+
+
+_NOT_PATHS = object()
+
+
+def _path_text(value: Any) -> Any:
+    """``value`` with each ``Path`` as text, or ``_NOT_PATHS`` at its first leaf that is neither a
+    ``Path`` nor None (empty and all-None lists fit any list of paths)."""
     if isinstance(value, PurePath):
         return os.fspath(value)
-    if isinstance(value, list | tuple) and any(v is not None for v in value):
-        texts = [None if v is None else _as_path_text(v) for v in value]
-        if all(t is not None for t, v in zip(texts, value, strict=True) if v is not None):
-            return texts
-    return None
+    if value is None:
+        return None
+    if not isinstance(value, list | tuple):
+        return _NOT_PATHS
+    texts = []
+    for item in value:
+        text = _path_text(item)
+        if text is _NOT_PATHS:
+            return _NOT_PATHS
+        texts.append(text)
+    return texts
+
+
+def _holds_path(value: Any) -> bool:
+    return isinstance(value, PurePath) or isinstance(value, list | tuple) and any(map(_holds_path, value))
 
 
 def _one_value_array(name: str, value: Any) -> pa.Array:

@@ -175,13 +175,23 @@ class FunctionPod:
                                f"{_annotation_name(self.parameters[name])} ({field.type}) but packet column "
                                f"{name!r} holds {schema.field(name).type}")
             if name in stream.packet_columns and is_path_field(field) and name not in stream.path_columns:
-                # (not marked for it: a function may only write to the path it is given)
-                warnings.warn(f"function {self.name!r}: parameter {name!r} is annotated "
-                              f"{_annotation_name(self.parameters[name])} but packet column {name!r} is not a path "
-                              "column, so its packets hash the names, not the files: an edited file is not computed "
-                              "again. Mark it as paths (a Path value, or path_columns=[...] on the source), or "
-                              "annotate the parameter str if the function does not read the files.",
-                              IdentityWarning, stacklevel=4)
+                self._warn_unmarked(name)
+
+    def _warn_unmarked(self, parameter: str) -> None:
+        """Warn, once per process and parameter, that a ``Path`` parameter reads a column not
+        marked as paths (it is not marked for it: a function may only write to the path given)."""
+        key = (self.identity.hash, parameter)
+        if key in _WARNED:
+            return
+        _WARNED.add(key)
+        code = getattr(self.function, "__code__", None)
+        warnings.warn_explicit(
+            f"function {self.name!r}: parameter {parameter!r} is annotated "
+            f"{_annotation_name(self.parameters[parameter])} but the packet column it reads is not a path "
+            "column, so its packets hash the names, not the files: an edited file is not computed again. Mark "
+            "it as paths (a Path value, or path_columns=[...] on the source), or annotate the parameter str if "
+            "the function does not read the files.", IdentityWarning,
+            code.co_filename if code else "<unknown>", code.co_firstlineno if code else 1)
 
     @property
     def path_outputs(self) -> list[str]:
@@ -297,6 +307,9 @@ def check_timeout(timeout: float | None) -> float | None:
 
 def _annotation_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", None) or str(annotation)
+
+
+_WARNED: set[tuple[str, str]] = set()  # (pod identity, parameter) warned of a column not marked as paths
 
 
 def apply_pod(producer: Any, pod: FunctionPod, streams: Sequence[Stream],

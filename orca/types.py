@@ -289,9 +289,9 @@ def is_path_annotation(annotation: Any) -> bool:
 def arrow_field(name: str, annotation: Any) -> pa.Field:
     """An Arrow field for ``annotation``: nullable iff Optional, path metadata for ``Path`` and
     lists of paths (:func:`is_path_annotation`)."""
-    metadata = PATH_METADATA if is_path_annotation(annotation) else None
     try:
         tp = arrow_type(annotation)
+        metadata = PATH_METADATA if is_path_annotation(annotation) else None
     except SchemaError as exc:
         raise SchemaError(f"{name!r}: {exc}") from exc
     return pa.field(name, tp, nullable=is_optional(annotation), metadata=metadata)

@@ -172,6 +172,18 @@ def test_sources_are_recorded_once_per_content(store, data):
     assert store.scan("sources/files").collect().height == 4  # the new content of a.txt
 
 
+def test_sources_are_recorded_a_slice_at_a_time_and_once(store, data, monkeypatch):
+    monkeypatch.setattr(orca.lineage, "_RECORD_SLICE", 2)  # 3 rows of meta, 3 of files: two slices each
+    pipeline = joined_pipeline(store, data)
+    pipeline.run(progress=False)
+    assert sorted(store.scan("sources/meta").collect()["name"].to_list()) == ["a", "b", "c"]
+    assert sorted(store.scan("sources/files").collect()["name"].to_list()) == ["a", "b", "c"]
+    pipeline.run(progress=False)
+    assert store.scan("sources/meta").collect().height == 3
+    steps = pipeline.lineage("double", pl.col("name") == "c")
+    assert steps.filter(pl.col("kind") == "source")["path"].to_list() == [str((data / "c.txt").resolve())]
+
+
 def test_lineage_through_a_join_and_two_pods_names_the_files(store, data):
     pipeline = joined_pipeline(store, data)
     pipeline.run(progress=False)

@@ -82,8 +82,43 @@ def test_merging_a_path_column_with_a_text_column_is_refused(tmp_path):
     (tmp_path / "f.txt").write_text("a")
     a = orca.DictSource([{"id": 1, "f": tmp_path / "f.txt"}], tags=["id"], source_id="a")
     b = orca.DictSource([{"id": 1, "f": str(tmp_path / "f.txt")}], tags=["id"], source_id="b")
-    with pytest.raises(SchemaError, match=r"MergeJoin: packet column\(s\) \['f'\] hold paths in some streams"):
+    with pytest.raises(SchemaError, match="MergeJoin: packet column .f. holds paths in the streams before it but "
+                                          "not in stream 1"):
         MergeJoin()(a, b)
+
+
+def test_a_column_with_no_value_merges_with_a_path_column_as_paths(tmp_path):
+    (tmp_path / "f.txt").write_text("a")
+    empty = orca.DictSource([{"id": 1, "f": None, "g": 1}], tags=["id"], source_id="a")  # no file here
+    files = orca.DictSource([{"id": 1, "f": tmp_path / "f.txt"}], tags=["id"], source_id="b")
+    merged = MergeJoin()(empty, files)
+    assert merged.path_columns == {"f"}
+    assert merged.to_polars()["f"].to_list() == [[str(tmp_path / "f.txt"), None]]
+
+
+def test_a_join_names_the_shared_packet_column_not_its_marks(tmp_path):
+    (tmp_path / "f.txt").write_text("a")
+    a = orca.DictSource([{"id": 1, "f": tmp_path / "f.txt"}], tags=["id"], source_id="a")
+    b = orca.DictSource([{"id": 1, "f": "text"}], tags=["id"], source_id="b")
+    with pytest.raises(SchemaError, match="appear in more than one stream"):
+        a.join(b)
+
+
+def test_lineage_walks_a_batch_of_batches(files):
+    pipeline = orca.Pipeline("twice", store=orca.DeltaStore(files / "store"))
+    with pipeline:
+        source = orca.GlobSource(str(files / "data/{subject}/{i}.txt"), source_id="files")
+        twice = source.batch(by=["subject"]).batch()  # one packet: a list of two lists of files
+        nested_size.pod(twice)
+    pipeline.run(progress=False)
+    lineage = pipeline.lineage("nested_size")
+    assert sorted(lineage.filter(pl.col("kind") == "source")["path"].to_list()) == sorted(
+        str(p) for p in (files / "data").rglob("*.txt"))
+
+
+@orca.function_pod(output_keys="size")
+def nested_size(path: list[list[pathlib.Path]]) -> int:
+    return sum(len(p.read_text()) for batch in path for p in batch)
 
 
 def test_a_list_of_paths_hashes_each_file_by_content(tmp_path):
@@ -96,6 +131,9 @@ def test_a_list_of_paths_hashes_each_file_by_content(tmp_path):
     assert hash_packets(table)[0].as_py() == as_paths
     assert hash_packet({"f": [str(one), None, str(two)]}) != as_paths  # text is not a file
     nested = hash_packet({"f": [[one], [two]]})
+    assert hash_packet({"f": [[one], []]}) == hash_packets(pa.table(
+        {"f": pa.array([[[str(one)], []]], pa.large_list(pa.large_list(pa.large_string())))},
+        schema=pa.schema([pa.field("f", pa.large_list(pa.large_list(pa.large_string())), metadata=PATH_METADATA)])))[0].as_py()
     two.write_text("two")
     assert hash_packet({"f": [one, None, two]}) != as_paths
     assert hash_packet({"f": [[one], [two]]}) != nested
@@ -181,7 +219,7 @@ def read_size(f: pathlib.Path) -> int:
 def test_a_path_parameter_over_text_warns_that_files_are_hashed_by_name(tmp_path):
     (tmp_path / "a.txt").write_text("a")
     text = orca.DictSource([{"i": 1, "f": str(tmp_path / "a.txt")}], tags=["i"], source_id="text")
-    with pytest.warns(orca.errors.IdentityWarning, match="packet column 'f' is not a path column"):
+    with pytest.warns(orca.errors.IdentityWarning, match="parameter 'f' is annotated Path but the packet column it reads is not a path column"):
         read_size.pod(text)
     marked = orca.DictSource([{"i": 1, "f": tmp_path / "a.txt"}], tags=["i"], source_id="marked")
     with warnings.catch_warnings():

@@ -53,7 +53,7 @@ def _enc_str(s: str) -> bytes:
 
 def _ref_type(t: pa.DataType, field: pa.Field | None = None) -> str:
     if field is not None and is_path_field(field):
-        return "path"
+        return f"list<{_ref_type(t.value_type, _path_items(t))}>" if hasattr(t, "value_field") else "path"
     if pa.types.is_dictionary(t):
         t = t.value_type
     if pa.types.is_null(t):
@@ -82,6 +82,11 @@ def _ref_type(t: pa.DataType, field: pa.Field | None = None) -> str:
     if hasattr(t, "value_field"):
         return f"list<{_ref_type(t.value_type, t.value_field)}>"
     return "binary"
+
+
+def _path_items(t: pa.DataType) -> pa.Field:
+    """The items of a list marked as paths: paths themselves."""
+    return t.value_field.with_metadata(PATH_METADATA)
 
 
 def _ref_file_digest(path: Path) -> bytes:
@@ -126,8 +131,9 @@ def _ref_value(s: pa.Scalar, t: pa.DataType, field: pa.Field | None = None) -> b
     elif kind.startswith("struct"):
         fields = sorted((t.field(i) for i in range(t.num_fields)), key=lambda f: f.name)
         payload = b"".join(_enc_str(f.name) + _ref_value(s[f.name], f.type, f) for f in fields)
-    else:  # list
-        items = [_ref_value(item, t.value_type, t.value_field) for item in s]
+    else:  # list (of paths when the field is marked)
+        item_field = _path_items(t) if field is not None and is_path_field(field) else t.value_field
+        items = [_ref_value(item, t.value_type, item_field) for item in s]
         payload = struct.pack("<Q", len(items)) + b"".join(items)
     return b"\x01" + payload
 
@@ -217,7 +223,12 @@ def _path_case(tmp: Path) -> dict[str, str]:
         name: one_row(str(tmp / name), pa.string(), metadata=PATH_METADATA)
         for name in ("file.txt", "dir")
     }
+    listed = one_row([[str(tmp / "file.txt"), None], [], None, [str(tmp / "dir")]],
+                     pa.large_list(pa.list_(pa.string())), metadata=PATH_METADATA)
     return {
+        "path_list": hash_packets(listed)[0].as_py(),
+        "path_list_reference": reference_hash(listed, 0),
+        "path_list_of_paths": hash_packet({"v": [[tmp / "file.txt", None], [], None, [tmp / "dir"]]}),
         "path_file": hash_packets(tables["file.txt"])[0].as_py(),
         "path_dir": hash_packets(tables["dir"])[0].as_py(),
         "path_file_reference": reference_hash(tables["file.txt"], 0),
@@ -236,6 +247,7 @@ def compute_golden(tmp: Path) -> dict:
     paths = _path_case(tmp)
     cases["path_file"] = {"content": FILE_CONTENT.decode(), "hash": paths["path_file"]}
     cases["path_dir"] = {"files": {"a.txt": "a", "sub/b.txt": "b"}, "hash": paths["path_dir"]}
+    cases["path_list"] = {"value": "[[file, None], [], None, [dir]]", "hash": paths["path_list"]}
     cases["hash_file"] = {"content": FILE_CONTENT.decode(), "hash": paths["hash_file"]}
     cases["hash_file_dir"] = {
         "files": {"a.txt": "a", "sub/b.txt": "b"},
@@ -252,7 +264,7 @@ def golden() -> dict:
 
 def test_golden_file_covers_every_case(golden):
     assert golden["encoding"] == ENCODING_VERSION
-    expected = set(CASES) | set(PACKETS) | {"path_file", "path_dir", "hash_file", "hash_file_dir"}
+    expected = set(CASES) | set(PACKETS) | {"path_file", "path_dir", "path_list", "hash_file", "hash_file_dir"}
     assert set(golden["cases"]) == expected | {"hash_bytes_abc"}
 
 
@@ -277,6 +289,7 @@ def test_golden_files(golden, tmp_path):
     cases = golden["cases"]
     assert got["path_file"] == got["path_file_reference"] == cases["path_file"]["hash"]
     assert got["path_dir"] == got["path_dir_reference"] == cases["path_dir"]["hash"]
+    assert got["path_list"] == got["path_list_reference"] == got["path_list_of_paths"] == cases["path_list"]["hash"]
     assert got["hash_file"] == cases["hash_file"]["hash"] == xxhash.xxh3_128_hexdigest(FILE_CONTENT)
     assert got["hash_file_dir"] == cases["hash_file_dir"]["hash"]
     assert hash_bytes(b"abc") == cases["hash_bytes_abc"]["hash"]
