@@ -25,7 +25,6 @@ Examples
 
 from __future__ import annotations
 
-import pathlib
 import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
