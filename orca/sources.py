@@ -54,7 +54,7 @@ from orca.hashing import (
 )
 from orca.names import source_references
 from orca.streams import SYSTEM_PREFIX, SYSTEM_TAG_PREFIX, Stream, source_column
-from orca.types import storable_table
+from orca.types import storable_table, type_kind
 
 __all__ = [
     "DictSource",
@@ -145,12 +145,12 @@ def build_source(
     if bad_paths:
         raise SourceError(f"source {source_id!r}: path columns {bad_paths} are not packet columns {packets}")
     # (a source records each file's size and mtime, the file-hash memo's key: one file per row)
-    not_text = sorted(p for p in paths if not (pa.types.is_string(table.schema.field(p).type)
-                                               or pa.types.is_large_string(table.schema.field(p).type)))
+    not_text = {p: str(table.schema.field(p).type) for p in sorted(paths)
+                if type_kind(table.schema.field(p).type) != "string"}
     if not_text:
-        raise SourceError(f"source {source_id!r}: path columns {not_text} must hold one path (a string) per row, "
-                          f"not {[str(table.schema.field(p).type) for p in not_text]}; for a list of files "
-                          "per packet, batch a source of files (stream.batch(...))")
+        raise SourceError(f"source {source_id!r}: path columns {list(not_text)} must hold one path (a string) per "
+                          f"row, not {list(not_text.values())}; for a list of files per packet, batch a source "
+                          "of files (stream.batch(...))")
 
     record_keys = _record_ids(table, tags, packets, keep_duplicates, source_id)
     frame = pl.from_arrow(table.select(tags + packets))
